@@ -1,0 +1,236 @@
+"""The exception hierarchy of tinker_sync (names follow the official Tinker SDK).
+
+::
+
+    TinkerError
+    ├── APIError
+    │   ├── APIConnectionError (.request_sent)
+    │   │   └── APITimeoutError
+    │   ├── APIStatusError (.status_code, .body, .request_id)
+    │   │   ├── BadRequestError           400
+    │   │   ├── AuthenticationError       401
+    │   │   ├── BillingError              402
+    │   │   ├── PermissionDeniedError     403
+    │   │   ├── NotFoundError             404
+    │   │   ├── ConflictError             409
+    │   │   ├── UnprocessableEntityError  422
+    │   │   ├── RateLimitError            429 (raised only once the rate-limit wait budget is spent)
+    │   │   └── InternalServerError       5xx
+    │   └── APIResponseValidationError (a 2xx body that does not fit the expected type)
+    ├── RequestFailedError (a server-side future failed; .category is "user", "server" or "unknown")
+    └── ClientClosedError (the client was closed while the call was pending)
+
+Every error pickles, and none of them ever carries the API key: messages are built from the status,
+the request id and a truncated body only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BillingError",
+    "ClientClosedError",
+    "ConflictError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestFailedError",
+    "TinkerError",
+    "UnprocessableEntityError",
+    "from_response",
+]
+
+_MAX_BODY_CHARS = 500
+
+
+def _short(body: Any) -> str:
+    """Render a response body for an error message, truncated so a huge body cannot flood logs."""
+    if body is None:
+        return ""
+    if isinstance(body, (bytes, bytearray)):
+        text = bytes(body[: _MAX_BODY_CHARS + 1]).decode("utf-8", "replace")
+    elif isinstance(body, str):
+        text = body
+    else:
+        try:
+            text = json.dumps(body, sort_keys=True, default=str)
+        except (TypeError, ValueError):
+            text = repr(body)
+    if len(text) > _MAX_BODY_CHARS:
+        text = text[:_MAX_BODY_CHARS] + "...(truncated)"
+    return text
+
+
+class TinkerError(Exception):
+    """Base class of every error raised by tinker_sync."""
+
+
+class APIError(TinkerError):
+    """An error talking to the Tinker API."""
+
+    def __init__(self, message: str, *, body: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.body = body
+
+    def __reduce__(self) -> Any:  # keep keyword-only constructors picklable
+        return (_rebuild, (type(self), self.__dict__.copy(), self.args))
+
+
+def _rebuild(cls: type[BaseException], state: dict[str, Any], args: tuple[Any, ...]) -> BaseException:
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
+
+class APIConnectionError(APIError):
+    """The request never got an HTTP response (DNS, refused, reset, TLS...).
+
+    ``request_sent`` tells whether any byte of the request may have reached the server; when it is
+    False the request is certainly safe to repeat.
+    """
+
+    def __init__(self, message: str = "Connection error.", *, request_sent: bool = True) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
+
+class APITimeoutError(APIConnectionError):
+    """The server did not answer within the read (or connect) timeout."""
+
+    def __init__(self, message: str = "Request timed out.", *, request_sent: bool = True) -> None:
+        super().__init__(message, request_sent=request_sent)
+
+
+class APIStatusError(APIError):
+    """The server answered with a 4xx or 5xx status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: Any = None,
+        request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, body=body)
+        self.status_code = status_code
+        self.request_id = request_id
+        self.headers = dict(headers or {})
+
+
+class BadRequestError(APIStatusError):
+    """HTTP 400: the server refused the request as malformed."""
+
+
+class AuthenticationError(APIStatusError):
+    """HTTP 401: the API key was missing, malformed or not accepted."""
+
+
+class BillingError(APIStatusError):
+    """HTTP 402: billing blocks the request (and the pause window, if any, has run out)."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """HTTP 403: the key may not touch this resource."""
+
+
+class NotFoundError(APIStatusError):
+    """HTTP 404: no such resource (or it belongs to another account and is private)."""
+
+
+class ConflictError(APIStatusError):
+    """HTTP 409: the resource is not in a state that allows the request."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """HTTP 422: the body was well-formed but its values were refused."""
+
+
+class RateLimitError(APIStatusError):
+    """HTTP 429, raised only after the shared rate-limit window outlasted the wait budget."""
+
+
+class InternalServerError(APIStatusError):
+    """HTTP 5xx, raised once the retry policy gave up."""
+
+
+class APIResponseValidationError(APIError):
+    """A successful response whose body does not fit the expected type (the raw body is kept)."""
+
+    def __init__(self, message: str, *, body: Any = None, expected_type: str | None = None) -> None:
+        super().__init__(message, body=body)
+        self.expected_type = expected_type
+
+
+class RequestFailedError(TinkerError):
+    """A long-running request finished with an error on the server.
+
+    ``category`` is ``"user"`` when the request itself was at fault (fix the input and retry),
+    ``"server"`` for a server-side failure, ``"unknown"`` otherwise.
+    """
+
+    def __init__(self, message: str, *, request_id: str | None = None, category: str = "unknown") -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+        self.category = category if category in ("user", "server", "unknown") else "unknown"
+
+    def __str__(self) -> str:
+        rid = f" (request_id={self.request_id}, category={self.category})" if self.request_id else f" (category={self.category})"
+        return f"{self.message}{rid}"
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (type(self), self.__dict__.copy(), self.args))
+
+
+class ClientClosedError(TinkerError):
+    """The client was closed before this call could finish."""
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: BillingError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def from_response(
+    status_code: int,
+    body: Any,
+    *,
+    method: str = "",
+    path: str = "",
+    request_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> APIStatusError:
+    """Build the APIStatusError subclass for an HTTP error status.
+
+    The message reads ``Error code: <status> - <body>`` like the official SDK's, prefixed with the
+    method and path when known, and never includes request headers (so never the API key).
+    """
+    cls = _STATUS_CLASSES.get(status_code)
+    if cls is None:
+        cls = InternalServerError if status_code >= 500 else APIStatusError
+    where = f"{method} {path}: ".lstrip() if (method or path) else ""
+    message = f"{where}Error code: {status_code} - {_short(body)}".rstrip(" -")
+    if request_id:
+        message += f" (request_id={request_id})"
+    return cls(message, status_code=status_code, body=body, request_id=request_id, headers=headers)
