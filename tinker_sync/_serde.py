@@ -1,0 +1,236 @@
+"""The one cattrs Converter for the Tinker JSON wire format, plus dumps()/loads().
+
+Wire rules: optional fields whose value is None are omitted, fields with non-None defaults (and every
+``type`` tag) are always sent, bytes travel as base64, datetimes as ISO-8601, unknown response keys are
+ignored. Validation is done by the attrs classes themselves: the structure hooks only walk the shape and
+hand leaves through untouched (fast for big token lists; the class converters check them in one pass).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import typing
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Callable, Final, TypeVar, Union
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.preconf.json import make_converter as _make_json_converter
+
+from ._exceptions import APIResponseValidationError
+from .types import DmelChunk, EncodedTextChunk, ImageAssetPointerChunk, ImageChunk, ModelInputChunk
+from .types._common import parse_datetime
+from .types._sampling import StopCondition
+
+__all__ = [
+    "configure_converter",
+    "converter",
+    "dumps",
+    "loads",
+    "make_converter",
+    "parse_request",
+    "structure_strict",
+    "unstructure",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Tagged unions: alias -> {tag: member class}. Every member carries a non-None `type` default.
+_TAGGED_UNIONS: dict[Any, dict[str, type]] = {}
+
+
+def _tag_of(cl: type) -> str:
+    return attrs.fields(cl).type.default  # type: ignore[attr-defined,no-any-return]
+
+
+def _register_tagged_union(c: cattrs.Converter, alias: Any, name: str) -> None:
+    members = typing.get_args(alias)
+    by_tag = {_tag_of(m): m for m in members}
+    allowed = ", ".join(repr(t) for t in sorted(by_tag))
+    _TAGGED_UNIONS[alias] = by_tag
+
+    def structure(value: Any, _: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"a {name} must be a JSON object with a 'type' key, got {type(value).__name__}")
+        tag = value.get("type")
+        cl = by_tag.get(tag)  # type: ignore[arg-type]
+        if cl is None:
+            if "type" not in value:
+                raise ValueError(f"a {name} needs a 'type' key (one of {allowed})")
+            raise ValueError(f"unknown {name} type {tag!r}; expected one of {allowed}")
+        return c.structure(value, cl)
+
+    c.register_structure_hook_func(lambda t: t == alias, structure)
+
+
+def _is_literal(t: Any) -> bool:
+    return typing.get_origin(t) is typing.Literal
+
+
+def _identity(value: Any, _: Any = None) -> Any:
+    return value
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _b64decode(value: Any, _: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if not isinstance(value, str):
+        raise TypeError(f"expected a base64 string, got {type(value).__name__}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("invalid base64 data") from None
+
+
+# Leaf types whose validation (and int/float normalisation) the attrs classes do themselves.
+_PASSTHROUGH_LEAVES = (int, float, str, bool)
+_FAST_LISTS = (list[int], list[float], list[Union[int, float]], list[str])
+
+
+def configure_converter(c: cattrs.Converter) -> None:
+    """Install the Tinker wire rules on ``c`` (see the module docstring)."""
+    c.register_unstructure_hook(bytes, _b64encode)
+    c.register_structure_hook(bytes, _b64decode)
+    c.register_unstructure_hook(datetime, datetime.isoformat)
+    c.register_structure_hook(datetime, lambda v, _: parse_datetime(v))
+    for leaf in _PASSTHROUGH_LEAVES:
+        c.register_structure_hook(leaf, _identity)
+    c.register_structure_hook_func(_is_literal, _identity)
+    c.register_structure_hook_func(lambda t: t == StopCondition, _identity)
+    c.register_structure_hook_func(lambda t: t is typing.Any, _identity)
+    for fast in _FAST_LISTS:
+        # Lists of scalars go through as the same list object: json.dumps handles them at C speed,
+        # and the attrs converters validate/copy them in one pass on the way in.
+        c.register_unstructure_hook_func(lambda t, fast=fast: t == fast, _identity)
+        c.register_structure_hook_func(lambda t, fast=fast: t == fast, _list_passthrough)
+
+    # Omit None, never non-None defaults. Registered BEFORE the union hooks, which look members up.
+    def unstructure_factory(cl: type) -> Callable[[Any], dict[str, Any]]:
+        overrides = {
+            a.name: override(omit_if_default=True)
+            for a in attrs.fields(cl)
+            if a.default is None and not a.metadata.get("serde_keep_none")
+        }
+        return make_dict_unstructure_fn(cl, c, **overrides)  # type: ignore[arg-type]
+
+    def structure_factory(cl: type) -> Callable[[Any, Any], Any]:
+        return make_dict_structure_fn(cl, c, _cattrs_forbid_extra_keys=c.forbid_extra_keys)  # type: ignore[arg-type]
+
+    c.register_unstructure_hook_factory(attrs.has, unstructure_factory)
+    c.register_structure_hook_factory(attrs.has, structure_factory)
+    _register_tagged_union(c, ModelInputChunk, "ModelInputChunk")
+
+
+def _list_passthrough(value: Any, _: Any) -> Any:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a JSON array, got {type(value).__name__}")
+    return value
+
+
+def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
+    """A fresh JSON converter with the Tinker wire rules."""
+    c = _make_json_converter(forbid_extra_keys=forbid_extra_keys, detailed_validation=True)
+    configure_converter(c)
+    return c
+
+
+converter: Final[cattrs.Converter] = make_converter()
+_strict_converter: Final[cattrs.Converter] = make_converter(forbid_extra_keys=True)
+
+
+def unstructure(obj: Any) -> Any:
+    """An attrs wire object -> JSON-ready data (None omitted; defaults and ``type`` tags kept)."""
+    return converter.unstructure(obj)
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialise a wire object (or plain JSON data) to compact UTF-8 JSON bytes."""
+    return json.dumps(converter.unstructure(obj), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _type_name(cls: Any) -> str:
+    name = getattr(cls, "__name__", None)
+    if name:
+        return str(name)
+    for alias in _TAGGED_UNIONS:
+        if alias == cls:
+            return "ModelInputChunk"
+    return repr(cls)
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, cattrs.BaseValidationError):
+        messages = cattrs.transform_error(exc, path="$", format_exception=_format_leaf)
+        return "; ".join(messages)
+    return _format_leaf(exc, None)
+
+
+def _format_leaf(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, (ValueError, TypeError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+_STRUCTURE_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    cattrs.BaseValidationError,
+    cattrs.StructureHandlerNotFoundError,
+)
+
+
+def _parse(data: bytes | str | Mapping[str, Any], cls: Any, c: cattrs.Converter) -> Any:
+    obj = data if isinstance(data, Mapping) else json.loads(data)
+    return c.structure(obj, cls)
+
+
+def loads(data: bytes | str | Mapping[str, Any], cls: type[T]) -> T:
+    """Parse a response body (JSON bytes/str or an already-parsed dict) into ``cls``; unknown keys ignored.
+
+    Raises:
+        APIResponseValidationError: the body is not JSON or does not fit ``cls`` (message says where).
+    """
+    try:
+        return _parse(data, cls, converter)  # type: ignore[no-any-return]
+    except _STRUCTURE_ERRORS as exc:
+        name = _type_name(cls)
+        raise APIResponseValidationError(
+            f"response does not match {name}: {_describe_error(exc)}", body=data, expected_type=name
+        ) from exc
+
+
+def parse_request(data: bytes | str | Mapping[str, Any], cls: type[T], *, strict: bool = False) -> T:
+    """Parse a request body into ``cls`` (for servers); ``strict`` refuses unknown keys.
+
+    Raises:
+        ValueError: the body is not JSON or does not fit ``cls`` (message says what and where).
+    """
+    try:
+        return _parse(data, cls, _strict_converter if strict else converter)  # type: ignore[no-any-return]
+    except _STRUCTURE_ERRORS as exc:
+        raise ValueError(f"invalid {_type_name(cls)}: {_describe_error(exc)}") from exc
+
+
+def structure_strict(data: Mapping[str, Any], cls: type[T]) -> T:
+    """Structure ``data`` into ``cls`` refusing unknown keys (golden tests, strict servers).
+
+    Raises:
+        ValueError: with a message naming the offending path.
+    """
+    return parse_request(data, cls, strict=True)

@@ -1,0 +1,196 @@
+"""Sampling wire types: SamplingParams, SampleRequest/Response, sampling sessions."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+import attrs
+
+from ._common import (
+    _conv,
+    _describe,
+    _where,
+    bool_field,
+    check_str_list,
+    choice_field,
+    float_field,
+    float_list,
+    instance_field,
+    int_field,
+    list_of_field,
+    str_field,
+    tag_field,
+    token_list,
+)
+from ._model_input import ModelInput
+
+__all__ = [
+    "CreateSamplingSessionRequest",
+    "CreateSamplingSessionResponse",
+    "SampleRequest",
+    "SampleResponse",
+    "SampledSequence",
+    "SamplingParams",
+    "StopReason",
+]
+
+StopReason = Literal["length", "stop"]
+STOP_REASONS: tuple[str, ...] = ("length", "stop")
+
+# Stop condition: stop strings, stop token ids, or None (= the model's EOS).
+StopCondition = Union[str, list[str], list[int], None]
+
+
+def _stop(value: Any, self_: Any, field: Any) -> Any:
+    where = _where(self_, field)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{where} must be a str, a list of str or a list of token ids, got {_describe(value)}")
+    items = list(value)
+    if not items:
+        return items
+    if isinstance(items[0], str):
+        return check_str_list(items, f"{where} (stop strings)")
+    try:
+        return token_list(items, f"{where} (stop token ids)")
+    except TypeError:
+        raise TypeError(
+            f"{where} must be a str, a list of str or a list of token ids (not mixed); got {_describe(value)}"
+        ) from None
+
+
+@attrs.frozen
+class SamplingParams:
+    """How to sample: length limit, seed, stop condition, temperature, top-k, top-p."""
+
+    max_tokens: int | None = int_field(default=None, minimum=0)
+    seed: int | None = int_field(default=None)
+    stop: StopCondition = attrs.field(default=None, converter=_conv(_stop))
+    temperature: float = float_field(default=1.0, minimum=0.0)
+    top_k: int = int_field(default=-1, minimum=-1)
+    top_p: float = float_field(default=1.0, minimum=0.0, maximum=1.0, min_exclusive=True)
+
+    def __attrs_post_init__(self) -> None:
+        if self.top_k == 0:
+            raise ValueError("SamplingParams.top_k must be -1 (no limit) or >= 1, got 0")
+
+
+@attrs.frozen
+class SampleRequest:
+    """Sample completions of a prompt (``POST /api/v1/asample``)."""
+
+    prompt: ModelInput = instance_field(ModelInput)
+    sampling_params: SamplingParams = instance_field(SamplingParams)
+    num_samples: int = int_field(default=1, minimum=1)
+    base_model: str | None = str_field(default=None)
+    model_path: str | None = str_field(default=None)
+    sampling_session_id: str | None = str_field(default=None)
+    seq_id: int | None = int_field(default=None, minimum=0)
+    prompt_logprobs: bool | None = bool_field(default=None)
+    topk_prompt_logprobs: int = int_field(default=0, minimum=0)
+    type: Literal["sample"] = tag_field("sample")
+
+
+def _logprobs(value: Any, self_: Any, field: Any) -> Any:
+    if value is None:
+        return None
+    return float_list(value, _where(self_, field))
+
+
+@attrs.frozen
+class SampledSequence:
+    """One generated sequence."""
+
+    stop_reason: StopReason = choice_field(STOP_REASONS)
+    tokens: list[int] = attrs.field(converter=_conv(lambda v, s, f: token_list(v, _where(s, f))))
+    logprobs: list[float] | None = attrs.field(default=None, converter=_conv(_logprobs))
+
+    def __attrs_post_init__(self) -> None:
+        if self.logprobs is not None and len(self.logprobs) != len(self.tokens):
+            raise ValueError(
+                f"SampledSequence.logprobs must have one entry per token ({len(self.tokens)}), got {len(self.logprobs)}"
+            )
+
+
+def _prompt_logprobs(value: Any, self_: Any, field: Any) -> Any:
+    if value is None:
+        return None
+    where = _where(self_, field)
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{where} must be a list of float or None, got {type(value).__name__}")
+    out: list[float | None] = []
+    for i, item in enumerate(value):
+        if item is None:
+            out.append(None)
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            out.append(float(item))
+        else:
+            raise TypeError(f"{where} must be a list of float or None; item {i} is {_describe(item)}")
+    return out
+
+
+def _topk(value: Any, self_: Any, field: Any) -> Any:
+    if value is None:
+        return None
+    where = _where(self_, field)
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{where} must be a list of rows (list of (token_id, logprob)) or None")
+    out: list[list[tuple[int, float]] | None] = []
+    for i, row in enumerate(value):
+        if row is None:
+            out.append(None)
+            continue
+        if isinstance(row, (str, bytes)) or not hasattr(row, "__iter__"):
+            raise TypeError(f"{where}[{i}] must be a list of (token_id, logprob) pairs or None")
+        pairs: list[tuple[int, float]] = []
+        for pair in row:
+            try:
+                tok, lp = pair
+            except (TypeError, ValueError):
+                raise TypeError(f"{where}[{i}] must hold (token_id, logprob) pairs; got {_describe(pair)}") from None
+            if isinstance(tok, bool) or not isinstance(tok, int) or isinstance(lp, bool) or not isinstance(lp, (int, float)):
+                raise TypeError(f"{where}[{i}] must hold (int token_id, float logprob) pairs; got {_describe(pair)}")
+            pairs.append((tok, float(lp)))
+        out.append(pairs)
+    return out
+
+
+@attrs.frozen
+class SampleResponse:
+    """Sampled sequences, plus prompt logprobs when requested."""
+
+    sequences: list[SampledSequence] = list_of_field(SampledSequence)
+    prompt_logprobs: Optional[list[Optional[float]]] = attrs.field(default=None, converter=_conv(_prompt_logprobs))
+    topk_prompt_logprobs: Optional[list[Optional[list[tuple[int, float]]]]] = attrs.field(
+        default=None, converter=_conv(_topk)
+    )
+    prompt_cache_hit_tokens: int = int_field(default=0, minimum=0)
+    type: Literal["sample"] = tag_field("sample")
+
+
+@attrs.frozen
+class CreateSamplingSessionRequest:
+    """Create a sampling session on a base model or a ``tinker://`` sampler checkpoint."""
+
+    session_id: str = str_field()
+    sampling_session_seq_id: int = int_field(minimum=0)
+    base_model: str | None = str_field(default=None)
+    model_path: str | None = str_field(default=None)
+    type: Literal["create_sampling_session"] = tag_field("create_sampling_session")
+
+    def __attrs_post_init__(self) -> None:
+        if self.model_path is not None and not self.model_path.startswith("tinker://"):
+            raise ValueError(
+                f"CreateSamplingSessionRequest.model_path must start with 'tinker://', got {self.model_path!r}"
+            )
+        if self.base_model is None and self.model_path is None:
+            raise ValueError("CreateSamplingSessionRequest needs base_model or model_path")
+
+
+@attrs.frozen
+class CreateSamplingSessionResponse:
+    """Result of create_sampling_session."""
+
+    sampling_session_id: str = str_field()
+    type: Literal["create_sampling_session"] = tag_field("create_sampling_session")

@@ -1,0 +1,175 @@
+"""TensorData: a flat, typed array with an optional shape and optional CSR sparsity."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+import attrs
+
+from ._common import check_choice, float_list, int_list
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy
+    import torch
+
+__all__ = ["TensorData", "TensorDtype"]
+
+TensorDtype = Literal["int64", "float32"]
+_DTYPES = ("int64", "float32")
+
+
+def _optional_index_list(where: str):  # type: ignore[no-untyped-def]
+    def convert(value: Any) -> list[int] | None:
+        if value is None:
+            return None
+        return int_list(value, where, nonneg=True)
+
+    return convert
+
+
+@attrs.frozen
+class TensorData:
+    """A tensor on the wire: flattened row-major ``data`` in ``dtype`` (int64 or float32).
+
+    With ``sparse_crow_indices``/``sparse_col_indices`` set, ``data`` holds only the non-zero values of
+    a 2-D CSR matrix and ``shape`` is required. float32 data is rounded to float32 at construction.
+    """
+
+    data: list[Union[int, float]] = attrs.field()
+    dtype: TensorDtype = attrs.field()
+    shape: list[int] | None = attrs.field(default=None, converter=_optional_index_list("TensorData.shape"))
+    sparse_crow_indices: list[int] | None = attrs.field(
+        default=None, converter=_optional_index_list("TensorData.sparse_crow_indices")
+    )
+    sparse_col_indices: list[int] | None = attrs.field(
+        default=None, converter=_optional_index_list("TensorData.sparse_col_indices")
+    )
+
+    def __attrs_post_init__(self) -> None:
+        check_choice(self.dtype, "TensorData.dtype", _DTYPES)
+        if self.dtype == "int64":
+            data: list[Any] = int_list(self.data, "TensorData.data (dtype int64)")
+        else:
+            data = float_list(self.data, "TensorData.data (dtype float32)", float32=True)
+        object.__setattr__(self, "data", data)
+        crow, col, shape = self.sparse_crow_indices, self.sparse_col_indices, self.shape
+        if (crow is None) != (col is None):
+            raise ValueError("TensorData.sparse_crow_indices and sparse_col_indices must be given together")
+        if crow is not None and col is not None:
+            if shape is None or len(shape) != 2:
+                raise ValueError(f"a sparse (CSR) TensorData needs a 2-D shape, got shape={shape!r}")
+            nrows, ncols = shape
+            if len(crow) != nrows + 1:
+                raise ValueError(
+                    f"TensorData.sparse_crow_indices must have shape[0] + 1 = {nrows + 1} entries, got {len(crow)}"
+                )
+            if crow[0] != 0 or crow[-1] != len(data):
+                raise ValueError(
+                    "TensorData.sparse_crow_indices must start at 0 and end at len(data) = "
+                    f"{len(data)}, got {crow[0]}..{crow[-1]}"
+                )
+            if any(a > b for a, b in zip(crow, crow[1:])):
+                raise ValueError("TensorData.sparse_crow_indices must be non-decreasing")
+            if len(col) != len(data):
+                raise ValueError(
+                    f"TensorData.sparse_col_indices must have one entry per value ({len(data)}), got {len(col)}"
+                )
+            if col and max(col) >= ncols:
+                raise ValueError(f"TensorData.sparse_col_indices must be < shape[1] = {ncols}, got {max(col)}")
+        elif shape is not None and math.prod(shape) != len(data):
+            raise ValueError(
+                f"TensorData.shape {shape} holds {math.prod(shape)} elements but data has {len(data)}"
+            )
+
+    @property
+    def is_sparse(self) -> bool:
+        """True for CSR tensors."""
+        return self.sparse_crow_indices is not None
+
+    def dense_shape(self) -> list[int]:
+        """The shape, defaulting to 1-D ``[len(data)]``."""
+        return list(self.shape) if self.shape is not None else [len(self.data)]
+
+    def dense_data(self) -> list[Any]:
+        """The flattened row-major values with CSR expanded (zeros filled in)."""
+        if self.sparse_crow_indices is None or self.sparse_col_indices is None:
+            return self.data
+        nrows, ncols = self.dense_shape()
+        zero: Any = 0 if self.dtype == "int64" else 0.0
+        out = [zero] * (nrows * ncols)
+        crow, col, data = self.sparse_crow_indices, self.sparse_col_indices, self.data
+        for r in range(nrows):
+            base = r * ncols
+            for j in range(crow[r], crow[r + 1]):
+                out[base + col[j]] = data[j]
+        return out
+
+    def tolist(self) -> list[Any]:
+        """The values as (nested) Python lists following ``shape``."""
+        flat = self.dense_data()
+        shape = self.dense_shape()
+        if len(shape) <= 1:
+            return list(flat) if shape else (list(flat))
+        return _nest(flat, shape)
+
+    @classmethod
+    def from_numpy(cls, array: numpy.ndarray) -> TensorData:
+        """Build from a numpy array (floats -> float32, ints/bools -> int64); imports numpy lazily."""
+        import numpy as np
+
+        arr = np.asarray(array)
+        if arr.dtype.kind == "f":
+            dtype: TensorDtype = "float32"
+            flat = arr.astype(np.float32, copy=False).ravel()
+        elif arr.dtype.kind in "iub":
+            dtype = "int64"
+            flat = arr.astype(np.int64, copy=False).ravel()
+        else:
+            raise TypeError(f"TensorData.from_numpy supports float, int and bool arrays, got dtype {arr.dtype}")
+        return cls(data=flat.tolist(), dtype=dtype, shape=list(arr.shape))
+
+    def to_numpy(self) -> numpy.ndarray:
+        """As a numpy array of ``dtype`` and ``shape`` (CSR expanded); imports numpy lazily."""
+        import numpy as np
+
+        np_dtype = np.int64 if self.dtype == "int64" else np.float32
+        return np.asarray(self.dense_data(), dtype=np_dtype).reshape(self.dense_shape())
+
+    @classmethod
+    def from_torch(cls, tensor: torch.Tensor) -> TensorData:
+        """Build from a torch tensor (sparse CSR tensors stay sparse); imports torch lazily."""
+        import torch
+
+        t = tensor.detach().cpu()
+        if t.layout == torch.sparse_csr:
+            dtype: TensorDtype = "float32" if t.dtype.is_floating_point else "int64"
+            values = t.values().to(torch.float32 if dtype == "float32" else torch.int64)
+            return cls(
+                data=values.tolist(),
+                dtype=dtype,
+                shape=list(t.shape),
+                sparse_crow_indices=t.crow_indices().tolist(),
+                sparse_col_indices=t.col_indices().tolist(),
+            )
+        if t.is_sparse:
+            t = t.to_dense()
+        if t.dtype.is_floating_point:
+            return cls(data=t.to(torch.float32).reshape(-1).tolist(), dtype="float32", shape=list(t.shape))
+        if t.dtype.is_complex:
+            raise TypeError(f"TensorData.from_torch does not support complex tensors ({t.dtype})")
+        return cls(data=t.to(torch.int64).reshape(-1).tolist(), dtype="int64", shape=list(t.shape))
+
+    def to_torch(self) -> torch.Tensor:
+        """As a dense torch tensor of ``dtype`` and ``shape``; imports torch lazily."""
+        import torch
+
+        torch_dtype = torch.int64 if self.dtype == "int64" else torch.float32
+        return torch.tensor(self.dense_data(), dtype=torch_dtype).reshape(self.dense_shape())
+
+
+def _nest(flat: list[Any], shape: list[int]) -> list[Any]:
+    if len(shape) == 1:
+        return list(flat)
+    step = math.prod(shape[1:])
+    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]

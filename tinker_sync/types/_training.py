@@ -1,0 +1,423 @@
+"""Training wire types: Datum, forward/backward, optimizer step, checkpoints, model lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+from ._common import (
+    _describe,
+    bool_field,
+    check_choice,
+    choice_field,
+    float_dict_field,
+    float_field,
+    instance_field,
+    int_field,
+    json_dict_field,
+    list_of_field,
+    str_field,
+    tag_field,
+)
+from ._model_input import ModelInput
+from ._tensor import TensorData
+
+__all__ = [
+    "AdamParams",
+    "CreateModelRequest",
+    "CreateModelResponse",
+    "Datum",
+    "ForwardBackwardInput",
+    "ForwardBackwardOutput",
+    "ForwardBackwardRequest",
+    "ForwardRequest",
+    "GetInfoRequest",
+    "GetInfoResponse",
+    "LegacyForwardBackwardRequest",
+    "LoadWeightsRequest",
+    "LoadWeightsResponse",
+    "LoraConfig",
+    "LossFnInputs",
+    "LossFnOutput",
+    "LossFnType",
+    "ModelData",
+    "OptimStepRequest",
+    "OptimStepResponse",
+    "SaveWeightsForSamplerRequest",
+    "SaveWeightsForSamplerResponse",
+    "SaveWeightsForSamplerResponseInternal",
+    "SaveWeightsRequest",
+    "SaveWeightsResponse",
+    "UnloadModelRequest",
+    "UnloadModelResponse",
+]
+
+LossFnType = Literal[
+    "cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo", "stable_reinforce", "custom"
+]
+LOSS_FNS: tuple[str, ...] = (
+    "cross_entropy",
+    "importance_sampling",
+    "ppo",
+    "cispo",
+    "dro",
+    "gspo",
+    "stable_reinforce",
+    "custom",
+)
+LossFnInputs = dict[str, TensorData]
+LossFnOutput = dict[str, TensorData]
+
+# dtype used when a loss input is given as a plain Python list (PROTOCOL §6.1).
+_LIST_KEY_DTYPES: dict[str, str] = {
+    "target_tokens": "int64",
+    "weights": "float32",
+    "advantages": "float32",
+    "logprobs": "float32",
+    "clip_low_threshold": "float32",
+    "clip_high_threshold": "float32",
+    "sequence_ratio_mask": "float32",
+}
+
+
+def _list_to_tensor(key: str, value: list[Any] | tuple[Any, ...]) -> TensorData:
+    dtype = _LIST_KEY_DTYPES.get(key)
+    if dtype is None:
+        raise ValueError(
+            f"Datum.loss_fn_inputs[{key!r}] is a plain list, but the dtype of key {key!r} is unknown; "
+            f"pass a TensorData (or a numpy array) instead. Lists are accepted for: {', '.join(sorted(_LIST_KEY_DTYPES))}"
+        )
+    if value and isinstance(value[0], (list, tuple)):
+        ncols = len(value[0])
+        flat: list[Any] = []
+        for i, row in enumerate(value):
+            if not isinstance(row, (list, tuple)) or len(row) != ncols:
+                raise ValueError(
+                    f"Datum.loss_fn_inputs[{key!r}] must be a rectangular 2-D list; row {i} is {_describe(row)} "
+                    f"(expected {ncols} items)"
+                )
+            flat.extend(row)
+        return TensorData(data=flat, dtype=dtype, shape=[len(value), ncols])  # type: ignore[arg-type]
+    return TensorData(data=value, dtype=dtype, shape=[len(value)])  # type: ignore[arg-type]
+
+
+def _coerce_loss_fn_inputs(value: Any) -> dict[str, TensorData]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"Datum.loss_fn_inputs must be a dict of str -> TensorData, got {type(value).__name__}")
+    out: dict[str, TensorData] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise TypeError(f"Datum.loss_fn_inputs keys must be str, got {_describe(key)}")
+        if isinstance(item, TensorData):
+            out[key] = item
+        elif isinstance(item, (list, tuple)):
+            out[key] = _list_to_tensor(key, item)
+        elif type(item).__module__.split(".")[0] == "torch":
+            out[key] = TensorData.from_torch(item)
+        elif type(item).__module__.split(".")[0] == "numpy" or hasattr(item, "__array_interface__"):
+            out[key] = TensorData.from_numpy(item)
+        else:
+            raise TypeError(
+                f"Datum.loss_fn_inputs[{key!r}] must be a TensorData, numpy array, torch tensor or list; "
+                f"got {type(item).__name__}"
+            )
+    return out
+
+
+@attrs.frozen
+class Datum:
+    """One training example: the model input and the per-token loss inputs.
+
+    ``loss_fn_inputs`` values may be TensorData, numpy arrays, torch tensors or (for the known keys
+    ``target_tokens``, ``weights``, ``advantages``, ``logprobs``, ...) plain Python lists.
+    """
+
+    model_input: ModelInput = instance_field(ModelInput)
+    loss_fn_inputs: dict[str, TensorData] = attrs.field(converter=_coerce_loss_fn_inputs)
+
+
+def _loss_fn(where: str):  # type: ignore[no-untyped-def]
+    def convert(value: Any) -> str:
+        return check_choice(value, where, LOSS_FNS)  # type: ignore[no-any-return]
+
+    return convert
+
+
+@attrs.frozen
+class ForwardBackwardInput:
+    """The data and loss of a forward(-backward) pass."""
+
+    data: list[Datum] = list_of_field(Datum)
+    loss_fn: LossFnType = attrs.field(converter=_loss_fn("ForwardBackwardInput.loss_fn"))
+    loss_fn_config: dict[str, float] | None = float_dict_field(default=None)
+
+
+@attrs.frozen
+class ForwardBackwardRequest:
+    """The forward_backward request body (protobuf on the 0.25 wire; see ``_proto``).
+
+    ``forward_only`` makes it a forward pass (no gradients). ``seq_id`` 0/None means unset.
+    """
+
+    model_id: str = str_field()
+    data: list[Datum] = list_of_field(Datum)
+    loss_fn: LossFnType = attrs.field(converter=_loss_fn("ForwardBackwardRequest.loss_fn"))
+    seq_id: int | None = int_field(default=None, minimum=0)
+    loss_fn_config: dict[str, float] | None = float_dict_field(default=None)
+    forward_only: bool = bool_field(default=False)
+
+    @classmethod
+    def from_input(
+        cls, fb_input: ForwardBackwardInput, *, model_id: str, seq_id: int | None = None, forward_only: bool = False
+    ) -> ForwardBackwardRequest:
+        """Build from a ForwardBackwardInput."""
+        return cls(
+            model_id=model_id,
+            data=fb_input.data,
+            loss_fn=fb_input.loss_fn,
+            seq_id=seq_id,
+            loss_fn_config=fb_input.loss_fn_config,
+            forward_only=forward_only,
+        )
+
+    @property
+    def forward_backward_input(self) -> ForwardBackwardInput:
+        """The data/loss part as a ForwardBackwardInput."""
+        return ForwardBackwardInput(data=self.data, loss_fn=self.loss_fn, loss_fn_config=self.loss_fn_config)
+
+
+@attrs.frozen
+class LegacyForwardBackwardRequest:
+    """The JSON forward_backward body of SDK <= 0.24 (``POST /api/v1/forward_backward``)."""
+
+    forward_backward_input: ForwardBackwardInput = instance_field(ForwardBackwardInput)
+    model_id: str = str_field()
+    seq_id: int | None = int_field(default=None, minimum=0)
+
+
+@attrs.frozen
+class ForwardRequest:
+    """The JSON forward-only body of SDK <= 0.24 (``POST /api/v1/forward``)."""
+
+    forward_input: ForwardBackwardInput = instance_field(ForwardBackwardInput)
+    model_id: str = str_field()
+    seq_id: int | None = int_field(default=None, minimum=0)
+
+
+def _loss_fn_outputs(value: Any) -> list[dict[str, TensorData]]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"ForwardBackwardOutput.loss_fn_outputs must be a list of dicts, got {type(value).__name__}")
+    out = list(value)
+    for i, item in enumerate(out):
+        if not isinstance(item, Mapping):
+            raise TypeError(f"ForwardBackwardOutput.loss_fn_outputs item {i} must be a dict, got {type(item).__name__}")
+        for k, v in item.items():
+            if not isinstance(k, str) or not isinstance(v, TensorData):
+                raise TypeError(
+                    f"ForwardBackwardOutput.loss_fn_outputs[{i}] must map str -> TensorData; "
+                    f"key {_describe(k)} has a {type(v).__name__}"
+                )
+    return out
+
+
+@attrs.frozen
+class ForwardBackwardOutput:
+    """The result of forward/forward_backward: one output dict per datum, plus metrics."""
+
+    loss_fn_output_type: str = str_field()
+    loss_fn_outputs: list[dict[str, TensorData]] = attrs.field(converter=_loss_fn_outputs)
+    metrics: dict[str, float] = float_dict_field()
+
+
+@attrs.frozen
+class AdamParams:
+    """Adam(W) hyper-parameters for optim_step (all always sent)."""
+
+    learning_rate: float = float_field(default=1e-4, minimum=0.0)
+    beta1: float = float_field(default=0.9, minimum=0.0, maximum=1.0, max_exclusive=True)
+    beta2: float = float_field(default=0.95, minimum=0.0, maximum=1.0, max_exclusive=True)
+    eps: float = float_field(default=1e-12, minimum=0.0, min_exclusive=True)
+    weight_decay: float = float_field(default=0.0, minimum=0.0)
+    grad_clip_norm: float = float_field(default=0.0, minimum=0.0)
+
+
+@attrs.frozen
+class OptimStepRequest:
+    """Apply one optimizer step to the accumulated gradients."""
+
+    adam_params: AdamParams = instance_field(AdamParams)
+    model_id: str = str_field()
+    seq_id: int | None = int_field(default=None, minimum=0)
+    type: Literal["optim_step"] = tag_field("optim_step")
+
+
+@attrs.frozen
+class OptimStepResponse:
+    """Result of optim_step."""
+
+    metrics: dict[str, float] | None = float_dict_field(default=None)
+    type: Literal["optim_step"] = tag_field("optim_step")
+
+
+@attrs.frozen
+class LoraConfig:
+    """LoRA settings of a training run."""
+
+    rank: int = int_field(default=32, minimum=1)
+    seed: int | None = int_field(default=None)
+    train_unembed: bool = bool_field(default=True)
+    train_mlp: bool = bool_field(default=True)
+    train_attn: bool = bool_field(default=True)
+
+    def __attrs_post_init__(self) -> None:
+        if not (self.train_unembed or self.train_mlp or self.train_attn):
+            raise ValueError("LoraConfig needs at least one of train_unembed, train_mlp, train_attn set to True")
+
+
+@attrs.frozen
+class CreateModelRequest:
+    """Create a LoRA training run on a base model."""
+
+    session_id: str = str_field()
+    model_seq_id: int = int_field(minimum=0)
+    base_model: str = str_field()
+    user_metadata: dict[str, Any] | None = json_dict_field(default=None)
+    lora_config: LoraConfig | None = instance_field(LoraConfig, default=None)
+    type: Literal["create_model"] = tag_field("create_model")
+
+
+@attrs.frozen
+class CreateModelResponse:
+    """Result of create_model."""
+
+    model_id: str = str_field()
+    type: Literal["create_model"] = tag_field("create_model")
+
+
+@attrs.frozen
+class SaveWeightsRequest:
+    """Save training state (weights + optimizer) as a named checkpoint."""
+
+    model_id: str = str_field()
+    path: str | None = str_field(default=None)
+    seq_id: int | None = int_field(default=None, minimum=0)
+    ttl_seconds: int | None = int_field(default=None, minimum=1)
+    overwrite: bool = bool_field(default=False)
+    type: Literal["save_weights"] = tag_field("save_weights")
+
+
+@attrs.frozen
+class SaveWeightsResponse:
+    """Result of save_weights: the ``tinker://RUN/weights/NAME`` path."""
+
+    path: str = str_field()
+    type: Literal["save_weights"] = tag_field("save_weights")
+
+
+@attrs.frozen
+class SaveWeightsForSamplerRequest:
+    """Save sampler weights: named (``path``) or ephemeral (``sampling_session_seq_id``)."""
+
+    model_id: str = str_field()
+    path: str | None = str_field(default=None)
+    sampling_session_seq_id: int | None = int_field(default=None, minimum=0)
+    seq_id: int | None = int_field(default=None, minimum=0)
+    ttl_seconds: int | None = int_field(default=None, minimum=1)
+    type: Literal["save_weights_for_sampler"] = tag_field("save_weights_for_sampler")
+
+
+@attrs.frozen
+class SaveWeightsForSamplerResponseInternal:
+    """What the save_weights_for_sampler future returns: a path and/or a sampling session id."""
+
+    path: str | None = str_field(default=None)
+    sampling_session_id: str | None = str_field(default=None)
+    type: Literal["save_weights_for_sampler"] = tag_field("save_weights_for_sampler")
+
+
+@attrs.frozen
+class SaveWeightsForSamplerResponse:
+    """Public result of a named save_weights_for_sampler: the ``tinker://RUN/sampler_weights/NAME`` path."""
+
+    path: str = str_field()
+    type: Literal["save_weights_for_sampler"] = tag_field("save_weights_for_sampler")
+
+
+@attrs.frozen
+class LoadWeightsRequest:
+    """Load a checkpoint into a model (legacy: model_id+seq_id; create-via-load: session_id+model_seq_id)."""
+
+    path: str = str_field()
+    optimizer: bool = bool_field()
+    model_id: str | None = str_field(default=None)
+    seq_id: int | None = int_field(default=None, minimum=0)
+    session_id: str | None = str_field(default=None)
+    model_seq_id: int | None = int_field(default=None, minimum=0)
+    base_model: str | None = str_field(default=None)
+    user_metadata: dict[str, Any] | None = json_dict_field(default=None)
+    weights_access_token: str | None = str_field(default=None, repr=False)
+    type: Literal["load_weights"] = tag_field("load_weights")
+
+    def __attrs_post_init__(self) -> None:
+        if not self.path.startswith("tinker://"):
+            raise ValueError(f"LoadWeightsRequest.path must be a tinker:// path, got {self.path!r}")
+        if self.model_id is None and self.session_id is None:
+            raise ValueError("LoadWeightsRequest needs model_id (load into a model) or session_id + model_seq_id")
+        if self.session_id is not None and self.model_seq_id is None:
+            raise ValueError("LoadWeightsRequest.model_seq_id is required together with session_id")
+
+
+@attrs.frozen
+class LoadWeightsResponse:
+    """Result of load_weights."""
+
+    path: str | None = str_field(default=None)
+    model_id: str | None = str_field(default=None)
+    type: Literal["load_weights"] = tag_field("load_weights")
+
+
+@attrs.frozen
+class ModelData:
+    """Model facts returned by get_info."""
+
+    arch: str | None = str_field(default=None)
+    model_name: str | None = str_field(default=None)
+    tokenizer_id: str | None = str_field(default=None)
+
+
+@attrs.frozen
+class GetInfoRequest:
+    """Ask for a training model's info."""
+
+    model_id: str = str_field()
+    type: Literal["get_info"] = tag_field("get_info")
+
+
+@attrs.frozen
+class GetInfoResponse:
+    """Info about a training model."""
+
+    model_id: str = str_field()
+    model_data: ModelData = instance_field(ModelData)
+    is_lora: bool | None = bool_field(default=None)
+    lora_rank: int | None = int_field(default=None)
+    model_name: str | None = str_field(default=None)
+    type: Literal["get_info"] = tag_field("get_info")
+
+
+@attrs.frozen
+class UnloadModelRequest:
+    """Unload a training model."""
+
+    model_id: str = str_field()
+    type: Literal["unload_model"] = tag_field("unload_model")
+
+
+@attrs.frozen
+class UnloadModelResponse:
+    """Result of unload_model."""
+
+    model_id: str = str_field()
+    type: Literal["unload_model"] = tag_field("unload_model")
