@@ -1,0 +1,820 @@
+"""Compute engine of the local Tinker server: tiny byte-level transformers, LoRA training, sampling (numpy).
+
+Models (:data:`SPECS`): ``tinker-sync/tiny-byte`` (d_model 64, 2 layers, 4 heads, d_ff 256, context 512) and
+``tinker-sync/small-byte`` (d_model 128, 4 layers, 4 heads, d_ff 512, context 1024). Base weights are random
+but deterministic (seed = first 8 bytes of sha256 of the model name); no weight files are shipped. Tokens
+are bytes (see :mod:`._tokenizer`): ids 0..255 = byte values, 256 = ``<|endoftext|>`` (EOS), 257 = ``<|pad|>``.
+
+LoRA: ``W + (alpha / rank) * A @ B`` with ``alpha`` = :data:`LORA_ALPHA` (32), ``A`` ~ N(0, 1/in) drawn from the
+adapter seed and ``B`` = 0, so a fresh adapter reproduces the base model exactly. Targets: ``train_attn`` =
+q, k, v, o projections; ``train_mlp`` = up, down; ``train_unembed`` = the (untied) unembedding.
+
+Training: losses are sums over tokens (``loss:sum``), gradients accumulate across ``forward_backward`` calls
+and :meth:`Engine.optim_step` applies AdamW (bias-corrected, decoupled weight decay as in torch.optim.AdamW,
+optional global-norm clipping) and zeroes them. Recommended learning rate: 1e-2 for ``tiny-byte`` and
+5e-3 for ``small-byte`` (any rank 4-32): 30 steps on five short prompt/completion pairs drive the loss
+below 2% of its start and greedy sampling then reproduces every completion. 5e-2 is too high (diverges),
+and the API default of 1e-4 barely moves these tiny random-weight models.
+
+Sampling: per-token ``logprobs`` of sampled tokens are under the *temperature-free* model distribution
+(log-softmax of the raw logits), so they equal what ``forward_backward`` reports for the same sequence and
+can be fed straight back as ``logprobs`` of the importance-sampling losses. Stop rules: ``stop=None`` stops
+at EOS; ``stop=[]`` never stops early; a list of token ids or of strings (or one string) stops at any of
+them *and* at EOS (vLLM semantics). The stop token / the tokens completing a stop string are included in
+the returned tokens, and ``stop_reason`` is ``"stop"``; running out of ``max_tokens`` gives ``"length"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _nn, _safetensors
+from ._tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, TOKENIZER_PATH, VOCAB_SIZE, token_bytes
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EOS_TOKEN_ID",
+    "LORA_ALPHA",
+    "LOSS_FUNCTIONS",
+    "MODEL_NAMES",
+    "PAD_TOKEN_ID",
+    "SPECS",
+    "TOKENIZER_PATH",
+    "VOCAB_SIZE",
+    "Adapter",
+    "Engine",
+    "EngineDatum",
+    "ModelSpec",
+    "SampleResult",
+    "SampledSequence",
+]
+
+LORA_ALPHA = 32.0
+RECOMMENDED_LEARNING_RATES: dict[str, float] = {"tinker-sync/tiny-byte": 1e-2, "tinker-sync/small-byte": 5e-3}
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+OPTIMIZER_STATE_FILE = "optimizer_state.safetensors"
+
+# Attention score elements (batch * heads * T * T) per micro-batch; bounds peak memory of forward_backward.
+_MAX_ATTN_ELEMENTS = 1 << 23
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape of one local base model."""
+
+    name: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    max_context: int
+
+    @property
+    def seed(self) -> int:
+        """Seed of the deterministic base weights (derived from the name)."""
+        return int.from_bytes(hashlib.sha256(self.name.encode("utf-8")).digest()[:8], "little")
+
+
+SPECS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec("tinker-sync/tiny-byte", VOCAB_SIZE, 64, 2, 4, 256, 512),
+        ModelSpec("tinker-sync/small-byte", VOCAB_SIZE, 128, 4, 4, 512, 1024),
+    )
+}
+MODEL_NAMES: list[str] = list(SPECS)
+
+
+# ---------------------------------------------------------------------------------------------- losses
+# loss_fn -> (required loss_fn_inputs keys, optional keys)
+LOSS_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "cross_entropy": (("target_tokens", "weights"), ()),
+    "importance_sampling": (("target_tokens", "logprobs", "advantages"), ()),
+    "ppo": (("target_tokens", "logprobs", "advantages"), ("clip_low_threshold", "clip_high_threshold")),
+    "cispo": (("target_tokens", "logprobs", "advantages"), ("clip_low_threshold", "clip_high_threshold")),
+    "dro": (("target_tokens", "logprobs", "advantages"), ()),
+}
+# loss_fn -> {config key: default}; defaults follow the Tinker docs (PPO ratio bounds 0.8/1.2, CISPO 0/4).
+_CONFIG_DEFAULTS: dict[str, dict[str, float]] = {
+    "cross_entropy": {},
+    "importance_sampling": {},
+    "ppo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
+    "cispo": {"clip_low_threshold": 0.0, "clip_high_threshold": 4.0},
+    "dro": {"beta": 0.05},
+}
+
+
+def _loss_and_grad(
+    loss_fn: str, lp: np.ndarray, inputs: Mapping[str, np.ndarray], config: Mapping[str, float]
+) -> tuple[float, np.ndarray]:
+    """Summed loss of one datum and dLoss/dlogprobs (same shape as ``lp``), computed in float64."""
+    if loss_fn == "cross_entropy":
+        w = inputs["weights"]
+        return float(-np.sum(lp * w)), -w
+    old = inputs["logprobs"]
+    adv = inputs["advantages"]
+    if loss_fn == "dro":
+        beta = config["beta"]
+        diff = lp - old
+        return float(-np.sum(lp * adv - 0.5 * beta * diff * diff)), -adv + beta * diff
+    ratio = np.exp(lp - old)
+    if loss_fn == "importance_sampling":
+        return float(-np.sum(ratio * adv)), -ratio * adv
+    low = inputs.get("clip_low_threshold", config["clip_low_threshold"])
+    high = inputs.get("clip_high_threshold", config["clip_high_threshold"])
+    clipped = np.clip(ratio, low, high)
+    if loss_fn == "ppo":
+        unclipped_obj = ratio * adv
+        clipped_obj = clipped * adv
+        obj = np.minimum(unclipped_obj, clipped_obj)
+        # d obj/d lp = ratio * adv where the unclipped branch is the minimum or the ratio is inside the
+        # bounds (both branches equal there); 0 where the clipped constant wins.
+        inside = (ratio >= low) & (ratio <= high)
+        active = inside | (unclipped_obj < clipped_obj)
+        return float(-np.sum(obj)), np.where(active, -ratio * adv, 0.0)
+    if loss_fn == "cispo":
+        return float(-np.sum(clipped * lp * adv)), -clipped * adv
+    raise AssertionError(loss_fn)  # pragma: no cover - validated before
+
+
+# ---------------------------------------------------------------------------------------------- data types
+@dataclass
+class EngineDatum:
+    """One training sequence: ``tokens`` (the model input) and its loss inputs as numpy arrays."""
+
+    tokens: list[int]
+    loss_fn_inputs: dict[str, np.ndarray]
+
+
+class SampledSequence(NamedTuple):
+    tokens: list[int]
+    logprobs: list[float]
+    stop_reason: str  # "stop" | "length"
+
+
+@dataclass
+class SampleResult:
+    sequences: list[SampledSequence]
+    prompt_logprobs: list[float | None] | None = None
+    topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
+
+
+# PEFT-style tensor names for our module names.
+def _peft_module_name(module: str) -> str:
+    if module == _nn.UNEMBED_MODULE:
+        return "base_model.model.lm_head"
+    _, idx, kind = module.split(".")
+    block = "self_attn" if kind in _nn.ATTN_MODULES else "mlp"
+    return f"base_model.model.model.layers.{idx}.{block}.{kind}_proj"
+
+
+def _target_modules(train_attn: bool, train_mlp: bool, train_unembed: bool) -> list[str]:
+    out: list[str] = []
+    if train_attn:
+        out += [f"{m}_proj" for m in _nn.ATTN_MODULES]
+    if train_mlp:
+        out += [f"{m}_proj" for m in _nn.MLP_MODULES]
+    if train_unembed:
+        out.append("lm_head")
+    return out
+
+
+class Adapter:
+    """LoRA weights of one model + AdamW state + accumulated gradients.
+
+    ``params`` maps a module name (``layers.0.q`` ... ``unembed``) to ``(A, B)``. Mutations go through
+    the engine under :attr:`lock`; :meth:`snapshot` gives an immutable copy for samplers.
+    """
+
+    def __init__(
+        self, *, model_name: str, rank: int, seed: int, train_attn: bool, train_mlp: bool, train_unembed: bool,
+        params: dict[str, tuple[np.ndarray, np.ndarray]],
+    ) -> None:
+        self.model_name = model_name
+        self.rank = rank
+        self.seed = seed
+        self.train_attn = train_attn
+        self.train_mlp = train_mlp
+        self.train_unembed = train_unembed
+        self.params = params
+        self.grads: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            k: (np.zeros_like(a), np.zeros_like(b)) for k, (a, b) in params.items()
+        }
+        self.exp_avg: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            k: (np.zeros_like(a), np.zeros_like(b)) for k, (a, b) in params.items()
+        }
+        self.exp_avg_sq: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            k: (np.zeros_like(a), np.zeros_like(b)) for k, (a, b) in params.items()
+        }
+        self.step = 0
+        self.pending_grad_calls = 0
+        self.frozen = False
+        self.lock = threading.RLock()
+        self._merged: dict[str, np.ndarray] | None = None  # cache of W + s*A@B (invalidated on update)
+
+    @property
+    def scale(self) -> float:
+        return LORA_ALPHA / self.rank
+
+    @property
+    def lora_config(self) -> dict[str, Any]:
+        """PEFT-like adapter config (also written as adapter_config.json)."""
+        return {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": self.model_name,
+            "r": self.rank,
+            "lora_alpha": LORA_ALPHA,
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "target_modules": _target_modules(self.train_attn, self.train_mlp, self.train_unembed),
+            "train_attn": self.train_attn,
+            "train_mlp": self.train_mlp,
+            "train_unembed": self.train_unembed,
+            "seed": self.seed,
+        }
+
+    def snapshot(self) -> Adapter:
+        """A frozen copy of the weights (no gradients or optimizer state needed) for a sampler."""
+        with self.lock:
+            snap = Adapter(
+                model_name=self.model_name, rank=self.rank, seed=self.seed, train_attn=self.train_attn,
+                train_mlp=self.train_mlp, train_unembed=self.train_unembed,
+                params={k: (a.copy(), b.copy()) for k, (a, b) in self.params.items()},
+            )
+            snap.step = self.step
+        snap.grads = {}
+        snap.exp_avg = {}
+        snap.exp_avg_sq = {}
+        for a, b in snap.params.values():
+            a.setflags(write=False)
+            b.setflags(write=False)
+        snap.frozen = True
+        return snap
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: Path, *, with_optimizer: bool) -> None:
+        """Write adapter_config.json + adapter_model.safetensors (+ optimizer_state.safetensors)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            weights: dict[str, np.ndarray] = {}
+            for module, (a, b) in self.params.items():
+                peft = _peft_module_name(module)
+                weights[f"{peft}.lora_A.weight"] = a.T.astype(np.float32)
+                weights[f"{peft}.lora_B.weight"] = b.T.astype(np.float32)
+            meta = {"format": "pt", "base_model": self.model_name}
+            _safetensors.save_file(weights, directory / ADAPTER_WEIGHTS_FILE, meta)
+            if with_optimizer and not self.frozen:
+                state: dict[str, np.ndarray] = {}
+                for module in self.params:
+                    peft = _peft_module_name(module)
+                    for part, idx in (("lora_A", 0), ("lora_B", 1)):
+                        state[f"{peft}.{part}.exp_avg"] = self.exp_avg[module][idx].T.astype(np.float32)
+                        state[f"{peft}.{part}.exp_avg_sq"] = self.exp_avg_sq[module][idx].T.astype(np.float32)
+                _safetensors.save_file(
+                    state, directory / OPTIMIZER_STATE_FILE, {"step": str(self.step), "base_model": self.model_name}
+                )
+            config_text = json.dumps(self.lora_config, indent=2, sort_keys=True) + "\n"
+        (directory / ADAPTER_CONFIG_FILE).write_text(config_text, encoding="utf-8")
+
+    @classmethod
+    def load(cls, engine: Engine, directory: Path, *, with_optimizer: bool) -> Adapter:
+        """Load an adapter saved by :meth:`save`, validating base model, modules and shapes.
+
+        Raises:
+            ValueError: missing files, a different base model, or tensors that do not fit this model.
+        """
+        directory = Path(directory)
+        config_path = directory / ADAPTER_CONFIG_FILE
+        weights_path = directory / ADAPTER_WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise ValueError(f"checkpoint is incomplete: {path.name} not found in {directory}")
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            base = str(config["base_model_name_or_path"])
+            rank = int(config["r"])
+            flags = {k: bool(config.get(k, True)) for k in ("train_attn", "train_mlp", "train_unembed")}
+            seed = int(config.get("seed") or 0)
+            alpha = float(config.get("lora_alpha", LORA_ALPHA))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{ADAPTER_CONFIG_FILE} is invalid: {exc!r}") from exc
+        if base != engine.spec.name:
+            raise ValueError(
+                f"checkpoint was trained on base model {base!r}; it cannot be loaded into {engine.spec.name!r}"
+            )
+        if alpha != LORA_ALPHA:
+            raise ValueError(f"checkpoint lora_alpha {alpha} is not supported (this server uses {LORA_ALPHA})")
+        adapter = engine.new_adapter(rank=rank, seed=seed, **flags)
+        try:
+            tensors, _ = _safetensors.load_file(weights_path)
+        except _safetensors.SafetensorsError as exc:
+            raise ValueError(f"{ADAPTER_WEIGHTS_FILE} is invalid: {exc}") from exc
+        expected = {
+            f"{_peft_module_name(m)}.{part}.weight": (m, idx)
+            for m in adapter.params
+            for part, idx in (("lora_A", 0), ("lora_B", 1))
+        }
+        if set(tensors) != set(expected):
+            missing = sorted(set(expected) - set(tensors))[:3]
+            extra = sorted(set(tensors) - set(expected))[:3]
+            raise ValueError(f"{ADAPTER_WEIGHTS_FILE} does not match its config: missing {missing}, unexpected {extra}")
+        for name, (module, idx) in expected.items():
+            target = adapter.params[module][idx]
+            value = tensors[name].T
+            if value.shape != target.shape:
+                raise ValueError(f"tensor {name} has shape {list(tensors[name].shape)}, expected {list(target.T.shape)}")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"tensor {name} contains non-finite values")
+            target[...] = value
+        if with_optimizer:
+            opt_path = directory / OPTIMIZER_STATE_FILE
+            if not opt_path.is_file():
+                raise ValueError(f"checkpoint has no optimizer state ({OPTIMIZER_STATE_FILE} not found in {directory})")
+            try:
+                state, meta = _safetensors.load_file(opt_path)
+                adapter.step = int(meta.get("step", "0"))
+            except (_safetensors.SafetensorsError, ValueError) as exc:
+                raise ValueError(f"{OPTIMIZER_STATE_FILE} is invalid: {exc}") from exc
+            for module in adapter.params:
+                peft = _peft_module_name(module)
+                for part, idx in (("lora_A", 0), ("lora_B", 1)):
+                    for kind, store in (("exp_avg", adapter.exp_avg), ("exp_avg_sq", adapter.exp_avg_sq)):
+                        key = f"{peft}.{part}.{kind}"
+                        target = store[module][idx]
+                        if key not in state or state[key].T.shape != target.shape:
+                            raise ValueError(f"{OPTIMIZER_STATE_FILE}: tensor {key} missing or of the wrong shape")
+                        target[...] = state[key].T
+        adapter._merged = None
+        return adapter
+
+
+# ---------------------------------------------------------------------------------------------- engine
+def _as_float(arr: Any, key: str, where: str, dtype: type = np.float64) -> np.ndarray:
+    try:
+        out = np.asarray(arr, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: loss_fn_inputs[{key!r}] is not numeric ({exc})") from exc
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{where}: loss_fn_inputs[{key!r}] contains NaN or infinite values")
+    return out
+
+
+class Engine:
+    """One base model: deterministic weights, LoRA adapters, training and sampling.
+
+    Thread safety: base weights are read-only; ``sample`` keeps all state local (any number of threads);
+    ``forward_backward``/``optim_step`` lock the adapter they modify.
+    """
+
+    def __init__(self, model_name: str, *, dtype: type = np.float32) -> None:
+        if model_name not in SPECS:
+            raise ValueError(f"unknown base model {model_name!r}; available: {', '.join(MODEL_NAMES)}")
+        self.spec = SPECS[model_name]
+        self.dtype = np.dtype(dtype)
+        s = self.spec
+        self.base = _nn.init_base_weights(
+            vocab_size=s.vocab_size, d_model=s.d_model, n_layers=s.n_layers, d_ff=s.d_ff,
+            max_context=s.max_context, seed=s.seed, dtype=dtype,
+        )
+        self.module_shapes = _nn.module_shapes(s.d_model, s.d_ff, s.vocab_size, s.n_layers)
+
+    # ------------------------------------------------------------------ adapters
+    def new_adapter(
+        self, *, rank: int, seed: int | None, train_attn: bool = True, train_mlp: bool = True,
+        train_unembed: bool = True,
+    ) -> Adapter:
+        """A fresh LoRA adapter (B = 0, so it reproduces the base model); ``seed=None`` picks one at random."""
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+        if not (train_attn or train_mlp or train_unembed):
+            raise ValueError("at least one of train_attn, train_mlp, train_unembed must be true")
+        if seed is None:
+            seed = secrets.randbits(63)
+        rng = np.random.default_rng(seed)
+        params: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for module, (n_in, n_out) in self.module_shapes.items():
+            kind = module.rsplit(".", 1)[-1]
+            selected = (
+                (train_attn and kind in _nn.ATTN_MODULES)
+                or (train_mlp and kind in _nn.MLP_MODULES)
+                or (train_unembed and module == _nn.UNEMBED_MODULE)
+            )
+            # Draw for every module, selected or not, so a module's init never depends on the flags.
+            a = rng.standard_normal((n_in, rank)) / np.sqrt(n_in)
+            if selected:
+                params[module] = (a.astype(self.dtype), np.zeros((rank, n_out), dtype=self.dtype))
+        return Adapter(
+            model_name=self.spec.name, rank=rank, seed=int(seed), train_attn=train_attn, train_mlp=train_mlp,
+            train_unembed=train_unembed, params=params,
+        )
+
+    def _effective(self, adapter: Adapter | None) -> Mapping[str, np.ndarray]:
+        if adapter is None:
+            return self.base
+        if adapter.model_name != self.spec.name:
+            raise ValueError(f"adapter belongs to {adapter.model_name!r}, not {self.spec.name!r}")
+        with adapter.lock:
+            merged = adapter._merged
+            if merged is None:
+                merged = dict(self.base)
+                for module, (a, b) in adapter.params.items():
+                    merged[module] = self.base[module] + adapter.scale * (a @ b)
+                adapter._merged = merged
+            return merged
+
+    # ------------------------------------------------------------------ validation
+    def _check_tokens(self, tokens: Sequence[int], where: str) -> np.ndarray:
+        arr = np.asarray(tokens)
+        if arr.ndim != 1:
+            raise ValueError(f"{where}: tokens must be a flat list of ints")
+        if arr.size == 0:
+            raise ValueError(f"{where}: the model input is empty; give at least one token")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{where}: token ids must be integers, got dtype {arr.dtype}")
+        bad = (arr < 0) | (arr >= self.spec.vocab_size)
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"{where}: token id {int(arr[i])} at position {i} is out of range for {self.spec.name} "
+                f"(vocabulary size {self.spec.vocab_size}: ids 0..{self.spec.vocab_size - 1})"
+            )
+        if arr.size > self.spec.max_context:
+            raise ValueError(
+                f"{where}: sequence of {arr.size} tokens exceeds the maximum context of {self.spec.name} "
+                f"({self.spec.max_context} tokens); truncate or split it"
+            )
+        return arr.astype(np.int64)
+
+    def _prepare(
+        self, data: Sequence[EngineDatum], loss_fn: str, loss_fn_config: Mapping[str, float] | None
+    ) -> tuple[list[tuple[np.ndarray, dict[str, np.ndarray]]], dict[str, float]]:
+        if loss_fn not in LOSS_FUNCTIONS:
+            raise ValueError(f"unknown loss_fn {loss_fn!r}; supported: {', '.join(LOSS_FUNCTIONS)}")
+        if not data:
+            raise ValueError("no data: forward_backward needs at least one Datum")
+        defaults = _CONFIG_DEFAULTS[loss_fn]
+        config = dict(defaults)
+        for key, value in (loss_fn_config or {}).items():
+            if key not in defaults:
+                allowed = ", ".join(defaults) or "none"
+                raise ValueError(f"loss_fn_config key {key!r} is not used by {loss_fn!r} (allowed: {allowed})")
+            v = float(value)
+            if not np.isfinite(v):
+                raise ValueError(f"loss_fn_config[{key!r}] must be finite, got {value!r}")
+            config[key] = v
+        if loss_fn in ("ppo", "cispo") and config["clip_low_threshold"] > config["clip_high_threshold"]:
+            raise ValueError("clip_low_threshold must not exceed clip_high_threshold")
+        required, optional = LOSS_FUNCTIONS[loss_fn]
+        prepared: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+        for i, datum in enumerate(data):
+            where = f"data[{i}]"
+            tokens = self._check_tokens(datum.tokens, where)
+            n = tokens.size
+            given = datum.loss_fn_inputs
+            missing = [k for k in required if k not in given]
+            if missing:
+                raise ValueError(f"{where}: loss_fn {loss_fn!r} needs loss_fn_inputs {list(required)}; missing {missing}")
+            extra = [k for k in given if k not in required and k not in optional]
+            if extra:
+                raise ValueError(
+                    f"{where}: loss_fn_inputs {extra} are not used by loss_fn {loss_fn!r} "
+                    f"(it takes {list(required + optional)})"
+                )
+            targets = np.asarray(given["target_tokens"])
+            if targets.dtype.kind == "f":
+                if not np.all(np.isfinite(targets)) or not np.all(targets == np.round(targets)):
+                    raise ValueError(f"{where}: target_tokens must be integer token ids")
+                targets = targets.astype(np.int64)
+            elif targets.dtype.kind not in "iu":
+                raise ValueError(f"{where}: target_tokens must be integer token ids, got dtype {targets.dtype}")
+            max_dims = 2 if loss_fn == "cross_entropy" else 1
+            if targets.ndim < 1 or targets.ndim > max_dims or targets.shape[0] != n:
+                shape = "(N,) or (N, K)" if max_dims == 2 else "(N,)"
+                raise ValueError(
+                    f"{where}: target_tokens has shape {list(targets.shape)} but must be {shape} with N = {n}, "
+                    f"the model_input length (position i holds the token that follows model_input[:i+1])"
+                )
+            bad = (targets < 0) | (targets >= self.spec.vocab_size)
+            if np.any(bad):
+                raise ValueError(
+                    f"{where}: target token id {int(targets[bad].flat[0])} is out of range "
+                    f"(vocabulary size {self.spec.vocab_size})"
+                )
+            inputs: dict[str, np.ndarray] = {"target_tokens": targets.astype(np.int64)}
+            for key in list(required[1:]) + [k for k in optional if k in given]:
+                arr = _as_float(given[key], key, where)
+                expect = targets.shape if key == "weights" else (n,)
+                if arr.shape != expect:
+                    raise ValueError(
+                        f"{where}: loss_fn_inputs[{key!r}] has shape {list(arr.shape)}, expected {list(expect)} "
+                        f"(same as target_tokens / the model_input length)"
+                    )
+                inputs[key] = arr
+            prepared.append((tokens, inputs))
+        return prepared, config
+
+    # ------------------------------------------------------------------ training
+    def forward_backward(
+        self,
+        adapter: Adapter,
+        data: Sequence[EngineDatum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float] | None = None,
+        *,
+        forward_only: bool = False,
+    ) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
+        """Compute per-datum target logprobs and the summed loss; accumulate LoRA gradients unless forward_only.
+
+        Returns ``(outputs, metrics)``: outputs[i] = ``{"logprobs": float32 array shaped like target_tokens}``,
+        metrics ``loss:sum``, ``num_tokens:sum``, ``num_sequences:sum``.
+
+        Raises:
+            ValueError: unknown loss_fn, missing/extra/mis-shaped loss inputs, bad token ids, too-long or
+                empty sequences, non-finite values. Nothing is accumulated when it raises.
+        """
+        if adapter.frozen and not forward_only:
+            raise ValueError("this adapter is a read-only snapshot; it cannot accumulate gradients")
+        prepared, config = self._prepare(data, loss_fn, loss_fn_config)
+        s = self.spec
+        eff = self._effective(adapter)
+        with adapter.lock:
+            lora = {k: (a, b) for k, (a, b) in adapter.params.items()}
+        outputs: list[dict[str, np.ndarray]] = [{} for _ in prepared]
+        total_loss = 0.0
+        local_grads: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for batch_ids in self._micro_batches([t.size for t, _ in prepared]):
+            t_max = max(prepared[i][0].size for i in batch_ids)
+            tokens = np.full((len(batch_ids), t_max), PAD_TOKEN_ID, dtype=np.int64)
+            for row, i in enumerate(batch_ids):
+                tokens[row, : prepared[i][0].size] = prepared[i][0]
+            logits, cache = _nn.forward(self.base, eff, tokens, n_layers=s.n_layers, n_heads=s.n_heads)
+            lsm = _nn.log_softmax(logits)
+            dlogits = np.zeros_like(logits) if not forward_only else None
+            for row, i in enumerate(batch_ids):
+                n = prepared[i][0].size
+                inputs = prepared[i][1]
+                targets = inputs["target_tokens"]
+                t2 = targets.reshape(n, -1)
+                lp2 = np.take_along_axis(lsm[row, :n], t2, axis=1).astype(np.float64)
+                lp = lp2.reshape(targets.shape)
+                loss, dlp = _loss_and_grad(loss_fn, lp, inputs, config)
+                total_loss += loss
+                outputs[i] = {"logprobs": lp.astype(np.float32)}
+                if dlogits is not None:
+                    dlp2 = dlp.reshape(n, -1).astype(logits.dtype)
+                    probs = np.exp(lsm[row, :n])
+                    g = -probs * np.sum(dlp2, axis=1, keepdims=True)
+                    np.add.at(g, (np.arange(n)[:, None], t2), dlp2)
+                    dlogits[row, :n] = g
+            if dlogits is not None and lora:
+                grads = _nn.backward(
+                    self.base, eff, lora, adapter.scale, cache, dlogits, n_layers=s.n_layers, n_heads=s.n_heads
+                )
+                for k, (ga, gb) in grads.items():
+                    if k in local_grads:
+                        local_grads[k][0][...] += ga
+                        local_grads[k][1][...] += gb
+                    else:
+                        local_grads[k] = (ga, gb)
+        if not np.isfinite(total_loss):
+            raise ValueError("the loss is not finite (check logprobs/advantages inputs for extreme values)")
+        if not forward_only:
+            for k, (ga, gb) in local_grads.items():
+                if not (np.all(np.isfinite(ga)) and np.all(np.isfinite(gb))):
+                    raise ValueError("gradients are not finite (check loss inputs for extreme values); nothing was accumulated")
+            with adapter.lock:
+                for k, (ga, gb) in local_grads.items():
+                    adapter.grads[k][0][...] += ga
+                    adapter.grads[k][1][...] += gb
+                adapter.pending_grad_calls += 1
+        metrics = {
+            "loss:sum": float(total_loss),
+            "num_tokens:sum": float(sum(t.size for t, _ in prepared)),
+            "num_sequences:sum": float(len(prepared)),
+        }
+        return outputs, metrics
+
+    def _micro_batches(self, lengths: list[int]) -> list[list[int]]:
+        """Consecutive groups of data whose padded attention matrices stay under the memory bound."""
+        groups: list[list[int]] = []
+        current: list[int] = []
+        t_max = 0
+        for i, n in enumerate(lengths):
+            new_max = max(t_max, n)
+            if current and (len(current) + 1) * self.spec.n_heads * new_max * new_max > _MAX_ATTN_ELEMENTS:
+                groups.append(current)
+                current, new_max = [], n
+            current.append(i)
+            t_max = new_max
+        if current:
+            groups.append(current)
+        return groups
+
+    def optim_step(
+        self,
+        adapter: Adapter,
+        *,
+        learning_rate: float,
+        beta1: float = 0.9,
+        beta2: float = 0.95,
+        eps: float = 1e-12,
+        weight_decay: float = 0.0,
+        grad_clip_norm: float = 0.0,
+    ) -> dict[str, float]:
+        """One AdamW step on the accumulated gradients, then zero them.
+
+        Returns plain-float metrics: ``grad_norm`` (before clipping), ``learning_rate``, ``step``.
+        """
+        if adapter.frozen:
+            raise ValueError("this adapter is a read-only snapshot; it cannot be optimized")
+        for name, value, ok in (
+            ("learning_rate", learning_rate, learning_rate >= 0),
+            ("beta1", beta1, 0 <= beta1 < 1),
+            ("beta2", beta2, 0 <= beta2 < 1),
+            ("eps", eps, eps > 0),
+            ("weight_decay", weight_decay, weight_decay >= 0),
+            ("grad_clip_norm", grad_clip_norm, grad_clip_norm >= 0),
+        ):
+            if not (np.isfinite(value) and ok):
+                raise ValueError(f"AdamParams.{name} = {value!r} is out of range")
+        with adapter.lock:
+            sq = 0.0
+            for ga, gb in adapter.grads.values():
+                sq += float(np.sum(ga.astype(np.float64) ** 2) + np.sum(gb.astype(np.float64) ** 2))
+            norm = float(np.sqrt(sq))
+            coef = 1.0
+            if grad_clip_norm > 0 and norm > grad_clip_norm:
+                coef = grad_clip_norm / (norm + 1e-6)
+            adapter.step += 1
+            t = adapter.step
+            bc1 = 1.0 - beta1**t
+            bc2 = 1.0 - beta2**t
+            for module, pair in adapter.params.items():
+                for idx in (0, 1):
+                    p = pair[idx]
+                    g = adapter.grads[module][idx] * coef
+                    m = adapter.exp_avg[module][idx]
+                    v = adapter.exp_avg_sq[module][idx]
+                    m *= beta1
+                    m += (1.0 - beta1) * g
+                    v *= beta2
+                    v += (1.0 - beta2) * g * g
+                    if weight_decay:
+                        p *= 1.0 - learning_rate * weight_decay
+                    p -= learning_rate * (m / bc1) / (np.sqrt(v / bc2) + eps)
+                    adapter.grads[module][idx][...] = 0.0
+            adapter.pending_grad_calls = 0
+            adapter._merged = None
+        return {"grad_norm": norm, "learning_rate": float(learning_rate), "step": float(t)}
+
+    # ------------------------------------------------------------------ sampling
+    def sample(
+        self,
+        adapter: Adapter | None,
+        prompt: Sequence[int],
+        *,
+        num_samples: int = 1,
+        max_tokens: int | None = None,
+        temperature: float = 1.0,
+        top_k: int = -1,
+        top_p: float = 1.0,
+        stop: str | Sequence[str] | Sequence[int] | None = None,
+        seed: int | None = None,
+        prompt_logprobs: bool = False,
+        topk_prompt_logprobs: int = 0,
+    ) -> SampleResult:
+        """Generate ``num_samples`` continuations of ``prompt`` in one batched KV-cache pass.
+
+        Raises:
+            ValueError: bad prompt tokens, prompt + max_tokens beyond the context, bad sampling params.
+        """
+        s = self.spec
+        prompt_arr = self._check_tokens(prompt, "prompt")
+        p_len = int(prompt_arr.size)
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        room = s.max_context - p_len
+        if max_tokens is None:
+            max_tokens = room
+        elif not isinstance(max_tokens, int) or max_tokens < 0:
+            raise ValueError(f"max_tokens must be a non-negative integer or None, got {max_tokens!r}")
+        elif max_tokens > room:
+            raise ValueError(
+                f"prompt of {p_len} tokens + max_tokens {max_tokens} exceeds the context of {s.name} "
+                f"({s.max_context} tokens); lower max_tokens to at most {room}"
+            )
+        if not (np.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+        if not isinstance(top_k, int) or top_k < -1:
+            raise ValueError(f"top_k must be -1 (no limit) or a positive integer, got {top_k!r}")
+        if not (0.0 < top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        if not isinstance(topk_prompt_logprobs, int) or topk_prompt_logprobs < 0:
+            raise ValueError(f"topk_prompt_logprobs must be a non-negative integer, got {topk_prompt_logprobs!r}")
+        stop_ids, stop_strings = self._parse_stop(stop)
+        rng = np.random.default_rng(seed)
+
+        eff = self._effective(adapter)
+        decoder = _nn.KVDecoder(
+            self.base, eff, n_layers=s.n_layers, n_heads=s.n_heads, batch=num_samples,
+            max_len=p_len + max(max_tokens, 1),
+        )
+        prompt_logits = decoder.prefill(prompt_arr)
+        result = SampleResult(sequences=[])
+        if prompt_logprobs or topk_prompt_logprobs:
+            lsm = _nn.log_softmax(prompt_logits[:-1].astype(np.float64))
+            if prompt_logprobs:
+                lps = lsm[np.arange(p_len - 1), prompt_arr[1:]]
+                result.prompt_logprobs = [None] + [float(x) for x in lps]
+            if topk_prompt_logprobs:
+                k = min(topk_prompt_logprobs, s.vocab_size)
+                order = np.argsort(-lsm, axis=1, kind="stable")[:, :k]
+                rows: list[list[tuple[int, float]] | None] = [None]
+                for pos in range(p_len - 1):
+                    rows.append([(int(t), float(lsm[pos, t])) for t in order[pos]])
+                result.topk_prompt_logprobs = rows
+
+        tokens: list[list[int]] = [[] for _ in range(num_samples)]
+        logprobs: list[list[float]] = [[] for _ in range(num_samples)]
+        texts = [bytearray() for _ in range(num_samples)]
+        done = np.zeros(num_samples, dtype=bool)
+        reasons = ["length"] * num_samples
+        logits = np.broadcast_to(prompt_logits[-1], (num_samples, prompt_logits.shape[-1]))
+        for step in range(max_tokens):
+            lsm = _nn.log_softmax(logits.astype(np.float64))
+            chosen = self._choose(lsm, temperature, top_k, top_p, rng)
+            for row in np.flatnonzero(~done):
+                tok = int(chosen[row])
+                tokens[row].append(tok)
+                logprobs[row].append(float(lsm[row, tok]))
+                if tok in stop_ids:
+                    done[row], reasons[row] = True, "stop"
+                elif stop_strings:
+                    new = token_bytes(tok)
+                    buf = texts[row]
+                    buf += new
+                    for pat in stop_strings:
+                        if pat in buf[max(0, len(buf) - len(pat) - len(new) + 1) :]:
+                            done[row], reasons[row] = True, "stop"
+                            break
+            if done.all() or step + 1 == max_tokens:
+                break
+            logits = decoder.step(chosen)
+        result.sequences = [SampledSequence(tokens[i], logprobs[i], reasons[i]) for i in range(num_samples)]
+        return result
+
+    def _parse_stop(self, stop: str | Sequence[str] | Sequence[int] | None) -> tuple[set[int], list[bytes]]:
+        if stop is None:
+            return {EOS_TOKEN_ID}, []
+        if isinstance(stop, str):
+            stop = [stop]
+        items = list(stop)
+        if not items:
+            return set(), []
+        if all(isinstance(x, str) for x in items):
+            if any(x == "" for x in items):
+                raise ValueError("stop strings must not be empty")
+            return {EOS_TOKEN_ID}, [x.encode("utf-8") for x in items]  # type: ignore[union-attr]
+        if all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in items):
+            ids = {int(x) for x in items}  # type: ignore[arg-type]
+            bad = [i for i in ids if not 0 <= i < self.spec.vocab_size]
+            if bad:
+                raise ValueError(f"stop token id {bad[0]} is out of range (vocabulary size {self.spec.vocab_size})")
+            return ids | {EOS_TOKEN_ID}, []
+        raise ValueError("stop must be a string, a list of strings, or a list of token ids (not a mix)")
+
+    @staticmethod
+    def _choose(lsm: np.ndarray, temperature: float, top_k: int, top_p: float, rng: np.random.Generator) -> np.ndarray:
+        """Pick one token per row from log-probabilities (S, V) with temperature / top-k / top-p."""
+        uniform = rng.random(lsm.shape[0])  # always drawn, so the stream does not depend on the settings
+        if temperature == 0.0:
+            return np.argmax(lsm, axis=1)
+        scaled = lsm / temperature
+        order = np.argsort(-scaled, axis=1, kind="stable")
+        sorted_logits = np.take_along_axis(scaled, order, axis=1)
+        probs = np.exp(sorted_logits - sorted_logits[:, :1])
+        if top_k > 0:
+            probs[:, top_k:] = 0.0
+        probs /= probs.sum(axis=1, keepdims=True)
+        if top_p < 1.0:
+            cum_before = np.cumsum(probs, axis=1) - probs
+            probs = np.where(cum_before < top_p, probs, 0.0)
+        cum = np.cumsum(probs, axis=1)
+        idx = np.sum(cum < (uniform * cum[:, -1])[:, None], axis=1)
+        idx = np.minimum(idx, lsm.shape[1] - 1)
+        return order[np.arange(lsm.shape[0]), idx]
