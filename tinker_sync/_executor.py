@@ -1,0 +1,303 @@
+"""Worker threads and Future plumbing: a bounded Executor, chain(), gather() and SequencedLane.
+
+Every Future handed to users is a plain ``concurrent.futures.Future`` that we create and leave PENDING
+until it resolves, so ``cancel()``, ``wait()`` and ``as_completed()`` behave as documented.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from ._exceptions import ClientClosedError, TinkerError
+
+__all__ = ["Executor", "LanePoisonedError", "SequencedLane", "chain", "gather", "set_exception", "set_result"]
+
+logger = logging.getLogger(__name__)
+
+A = TypeVar("A")
+B = TypeVar("B")
+T = TypeVar("T")
+
+# Queued + running calls per Executor before submit() blocks the caller (backpressure). Large
+# enough that typical fan-outs (an RL step's 1000+ samples) never block, small enough that a runaway
+# loop cannot pile up unbounded memory. Calls from a worker thread bypass it: a worker must never
+# wait on its own pool.
+_DEFAULT_MAX_QUEUED = 4096
+
+_worker_local = threading.local()
+
+
+def set_result(fut: Future[T], value: T) -> bool:
+    """Resolve ``fut`` unless it is already done (e.g. cancelled by the user); True if set."""
+    try:
+        fut.set_result(value)
+        return True
+    except InvalidStateError:
+        return False
+
+
+def set_exception(fut: Future[Any], exc: BaseException) -> bool:
+    """Fail ``fut`` unless it is already done; True if set."""
+    try:
+        fut.set_exception(exc)
+        return True
+    except InvalidStateError:
+        return False
+
+
+def in_worker_thread() -> bool:
+    """Whether the current thread is a tinker-sync worker."""
+    return getattr(_worker_local, "is_worker", False)
+
+
+class Executor:
+    """A bounded pool of daemon-like worker threads ``tinker-sync-worker-N``.
+
+    ``submit()`` returns a fresh pending Future; the pool's own futures never escape.
+    """
+
+    def __init__(self, max_workers: int, *, max_queued: int = _DEFAULT_MAX_QUEUED) -> None:
+        self._numbers = itertools.count(1)
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, initializer=self._init_thread)
+        self._slots = threading.BoundedSemaphore(max(max_queued, max_workers))
+        self._lock = threading.Lock()
+        self._pending: set[Future[Any]] = set()
+        self._closed = False
+        self.max_workers = max_workers
+
+    def _init_thread(self) -> None:
+        threading.current_thread().name = f"tinker-sync-worker-{next(self._numbers)}"
+        _worker_local.is_worker = True
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """Run ``fn(*args, **kwargs)`` on a worker; the Future carries its result or exception.
+
+        Blocks the caller while ``max_queued`` calls are already queued (never inside a worker).
+
+        Raises:
+            ClientClosedError: immediately, if the executor was closed.
+        """
+        outer: Future[T] = Future()
+        bounded = not in_worker_thread()
+        if bounded:
+            self._slots.acquire()
+        with self._lock:
+            if self._closed:
+                if bounded:
+                    self._slots.release()
+                raise ClientClosedError("the client is closed; no new requests can be submitted")
+            self._pending.add(outer)
+
+        def run() -> None:
+            try:
+                if outer.done():  # cancelled by the user (or failed by close) before it started
+                    return
+                try:
+                    value = fn(*args, **kwargs)
+                except BaseException as exc:  # noqa: BLE001 - everything goes to the Future
+                    set_exception(outer, exc)
+                else:
+                    set_result(outer, value)
+            finally:
+                with self._lock:
+                    self._pending.discard(outer)
+                if bounded:
+                    self._slots.release()
+
+        try:
+            self._pool.submit(run)
+        except RuntimeError as exc:  # pool shut down between our check and submit
+            with self._lock:
+                self._pending.discard(outer)
+            if bounded:
+                self._slots.release()
+            raise ClientClosedError("the client is closed; no new requests can be submitted") from exc
+        return outer
+
+    def pending(self) -> list[Future[Any]]:
+        with self._lock:
+            return list(self._pending)
+
+    def close(self, *, cancel_pending: bool = False) -> None:
+        """Stop accepting work; with ``cancel_pending`` queued calls fail with ClientClosedError.
+
+        Waits for calls already running (they are bounded by the HTTP timeouts).
+        """
+        with self._lock:
+            self._closed = True
+            pending = list(self._pending)
+        if cancel_pending:
+            for fut in pending:
+                set_exception(fut, ClientClosedError("the client was closed before this call ran"))
+        self._pool.shutdown(wait=True, cancel_futures=cancel_pending)
+
+
+def chain(fut: Future[A], fn: Callable[[A], B]) -> Future[B]:
+    """A Future of ``fn(fut.result())``; no thread blocks, exceptions and cancellation propagate.
+
+    ``fn`` runs in the thread that completes ``fut``; cancelling the returned Future cancels ``fut``.
+    """
+    outer: Future[B] = Future()
+
+    def done(f: Future[A]) -> None:
+        if f.cancelled():
+            outer.cancel()
+            return
+        exc = f.exception()
+        if exc is not None:
+            set_exception(outer, exc)
+            return
+        try:
+            value = fn(f.result())
+        except BaseException as err:  # noqa: BLE001
+            set_exception(outer, err)
+        else:
+            set_result(outer, value)
+
+    def on_outer(o: Future[B]) -> None:
+        if o.cancelled():
+            fut.cancel()
+
+    outer.add_done_callback(on_outer)
+    fut.add_done_callback(done)
+    return outer
+
+
+def gather(futs: Sequence[Future[A]]) -> Future[list[A]]:
+    """A Future of all results in order; the first exception (or cancellation) fails it."""
+    outer: Future[list[A]] = Future()
+    futs = list(futs)
+    if not futs:
+        outer.set_result([])
+        return outer
+    results: list[Any] = [None] * len(futs)
+    remaining = [len(futs)]
+    lock = threading.Lock()
+
+    def make_cb(i: int) -> Callable[[Future[A]], None]:
+        def cb(f: Future[A]) -> None:
+            if f.cancelled():
+                set_exception(outer, CancelledError(f"gathered future #{i} was cancelled"))
+                return
+            exc = f.exception()
+            if exc is not None:
+                set_exception(outer, exc)
+                return
+            with lock:
+                results[i] = f.result()
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                set_result(outer, list(results))
+
+        return cb
+
+    def on_outer(o: Future[list[A]]) -> None:
+        if o.cancelled():
+            for f in futs:
+                f.cancel()
+
+    outer.add_done_callback(on_outer)
+    for i, f in enumerate(futs):
+        f.add_done_callback(make_cb(i))
+    return outer
+
+
+class LanePoisonedError(TinkerError):
+    """An earlier call of this ordered lane failed, so this one was not sent.
+
+    Sending it would leave a gap in the model's seq_id order that the server would wait on forever.
+    The original failure is the ``__cause__``.
+    """
+
+
+class SequencedLane:
+    """FIFO submission for one training model: calls run one at a time, in ``submit()`` order.
+
+    A call runs even if its Future was cancelled (skipping it would leave a seq_id gap); cancelling
+    only stops waiting for the result. After a call raises, the lane is poisoned: queued and later
+    calls fail fast with LanePoisonedError naming the failed call.
+    """
+
+    def __init__(self, executor: Executor, *, name: str = "lane") -> None:
+        self._executor = executor
+        self._name = name
+        self._lock = threading.Lock()
+        self._queue: collections.deque[tuple[Callable[[], Any], Future[Any], str]] = collections.deque()
+        self._running = False
+        self.poisoned: BaseException | None = None
+        self._poisoned_label = ""
+
+    def __repr__(self) -> str:
+        return f"SequencedLane({self._name!r}, queued={len(self._queue)}, poisoned={self.poisoned is not None})"
+
+    def _poison_error(self, label: str) -> LanePoisonedError:
+        err = LanePoisonedError(
+            f"{label or 'request'} was not sent because an earlier request on {self._name} "
+            f"({self._poisoned_label or 'request'}) failed: {self.poisoned!r}. Sending later requests would "
+            "leave a gap in the seq_id order; create a new training client (e.g. from the last checkpoint)."
+        )
+        err.__cause__ = self.poisoned
+        return err
+
+    def submit(self, fn: Callable[[], T], *, label: str = "") -> Future[T]:
+        """Queue ``fn``; it runs after every earlier call of this lane finished.
+
+        Raises:
+            ClientClosedError: immediately, if the executor is closed.
+        """
+        outer: Future[T] = Future()
+        with self._lock:
+            if self.poisoned is not None:
+                set_exception(outer, self._poison_error(label))
+                return outer
+            self._queue.append((fn, outer, label))
+            if self._running:
+                return outer
+            self._running = True
+        try:
+            self._executor.submit(self._drain)
+        except ClientClosedError:
+            with self._lock:
+                self._running = False
+                self._queue.clear()
+            raise
+        return outer
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running = False
+                    return
+                fn, outer, label = self._queue.popleft()
+                poisoned = self.poisoned
+            if poisoned is not None:
+                set_exception(outer, self._poison_error(label))
+                continue
+            try:
+                value = fn()
+            except BaseException as exc:  # noqa: BLE001
+                with self._lock:
+                    if self.poisoned is None:
+                        self.poisoned = exc
+                        self._poisoned_label = label
+                set_exception(outer, exc)
+            else:
+                set_result(outer, value)
+
+    def fail_pending(self, exc: BaseException) -> None:
+        """Fail every queued call (used by close(cancel_pending=True))."""
+        with self._lock:
+            items = list(self._queue)
+            self._queue.clear()
+            if self.poisoned is None:
+                self.poisoned = exc
+        for _fn, outer, _label in items:
+            set_exception(outer, exc)

@@ -1,0 +1,515 @@
+"""Result polling (``POST /api/v1/retrieve_future``): the pure ``decide()`` and the FuturePoller threads.
+
+``decide()`` maps one poll outcome to what happens next (PROTOCOL §3.3-3.4); FuturePoller runs a small
+pool of daemon threads that poll the tracked calls round-robin and resolve their Futures.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._exceptions import (
+    APIConnectionError,
+    APIResponseValidationError,
+    ClientClosedError,
+    RequestFailedError,
+    from_response,
+)
+from ._executor import set_exception, set_result
+
+if TYPE_CHECKING:
+    from ._transport import Transport
+
+__all__ = [
+    "Backoff",
+    "Decision",
+    "Done",
+    "Fail",
+    "FetchPayload",
+    "FuturePoller",
+    "PollAgain",
+    "PollState",
+    "PolledCall",
+    "Resubmit",
+    "decide",
+    "decide_connection_error",
+]
+
+logger = logging.getLogger(__name__)
+
+RETRIEVE_PATH = "/api/v1/retrieve_future"
+PROTO_ACCEPT = "application/x-protobuf, application/json"
+_MAX_BAD_REQUESTS = 3  # a bare 400 may come from a proxy: retry 3 times before failing
+_MAX_RESUBMITS = 3  # 410 (future expired) -> re-POST at most this many times per call
+# 5xx on a poll: the official SDK polls again at once. We add a small capped backoff (50 ms doubling
+# to 2 s) so a misbehaving server answering 500 instantly cannot turn the poller into a hot loop.
+_5XX_BASE_S = 0.05
+_5XX_MAX_S = 2.0
+_BACKOFF_MAX_S = 30.0  # 429 / connection errors: min(2**n, 30) s
+_BILLING_RESET_S = 300.0  # a 402 incident ends after 5 min without 402
+_PAUSE_WARN_EVERY_S = 60.0
+_PAUSED_TEXT = {
+    "paused_rate_limit": "concurrent training clients / sampler weights limit hit",
+    "paused_capacity": "Tinker backend is running short on capacity, please wait",
+}
+
+
+@attrs.frozen
+class PollState:
+    """Per-call counters carried between polls (immutable; decide() returns the next one)."""
+
+    iteration: int = 0
+    bad_requests: int = 0
+    backoffs: int = 0  # consecutive 429 / connection-error backoffs
+    server_errors: int = 0  # consecutive 5xx
+    allow_metadata_only: bool = False
+    metadata_seen: bool = False
+    billing_since: float | None = None  # monotonic time of the first 402 of the current incident
+    billing_last: float | None = None
+
+
+@attrs.frozen
+class Done:
+    value: Any
+    state: PollState
+
+
+@attrs.frozen
+class Fail:
+    exc: BaseException
+    state: PollState
+
+
+@attrs.frozen
+class PollAgain:
+    state: PollState
+    queue_state: str | None = None
+    reason: str | None = None
+    delay_s: float = 0.0
+
+
+@attrs.frozen
+class Backoff:
+    delay_s: float
+    state: PollState
+
+
+@attrs.frozen
+class FetchPayload:
+    state: PollState
+
+
+@attrs.frozen
+class Resubmit:
+    state: PollState
+
+
+Decision = Done | Fail | PollAgain | Backoff | FetchPayload | Resubmit
+
+
+def _lower(headers: Mapping[str, str] | None) -> dict[str, str]:
+    return {k.lower(): v for k, v in (headers or {}).items()}
+
+
+def _json_or_text(content: bytes) -> Any:
+    try:
+        return json.loads(content) if content else None
+    except ValueError:
+        return content.decode("utf-8", "replace")
+
+
+def _reset(state: PollState, **changes: Any) -> PollState:
+    """Any HTTP response resets the consecutive-backoff counter."""
+    changes.setdefault("backoffs", 0)
+    changes.setdefault("iteration", state.iteration + 1)
+    return attrs.evolve(state, **changes)
+
+
+def decide(
+    status: int,
+    headers: Mapping[str, str] | None,
+    content: bytes,
+    expected_type: type | None,
+    state: PollState,
+    *,
+    request_id: str | None = None,
+    now: float = 0.0,
+    billing_pause_s: float = 5.0,
+    billing_max_pause_s: float = 3600.0,
+) -> Decision:
+    """Decide what one poll response means (pure; no I/O).
+
+    Args:
+        status, headers, content: the HTTP response.
+        expected_type: the result type (an attrs class, or None/dict for raw JSON).
+        state: counters from earlier polls of this call.
+        now: monotonic time, used only for the 402 billing pause.
+    """
+    hdrs = _lower(headers)
+    if status != 402 and state.billing_last is not None and now - state.billing_last > _BILLING_RESET_S:
+        state = attrs.evolve(state, billing_since=None, billing_last=None)
+    if status == 200:
+        return _decide_ok(hdrs, content, expected_type, state, request_id)
+    if status == 408:
+        body = _json_or_text(content)
+        qs = body.get("queue_state") if isinstance(body, dict) else None
+        reason = body.get("queue_state_reason") if isinstance(body, dict) else None
+        return PollAgain(_reset(state, bad_requests=0, server_errors=0), qs, reason)
+    if status >= 500:
+        n = state.server_errors
+        delay = min(_5XX_BASE_S * 2**min(n, 16), _5XX_MAX_S)
+        return PollAgain(_reset(state, server_errors=n + 1), delay_s=delay)
+    if status == 429:
+        n = state.backoffs
+        return Backoff(min(2.0 ** min(n, 16), _BACKOFF_MAX_S), attrs.evolve(state, backoffs=n + 1, iteration=state.iteration + 1))
+    if status == 400 and state.bad_requests < _MAX_BAD_REQUESTS:
+        return PollAgain(_reset(state, bad_requests=state.bad_requests + 1))
+    if status == 410:
+        return Resubmit(_reset(state, metadata_seen=False))
+    if status == 402:
+        since = state.billing_since if state.billing_since is not None else now
+        if now - since < billing_max_pause_s:
+            logger.info("billing blocks request %s; pausing %.0f s before polling again", request_id, billing_pause_s)
+            return Backoff(billing_pause_s, _reset(state, billing_since=since, billing_last=now))
+    exc = from_response(status, _json_or_text(content), method="POST", path=RETRIEVE_PATH, request_id=request_id, headers=hdrs)
+    return Fail(exc, _reset(state))
+
+
+def decide_connection_error(exc: APIConnectionError, state: PollState) -> Decision:
+    """A poll got no HTTP response: back off min(2**n, 30) s and poll again."""
+    n = state.backoffs
+    return Backoff(min(2.0 ** min(n, 16), _BACKOFF_MAX_S), attrs.evolve(state, backoffs=n + 1))
+
+
+def _decide_ok(
+    hdrs: Mapping[str, str], content: bytes, expected_type: type | None, state: PollState, request_id: str | None
+) -> Decision:
+    name = getattr(expected_type, "__name__", "dict")
+    nxt = _reset(state, bad_requests=0, server_errors=0)
+    if "application/x-protobuf" in hdrs.get("content-type", ""):
+        from ._proto import PROTO_DECODERS  # lazy: written by the TYPES stream
+
+        decoder = PROTO_DECODERS.get(expected_type) if expected_type is not None else None
+        if decoder is None:
+            return Fail(
+                APIResponseValidationError(
+                    f"the server sent a protobuf result for request {request_id}, but {name} has no protobuf form",
+                    body=content[:1000],
+                    expected_type=name,
+                ),
+                nxt,
+            )
+        try:
+            return Done(decoder(content), nxt)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            err = APIResponseValidationError(
+                f"could not decode the protobuf {name} of request {request_id}: {exc}", body=content[:1000], expected_type=name
+            )
+            err.__cause__ = exc
+            return Fail(err, nxt)
+    try:
+        body = json.loads(content) if content else None
+    except ValueError as exc:
+        err = APIResponseValidationError(
+            f"the result of request {request_id} is not JSON (expected {name})", body=content[:1000], expected_type=name
+        )
+        err.__cause__ = exc
+        return Fail(err, nxt)
+    if isinstance(body, dict):
+        if body.get("type") == "try_again":
+            return PollAgain(nxt, body.get("queue_state"), body.get("queue_state_reason"))
+        if body.get("status") == "complete_metadata":
+            if state.metadata_seen or not state.allow_metadata_only:
+                # we asked for the payload (allow_metadata_only false) but got metadata anyway; ask
+                # once more, then give up rather than loop forever
+                if state.metadata_seen:
+                    return Fail(
+                        APIResponseValidationError(
+                            f"the server answered complete_metadata twice for request {request_id}",
+                            body=body,
+                            expected_type=name,
+                        ),
+                        nxt,
+                    )
+            return FetchPayload(attrs.evolve(nxt, allow_metadata_only=False, metadata_seen=True))
+        if "error" in body:
+            category = body.get("category")
+            category = category.lower() if isinstance(category, str) else "unknown"
+            return Fail(RequestFailedError(str(body["error"]), request_id=request_id, category=category), nxt)
+    if expected_type is None or expected_type is dict or expected_type is Any:
+        return Done(body, nxt)
+    from . import _serde  # lazy: written by the TYPES stream
+
+    try:
+        return Done(_serde.loads(body if body is not None else content, expected_type), nxt)
+    except APIResponseValidationError as exc:
+        return Fail(exc, nxt)
+
+
+# --------------------------------------------------------------------------------------------------
+# FuturePoller
+
+
+class PolledCall:
+    """One submitted request whose result is being polled."""
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        expected_type: type | None,
+        request_type: str,
+        future: Future[Any],
+        resubmit: Callable[[], str] | None = None,
+        started_at: float | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.expected_type = expected_type
+        self.request_type = request_type
+        self.future = future
+        self.resubmit = resubmit
+        self.state = PollState()
+        self.resubmits = 0
+        self.started_at = started_at if started_at is not None else time.monotonic()
+        self.round_trip_s: float | None = None
+
+    def __repr__(self) -> str:
+        return f"PolledCall({self.request_type} request_id={self.request_id!r} iteration={self.state.iteration})"
+
+    @property
+    def accept(self) -> str:
+        name = getattr(self.expected_type, "__name__", "")
+        return PROTO_ACCEPT if name in ("SampleResponse", "ForwardBackwardOutput") else "application/json"
+
+
+class FuturePoller:
+    """A pool of daemon threads ``tinker-sync-poller-N`` long-polling tracked calls round-robin.
+
+    Each thread takes the next due call, polls it once, applies ``decide()`` and re-queues it unless
+    it finished. Cancelled Futures are dropped at their next turn.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        max_pollers: int = 16,
+        poll_timeout_s: float = 45.0,
+        billing_pause_s: float = 5.0,
+        billing_max_pause_s: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._transport = transport
+        self._max_pollers = max_pollers
+        self._poll_timeout_s = poll_timeout_s
+        self._billing = (billing_pause_s, billing_max_pause_s)
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._ready: list[tuple[float, int, PolledCall]] = []  # heap by due time (FIFO on ties)
+        self._seq = itertools.count()
+        self._tracked: set[PolledCall] = set()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+        self._closing = False
+        self._stop = threading.Event()  # interrupts back-off waits on close
+        self._last_queue_state: str | None = None
+        self._last_pause_warning = -float("inf")
+
+    # -- public --------------------------------------------------------------------------------
+    def track(self, call: PolledCall) -> None:
+        """Start polling ``call``; its Future resolves with the result or error."""
+        with self._cond:
+            if self._closing:
+                set_exception(call.future, ClientClosedError("the client was closed; the result was not fetched"))
+                return
+            self._tracked.add(call)
+            self._push(call, 0.0)
+            self._ensure_threads()
+            self._cond.notify()
+
+    def tracked(self) -> int:
+        with self._cond:
+            return len(self._tracked)
+
+    def close(self, *, cancel_pending: bool, join_timeout_s: float = 10.0) -> None:
+        """Stop the threads; with ``cancel_pending`` tracked Futures fail with ClientClosedError.
+
+        Without it, waits until every tracked call has resolved first.
+        """
+        if not cancel_pending:
+            with self._cond:
+                while self._tracked and not self._closing:
+                    self._cond.wait(0.5)
+        with self._cond:
+            self._closing = True
+            calls = list(self._tracked)
+            self._tracked.clear()
+            self._ready.clear()
+            self._cond.notify_all()
+        self._stop.set()
+        for call in calls:
+            set_exception(call.future, ClientClosedError("the client was closed while this result was pending"))
+        if calls:
+            self._transport.abort_inflight()  # unblock long polls held by the server
+        for t in list(self._threads):
+            t.join(join_timeout_s)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _push(self, call: PolledCall, delay_s: float) -> None:
+        heapq.heappush(self._ready, (self._clock() + delay_s, next(self._seq), call))
+
+    def _ensure_threads(self) -> None:
+        # Start threads lazily, one per outstanding call up to max_pollers.
+        alive = [t for t in self._threads if t.is_alive()]
+        self._threads = alive
+        idle = len(alive) - self._busy
+        if idle < len(self._ready) and len(alive) < self._max_pollers:
+            t = threading.Thread(target=self._run, name=f"tinker-sync-poller-{len(alive) + 1}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _next(self) -> PolledCall | None:
+        with self._cond:
+            while True:
+                if self._closing:
+                    return None
+                if self._ready:
+                    due, _, call = self._ready[0]
+                    wait = due - self._clock()
+                    if wait <= 0:
+                        heapq.heappop(self._ready)
+                        if call.future.done():  # cancelled by the user: stop polling it
+                            self._tracked.discard(call)
+                            self._cond.notify_all()
+                            continue
+                        self._busy += 1
+                        return call
+                    self._cond.wait(min(wait, 1.0))
+                elif not self._tracked:
+                    # nothing to do: exit after a short idle period so closed runtimes leave no thread
+                    if not self._cond.wait(5.0) and not self._ready:
+                        if self._threads and threading.current_thread() in self._threads:
+                            self._threads.remove(threading.current_thread())
+                        return None
+                else:
+                    self._cond.wait(1.0)
+
+    def _run(self) -> None:
+        while True:
+            call = self._next()
+            if call is None:
+                return
+            try:
+                delay, finished = self._poll_once(call)
+            except BaseException as exc:  # noqa: BLE001 - a bug must not kill the thread silently
+                logger.exception("poller crashed while polling %r", call)
+                set_exception(call.future, exc)
+                delay, finished = 0.0, True
+            with self._cond:
+                self._busy -= 1
+                if finished or call.future.done() or self._closing:
+                    self._tracked.discard(call)
+                    self._cond.notify_all()
+                else:
+                    self._push(call, delay)
+                    self._cond.notify()
+
+    def _poll_once(self, call: PolledCall) -> tuple[float, bool]:
+        """Poll once; return (delay before the next poll, finished)."""
+        state = call.state
+        headers = {
+            "X-Tinker-Request-Type": call.request_type,
+            "X-Tinker-Request-Iteration": str(state.iteration),
+        }
+        if state.iteration == 0 and call.round_trip_s is not None:
+            headers["X-Tinker-Create-Promise-Roundtrip-Time"] = f"{call.round_trip_s:.6f}"
+        body = json.dumps(
+            {"request_id": call.request_id, "allow_metadata_only": state.allow_metadata_only}, separators=(",", ":")
+        ).encode()
+        try:
+            resp = self._transport.send(
+                "POST",
+                RETRIEVE_PATH,
+                body=body,
+                content_type="application/json",
+                headers=headers,
+                timeout_s=self._poll_timeout_s,
+                accept=call.accept,
+            )
+        except APIConnectionError as exc:
+            if self._closing:
+                return 0.0, True
+            decision = decide_connection_error(exc, state)
+            logger.debug("poll of %s got no response (%s); backing off", call.request_id, exc)
+        else:
+            decision = decide(
+                resp.status,
+                resp.headers,
+                resp.content,
+                call.expected_type,
+                state,
+                request_id=call.request_id,
+                now=self._clock(),
+                billing_pause_s=self._billing[0],
+                billing_max_pause_s=self._billing[1],
+            )
+        call.state = decision.state
+        if isinstance(decision, Done):
+            set_result(call.future, decision.value)
+            return 0.0, True
+        if isinstance(decision, Fail):
+            set_exception(call.future, decision.exc)
+            return 0.0, True
+        if isinstance(decision, PollAgain):
+            self._note_queue_state(call, decision.queue_state, decision.reason)
+            return decision.delay_s, False
+        if isinstance(decision, Backoff):
+            return decision.delay_s, False
+        if isinstance(decision, FetchPayload):
+            return 0.0, False
+        if isinstance(decision, Resubmit):
+            return self._resubmit(call), call.future.done()
+        raise AssertionError(f"unknown decision {decision!r}")  # pragma: no cover
+
+    def _resubmit(self, call: PolledCall) -> float:
+        if call.resubmit is None or call.resubmits >= _MAX_RESUBMITS:
+            set_exception(
+                call.future,
+                from_response(410, "the result expired before it was fetched", method="POST", path=RETRIEVE_PATH, request_id=call.request_id),
+            )
+            return 0.0
+        call.resubmits += 1
+        old = call.request_id
+        try:
+            call.request_id = call.resubmit()
+        except BaseException as exc:  # noqa: BLE001
+            set_exception(call.future, exc)
+            return 0.0
+        call.state = PollState()
+        logger.info("result of %s expired on the server (410); re-submitted as %s", old, call.request_id)
+        return 0.0
+
+    def _note_queue_state(self, call: PolledCall, queue_state: str | None, reason: str | None) -> None:
+        if queue_state is None or queue_state == self._last_queue_state:
+            return
+        self._last_queue_state = queue_state
+        if queue_state.startswith("paused"):
+            now = self._clock()
+            text = reason or _PAUSED_TEXT.get(queue_state, queue_state)
+            if now - self._last_pause_warning >= _PAUSE_WARN_EVERY_S:
+                self._last_pause_warning = now
+                logger.warning("Tinker queue %s for %s requests: %s", queue_state, call.request_type, text)
+            else:
+                logger.info("Tinker queue %s for %s requests: %s", queue_state, call.request_type, text)
+        else:
+            logger.info("Tinker queue state is now %s (%s requests)", queue_state, call.request_type)

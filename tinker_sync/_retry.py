@@ -1,0 +1,174 @@
+"""Retry policy for ordinary requests: which failures are retried, how long to wait, how long in total.
+
+Pure logic (no I/O, no sleeping); the runtime applies it. ``parse_retry_after`` reads the server's
+``retry-after-ms`` / ``retry-after`` hints.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+
+import attrs
+
+__all__ = ["IDEMPOTENT_POST_PATHS", "RetryPolicy", "parse_retry_after"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_RETRY_AFTER_S = 60.0
+
+# POST endpoints that are safe to send again after the first attempt may have reached the server
+# (a read timeout or a dropped connection after sending). Each is a read, is keyed by a seq_id the
+# server de-duplicates on (PROTOCOL §5.3/5.4), or is keyed by a session counter (§5.2). Every attempt
+# also carries the same X-Idempotency-Key. Anything else is only retried when the request certainly
+# never left (connect errors), so a non-idempotent call is never silently doubled.
+IDEMPOTENT_POST_PATHS: frozenset[str] = frozenset(
+    "/api/v1/" + p
+    for p in (
+        "retrieve_future",
+        "forward_backward",
+        "forward",
+        "optim_step",
+        "save_weights",
+        "load_weights",
+        "save_weights_for_sampler",
+        "asample",
+        "create_model",
+        "create_sampling_session",
+        "create_session",
+        "session_heartbeat",
+        "get_info",
+        "weights_info",
+        "unload_model",
+        "client/config",
+        "client/dynamic_config",
+        "auth/token",
+    )
+)
+
+
+def _default_retry_statuses() -> frozenset[int]:
+    return frozenset({408, 409, 429})
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How ordinary (non-poll) requests are retried; change it with ``attrs.evolve(policy, ...)``.
+
+    The delay before retry ``k`` (0-based) is ``min(initial_delay_s * multiplier**k, max_delay_s)``
+    reduced by a random fraction of up to ``jitter`` (0.25 = the official SDK's behaviour; 1.0 =
+    "full jitter", a uniform draw in [0, cap]). A server ``Retry-After`` hint in (0, 60] s replaces
+    the computed delay. Retrying stops after ``max_attempts`` attempts or once ``total_timeout_s``
+    would be exceeded. Statuses retried: ``retry_statuses`` plus every 5xx; an ``x-should-retry``
+    response header (``true``/``false``) overrides that decision.
+    """
+
+    max_attempts: int = attrs.field(default=10)
+    initial_delay_s: float = 0.5
+    max_delay_s: float = 10.0
+    multiplier: float = 2.0
+    jitter: float = 0.25
+    total_timeout_s: float = 300.0
+    retry_statuses: frozenset[int] = attrs.field(factory=_default_retry_statuses, converter=frozenset)
+
+    @max_attempts.validator
+    def _check_attempts(self, _attr: attrs.Attribute[int], value: int) -> None:
+        if value < 1:
+            raise ValueError(f"RetryPolicy.max_attempts must be >= 1 (1 = no retries), got {value}")
+
+    def __attrs_post_init__(self) -> None:
+        if self.initial_delay_s < 0 or self.max_delay_s < 0:
+            raise ValueError("RetryPolicy delays must be >= 0 seconds")
+        if self.multiplier < 1:
+            raise ValueError(f"RetryPolicy.multiplier must be >= 1, got {self.multiplier}")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError(f"RetryPolicy.jitter must be within [0, 1], got {self.jitter}")
+        if self.total_timeout_s <= 0:
+            raise ValueError(f"RetryPolicy.total_timeout_s must be > 0, got {self.total_timeout_s}")
+
+    @classmethod
+    def no_retries(cls) -> RetryPolicy:
+        """A policy that makes exactly one attempt."""
+        return cls(max_attempts=1)
+
+    def delay_for(
+        self, attempt: int, *, retry_after_s: float | None = None, rng: Callable[[], float] = random.random
+    ) -> float:
+        """Seconds to wait before retry number ``attempt`` (0 = the first retry)."""
+        if retry_after_s is not None and 0 < retry_after_s <= _MAX_RETRY_AFTER_S:
+            return retry_after_s
+        exp = min(max(attempt, 0), 64)  # bounded so the power cannot overflow
+        cap = min(self.initial_delay_s * self.multiplier**exp, self.max_delay_s)
+        return max(0.0, cap * (1.0 - self.jitter * rng()))
+
+    def is_retryable_status(self, status: int, headers: Mapping[str, str] | None = None) -> bool:
+        """Whether an HTTP error status is worth another attempt (``x-should-retry`` wins)."""
+        hint = _header(headers, "x-should-retry")
+        if hint is not None:
+            hint = hint.strip().lower()
+            if hint == "true":
+                return True
+            if hint == "false":
+                return False
+        return status in self.retry_statuses or status >= 500
+
+    def may_resend(self, method: str, path: str) -> bool:
+        """Whether a request that may already have reached the server can be sent again."""
+        if method.upper() in ("GET", "HEAD", "OPTIONS", "PUT", "DELETE"):
+            return True
+        return path.split("?", 1)[0] in IDEMPOTENT_POST_PATHS
+
+    def should_retry(self, attempt: int, elapsed_s: float, delay_s: float) -> bool:
+        """Whether attempt ``attempt + 1`` fits the attempt count and the total time budget."""
+        return attempt + 1 < self.max_attempts and elapsed_s + delay_s <= self.total_timeout_s
+
+
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    if not headers:
+        return None
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lname = name.lower()
+    for key, val in headers.items():
+        if key.lower() == lname:
+            return val
+    return None
+
+
+def parse_retry_after(
+    headers: Mapping[str, str] | None, *, now: Callable[[], float] = time.time, max_s: float = _MAX_RETRY_AFTER_S
+) -> float | None:
+    """Read a server back-off hint: ``retry-after-ms``, else ``retry-after`` (seconds or HTTP date).
+
+    Returns seconds clamped to ``[0, max_s]``, or None when there is no usable hint.
+    """
+    ms = _header(headers, "retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000.0
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value):
+            return min(max(value, 0.0), max_s)
+    raw = _header(headers, "retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        value = when.timestamp() - now()
+    if not math.isfinite(value):
+        return None
+    return min(max(value, 0.0), max_s)

@@ -1,0 +1,396 @@
+"""Runtime: config + transport + rate limiter + executor + poller, shared by all clients of a ServiceClient.
+
+``request()`` is one logical call with retries (blocking); ``submit_request()``/``submit_polled()``
+return real ``concurrent.futures.Future`` objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import attrs
+
+from ._config import ClientConfig
+from ._exceptions import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    ClientClosedError,
+    RateLimitError,
+    from_response,
+)
+from ._executor import Executor, SequencedLane, set_exception
+from ._poller import FuturePoller, PolledCall
+from ._ratelimit import RateLimiter, get_shared_limiter
+from ._retry import parse_retry_after
+from ._transport import HTTPResponse, Transport
+
+__all__ = ["Runtime"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_SAMPLE_PATH = "/api/v1/asample"
+_LARGE_PROMPT_BYTES = 128 * 1024  # prompts above this back off 5 s instead of 1 s after a 429
+_SAMPLE_INFLIGHT = 400  # concurrent sample dispatches normally ...
+_SAMPLE_INFLIGHT_LIMITED = 10  # ... and while a rate-limit back-off is recent (PROTOCOL §7.4)
+
+
+class _SampleGate:
+    """Bounds concurrent asample dispatches; the bound tightens while the account was recently limited."""
+
+    def __init__(self, limiter: RateLimiter, closed: threading.Event) -> None:
+        self._limiter = limiter
+        self._closed = closed
+        self._cond = threading.Condition()
+        self._inflight = 0
+
+    def __enter__(self) -> None:
+        with self._cond:
+            while self._inflight >= (_SAMPLE_INFLIGHT_LIMITED if self._limiter.recently_limited else _SAMPLE_INFLIGHT):
+                if self._closed.is_set():
+                    raise ClientClosedError("the client was closed while waiting to dispatch a sample")
+                self._cond.wait(0.25)
+            self._inflight += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._inflight -= 1
+            self._cond.notify()
+
+
+def _encode_body(body: Any) -> tuple[bytes | None, str | None]:
+    if body is None:
+        return None, None
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body), "application/json"
+    if attrs.has(type(body)):
+        from . import _serde  # lazy: written by the TYPES stream
+
+        return _serde.dumps(body), "application/json"
+    return json.dumps(body, separators=(",", ":")).encode("utf-8"), "application/json"
+
+
+def _parse(resp: HTTPResponse, response_type: type[T] | None, method: str, path: str) -> Any:
+    if response_type is None:
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise APIResponseValidationError(
+                f"{method} {path}: the response is not JSON", body=resp.content[:1000]
+            ) from exc
+    from . import _serde  # lazy: written by the TYPES stream
+
+    return _serde.loads(resp.content, response_type)
+
+
+def _error_body(resp: HTTPResponse) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return resp.content.decode("utf-8", "replace")
+
+
+class Runtime:
+    """The shared machinery of one ServiceClient; thread-safe.
+
+    Args:
+        config: connection settings.
+        clock: monotonic clock (tests).
+    """
+
+    def __init__(self, config: ClientConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._clock = clock
+        self.transport = Transport(config)
+        self.limiter: RateLimiter = get_shared_limiter(config)
+        self.executor = Executor(config.max_workers)
+        self.poller = FuturePoller(
+            self.transport,
+            max_pollers=config.max_pollers,
+            poll_timeout_s=config.poll_timeout_s,
+            billing_pause_s=config.billing_pause_s,
+            billing_max_pause_s=config.billing_max_pause_s,
+        )
+        self._closed = threading.Event()  # set by close(cancel_pending=True): interrupts waits
+        self._closing = False
+        self._lock = threading.Lock()
+        self._outstanding: set[Future[Any]] = set()
+        self._lanes: list[SequencedLane] = []
+        self._sample_gate = _SampleGate(self.limiter, self._closed)
+
+    def __repr__(self) -> str:
+        return f"Runtime(base_url={self.config.base_url!r}, closed={self._closing})"
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def new_lane(self, name: str) -> SequencedLane:
+        """A SequencedLane on this runtime's executor (one per training model)."""
+        lane = SequencedLane(self.executor, name=name)
+        with self._lock:
+            self._lanes.append(lane)
+        return lane
+
+    # -- blocking call -------------------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        response_type: type[T] | None = None,
+        timeout_s: float | None = None,
+        retry: bool = True,
+        sampling: bool = False,
+        prompt_bytes_estimate: int = 0,
+        content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        accept: str = "application/json",
+    ) -> Any:
+        """Make one logical call in the calling thread, retrying per ``config.retry``.
+
+        Returns the body structured as ``response_type`` (parsed JSON, or None if empty, without one).
+
+        Raises:
+            APIStatusError subclass: a non-retryable status, or the last one once retries ran out.
+            RateLimitError: the shared back-off window outlasted ``config.rate_limit_max_wait_s``.
+            APIConnectionError / APITimeoutError: no response and no retry left.
+            APIResponseValidationError: a 2xx body that does not fit ``response_type``.
+            ClientClosedError: the runtime was closed.
+        """
+        method = method.upper()
+        data, default_ct = _encode_body(body)
+        ctype = content_type or default_ct
+        hdrs = dict(headers or {})
+        if method != "GET":
+            hdrs["X-Idempotency-Key"] = idempotency_key or f"tinker-sync-{uuid.uuid4().hex}"
+        if sampling:
+            hdrs["X-Tinker-Sampling-Backpressure"] = "1"
+        policy = self.config.retry
+        start = self._clock()
+        attempt = 0  # retries taken (429s handled by the window are not counted)
+        rate_deadline: float | None = None
+        while True:
+            if self._closed.is_set():
+                raise ClientClosedError(f"the client was closed; {method} {path} was not sent")
+            self.limiter.wait(
+                deadline=rate_deadline, cancelled=self._closed, max_wait_s=self.config.rate_limit_max_wait_s
+            )
+            dispatched_at = self._clock()
+            try:
+                resp = self.transport.send(
+                    method, path, body=data, content_type=ctype, params=params, headers=hdrs,
+                    timeout_s=timeout_s, accept=accept,
+                )
+            except APIConnectionError as exc:
+                resendable = not exc.request_sent or policy.may_resend(method, path)
+                delay = policy.delay_for(attempt)
+                if not (retry and resendable and policy.should_retry(attempt, self._clock() - start, delay)):
+                    if retry and attempt:
+                        logger.warning("%s %s: giving up after %d attempts: %s", method, path, attempt + 1, exc)
+                    raise
+                logger.debug("%s %s: %s; retry %d in %.2f s", method, path, exc, attempt + 1, delay)
+                self._pause(delay)
+                attempt += 1
+                continue
+            if 200 <= resp.status < 300:
+                self.limiter.on_success(dispatched_at=dispatched_at)
+                return _parse(resp, response_type, method, path)
+            retry_after = parse_retry_after(resp.headers)
+            if resp.status == 429:
+                if retry_after is None or retry_after <= 0:
+                    retry_after = 5.0 if (sampling and prompt_bytes_estimate > _LARGE_PROMPT_BYTES) else 1.0
+                self.limiter.block_for(retry_after)  # every 429 extends the shared window
+                if not (retry and policy.is_retryable_status(429, resp.headers)):
+                    raise self._status_error(resp, method, path)
+                if rate_deadline is None:
+                    rate_deadline = self._clock() + self.config.rate_limit_max_wait_s
+                logger.debug("%s %s -> 429; shared back-off %.2f s", method, path, retry_after)
+                try:
+                    self.limiter.wait(deadline=rate_deadline, cancelled=self._closed, max_wait_s=self.config.rate_limit_max_wait_s)
+                except RateLimitError as exc:
+                    raise self._status_error(resp, method, path) from exc
+                continue
+            if resp.status == 503 and retry_after:
+                self.limiter.block_for(retry_after)
+            if retry and policy.is_retryable_status(resp.status, resp.headers) and resp.status != 429:
+                delay = policy.delay_for(attempt, retry_after_s=retry_after)
+                if policy.should_retry(attempt, self._clock() - start, delay):
+                    logger.debug("%s %s -> %d; retry %d in %.2f s", method, path, resp.status, attempt + 1, delay)
+                    self._pause(delay)
+                    attempt += 1
+                    continue
+                logger.warning("%s %s: giving up after %d attempts (last status %d)", method, path, attempt + 1, resp.status)
+            raise self._status_error(resp, method, path)
+
+    def _status_error(self, resp: HTTPResponse, method: str, path: str) -> APIStatusError:
+        return from_response(
+            resp.status, _error_body(resp), method=method, path=path, request_id=resp.request_id, headers=resp.headers
+        )
+
+    def _pause(self, seconds: float) -> None:
+        if seconds >= 1.0:
+            logger.info("pausing %.1f s before retrying", seconds)
+        if self._closed.wait(seconds):
+            raise ClientClosedError("the client was closed while waiting to retry")
+
+    # -- futures -------------------------------------------------------------------------------
+    def _register(self, fut: Future[Any]) -> None:
+        with self._lock:
+            if self._closing:
+                raise ClientClosedError("the client is closed; no new requests can be submitted")
+            self._outstanding.add(fut)
+
+        def forget(f: Future[Any]) -> None:
+            with self._lock:
+                self._outstanding.discard(f)
+
+        fut.add_done_callback(forget)
+
+    def submit_request(self, method: str, path: str, **kw: Any) -> Future[Any]:
+        """``request()`` on a worker thread; the Future carries its result or error.
+
+        Raises:
+            ClientClosedError: immediately, if the runtime is closed.
+        """
+        with self._lock:
+            if self._closing:
+                raise ClientClosedError("the client is closed; no new requests can be submitted")
+        fut = self.executor.submit(self.request, method, path, **kw)
+        self._register(fut)
+        return fut
+
+    def submit_polled(
+        self,
+        path: str,
+        request: Any,
+        response_type: type[T] | None,
+        *,
+        request_type: str,
+        lane: SequencedLane | None = None,
+        sampling: bool = False,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        prompt_bytes_estimate: int = 0,
+        label: str = "",
+    ) -> Future[T]:
+        """POST a future-returning request, then poll its result; returns ``Future[response_type]``.
+
+        With ``lane`` the POST waits for every earlier POST of that lane (seq_id order) and is sent
+        even if the Future is cancelled meanwhile; otherwise a cancelled Future is never sent.
+        Cancelling stops polling; server-side work already submitted still runs. Errors (HTTP,
+        RequestFailedError, ClientClosedError, LanePoisonedError) arrive through the Future.
+
+        Raises:
+            ClientClosedError: immediately, if the runtime is closed.
+        """
+        if body is None:
+            payload, ctype = _encode_body(request)
+            if payload is None:
+                payload = b"{}"
+            ctype = content_type if content_type != "application/json" else (ctype or content_type)
+        else:
+            payload, ctype = body, content_type
+        key = f"tinker-sync-{uuid.uuid4().hex}"
+        outer: Future[T] = Future()
+        self._register(outer)
+        started = self._clock()
+
+        def post() -> str:
+            if sampling:
+                with self._sample_gate:
+                    handle = self._post_future(path, payload, ctype, key, sampling, prompt_bytes_estimate)
+            else:
+                handle = self._post_future(path, payload, ctype, key, sampling, prompt_bytes_estimate)
+            return handle
+
+        def start() -> None:
+            if lane is None and outer.done():
+                return  # cancelled before it was sent: nothing to do
+            request_id = post()
+            call = PolledCall(
+                request_id=request_id, expected_type=response_type, request_type=request_type,
+                future=outer, resubmit=post, started_at=started,
+            )
+            call.round_trip_s = self._clock() - started
+            self.poller.track(call)
+
+        def on_inner(f: Future[Any]) -> None:
+            if f.cancelled():
+                outer.cancel()
+                return
+            exc = f.exception()
+            if exc is not None:
+                set_exception(outer, exc)
+
+        try:
+            inner = lane.submit(start, label=label or request_type) if lane is not None else self.executor.submit(start)
+        except ClientClosedError as exc:
+            set_exception(outer, exc)
+            return outer
+        inner.add_done_callback(on_inner)
+        return outer
+
+    def _post_future(
+        self, path: str, payload: bytes, ctype: str, key: str, sampling: bool, prompt_bytes_estimate: int
+    ) -> str:
+        handle = self.request(
+            "POST", path, body=payload, content_type=ctype, idempotency_key=key,
+            sampling=sampling, prompt_bytes_estimate=prompt_bytes_estimate,
+        )
+        if not isinstance(handle, dict) or not isinstance(handle.get("request_id"), str):
+            raise APIResponseValidationError(
+                f"POST {path}: expected a future handle {{'request_id': ...}}, got {str(handle)[:200]}",
+                body=handle,
+                expected_type="UntypedAPIFuture",
+            )
+        return handle["request_id"]
+
+    # -- shutdown ------------------------------------------------------------------------------
+    def close(self, *, cancel_pending: bool = False) -> None:
+        """Shut down: by default wait for every pending call; with ``cancel_pending`` fail them.
+
+        Pending Futures then fail with ClientClosedError. No tinker-sync thread survives; the HTTP
+        Session closes last. Idempotent.
+        """
+        with self._lock:
+            already = self._closing
+            self._closing = True
+            outstanding = list(self._outstanding)
+            lanes = list(self._lanes)
+        if not cancel_pending and not already:
+            from concurrent.futures import wait
+
+            wait(outstanding)
+        if cancel_pending:
+            self._closed.set()
+            err = ClientClosedError("the client was closed before this call finished")
+            for lane in lanes:
+                lane.fail_pending(err)
+            for fut in outstanding:
+                set_exception(fut, ClientClosedError("the client was closed before this call finished"))
+            self.transport.abort_inflight()
+        self.executor.close(cancel_pending=cancel_pending)
+        self.poller.close(cancel_pending=True)
+        self._closed.set()
+        self.transport.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.close(cancel_pending=exc_type is not None)
