@@ -1,0 +1,326 @@
+"""RestClient: training runs, checkpoints, sessions and other direct REST resources (PROTOCOL §8)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import types
+from ._executor import chain
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+__all__ = ["RestClient", "iter_pages"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_ACCESS_SCOPES = ("owned", "accessible")
+_TRACE_POLL_INTERVAL_S = 5.0
+
+
+def iter_pages(
+    fetch: Callable[[int, int], tuple[list[T], int | None]], *, page_size: int, limit: int | None = None
+) -> Iterator[T]:
+    """Walk an offset/limit listing; ``fetch(offset, limit) -> (items, total_count or None)``.
+
+    Stops after ``limit`` items (None = all), on a short or empty page, or when ``offset`` reaches the
+    server's ``total_count``.
+    """
+    if page_size < 1:
+        raise ValueError(f"page_size must be >= 1, got {page_size}")
+    offset = 0
+    yielded = 0
+    while limit is None or yielded < limit:
+        want = page_size if limit is None else min(page_size, limit - yielded)
+        items, total = fetch(offset, want)
+        for item in items:
+            if limit is not None and yielded >= limit:
+                return
+            yield item
+            yielded += 1
+        offset += len(items)
+        if len(items) < want or (total is not None and offset >= total):
+            return
+
+
+def _check_str(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty str, got {value!r}")
+    if "/" in value and name != "checkpoint_id":
+        raise ValueError(f"{name} must not contain '/', got {value!r}")
+    return value
+
+
+def _check_page(limit: Any, offset: Any) -> None:
+    for name, v, lo in (("limit", limit, 1), ("offset", offset, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+
+
+def _check_scope(scope: Any) -> str:
+    if scope not in _ACCESS_SCOPES:
+        raise ValueError(f"access_scope must be one of {_ACCESS_SCOPES}, got {scope!r}")
+    return str(scope)
+
+
+def _check_checkpoint_id(checkpoint_id: Any) -> str:
+    _check_str(checkpoint_id, "checkpoint_id")
+    kind, _, name = checkpoint_id.partition("/")
+    if kind not in ("weights", "sampler_weights") or not name or "/" in name:
+        raise ValueError(
+            f"checkpoint_id must look like 'weights/NAME' or 'sampler_weights/NAME', got {checkpoint_id!r}"
+        )
+    return checkpoint_id
+
+
+def _parse(path: str) -> types.ParsedCheckpointTinkerPath:
+    if not isinstance(path, str) or not path.startswith("tinker://"):
+        raise ValueError(f"Invalid tinker path: {path!r} (expected tinker://RUN/weights/NAME or tinker://RUN/sampler_weights/NAME)")
+    return types.ParsedCheckpointTinkerPath.from_tinker_path(path)
+
+
+def _utc_hour(value: Any, name: str) -> str:
+    if isinstance(value, str):
+        try:
+            value = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"{name} must be an ISO-8601 datetime, got {value!r}") from exc
+    if not isinstance(value, _dt.datetime):
+        raise TypeError(f"{name} must be a datetime or ISO-8601 str, got {type(value).__name__}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_dt.timezone.utc)
+    return value.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class RestClient:
+    """Direct REST calls; each returns a ``concurrent.futures.Future`` (``iter_*`` are blocking generators).
+
+    Arguments (ids, tinker paths, pagination) are checked in the caller's thread: ValueError/TypeError
+    immediately, nothing sent. HTTP errors (e.g. NotFoundError) come through the Future.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def _get(self, path: str, response_type: type | None, params: Mapping[str, Any] | None = None) -> Future[Any]:
+        return self._runtime.submit_request("GET", path, params=params, response_type=response_type)
+
+    def _ckpt_path(self, training_run_id: str, checkpoint_id: str) -> str:
+        _check_str(training_run_id, "training_run_id")
+        _check_checkpoint_id(checkpoint_id)
+        return f"/api/v1/training_runs/{training_run_id}/checkpoints/{checkpoint_id}"
+
+    # ---- training runs ------------------------------------------------------------------
+    def list_training_runs(
+        self, limit: int = 20, offset: int = 0, access_scope: str = "owned", project_id: str | None = None
+    ) -> Future[types.TrainingRunsResponse]:
+        """One page of training runs. Returns Future[TrainingRunsResponse] (with ``cursor``)."""
+        _check_page(limit, offset)
+        params: dict[str, Any] = {"limit": limit, "offset": offset, "access_scope": _check_scope(access_scope)}
+        if project_id is not None:
+            params["project_id"] = _check_str(project_id, "project_id")
+        return self._get("/api/v1/training_runs", types.TrainingRunsResponse, params)
+
+    def iter_training_runs(
+        self, *, page_size: int = 100, limit: int | None = None, access_scope: str = "owned",
+        project_id: str | None = None, timeout_s: float | None = 120.0,
+    ) -> Iterator[types.TrainingRun]:
+        """All training runs, page by page (blocking generator)."""
+        _check_scope(access_scope)
+
+        def fetch(offset: int, lim: int) -> tuple[list[types.TrainingRun], int | None]:
+            resp = self.list_training_runs(lim, offset, access_scope, project_id).result(timeout_s)
+            return list(resp.training_runs), resp.cursor.total_count
+
+        return iter_pages(fetch, page_size=page_size, limit=limit)
+
+    def get_training_run(self, training_run_id: str, access_scope: str = "owned") -> Future[types.TrainingRun]:
+        """Returns Future[TrainingRun]."""
+        _check_str(training_run_id, "training_run_id")
+        return self._get(
+            f"/api/v1/training_runs/{training_run_id}", types.TrainingRun, {"access_scope": _check_scope(access_scope)}
+        )
+
+    def get_training_run_by_tinker_path(self, tinker_path: str, access_scope: str = "owned") -> Future[types.TrainingRun]:
+        """The training run owning a checkpoint path. Returns Future[TrainingRun]."""
+        return self.get_training_run(_parse(tinker_path).training_run_id, access_scope)
+
+    def get_weights_info_by_tinker_path(self, tinker_path: str) -> Future[types.WeightsInfoResponse]:
+        """Base model and LoRA settings of a checkpoint. Returns Future[WeightsInfoResponse]."""
+        _parse(tinker_path)
+        return self._runtime.submit_request(  # type: ignore[no-any-return]
+            "POST", "/api/v1/weights_info", body=types.WeightsInfoRequest(tinker_path=tinker_path),
+            response_type=types.WeightsInfoResponse,
+        )
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def list_checkpoints(self, training_run_id: str) -> Future[types.CheckpointsListResponse]:
+        """All checkpoints (both kinds) of one run. Returns Future[CheckpointsListResponse]."""
+        _check_str(training_run_id, "training_run_id")
+        return self._get(f"/api/v1/training_runs/{training_run_id}/checkpoints", types.CheckpointsListResponse)
+
+    def list_user_checkpoints(self, limit: int = 100, offset: int = 0) -> Future[types.CheckpointsListResponse]:
+        """One page of all the user's checkpoints, newest first. Returns Future[CheckpointsListResponse]."""
+        _check_page(limit, offset)
+        return self._get("/api/v1/checkpoints", types.CheckpointsListResponse, {"limit": limit, "offset": offset})
+
+    def iter_user_checkpoints(
+        self, *, page_size: int = 1000, limit: int | None = None, timeout_s: float | None = 120.0
+    ) -> Iterator[types.Checkpoint]:
+        """All the user's checkpoints, page by page (blocking generator)."""
+
+        def fetch(offset: int, lim: int) -> tuple[list[types.Checkpoint], int | None]:
+            resp = self.list_user_checkpoints(lim, offset).result(timeout_s)
+            return list(resp.checkpoints), (resp.cursor.total_count if resp.cursor is not None else None)
+
+        return iter_pages(fetch, page_size=page_size, limit=limit)
+
+    def delete_checkpoint(self, training_run_id: str, checkpoint_id: str) -> Future[None]:
+        """Delete one checkpoint (owner only). Returns Future[None]."""
+        path = self._ckpt_path(training_run_id, checkpoint_id)
+        return chain(self._runtime.submit_request("DELETE", path), lambda _r: None)
+
+    def delete_checkpoint_from_tinker_path(self, tinker_path: str) -> Future[None]:
+        """Delete the checkpoint at ``tinker_path``. Returns Future[None]."""
+        p = _parse(tinker_path)
+        return self.delete_checkpoint(p.training_run_id, p.checkpoint_id)
+
+    def publish_checkpoint_from_tinker_path(self, tinker_path: str) -> Future[None]:
+        """Make a checkpoint public (409 if already public). Returns Future[None]."""
+        p = _parse(tinker_path)
+        path = self._ckpt_path(p.training_run_id, p.checkpoint_id) + "/publish"
+        return chain(self._runtime.submit_request("POST", path), lambda _r: None)
+
+    def unpublish_checkpoint_from_tinker_path(self, tinker_path: str) -> Future[None]:
+        """Make a checkpoint private again (409 if already private). Returns Future[None]."""
+        p = _parse(tinker_path)
+        path = self._ckpt_path(p.training_run_id, p.checkpoint_id) + "/publish"
+        return chain(self._runtime.submit_request("DELETE", path), lambda _r: None)
+
+    def set_checkpoint_ttl_from_tinker_path(self, tinker_path: str, ttl_seconds: int | None) -> Future[None]:
+        """Set (or with None remove) a checkpoint's expiry. Returns Future[None]."""
+        p = _parse(tinker_path)
+        if ttl_seconds is not None and (isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0):
+            raise ValueError(f"ttl_seconds must be a positive int, or None to remove the expiry; got {ttl_seconds!r}")
+        path = self._ckpt_path(p.training_run_id, p.checkpoint_id) + "/ttl"
+        body = {"ttl_seconds": ttl_seconds}  # null must be sent explicitly to remove the expiry
+        return chain(self._runtime.submit_request("PUT", path, body=body), lambda _r: None)
+
+    def get_checkpoint_archive_url(
+        self, training_run_id: str, checkpoint_id: str
+    ) -> Future[types.CheckpointArchiveUrlResponse]:
+        """Signed download URL of a checkpoint archive. Returns Future[CheckpointArchiveUrlResponse]."""
+        path = self._ckpt_path(training_run_id, checkpoint_id) + "/archive"
+        return self._get(path, types.CheckpointArchiveUrlResponse)
+
+    def get_checkpoint_archive_url_from_tinker_path(self, tinker_path: str) -> Future[types.CheckpointArchiveUrlResponse]:
+        """Signed download URL of the checkpoint at ``tinker_path``."""
+        p = _parse(tinker_path)
+        return self.get_checkpoint_archive_url(p.training_run_id, p.checkpoint_id)
+
+    # ---- sessions and samplers ----------------------------------------------------------
+    def list_sessions(self, limit: int = 20, offset: int = 0, access_scope: str = "owned") -> Future[types.ListSessionsResponse]:
+        """One page of session ids. Returns Future[ListSessionsResponse]."""
+        _check_page(limit, offset)
+        return self._get(
+            "/api/v1/sessions", types.ListSessionsResponse,
+            {"limit": limit, "offset": offset, "access_scope": _check_scope(access_scope)},
+        )
+
+    def iter_sessions(
+        self, *, page_size: int = 100, limit: int | None = None, access_scope: str = "owned",
+        timeout_s: float | None = 120.0,
+    ) -> Iterator[str]:
+        """All session ids (blocking generator; stops on a short page)."""
+        _check_scope(access_scope)
+
+        def fetch(offset: int, lim: int) -> tuple[list[str], int | None]:
+            return list(self.list_sessions(lim, offset, access_scope).result(timeout_s).sessions), None
+
+        return iter_pages(fetch, page_size=page_size, limit=limit)
+
+    def get_session(self, session_id: str, access_scope: str = "owned") -> Future[types.GetSessionResponse]:
+        """Training runs and samplers of a session. Returns Future[GetSessionResponse]."""
+        _check_str(session_id, "session_id")
+        return self._get(f"/api/v1/sessions/{session_id}", types.GetSessionResponse, {"access_scope": _check_scope(access_scope)})
+
+    def get_sampler(self, sampler_id: str) -> Future[types.GetSamplerResponse]:
+        """Returns Future[GetSamplerResponse] (``base_model``, ``model_path``)."""
+        _check_str(sampler_id, "sampler_id")
+        return self._get(f"/api/v1/samplers/{sampler_id}", types.GetSamplerResponse)
+
+    def assign_session_project(self, session_id: str, project_id: str) -> Future[None]:
+        """Move a session into a project. Returns Future[None]."""
+        _check_str(session_id, "session_id")
+        _check_str(project_id, "project_id")
+        return chain(
+            self._runtime.submit_request(
+                "PUT", f"/api/v1/sessions/{session_id}/project",
+                body=types.AssignSessionProjectRequest(project_id=project_id),
+            ),
+            lambda _r: None,
+        )
+
+    def export_session_trace(
+        self, session_id: str, *, poll_interval_s: float = _TRACE_POLL_INTERVAL_S, timeout_s: float = 600.0
+    ) -> Future[types.TraceExportResponse]:
+        """Ask for a Perfetto trace of a session and poll until it is ready.
+
+        Returns Future[TraceExportResponse] with ``url``; a ``failed`` export fails it with RuntimeError.
+        """
+        _check_str(session_id, "session_id")
+        if not poll_interval_s > 0:
+            raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s!r}")
+        wake = threading.Event()  # never set: an interruptible, injectable wait instead of time.sleep
+
+        def poll() -> types.TraceExportResponse:
+            import time
+
+            deadline = time.monotonic() + timeout_s
+            while True:
+                resp: types.TraceExportResponse = self._runtime.request(
+                    "GET", f"/api/v1/sessions/{session_id}/trace_export", response_type=types.TraceExportResponse
+                )
+                if resp.status == "ready":
+                    return resp
+                if resp.status == "failed":
+                    raise RuntimeError(f"trace export of session {session_id} failed: {resp.error or 'unknown error'}")
+                if time.monotonic() + poll_interval_s > deadline:
+                    raise TimeoutError(f"trace export of session {session_id} not ready after {timeout_s:.0f} s")
+                wake.wait(poll_interval_s)
+
+        return self._runtime.executor.submit(poll)  # type: ignore[no-any-return]
+
+    # ---- account ------------------------------------------------------------------------
+    def get_audit_log(self, event_type: str = "all", day: str | _dt.date | None = None) -> Future[Any]:
+        """Audit log entries (admin only). Returns Future[dict] (``{"entries": [...]}``)."""
+        if event_type not in ("all", "checkpoints"):
+            raise ValueError(f"event_type must be 'all' or 'checkpoints', got {event_type!r}")
+        params: dict[str, Any] = {"event_type": event_type}
+        if day is not None:
+            if isinstance(day, _dt.date):
+                day = day.isoformat()
+            try:
+                _dt.date.fromisoformat(str(day))
+            except ValueError as exc:
+                raise ValueError(f"day must be a date or 'YYYY-MM-DD', got {day!r}") from exc
+            params["day"] = day
+        return self._get("/api/v1/audit", None, params)
+
+    def get_billing_usage(self, starting_on: str | _dt.datetime, ending_before: str | _dt.datetime) -> Future[Any]:
+        """Billing usage events in [starting_on, ending_before) (hour-aligned UTC, <= 14 days).
+
+        Returns Future[dict] (``{"data": [...], "sessions": {...}}``).
+        """
+        params = {
+            "starting_on": _utc_hour(starting_on, "starting_on"),
+            "ending_before": _utc_hour(ending_before, "ending_before"),
+        }
+        return self._get("/api/v1/billing/usage/events", None, params)

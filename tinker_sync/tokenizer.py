@@ -1,0 +1,163 @@
+"""Tokenizer resolution (PROTOCOL §10) over the ``tokenizers`` library, plus text <-> ModelInput helpers.
+
+Order: the packaged byte tokenizer of the local models (names starting ``tinker-sync/``), then a local
+file or directory, then the Hugging Face hub (needs network; a clear error offline). Cached per id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import tokenizers
+
+    from .types import ModelInput
+
+__all__ = ["Tokenizer", "clear_tokenizer_cache", "decode_model_input", "get_tokenizer", "model_input_from_text", "resolve_tokenizer_id"]
+
+logger = logging.getLogger(__name__)
+
+PACKAGED_PREFIX = "tinker-sync/"
+_PACKAGED_PATH = Path(__file__).resolve().parent / "local" / "assets" / "byte_tokenizer.json"
+_LLAMA3_TOKENIZER = "thinkingmachineslabinc/meta-llama-3-instruct-tokenizer"
+_CACHE_SIZE = 32
+
+
+class Tokenizer:
+    """A thin, transformers-like wrapper: ``encode(text) -> list[int]``, ``decode(ids) -> str``.
+
+    The underlying ``tokenizers.Tokenizer`` is ``.backend``.
+    """
+
+    def __init__(self, backend: tokenizers.Tokenizer, name: str) -> None:
+        self.backend = backend
+        self.name = name
+        self.eos_token_id = self._find_special(("<|endoftext|>", "</s>", "<|eot_id|>", "<|end_of_text|>", "<eos>"))
+        self.bos_token_id = self._find_special(("<|begin_of_text|>", "<s>", "<bos>"))
+
+    def _find_special(self, candidates: tuple[str, ...]) -> int | None:
+        for tok in candidates:
+            tid = self.backend.token_to_id(tok)
+            if tid is not None:
+                return int(tid)
+        return None
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.name!r}, vocab_size={self.vocab_size})"
+
+    @property
+    def vocab_size(self) -> int:
+        """Vocabulary size including added tokens."""
+        return int(self.backend.get_vocab_size(with_added_tokens=True))
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode() needs a str, got {type(text).__name__}")
+        return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        """Text of ``ids``."""
+        return str(self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens))
+
+    def __call__(self, text: str) -> list[int]:
+        return self.encode(text)
+
+
+def resolve_tokenizer_id(model_name: str, tokenizer_id: str | None = None) -> str:
+    """The tokenizer id for a model name (PROTOCOL §10 rules 1-2)."""
+    if not isinstance(model_name, str) or not model_name:
+        raise ValueError(f"model name must be a non-empty str, got {model_name!r}")
+    if tokenizer_id:
+        return tokenizer_id.split(":", 1)[0]
+    name = model_name.split(":", 1)[0]
+    if name.startswith("meta-llama/Llama-3"):
+        return _LLAMA3_TOKENIZER
+    parts = name.split("/")
+    if len(parts) == 3:
+        return "/".join(parts[:2])
+    return name
+
+
+_cache: OrderedDict[str, Tokenizer] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def clear_tokenizer_cache() -> None:
+    """Forget every loaded tokenizer."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _load(tid: str) -> Tokenizer:
+    try:
+        from tokenizers import Tokenizer as _HFTokenizer
+    except ImportError as exc:  # pragma: no cover - a hard dependency
+        raise ImportError("get_tokenizer needs the 'tokenizers' package: pip install tokenizers") from exc
+
+    if tid.startswith(PACKAGED_PREFIX):
+        return Tokenizer(_HFTokenizer.from_file(str(_PACKAGED_PATH)), tid)
+    local = Path(os.path.expanduser(tid))
+    if local.is_file():
+        return Tokenizer(_HFTokenizer.from_file(str(local)), tid)
+    if local.is_dir():
+        candidate = local / "tokenizer.json"
+        if not candidate.is_file():
+            raise ValueError(f"tokenizer directory {tid!r} has no tokenizer.json")
+        return Tokenizer(_HFTokenizer.from_file(str(candidate)), tid)
+    if tid.startswith(("TML/", "thinkingmachines/")):
+        raise RuntimeError(
+            f"tokenizer {tid!r} is a Thinking Machines tokenizer that tinker_sync cannot load; "
+            "pass a local tokenizer.json path to get_tokenizer() instead"
+        )
+    try:
+        backend = _HFTokenizer.from_pretrained(tid)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception for hub failures
+        raise RuntimeError(
+            f"could not load tokenizer {tid!r} from the Hugging Face hub ({exc}). Offline? Download its "
+            "tokenizer.json and pass the file path to get_tokenizer(), or set HF_TOKEN for gated models"
+        ) from exc
+    return Tokenizer(backend, tid)
+
+
+def get_tokenizer(model_name: str, tokenizer_id: str | None = None) -> Tokenizer:
+    """The tokenizer for ``model_name`` (or an explicit ``tokenizer_id`` / local path), cached.
+
+    Raises:
+        ValueError: empty name, or a directory without tokenizer.json.
+        RuntimeError: a hub id that cannot be downloaded (e.g. offline), or a TML-internal id.
+    """
+    tid = resolve_tokenizer_id(model_name, tokenizer_id)
+    with _cache_lock:
+        tok = _cache.get(tid)
+        if tok is not None:
+            _cache.move_to_end(tid)
+            return tok
+    tok = _load(tid)
+    with _cache_lock:
+        _cache[tid] = tok
+        _cache.move_to_end(tid)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return tok
+
+
+def model_input_from_text(tokenizer: Tokenizer | Any, text: str, *, add_special_tokens: bool = False) -> ModelInput:
+    """A ModelInput with the tokens of ``text``."""
+    from .types import ModelInput
+
+    if isinstance(tokenizer, Tokenizer):
+        ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    else:
+        ids = list(tokenizer.encode(text))
+    return ModelInput.from_ints(ids)
+
+
+def decode_model_input(tokenizer: Tokenizer | Any, model_input: ModelInput) -> str:
+    """The text of a text-only ModelInput."""
+    return str(tokenizer.decode(model_input.to_ints()))
