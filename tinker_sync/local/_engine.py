@@ -39,7 +39,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _nn, _safetensors
-from ._tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, TOKENIZER_PATH, VOCAB_SIZE, token_bytes
+from ._tokenizer import (
+    EOS_TOKEN_ID,
+    PAD_TOKEN_ID,
+    TOKENIZER_PATH,
+    VOCAB_SIZE,
+    token_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -366,7 +372,7 @@ class Adapter:
 # ---------------------------------------------------------------------------------------------- engine
 def _as_float(arr: Any, key: str, where: str, dtype: type = np.float64) -> np.ndarray:
     try:
-        out = np.asarray(arr, dtype=dtype)
+        out: np.ndarray = np.asarray(arr, dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: loss_fn_inputs[{key!r}] is not numeric ({exc})") from exc
     if not np.all(np.isfinite(out)):
@@ -789,9 +795,9 @@ class Engine:
         if all(isinstance(x, str) for x in items):
             if any(x == "" for x in items):
                 raise ValueError("stop strings must not be empty")
-            return {EOS_TOKEN_ID}, [x.encode("utf-8") for x in items]  # type: ignore[union-attr]
+            return {EOS_TOKEN_ID}, [str(x).encode("utf-8") for x in items]
         if all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in items):
-            ids = {int(x) for x in items}  # type: ignore[arg-type]
+            ids = {int(x) for x in items if isinstance(x, (int, np.integer))}
             bad = [i for i in ids if not 0 <= i < self.spec.vocab_size]
             if bad:
                 raise ValueError(f"stop token id {bad[0]} is out of range (vocabulary size {self.spec.vocab_size})")
@@ -803,7 +809,8 @@ class Engine:
         """Pick one token per row from log-probabilities (S, V) with temperature / top-k / top-p."""
         uniform = rng.random(lsm.shape[0])  # always drawn, so the stream does not depend on the settings
         if temperature == 0.0:
-            return np.argmax(lsm, axis=1)
+            greedy: np.ndarray = np.argmax(lsm, axis=1)
+            return greedy
         scaled = lsm / temperature
         order = np.argsort(-scaled, axis=1, kind="stable")
         sorted_logits = np.take_along_axis(scaled, order, axis=1)
@@ -817,4 +824,5 @@ class Engine:
         cum = np.cumsum(probs, axis=1)
         idx = np.sum(cum < (uniform * cum[:, -1])[:, None], axis=1)
         idx = np.minimum(idx, lsm.shape[1] - 1)
-        return order[np.arange(lsm.shape[0]), idx]
+        picked: np.ndarray = order[np.arange(lsm.shape[0]), idx]
+        return picked

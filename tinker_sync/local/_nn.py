@@ -58,7 +58,7 @@ def init_base_weights(
         w[f"layers.{i}.ln2"] = np.ones(d_model)
     out = {}
     for k, v in w.items():
-        arr = np.ascontiguousarray(v, dtype=dtype)
+        arr: Array = np.ascontiguousarray(v, dtype=dtype)
         arr.setflags(write=False)  # shared by every thread; never mutated
         out[k] = arr
     return out
@@ -74,7 +74,8 @@ def rmsnorm(x: Array, gain: Array) -> tuple[Array, Array, Array]:
 
 def rmsnorm_backward(dh: Array, gain: Array, n: Array, r: Array) -> Array:
     dn = dh * gain
-    return r * (dn - n * np.mean(dn * n, axis=-1, keepdims=True))
+    dx: Array = r * (dn - n * np.mean(dn * n, axis=-1, keepdims=True))
+    return dx
 
 
 def gelu(u: Array) -> Array:
@@ -83,13 +84,15 @@ def gelu(u: Array) -> Array:
 
 def gelu_grad(u: Array) -> Array:
     t = np.tanh(_GELU_C * (u + 0.044715 * u**3))
-    return 0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * _GELU_C * (1.0 + 3 * 0.044715 * u * u)
+    grad: Array = 0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * _GELU_C * (1.0 + 3 * 0.044715 * u * u)
+    return grad
 
 
 def log_softmax(logits: Array) -> Array:
     m = np.max(logits, axis=-1, keepdims=True)
     z = logits - m
-    return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+    out: Array = z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+    return out
 
 
 def _split_heads(x: Array, n_heads: int) -> Array:
@@ -132,7 +135,7 @@ def forward(
     base: Mapping[str, Array], eff: Mapping[str, Array], tokens: Array, *, n_layers: int, n_heads: int
 ) -> tuple[Array, ForwardCache]:
     """Logits (B, T, V) for right-padded token ids (B, T); ``eff`` holds the merged linear weights."""
-    bsz, t = tokens.shape
+    t = tokens.shape[1]
     x = base["embed"][tokens] + base["pos"][:t][None, :, :]
     d = x.shape[-1]
     dh = d // n_heads
@@ -194,7 +197,7 @@ def backward(
         return grads
     lowest = min(layer_ids)  # nothing below this layer is trainable: stop backprop there
     dx = rmsnorm_backward(dlogits @ eff[UNEMBED_MODULE].T, base["ln_f"], cache.nf, cache.rf)
-    bsz, t, d = dx.shape
+    d = dx.shape[-1]
     dh = d // n_heads
     inv = 1.0 / np.sqrt(dh)
     for i in range(n_layers - 1, lowest - 1, -1):
@@ -254,7 +257,8 @@ class KVDecoder:
             self.k[i, :, :, :t] = c.k[0]
             self.v[i, :, :, :t] = c.v[0]
         self.length = t
-        return logits[0]
+        first: Array = logits[0]
+        return first
 
     def step(self, tokens: Array) -> Array:
         """Feed one token per row (B,) at the next position; returns logits (B, V)."""
@@ -280,4 +284,5 @@ class KVDecoder:
             x = x + gelu(h2 @ eff[pre + "up"]) @ eff[pre + "down"]
         hf, _, _ = rmsnorm(x, base["ln_f"])
         self.length = t + 1
-        return hf @ eff[UNEMBED_MODULE]
+        out: Array = hf @ eff[UNEMBED_MODULE]
+        return out
