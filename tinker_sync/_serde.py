@@ -122,7 +122,27 @@ def configure_converter(c: cattrs.Converter) -> None:
             for a in attrs.fields(cl)
             if a.default is None and not a.metadata.get("serde_keep_none")
         }
-        return make_dict_unstructure_fn(cl, c, **overrides)  # type: ignore[arg-type]
+        base = make_dict_unstructure_fn(cl, c, **overrides)  # type: ignore[arg-type]
+        # Nullable fields with a non-None default (e.g. user_metadata = {}) are dropped when None, too.
+        attrs.resolve_types(cl)
+        drop = tuple(
+            a.name
+            for a in attrs.fields(cl)
+            if a.default is not None
+            and not a.metadata.get("serde_keep_none")
+            and type(None) in typing.get_args(a.type)
+        )
+        if not drop:
+            return base
+
+        def unstructure_dropping_none(obj: Any) -> dict[str, Any]:
+            data = base(obj)
+            for name in drop:
+                if data.get(name, 0) is None:
+                    del data[name]
+            return data
+
+        return unstructure_dropping_none
 
     def structure_factory(cl: type) -> Callable[[Any, Any], Any]:
         return make_dict_structure_fn(cl, c, _cattrs_forbid_extra_keys=c.forbid_extra_keys)  # type: ignore[arg-type]

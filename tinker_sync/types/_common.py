@@ -326,13 +326,15 @@ def float_dict_field(*, default: Any = attrs.NOTHING, **kw: Any) -> Any:
     )
 
 
-def json_dict_field(*, default: Any = attrs.NOTHING, nullable: bool = False, **kw: Any) -> Any:
-    """A free-form JSON object (user metadata): a dict with str keys."""
-    optional = default is None or nullable
+def json_dict_field(*, default: Any = attrs.NOTHING, none_as_empty: bool = False, **kw: Any) -> Any:
+    """A free-form JSON object (user metadata): a dict with str keys; ``none_as_empty`` maps None to {}."""
+    optional = default is None
 
     def convert(v: Any, s: Any, f: Any) -> Any:
         if v is None and optional:
             return None
+        if v is None and none_as_empty:
+            return {}
         if not isinstance(v, Mapping):
             raise TypeError(f"{_where(s, f)} must be a dict, got {type(v).__name__}")
         for k in v:

@@ -71,7 +71,7 @@ class CreateSessionRequest:
 
     sdk_version: str = str_field()
     tags: list[str] = str_list_field(factory=list)
-    user_metadata: dict[str, Any] | None = json_dict_field(factory=dict, nullable=True)
+    user_metadata: dict[str, Any] = json_dict_field(factory=dict, none_as_empty=True)
     project_id: str | None = str_field(default=None)
     type: Literal["create_session"] = tag_field("create_session")
 

@@ -1,0 +1,193 @@
+"""JSON wire format: round trips for every wire type, golden fixtures, error reporting."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tinker_sync.types as T
+from tinker_sync import _serde
+from tinker_sync._exceptions import APIResponseValidationError
+from tests.test_types_strategies import strategy_for, wire_classes
+
+GOLDEN_DIR = Path(__file__).parent / "data" / "golden"
+
+
+def _check_wire_form(obj: Any, data: Any, path: str = "$") -> None:
+    """None-valued optional fields are absent; every `type` tag is present; recurse into children."""
+    if attrs.has(type(obj)):
+        assert isinstance(data, dict), path
+        for a in attrs.fields(type(obj)):
+            value = getattr(obj, a.name)
+            if value is None and not a.metadata.get("serde_keep_none"):
+                assert a.name not in data, f"{path}.{a.name} is None but was sent"
+                continue
+            assert a.name in data, f"{path}.{a.name} missing on the wire"
+            if a.name == "type":
+                assert data["type"] == value
+            _check_wire_form(value, data[a.name], f"{path}.{a.name}")
+    elif isinstance(obj, list):
+        for i, (o, d) in enumerate(zip(obj, data)):
+            _check_wire_form(o, d, f"{path}[{i}]")
+    elif isinstance(obj, dict):
+        for k, o in obj.items():
+            _check_wire_form(o, data[k], f"{path}[{k!r}]")
+
+
+CLASSES = wire_classes()
+
+
+def test_every_wire_class_has_a_strategy() -> None:
+    for cls in CLASSES:
+        strategy_for(cls)  # raises NotImplementedError for an unhandled annotation
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_round_trip(cls: type) -> None:
+    @given(strategy_for(cls))
+    def check(obj: Any) -> None:
+        wire = _serde.dumps(obj)
+        assert isinstance(wire, bytes)
+        data = json.loads(wire)
+        _check_wire_form(obj, data)
+        assert _serde.loads(wire, cls) == obj
+        assert _serde.structure_strict(data, cls) == obj
+
+    check()
+
+
+@given(strategy_for(T.ModelInputChunk))
+def test_union_round_trip(chunk: Any) -> None:
+    data = _serde.unstructure(chunk)
+    assert data["type"] == chunk.type
+    assert _serde.loads(data, T.ModelInputChunk) == chunk
+
+
+def _golden_cases() -> list[Path]:
+    return sorted(GOLDEN_DIR.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", _golden_cases(), ids=lambda p: p.stem)
+def test_golden(path: Path) -> None:
+    cls = getattr(T, path.stem.split("__")[0])
+    expected = json.loads(path.read_text())
+    obj = _serde.structure_strict(expected, cls)
+    assert json.loads(_serde.dumps(obj)) == expected
+
+
+def test_golden_fixtures_exist() -> None:
+    assert len(_golden_cases()) >= 20
+
+
+def test_none_omitted_defaults_sent() -> None:
+    req = T.SampleRequest(
+        prompt=T.ModelInput.from_ints([1, 2]),
+        sampling_params=T.SamplingParams(max_tokens=3, stop=["\n"]),
+        sampling_session_id="s1",
+        seq_id=0,
+        prompt_logprobs=False,
+    )
+    data = json.loads(_serde.dumps(req))
+    assert data == {
+        "prompt": {"chunks": [{"tokens": [1, 2], "type": "encoded_text"}]},
+        "sampling_params": {"max_tokens": 3, "stop": ["\n"], "temperature": 1.0, "top_k": -1, "top_p": 1.0},
+        "num_samples": 1,
+        "sampling_session_id": "s1",
+        "seq_id": 0,
+        "prompt_logprobs": False,
+        "topk_prompt_logprobs": 0,
+        "type": "sample",
+    }
+
+
+def test_ttl_null_is_sent() -> None:
+    assert json.loads(_serde.dumps(T.SetCheckpointTtlRequest(ttl_seconds=None))) == {"ttl_seconds": None}
+
+
+def test_bytes_are_base64() -> None:
+    chunk = T.ImageChunk(data=b"\x89PNG\x00\xff", format="png")
+    assert _serde.unstructure(chunk) == {"data": "iVBORwD/", "format": "png", "type": "image"}
+    assert _serde.loads({"data": "iVBORwD/", "format": "png", "type": "image"}, T.ImageChunk) == chunk
+
+
+def test_unknown_tag_names_tag_and_choices() -> None:
+    with pytest.raises(APIResponseValidationError) as info:
+        _serde.loads(b'{"chunks": [{"type": "video", "tokens": [1]}]}', T.ModelInput)
+    msg = str(info.value)
+    assert "'video'" in msg and "'encoded_text'" in msg and "'image'" in msg
+    assert info.value.expected_type == "ModelInput"
+
+
+def test_unknown_keys_tolerated_by_loads_refused_by_strict() -> None:
+    data = {"request_id": "r1", "model_id": "m", "new_field": {"x": 1}}
+    assert _serde.loads(data, T.UntypedAPIFuture) == T.UntypedAPIFuture(request_id="r1", model_id="m")
+    with pytest.raises(ValueError, match="new_field"):
+        _serde.structure_strict(data, T.UntypedAPIFuture)
+
+
+def test_missing_required_key_is_validation_error() -> None:
+    with pytest.raises(APIResponseValidationError, match="session_id"):
+        _serde.loads(b'{"type": "create_session"}', T.CreateSessionResponse)
+
+
+def test_invalid_value_message_has_path() -> None:
+    body = b'{"sequences": [{"stop_reason": "stop", "tokens": [1, "x"]}]}'
+    with pytest.raises(APIResponseValidationError) as info:
+        _serde.loads(body, T.SampleResponse)
+    msg = str(info.value)
+    assert "SampledSequence.tokens" in msg and "item 1" in msg and "$.sequences[0]" in msg
+    assert info.value.body == body
+
+
+def test_not_json_is_validation_error() -> None:
+    with pytest.raises(APIResponseValidationError):
+        _serde.loads(b"<html>oops</html>", T.HealthResponse)
+
+
+def test_parse_request_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="AdamParams.learning_rate must be >= 0"):
+        _serde.parse_request(b'{"adam_params": {"learning_rate": -1}, "model_id": "m"}', T.OptimStepRequest)
+
+
+def test_datetime_forms() -> None:
+    cp = _serde.loads(
+        {"checkpoint_id": "weights/a", "checkpoint_type": "training", "time": "2025-03-04T05:06:07.5Z",
+         "tinker_path": "tinker://r/weights/a"},
+        T.Checkpoint,
+    )
+    assert cp.time == datetime(2025, 3, 4, 5, 6, 7, 500000, tzinfo=timezone.utc)
+    naive = _serde.loads(
+        {"checkpoint_id": "weights/a", "checkpoint_type": "training", "time": "2025-03-04T05:06:07",
+         "tinker_path": "tinker://r/weights/a"},
+        T.Checkpoint,
+    )
+    assert naive.time.tzinfo is not None
+    assert _serde.unstructure(cp)["time"] == "2025-03-04T05:06:07.500000+00:00"
+
+
+def test_request_failed_unknown_category_becomes_unknown() -> None:
+    assert _serde.loads({"error": "boom", "category": "weird"}, T.RequestFailedResponse).category == "unknown"
+    assert _serde.loads({"error": "boom"}, T.RequestFailedResponse).category == "unknown"
+
+
+def test_dumps_big_datum_keeps_token_list_identity() -> None:
+    # The hot path hands the token list straight to json (no per-element hook).
+    tokens = list(range(100_000))
+    datum = T.Datum(model_input=T.ModelInput.from_ints(tokens), loss_fn_inputs={"target_tokens": tokens})
+    data = _serde.unstructure(datum)
+    assert data["model_input"]["chunks"][0]["tokens"] is datum.model_input.chunks[0].tokens
+    back = _serde.loads(_serde.dumps(datum), T.Datum)
+    assert back == datum
+
+
+@given(st.lists(st.integers(0, 2**31 - 1), max_size=50))
+def test_model_input_json_round_trip(tokens: list[int]) -> None:
+    mi = T.ModelInput.from_ints(tokens)
+    assert _serde.loads(_serde.dumps(mi), T.ModelInput).to_ints() == tokens
