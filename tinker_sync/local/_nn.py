@@ -79,13 +79,23 @@ def rmsnorm_backward(dh: Array, gain: Array, n: Array, r: Array) -> Array:
 
 
 def gelu(u: Array) -> Array:
-    return 0.5 * u * (1.0 + np.tanh(_GELU_C * (u + 0.044715 * u**3)))
+    out: Array = 0.5 * u * (1.0 + np.tanh(_GELU_C * (u + 0.044715 * (u * u * u))))
+    return out
 
 
-def gelu_grad(u: Array) -> Array:
-    t = np.tanh(_GELU_C * (u + 0.044715 * u**3))
-    grad: Array = 0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * _GELU_C * (1.0 + 3 * 0.044715 * u * u)
-    return grad
+def gelu_grad(u: Array, t: Array | None = None) -> Array:
+    """d gelu/du; ``t`` = the tanh term from the forward pass when available."""
+    if t is None:
+        t = np.tanh(_GELU_C * (u + 0.044715 * (u * u * u)))
+    u2 = u * u
+    u2 *= 3 * 0.044715
+    u2 += 1.0
+    u2 *= _GELU_C * 0.5
+    u2 *= u
+    sech2: Array = 1.0 - t * t
+    sech2 *= u2
+    sech2 += 0.5 * (1.0 + t)
+    return sech2
 
 
 def log_softmax(logits: Array) -> Array:
@@ -121,6 +131,7 @@ class LayerCache:
     h2: Array
     u: Array
     g: Array
+    th: Array
 
 
 @dataclass
@@ -156,9 +167,10 @@ def forward(
         x = x + a @ eff[pre + "o"]
         h2, n2, r2 = rmsnorm(x, base[pre + "ln2"])
         u = h2 @ eff[pre + "up"]
-        g = gelu(u)
+        th = np.tanh(_GELU_C * (u + 0.044715 * (u * u * u)))
+        g = 0.5 * u * (1.0 + th)
         x = x + g @ eff[pre + "down"]
-        cache.layers.append(LayerCache(h1, n1, r1, q, k, v, p, a, n2, r2, h2, u, g))
+        cache.layers.append(LayerCache(h1, n1, r1, q, k, v, p, a, n2, r2, h2, u, g, th))
     hf, nf, rf = rmsnorm(x, base["ln_f"])
     cache.nf, cache.rf, cache.hf = nf, rf, hf
     logits = hf @ eff[UNEMBED_MODULE]
@@ -206,7 +218,7 @@ def backward(
         # MLP
         if pre + "down" in lora:
             _lora_grads(c.g, dx, *lora[pre + "down"], scale, grads, pre + "down")
-        du = (dx @ eff[pre + "down"].T) * gelu_grad(c.u)
+        du = (dx @ eff[pre + "down"].T) * gelu_grad(c.u, c.th)
         if pre + "up" in lora:
             _lora_grads(c.h2, du, *lora[pre + "up"], scale, grads, pre + "up")
         dx = dx + rmsnorm_backward(du @ eff[pre + "up"].T, base[pre + "ln2"], c.n2, c.r2)
