@@ -24,6 +24,12 @@ from ._exceptions import (
     UnprocessableEntityError,
 )
 from ._version import __version__
+from . import types
+from .rest_client import RestClient
+from .sampling_client import SamplingClient
+from .service_client import ServiceClient
+from .tokenizer import Tokenizer
+from .training_client import TrainingClient
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -43,7 +49,13 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RequestFailedError",
+    "RestClient",
+    "SamplingClient",
+    "ServiceClient",
     "TinkerError",
+    "Tokenizer",
+    "TrainingClient",
     "UnprocessableEntityError",
     "__version__",
+    "types",
 ]

@@ -1,0 +1,33 @@
+"""Shared test configuration: Hypothesis profiles and the local-server fixture."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+try:  # the profiles live beside the type tests
+    from tests import _hypothesis_profiles  # noqa: F401
+except ImportError:  # pragma: no cover - only while the module does not exist yet
+    _hypothesis_profiles = None
+else:
+    from hypothesis import settings
+
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+
+TEST_API_KEY = "tml-test-key-0123456789"
+
+
+@pytest.fixture
+def local_server(tmp_path: Path) -> Iterator[object]:
+    """A fresh embedded Tinker server on 127.0.0.1 with its own data directory."""
+    from tinker_sync.local import LocalTinkerServer
+
+    server = LocalTinkerServer(data_dir=tmp_path / "server-data", long_poll_s=5.0)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
