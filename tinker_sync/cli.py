@@ -66,12 +66,12 @@ def _rel_time(value: Any, *, now: _dt.datetime | None = None) -> str:
         return "-"
     if isinstance(value, str):
         try:
-            value = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            value = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))  # noqa: FURB162 - 3.10 fromisoformat rejects Z
         except ValueError:
             return value
     if value.tzinfo is None:
-        value = value.replace(tzinfo=_dt.timezone.utc)
-    now = now or _dt.datetime.now(_dt.timezone.utc)
+        value = value.replace(tzinfo=_dt.UTC)
+    now = now or _dt.datetime.now(_dt.UTC)
     seconds = (now - value).total_seconds()
     future = seconds < 0
     seconds = abs(seconds)
@@ -292,10 +292,10 @@ def cmd_checkpoint_set_ttl(args: argparse.Namespace, out: TextIO) -> int:
 
 def _parse_date(value: str, flag: str) -> _dt.datetime:
     try:
-        d = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        d = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))  # noqa: FURB162 - 3.10 fromisoformat rejects Z
     except ValueError as exc:
         raise CLIError(f"{flag} must be an ISO-8601 date or datetime, got {value!r}") from exc
-    return d if d.tzinfo else d.replace(tzinfo=_dt.timezone.utc)
+    return d if d.tzinfo else d.replace(tzinfo=_dt.UTC)
 
 
 def cmd_checkpoint_delete(args: argparse.Namespace, out: TextIO) -> int:
@@ -348,7 +348,7 @@ def cmd_checkpoint_delete(args: argparse.Namespace, out: TextIO) -> int:
 def _download(url: str, target: Path) -> int:
     req = urllib.request.Request(url, headers={"User-Agent": "tinker-sync-cli"})
     size = 0
-    with urllib.request.urlopen(req, timeout=60) as resp, open(target, "wb") as fh:  # noqa: S310 - signed URL
+    with urllib.request.urlopen(req, timeout=60) as resp, open(target, "wb") as fh:
         while True:
             block = resp.read(8192)
             if not block:

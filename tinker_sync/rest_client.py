@@ -89,14 +89,14 @@ def _parse(path: str) -> types.ParsedCheckpointTinkerPath:
 def _utc_hour(value: Any, name: str) -> str:
     if isinstance(value, str):
         try:
-            value = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            value = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))  # noqa: FURB162 - 3.10 fromisoformat rejects Z
         except ValueError as exc:
             raise ValueError(f"{name} must be an ISO-8601 datetime, got {value!r}") from exc
     if not isinstance(value, _dt.datetime):
         raise TypeError(f"{name} must be a datetime or ISO-8601 str, got {type(value).__name__}")
     if value.tzinfo is None:
-        value = value.replace(tzinfo=_dt.timezone.utc)
-    return value.astimezone(_dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        value = value.replace(tzinfo=_dt.UTC)
+    return value.astimezone(_dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 class RestClient:

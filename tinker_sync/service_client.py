@@ -421,7 +421,7 @@ class ServiceClient:
                 logger.info("could not finish session %s: %s", session_id, exc)
         self._runtime.close(cancel_pending=cancel_pending)
 
-    def __enter__(self) -> ServiceClient:
+    def __enter__(self) -> ServiceClient:  # noqa: PYI034 - typing.Self needs 3.11
         return self
 
     def __exit__(

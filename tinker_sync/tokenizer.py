@@ -117,7 +117,7 @@ def _load(tid: str) -> Tokenizer:
         )
     try:
         backend = _HFTokenizer.from_pretrained(tid)
-    except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception for hub failures
+    except Exception as exc:
         raise RuntimeError(
             f"could not load tokenizer {tid!r} from the Hugging Face hub ({exc}). Offline? Download its "
             "tokenizer.json and pass the file path to get_tokenizer(), or set HF_TOKEN for gated models"

@@ -403,7 +403,7 @@ class TrainingClient:
             raise ImportError("forward_backward_custom needs numpy: pip install 'tinker_sync[numpy]'") from exc
         if backend == "auto":
             try:
-                import torch  # noqa: F401
+                import torch
 
                 backend = "torch"
             except ImportError:
