@@ -547,3 +547,35 @@ def test_base_weights_are_deterministic_and_read_only() -> None:
     with pytest.raises(ValueError, match="unknown base model"):
         E.Engine("gpt-5")
     assert _nn.module_shapes(64, 256, 258, 2)["layers.1.down"] == (256, 64)
+
+
+def test_rows_finishing_early_and_batches_of_rows(
+    engine: E.Engine, trained: tuple[E.Adapter, list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter = trained[0]
+    prompt = encode("The capital of")
+    kwargs = {"num_samples": 7, "max_tokens": 12, "temperature": 1.3, "seed": 8, "stop": ["a", "o"]}
+    result = engine.sample(adapter, prompt, **kwargs)  # type: ignore[arg-type]
+    reasons = {seq.stop_reason for seq in result.sequences}
+    assert reasons == {"stop", "length"} or len({len(s.tokens) for s in result.sequences}) > 1
+    for seq in result.sequences:
+        text = bytes(t for t in seq.tokens if t < 256)
+        if seq.stop_reason == "stop":
+            assert text.endswith((b"a", b"o")) or seq.tokens[-1] == E.EOS_TOKEN_ID
+            assert b"a" not in text[:-1] and b"o" not in text[:-1]
+        else:
+            assert len(seq.tokens) == 12
+        full = prompt + seq.tokens
+        datum = E.EngineDatum(full[:-1], {"target_tokens": np.array(full[1:]), "weights": np.ones(len(full) - 1)})
+        (out,), _ = engine.forward_backward(adapter, [datum], "cross_entropy", forward_only=True)
+        np.testing.assert_allclose(out["logprobs"][len(prompt) - 1 :], seq.logprobs, atol=2e-4)
+    monkeypatch.setattr(E, "_MAX_SAMPLE_ROWS", 3)
+    chunked = engine.sample(adapter, prompt, **kwargs)  # type: ignore[arg-type]
+    assert len(chunked.sequences) == 7
+    assert chunked == engine.sample(adapter, prompt, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed must be"):
+        engine.sample(adapter, prompt, seed=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        engine.sample(adapter, prompt, top_p=0.0)
+    with pytest.raises(ValueError, match="prompt: token id 300"):
+        engine.sample(adapter, [300])

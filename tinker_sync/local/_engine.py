@@ -74,6 +74,8 @@ OPTIMIZER_STATE_FILE = "optimizer_state.safetensors"
 
 # Attention score elements (batch * heads * T * T) per micro-batch; bounds peak memory of forward_backward.
 _MAX_ATTN_ELEMENTS = 1 << 23
+# Rows decoded together by sample(); larger num_samples run in several batches (bounds KV-cache memory).
+_MAX_SAMPLE_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -556,6 +558,15 @@ class Engine:
         if adapter.frozen and not forward_only:
             raise ValueError("this adapter is a read-only snapshot; it cannot accumulate gradients")
         prepared, config = self._prepare(data, loss_fn, loss_fn_config)
+        # Holding the adapter lock for the whole pass keeps a concurrent optim_step from changing the
+        # weights between the forward and the backward (samplers use snapshots and never wait on it).
+        with adapter.lock:
+            return self._forward_backward_locked(adapter, prepared, loss_fn, config, forward_only)
+
+    def _forward_backward_locked(
+        self, adapter: Adapter, prepared: list[tuple[np.ndarray, dict[str, np.ndarray]]], loss_fn: str,
+        config: dict[str, float], forward_only: bool,
+    ) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
         s = self.spec
         eff = self._effective(adapter)
         with adapter.lock:
@@ -732,57 +743,76 @@ class Engine:
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
         if not isinstance(topk_prompt_logprobs, int) or topk_prompt_logprobs < 0:
             raise ValueError(f"topk_prompt_logprobs must be a non-negative integer, got {topk_prompt_logprobs!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         stop_ids, stop_strings = self._parse_stop(stop)
         rng = np.random.default_rng(seed)
-
         eff = self._effective(adapter)
-        decoder = _nn.KVDecoder(
-            self.base, eff, n_layers=s.n_layers, n_heads=s.n_heads, batch=num_samples,
-            max_len=p_len + max(max_tokens, 1),
-        )
-        prompt_logits = decoder.prefill(prompt_arr)
         result = SampleResult(sequences=[])
-        if prompt_logprobs or topk_prompt_logprobs:
-            lsm = _nn.log_softmax(prompt_logits[:-1].astype(np.float64))
-            if prompt_logprobs:
-                lps = lsm[np.arange(p_len - 1), prompt_arr[1:]]
-                result.prompt_logprobs = [None] + [float(x) for x in lps]
-            if topk_prompt_logprobs:
-                k = min(topk_prompt_logprobs, s.vocab_size)
-                order = np.argsort(-lsm, axis=1, kind="stable")[:, :k]
-                rows: list[list[tuple[int, float]] | None] = [None]
-                for pos in range(p_len - 1):
-                    rows.append([(int(t), float(lsm[pos, t])) for t in order[pos]])
-                result.topk_prompt_logprobs = rows
+        for first in range(0, num_samples, _MAX_SAMPLE_ROWS):
+            rows = min(_MAX_SAMPLE_ROWS, num_samples - first)
+            decoder = _nn.KVDecoder(
+                self.base, eff, n_layers=s.n_layers, n_heads=s.n_heads, batch=rows, max_len=p_len + max(max_tokens, 1)
+            )
+            prompt_logits = decoder.prefill(prompt_arr)
+            if first == 0 and (prompt_logprobs or topk_prompt_logprobs):
+                self._prompt_logprobs(result, prompt_arr, prompt_logits, prompt_logprobs, topk_prompt_logprobs)
+            result.sequences += self._decode(
+                decoder, prompt_logits[-1], rows, max_tokens, temperature, top_k, top_p, stop_ids, stop_strings, rng
+            )
+        return result
 
-        tokens: list[list[int]] = [[] for _ in range(num_samples)]
-        logprobs: list[list[float]] = [[] for _ in range(num_samples)]
-        texts = [bytearray() for _ in range(num_samples)]
-        done = np.zeros(num_samples, dtype=bool)
-        reasons = ["length"] * num_samples
-        logits = np.broadcast_to(prompt_logits[-1], (num_samples, prompt_logits.shape[-1]))
+    def _prompt_logprobs(
+        self, result: SampleResult, prompt: np.ndarray, logits: np.ndarray, plain: bool, top: int
+    ) -> None:
+        lsm = _nn.log_softmax(logits[:-1].astype(np.float64))
+        if plain:
+            lps = lsm[np.arange(prompt.size - 1), prompt[1:]]
+            result.prompt_logprobs = [None] + [float(x) for x in lps]
+        if top:
+            k = min(top, self.spec.vocab_size)
+            order = np.argsort(-lsm, axis=1, kind="stable")[:, :k]
+            rows: list[list[tuple[int, float]] | None] = [None]
+            for pos in range(prompt.size - 1):
+                rows.append([(int(t), float(lsm[pos, t])) for t in order[pos]])
+            result.topk_prompt_logprobs = rows
+
+    def _decode(
+        self, decoder: _nn.KVDecoder, last_logits: np.ndarray, rows: int, max_tokens: int, temperature: float,
+        top_k: int, top_p: float, stop_ids: set[int], stop_strings: list[bytes], rng: np.random.Generator,
+    ) -> list[SampledSequence]:
+        """Sample ``rows`` sequences from a prefilled decoder; finished rows are dropped from the batch."""
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        logprobs: list[list[float]] = [[] for _ in range(rows)]
+        texts = [bytearray() for _ in range(rows)]
+        reasons = ["length"] * rows
+        active = np.arange(rows)  # batch position -> output row
+        logits = np.broadcast_to(last_logits, (rows, last_logits.shape[-1]))
         for step in range(max_tokens):
             lsm = _nn.log_softmax(logits.astype(np.float64))
             chosen = self._choose(lsm, temperature, top_k, top_p, rng)
-            for row in np.flatnonzero(~done):
-                tok = int(chosen[row])
+            keep = np.ones(active.size, dtype=bool)
+            for pos, row in enumerate(active):
+                tok = int(chosen[pos])
                 tokens[row].append(tok)
-                logprobs[row].append(float(lsm[row, tok]))
+                logprobs[row].append(float(lsm[pos, tok]))
                 if tok in stop_ids:
-                    done[row], reasons[row] = True, "stop"
+                    keep[pos], reasons[row] = False, "stop"
                 elif stop_strings:
                     new = token_bytes(tok)
                     buf = texts[row]
                     buf += new
                     for pat in stop_strings:
                         if pat in buf[max(0, len(buf) - len(pat) - len(new) + 1) :]:
-                            done[row], reasons[row] = True, "stop"
+                            keep[pos], reasons[row] = False, "stop"
                             break
-            if done.all() or step + 1 == max_tokens:
+            if not keep.any() or step + 1 == max_tokens:
                 break
+            if not keep.all():
+                decoder.select(np.flatnonzero(keep))
+                active, chosen = active[keep], chosen[keep]
             logits = decoder.step(chosen)
-        result.sequences = [SampledSequence(tokens[i], logprobs[i], reasons[i]) for i in range(num_samples)]
-        return result
+        return [SampledSequence(tokens[i], logprobs[i], reasons[i]) for i in range(rows)]
 
     def _parse_stop(self, stop: str | Sequence[str] | Sequence[int] | None) -> tuple[set[int], list[bytes]]:
         if stop is None:

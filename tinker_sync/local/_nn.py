@@ -272,6 +272,11 @@ class KVDecoder:
         first: Array = logits[0]
         return first
 
+    def select(self, rows: Array) -> None:
+        """Keep only the given batch rows (e.g. drop finished sequences)."""
+        self.k = self.k[:, rows]
+        self.v = self.v[:, rows]
+
     def step(self, tokens: Array) -> Array:
         """Feed one token per row (B,) at the next position; returns logits (B, V)."""
         t = self.length
