@@ -486,3 +486,39 @@ def test_error_strings(server: ScriptedServer, rt: Runtime) -> None:
     s = str(info.value)
     assert "422" in s and "seq_id" in s and "abc" in s and "/api/v1/z" in s
     assert json.dumps(info.value.body)  # type: ignore[attr-defined]
+
+
+def test_clean_close_waits_for_chained_follow_up_calls(server: ScriptedServer) -> None:
+    from tinker_sync._executor import chain
+
+    rt = make_runtime(server)
+    server.default("/api/v1/forward", Reply(200, {"request_id": "f"}))
+    server.default("/api/v1/forward_backward", Reply(200, {"request_id": "b"}))
+    server.script(RF, Reply(200, {"type": "try_again", "request_id": "f"}, delay_s=0.05))
+    server.default(RF, lambda rec: Reply(200, {"phase": rec.json()["request_id"]}))
+    lane = rt.new_lane("model m")
+    first = rt.submit_polled("/api/v1/forward", {}, None, request_type="Forward", lane=lane)
+    # the second call is only submitted from a poller thread once the first finished
+    second_holder: list[object] = []
+
+    def follow_up(_out: object) -> object:
+        fut = rt.submit_polled("/api/v1/forward_backward", {}, None, request_type="ForwardBackward", lane=lane)
+        second_holder.append(fut)
+        return fut
+
+    chained = chain(first, follow_up)
+    rt.close()
+    second = chained.result(timeout=T)
+    assert second.result(timeout=T) == {"phase": "b"}  # type: ignore[attr-defined]
+    assert len(server.requests_to("/api/v1/forward_backward")) == 1
+
+
+def test_runtime_context_manager_cancels_on_error(server: ScriptedServer) -> None:
+    server.default("/api/v1/asample", Reply(200, {"request_id": "r"}))
+    server.default(RF, Reply(200, {"type": "try_again", "request_id": "r"}, delay_s=0.05))
+    with pytest.raises(KeyError):
+        with make_runtime(server) as rt:
+            fut = rt.submit_polled("/api/v1/asample", {}, None, request_type="Sample")
+            raise KeyError("user bug")
+    with pytest.raises(ClientClosedError):
+        fut.result(timeout=T)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from ._exceptions import ClientClosedError, TinkerError
 
-__all__ = ["Executor", "LanePoisonedError", "SequencedLane", "chain", "gather", "set_exception", "set_result"]
+__all__ = ["Activity", "Executor", "LanePoisonedError", "SequencedLane", "chain", "gather", "mark_internal_thread", "set_exception", "set_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,31 @@ def set_exception(fut: Future[Any], exc: BaseException) -> bool:
 
 
 def in_worker_thread() -> bool:
-    """Whether the current thread is a tinker-sync worker."""
+    """Whether the current thread is one of ours (a worker or a poller): it must never block on submit."""
     return getattr(_worker_local, "is_worker", False)
+
+
+def mark_internal_thread() -> None:
+    """Mark the current thread as internal (pollers run chain() callbacks that may submit work)."""
+    _worker_local.is_worker = True
+
+
+class Activity:
+    """Counts threads busy completing work, so wait_idle() cannot observe the gap between a Future
+    resolving and the follow-up call its done-callbacks submit."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.busy = 0
+
+    def __enter__(self) -> None:
+        with self.cond:
+            self.busy += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.cond:
+            self.busy -= 1
+            self.cond.notify_all()
 
 
 class Executor:
@@ -62,7 +85,8 @@ class Executor:
     ``submit()`` returns a fresh pending Future; the pool's own futures never escape.
     """
 
-    def __init__(self, max_workers: int, *, max_queued: int = _DEFAULT_MAX_QUEUED) -> None:
+    def __init__(self, max_workers: int, *, max_queued: int = _DEFAULT_MAX_QUEUED, activity: Activity | None = None) -> None:
+        self.activity = activity or Activity()
         self._numbers = itertools.count(1)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, initializer=self._init_thread)
         self._slots = threading.BoundedSemaphore(max(max_queued, max_workers))
@@ -98,12 +122,13 @@ class Executor:
             try:
                 if outer.done():  # cancelled by the user (or failed by close) before it started
                     return
-                try:
-                    value = fn(*args, **kwargs)
-                except BaseException as exc:  # noqa: BLE001 - everything goes to the Future
-                    set_exception(outer, exc)
-                else:
-                    set_result(outer, value)
+                with self.activity:
+                    try:
+                        value = fn(*args, **kwargs)
+                    except BaseException as exc:  # noqa: BLE001 - everything goes to the Future
+                        set_exception(outer, exc)
+                    else:
+                        set_result(outer, value)
             finally:
                 with self._lock:
                     self._pending.discard(outer)

@@ -25,7 +25,7 @@ from ._exceptions import (
     RequestFailedError,
     from_response,
 )
-from ._executor import set_exception, set_result
+from ._executor import Activity, mark_internal_thread, set_exception, set_result
 
 if TYPE_CHECKING:
     from ._transport import Transport
@@ -308,7 +308,9 @@ class FuturePoller:
         billing_pause_s: float = 5.0,
         billing_max_pause_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
+        activity: Activity | None = None,
     ) -> None:
+        self._activity = activity or Activity()
         self._transport = transport
         self._max_pollers = max_pollers
         self._poll_timeout_s = poll_timeout_s
@@ -405,12 +407,14 @@ class FuturePoller:
                     self._cond.wait(1.0)
 
     def _run(self) -> None:
+        mark_internal_thread()  # Future callbacks run here; their submits must not block this thread
         while True:
             call = self._next()
             if call is None:
                 return
             try:
-                delay, finished = self._poll_once(call)
+                with self._activity:  # resolving a Future runs callbacks that may submit more work
+                    delay, finished = self._poll_once(call)
             except BaseException as exc:  # noqa: BLE001 - a bug must not kill the thread silently
                 logger.exception("poller crashed while polling %r", call)
                 set_exception(call.future, exc)

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from typing import Any, TypeVar
 
 import attrs
@@ -26,7 +27,7 @@ from ._exceptions import (
     RateLimitError,
     from_response,
 )
-from ._executor import Executor, SequencedLane, set_exception
+from ._executor import Activity, Executor, SequencedLane, set_exception
 from ._poller import FuturePoller, PolledCall
 from ._ratelimit import RateLimiter, get_shared_limiter
 from ._retry import parse_retry_after
@@ -114,13 +115,15 @@ class Runtime:
         self._clock = clock
         self.transport = Transport(config)
         self.limiter: RateLimiter = get_shared_limiter(config)
-        self.executor = Executor(config.max_workers)
+        self._activity = Activity()
+        self.executor = Executor(config.max_workers, activity=self._activity)
         self.poller = FuturePoller(
             self.transport,
             max_pollers=config.max_pollers,
             poll_timeout_s=config.poll_timeout_s,
             billing_pause_s=config.billing_pause_s,
             billing_max_pause_s=config.billing_max_pause_s,
+            activity=self._activity,
         )
         self._closed = threading.Event()  # set by close(cancel_pending=True): interrupts waits
         self._closing = False
@@ -361,21 +364,47 @@ class Runtime:
         return handle["request_id"]
 
     # -- shutdown ------------------------------------------------------------------------------
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Block until no submitted call is pending (including calls submitted meanwhile).
+
+        Returns False if ``timeout_s`` ran out first. Must not be called from a tinker-sync thread.
+        """
+        deadline = None if timeout_s is None else self._clock() + timeout_s
+        act = self._activity
+        while True:
+            with self._lock:
+                outstanding = list(self._outstanding)
+            if not outstanding:
+                with act.cond:
+                    if act.busy == 0:
+                        with self._lock:
+                            if not self._outstanding:
+                                return True
+                        continue
+                    if deadline is not None and self._clock() >= deadline:
+                        return False
+                    act.cond.wait(0.05)  # a Future is being resolved; its callbacks may submit more
+                continue
+            left = None if deadline is None else deadline - self._clock()
+            if left is not None and left <= 0:
+                return False
+            futures_wait(outstanding, timeout=left)
+
     def close(self, *, cancel_pending: bool = False) -> None:
         """Shut down: by default wait for every pending call; with ``cancel_pending`` fail them.
 
         Pending Futures then fail with ClientClosedError. No tinker-sync thread survives; the HTTP
         Session closes last. Idempotent.
         """
+        if not cancel_pending and not self._closing:
+            self.wait_idle()  # before refusing new work: chained follow-up calls may still be submitted
         with self._lock:
             already = self._closing
             self._closing = True
             outstanding = list(self._outstanding)
             lanes = list(self._lanes)
         if not cancel_pending and not already:
-            from concurrent.futures import wait
-
-            wait(outstanding)
+            futures_wait(outstanding)
         if cancel_pending:
             self._closed.set()
             err = ClientClosedError("the client was closed before this call finished")
