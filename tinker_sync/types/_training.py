@@ -113,7 +113,12 @@ def _coerce_loss_fn_inputs(value: Any) -> dict[str, TensorData]:
         if isinstance(item, TensorData):
             out[key] = item
         elif isinstance(item, (list, tuple)):
-            out[key] = _list_to_tensor(key, item)
+            try:
+                out[key] = _list_to_tensor(key, item)
+            except (TypeError, ValueError) as exc:
+                if str(exc).startswith("Datum."):
+                    raise
+                raise type(exc)(f"Datum.loss_fn_inputs[{key!r}]: {exc}") from None
         elif type(item).__module__.split(".")[0] == "torch":
             out[key] = TensorData.from_torch(item)
         elif type(item).__module__.split(".")[0] == "numpy" or hasattr(item, "__array_interface__"):
