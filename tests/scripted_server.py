@@ -53,7 +53,7 @@ class RecordedRequest:
         return None
 
 
-Script = Union[Reply, Callable[[RecordedRequest], Reply]]
+Script = Union[Reply, Callable[[RecordedRequest], Reply]]  # noqa: UP007 - a runtime alias on 3.10
 
 
 class ScriptedServer:
@@ -132,7 +132,7 @@ class ScriptedServer:
         self._httpd.server_close()
         self._thread.join(5)
 
-    def __enter__(self) -> ScriptedServer:
+    def __enter__(self) -> ScriptedServer:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

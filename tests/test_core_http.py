@@ -516,9 +516,8 @@ def test_clean_close_waits_for_chained_follow_up_calls(server: ScriptedServer) -
 def test_runtime_context_manager_cancels_on_error(server: ScriptedServer) -> None:
     server.default("/api/v1/asample", Reply(200, {"request_id": "r"}))
     server.default(RF, Reply(200, {"type": "try_again", "request_id": "r"}, delay_s=0.05))
-    with pytest.raises(KeyError):
-        with make_runtime(server) as rt:
-            fut = rt.submit_polled("/api/v1/asample", {}, None, request_type="Sample")
-            raise KeyError("user bug")
+    with pytest.raises(KeyError), make_runtime(server) as rt:
+        fut = rt.submit_polled("/api/v1/asample", {}, None, request_type="Sample")
+        raise KeyError("user bug")
     with pytest.raises(ClientClosedError):
         fut.result(timeout=T)

@@ -23,7 +23,13 @@ from tinker_sync._exceptions import (
     RequestFailedError,
     TinkerError,
 )
-from tinker_sync._executor import Executor, LanePoisonedError, SequencedLane, chain, gather
+from tinker_sync._executor import (
+    Executor,
+    LanePoisonedError,
+    SequencedLane,
+    chain,
+    gather,
+)
 from tinker_sync._poller import (
     Backoff,
     Done,

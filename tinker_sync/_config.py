@@ -50,16 +50,16 @@ def _check_api_key(key: Any) -> str:
         raise InvalidConfigError(
             "No Tinker API key: pass api_key=... or set the TINKER_API_KEY environment variable"
         )
-    key = key.strip()
-    if not key.startswith(_KEY_PREFIXES):
+    key_text: str = str(key).strip()
+    if not key_text.startswith(_KEY_PREFIXES):
         # never echo the key itself, not even a prefix of it
         raise InvalidConfigError(
             "The api_key must start with the 'tml-' prefix (or be a JWT starting with 'eyJ'); "
             "check TINKER_API_KEY or the api_key argument"
         )
-    if any(c in key for c in "\r\n\0"):
+    if any(c in key_text for c in "\r\n\0"):
         raise InvalidConfigError("The api_key contains a line break or NUL character; check how it was pasted")
-    return key
+    return key_text
 
 
 def _freeze_headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -111,7 +111,7 @@ class ClientConfig:
             headers.setdefault("CF-Access-Client-Id", cf_id)
         if cf_secret:
             headers.setdefault("CF-Access-Client-Secret", cf_secret)
-        return cls(base_url=url, api_key=key, default_headers=headers, **overrides)  # type: ignore[arg-type]
+        return cls(base_url=url, api_key=key, default_headers=headers, **overrides)
 
     @property
     def rate_limit_key(self) -> tuple[str, str]:

@@ -229,18 +229,17 @@ def _decide_ok(
         if body.get("type") == "try_again":
             return PollAgain(nxt, body.get("queue_state"), body.get("queue_state_reason"))
         if body.get("status") == "complete_metadata":
-            if state.metadata_seen or not state.allow_metadata_only:
-                # we asked for the payload (allow_metadata_only false) but got metadata anyway; ask
-                # once more, then give up rather than loop forever
-                if state.metadata_seen:
-                    return Fail(
-                        APIResponseValidationError(
-                            f"the server answered complete_metadata twice for request {request_id}",
-                            body=body,
-                            expected_type=name,
-                        ),
-                        nxt,
-                    )
+            # Ask for the payload (allow_metadata_only false). A second complete_metadata breaks the
+            # protocol; give up rather than loop forever.
+            if state.metadata_seen:
+                return Fail(
+                    APIResponseValidationError(
+                        f"the server answered complete_metadata twice for request {request_id}",
+                        body=body,
+                        expected_type=name,
+                    ),
+                    nxt,
+                )
             return FetchPayload(attrs.evolve(nxt, allow_metadata_only=False, metadata_seen=True))
         if "error" in body:
             category = body.get("category")
@@ -415,7 +414,7 @@ class FuturePoller:
             try:
                 with self._activity:  # resolving a Future runs callbacks that may submit more work
                     delay, finished = self._poll_once(call)
-            except BaseException as exc:  # noqa: BLE001 - a bug must not kill the thread silently
+            except BaseException as exc:
                 logger.exception("poller crashed while polling %r", call)
                 set_exception(call.future, exc)
                 delay, finished = 0.0, True

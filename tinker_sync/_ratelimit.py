@@ -63,8 +63,7 @@ class RateLimiter:
             now = self._clock()
             self.limited_count += 1
             self._extended_at = now
-            if now + seconds > self._until:
-                self._until = now + seconds
+            self._until = max(self._until, now + seconds)
         if seconds >= 1.0:
             logger.info("rate limited by the server: pausing all requests of this account for %.1f s", seconds)
 

@@ -361,7 +361,8 @@ class Runtime:
                 body=handle,
                 expected_type="UntypedAPIFuture",
             )
-        return handle["request_id"]
+        request_id: str = handle["request_id"]
+        return request_id
 
     # -- shutdown ------------------------------------------------------------------------------
     def wait_idle(self, timeout_s: float | None = None) -> bool:
@@ -418,7 +419,7 @@ class Runtime:
         self._closed.set()
         self.transport.close()
 
-    def __enter__(self) -> Runtime:
+    def __enter__(self) -> Runtime:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:

@@ -230,9 +230,8 @@ def _request_may_have_been_sent(exc: BaseException) -> bool:
         reason = reason.reason
     if isinstance(reason, (NewConnectionError, ConnectTimeoutError)):
         return False
-    if isinstance(exc, requests.exceptions.SSLError):
-        return False  # TLS handshake failed; the request was never written
-    return True
+    # an SSLError means the TLS handshake failed, so the request was never written
+    return not isinstance(exc, requests.exceptions.SSLError)
 
 
 def _describe(exc: BaseException) -> str:
