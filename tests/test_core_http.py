@@ -521,3 +521,15 @@ def test_runtime_context_manager_cancels_on_error(server: ScriptedServer) -> Non
         raise KeyError("user bug")
     with pytest.raises(ClientClosedError):
         fut.result(timeout=T)
+
+
+def test_close_from_a_callback_thread_does_not_deadlock(server: ScriptedServer) -> None:
+    rt = make_runtime(server)
+    closer = rt.executor.submit(lambda: rt.close(cancel_pending=True))
+    done, _ = wait([closer], timeout=T)
+    assert done  # no self-join deadlock (its own Future fails with ClientClosedError, like any pending call)
+    assert rt.closed
+    deadline = time.monotonic() + 5
+    while tinker_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert tinker_threads() == []

@@ -165,7 +165,8 @@ class Executor:
         if cancel_pending:
             for fut in pending:
                 set_exception(fut, ClientClosedError("the client was closed before this call ran"))
-        self._pool.shutdown(wait=True, cancel_futures=cancel_pending)
+        # a worker closing its own pool must not join itself
+        self._pool.shutdown(wait=not in_worker_thread(), cancel_futures=cancel_pending)
 
 
 def chain(fut: Future[A], fn: Callable[[A], B]) -> Future[B]:

@@ -347,7 +347,7 @@ class FuturePoller:
 
         Without it, waits until every tracked call has resolved first.
         """
-        if not cancel_pending:
+        if not cancel_pending and threading.current_thread() not in self._threads:
             with self._cond:
                 while self._tracked and not self._closing:
                     self._cond.wait(0.5)
@@ -363,7 +363,8 @@ class FuturePoller:
         if calls:
             self._transport.abort_inflight()  # unblock long polls held by the server
         for t in list(self._threads):
-            t.join(join_timeout_s)
+            if t is not threading.current_thread():
+                t.join(join_timeout_s)
 
     # -- internals -----------------------------------------------------------------------------
     def _push(self, call: PolledCall, delay_s: float) -> None:
