@@ -10,10 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tinker_sync.types as T
+from tests.test_types_strategies import (
+    f32,
+    floats,
+    ints,
+    tensor_data,
+    texts,
+    token_lists,
+)
 from tinker_sync import _proto
 from tinker_sync._proto import ProtoDecodeError
 from tinker_sync.types._training import LOSS_FNS
-from tests.test_types_strategies import f32, floats, ints, tensor_data, texts, token_lists
 
 
 def h(text: str) -> bytes:
@@ -43,7 +50,7 @@ FWD_BWD_REQUEST_VECTOR = h(
     "0a08"  # Datum.model_input Chunk, 8 bytes
     "0a06"  # Chunk.encoded_text, 6 bytes
     "0a04 05000000"  # EncodedTextChunk.tokens, 4 bytes
-    "220d" + "cross_entropy".encode().hex() +  # field 4 string
+    "220d" + b"cross_entropy".hex() +  # field 4 string
     "2a0c"  # field 5 map entry, 12 bytes
     "0a01 61"  # key "a"
     "11 000000000000f03f"  # value double 1.0 (fixed64)
@@ -54,17 +61,17 @@ FWD_BWD_REQUEST_VECTOR = h(
 #       offsets int64le[0, 4]; dtype BFLOAT16(4) }}; num_datums 1 };
 #   metrics {"loss:sum": 0.5} }
 FWD_BWD_OUTPUT_VECTOR = h(
-    "0a13" + "a:b:TorchLossReturn".encode().hex()
+    "0a13" + b"a:b:TorchLossReturn".hex()
     + "122a"  # ArrayRecord, 42 bytes
     + "1226"  # ArrayRecord.fields entry, 38 bytes
-    + "0a08" + "logprobs".encode().hex()
+    + "0a08" + b"logprobs".hex()
     + "121a"  # BatchedTensor, 26 bytes
     + "0a04 803f 00c0"  # data: bf16 1.0 = 0x3f80, -2.0 = 0xc000
     + "1210 0000000000000000 0400000000000000"  # offsets (bytes) [0, 4]
     + "1804"  # dtype BFLOAT16
     + "1801"  # num_datums 1
     + "1a13"  # metrics entry, 19 bytes
-    + "0a08" + "loss:sum".encode().hex()
+    + "0a08" + b"loss:sum".hex()
     + "11 000000000000e03f"  # 0.5
 )
 
@@ -196,10 +203,10 @@ def test_output_num_datums_fallback_and_trailing_shape() -> None:
             for g, gwt, gv in _proto._fields(v, "test"):
                 if g != 3:
                     assert gwt == 2
-                    inner.bytes(g, bytes(gv), always=True)
+                    inner.blob(g, bytes(gv), always=True)
             w.message(2, inner.buf)
         else:
-            w.bytes(f, bytes(v), always=True)
+            w.blob(f, bytes(v), always=True)
     stripped = bytes(w.buf)
     assert len(stripped) == len(data) - 2
     assert _proto.decode_forward_backward_output(stripped) == out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tinker_sync.types as T
+from tests.test_types_strategies import strategy_for, wire_classes
 from tinker_sync import _serde
 from tinker_sync._exceptions import APIResponseValidationError
-from tests.test_types_strategies import strategy_for, wire_classes
 
 GOLDEN_DIR = Path(__file__).parent / "data" / "golden"
 
@@ -162,7 +162,7 @@ def test_datetime_forms() -> None:
          "tinker_path": "tinker://r/weights/a"},
         T.Checkpoint,
     )
-    assert cp.time == datetime(2025, 3, 4, 5, 6, 7, 500000, tzinfo=timezone.utc)
+    assert cp.time == datetime(2025, 3, 4, 5, 6, 7, 500000, tzinfo=UTC)
     naive = _serde.loads(
         {"checkpoint_id": "weights/a", "checkpoint_type": "training", "time": "2025-03-04T05:06:07",
          "tinker_path": "tinker://r/weights/a"},

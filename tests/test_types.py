@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import attrs
 import pytest
@@ -119,7 +119,7 @@ def test_model_input_convenience() -> None:
     assert T.ModelInput.empty().length == 0 and T.ModelInput.empty().to_ints() == []
     assert T.EncodedTextChunk(tokens=[1, 2]).length == 2
     with pytest.raises(ValueError, match="expected_tokens"):
-        T.ModelInput(chunks=[T.ImageChunk(data=b"", format="png")]).length
+        _ = T.ModelInput(chunks=[T.ImageChunk(data=b"", format="png")]).length
 
 
 def test_tokens_are_normalised_to_plain_ints() -> None:
@@ -222,7 +222,7 @@ def test_parsed_tinker_path_invalid(path: str) -> None:
 def test_datetimes_are_aware() -> None:
     cp = T.Checkpoint(checkpoint_id="weights/a", checkpoint_type="training", time=datetime(2025, 1, 1),
                       tinker_path="tinker://r/weights/a")
-    assert cp.time.tzinfo is timezone.utc
+    assert cp.time.tzinfo is UTC
 
 
 def test_secrets_not_in_repr() -> None:

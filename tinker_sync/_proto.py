@@ -12,8 +12,10 @@ import math
 import struct
 import sys
 from array import array
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from .types import Datum as _Datum
 from .types import (
     DmelChunk,
     EncodedTextChunk,
@@ -26,7 +28,6 @@ from .types import (
     SampleResponse,
     TensorData,
 )
-from .types import Datum as _Datum
 
 __all__ = [
     "PROTO_CONTENT_TYPE",
@@ -80,7 +81,7 @@ def _le_bytes(code: str, values: Any) -> bytes:
     return arr.tobytes()
 
 
-def _le_array(code: str, data: bytes | memoryview, where: str) -> array:
+def _le_array(code: str, data: bytes | memoryview, where: str) -> array[Any]:
     arr = array(code)
     if len(data) % arr.itemsize:
         raise ProtoDecodeError(f"{where}: {len(data)} bytes is not a whole number of {arr.itemsize}-byte items")
@@ -90,7 +91,7 @@ def _le_array(code: str, data: bytes | memoryview, where: str) -> array:
     return arr
 
 
-def _bf16_to_float32(raw: array) -> list[float]:
+def _bf16_to_float32(raw: array[Any]) -> list[float]:
     widened = array("I", (v << 16 for v in raw))
     out = array("f")
     out.frombytes(widened.tobytes())
@@ -126,7 +127,7 @@ class _Writer:
             self.key(field, _VARINT)
             self.buf += _varint(value)
 
-    def bool(self, field: int, value: bool) -> None:
+    def boolean(self, field: int, value: bool) -> None:
         if value:
             self.key(field, _VARINT)
             self.buf.append(1)
@@ -136,22 +137,22 @@ class _Writer:
             self.key(field, _I64)
             self.buf += struct.pack("<d", value)
 
-    def bytes(self, field: int, value: bytes | bytearray, *, always: bool = False) -> None:
+    def blob(self, field: int, value: bytes | bytearray, *, always: bool = False) -> None:
         if value or always:
             self.key(field, _LEN)
             self.buf += _varint(len(value))
             self.buf += value
 
     def string(self, field: int, value: str, *, always: bool = False) -> None:
-        self.bytes(field, value.encode("utf-8"), always=always)
+        self.blob(field, value.encode("utf-8"), always=always)
 
     def message(self, field: int, payload: bytes | bytearray) -> None:
-        self.bytes(field, payload, always=True)
+        self.blob(field, payload, always=True)
 
     def packed_int64(self, field: int, values: list[int]) -> None:
         if values:
             payload = b"".join(_varint(v) for v in values)
-            self.bytes(field, payload, always=True)
+            self.blob(field, payload, always=True)
 
     def map_double(self, field: int, mapping: dict[str, float] | None) -> None:
         for k, v in (mapping or {}).items():
@@ -194,6 +195,7 @@ def _fields(data: bytes | bytearray | memoryview, where: str) -> list[tuple[int,
     buf = memoryview(data) if not isinstance(data, memoryview) else data
     out: list[tuple[int, int, Any]] = []
     pos, n = 0, len(buf)
+    value: Any
     while pos < n:
         key, pos = _read_varint(buf, pos, where)
         field, wt = key >> 3, key & 7
@@ -286,12 +288,12 @@ def _encode_tensor(td: TensorData, where: str) -> bytes:
     code = "q" if td.dtype == "int64" else "f"
     if td.sparse_crow_indices is not None and td.sparse_col_indices is not None:
         csr = _Writer()
-        csr.bytes(1, _le_bytes(code, td.data))
-        csr.bytes(2, _le_bytes("q", td.sparse_crow_indices))
-        csr.bytes(3, _le_bytes("q", td.sparse_col_indices))
+        csr.blob(1, _le_bytes(code, td.data))
+        csr.blob(2, _le_bytes("q", td.sparse_crow_indices))
+        csr.blob(3, _le_bytes("q", td.sparse_col_indices))
         w.message(2, csr.buf)
     else:
-        w.bytes(1, _le_bytes(code, td.data), always=True)  # oneof member: present even when empty
+        w.blob(1, _le_bytes(code, td.data), always=True)  # oneof member: present even when empty
     w.varint(3, _DTYPE_TO_ENUM[td.dtype])
     if td.shape is not None:
         w.packed_int64(4, td.shape)
@@ -358,21 +360,21 @@ def _encode_chunk(chunk: Any, where: str) -> bytes:
     outer = _Writer()
     if isinstance(chunk, EncodedTextChunk):
         try:
-            inner.bytes(1, _le_bytes("i", chunk.tokens))
+            inner.blob(1, _le_bytes("i", chunk.tokens))
         except OverflowError:
             raise ValueError(f"{where}: token ids must be < 2**31 to fit the int32 wire format") from None
         outer.message(1, inner.buf)
     elif isinstance(chunk, ImageChunk):
-        inner.bytes(1, chunk.data)
+        inner.blob(1, chunk.data)
         inner.string(2, chunk.format)
         if chunk.expected_tokens is not None:
             inner.varint(3, chunk.expected_tokens, always=True)
         outer.message(2, inner.buf)
     elif isinstance(chunk, DmelChunk):
-        inner.bytes(1, chunk.dmel)
+        inner.blob(1, chunk.dmel)
         outer.message(3, inner.buf)
     elif isinstance(chunk, ImageAssetPointerChunk):
-        raise ValueError(
+        raise ValueError(  # noqa: TRY004 - a valid chunk type that this wire format cannot carry
             f"{where}: an ImageAssetPointerChunk cannot be sent in a forward_backward request; "
             "load the image and pass an ImageChunk with its bytes"
         )
@@ -401,7 +403,7 @@ def encode_forward_backward_request(req: ForwardBackwardRequest) -> bytes:
         w.message(3, _encode_datum(datum, f"data[{i}]"))
     w.string(4, req.loss_fn)
     w.map_double(5, req.loss_fn_config)
-    w.bool(6, req.forward_only)
+    w.boolean(6, req.forward_only)
     return bytes(w.buf)
 
 
@@ -542,8 +544,8 @@ def _encode_record(outputs: list[dict[str, TensorData]], type_tag: str) -> bytes
             data += _le_bytes(code, values)
             offsets.append(offsets[-1] + len(values) * itemsize)
         bt = _Writer()
-        bt.bytes(1, data)
-        bt.bytes(2, _le_bytes("q", offsets))
+        bt.blob(1, data)
+        bt.blob(2, _le_bytes("q", offsets))
         bt.varint(3, _DTYPE_TO_ENUM[first.dtype])
         bt.packed_int64(4, first.dense_shape()[1:])
         fields[key] = bytes(bt.buf)
@@ -677,9 +679,9 @@ def decode_forward_backward_output(data: bytes) -> ForwardBackwardOutput:
 def _encode_sequence(seq: SampledSequence) -> bytes:
     w = _Writer()
     w.varint(1, _STOP_TO_ENUM[seq.stop_reason])
-    w.bytes(2, _le_bytes("i", seq.tokens))
+    w.blob(2, _le_bytes("i", seq.tokens))
     if seq.logprobs is not None:
-        w.bytes(3, _le_bytes("f", seq.logprobs), always=True)
+        w.blob(3, _le_bytes("f", seq.logprobs), always=True)
     return bytes(w.buf)
 
 
@@ -690,7 +692,7 @@ def encode_sample_response(resp: SampleResponse) -> bytes:
         w.message(1, _encode_sequence(seq))
     if resp.prompt_logprobs is not None:
         nan = float("nan")
-        w.bytes(2, _le_bytes("f", [nan if x is None else x for x in resp.prompt_logprobs]), always=True)
+        w.blob(2, _le_bytes("f", [nan if x is None else x for x in resp.prompt_logprobs]), always=True)
     if resp.topk_prompt_logprobs is not None:
         rows = resp.topk_prompt_logprobs
         k = max((len(r) for r in rows if r), default=0)
@@ -704,8 +706,8 @@ def encode_sample_response(resp: SampleResponse) -> bytes:
             ids.extend([_TOPK_FILLER_ID] * pad)
             lps.extend([_TOPK_FILLER_LP] * pad)
         t = _Writer()
-        t.bytes(1, _le_bytes("i", ids))
-        t.bytes(2, _le_bytes("f", lps))
+        t.blob(1, _le_bytes("i", ids))
+        t.blob(2, _le_bytes("f", lps))
         t.varint(3, k)
         t.varint(4, len(rows))
         w.message(3, t.buf)
@@ -789,7 +791,7 @@ def decode_sample_response(data: bytes) -> SampleResponse:
             elif f == 2:
                 _expect(wt, _LEN, f"{where}.prompt_logprobs")
                 values = _le_array("f", v, f"{where}.prompt_logprobs").tolist()
-                prompt_logprobs = [None if x != x else x for x in values] if values else None
+                prompt_logprobs = [None if math.isnan(x) else x for x in values] if values else None
             elif f == 3:
                 _expect(wt, _LEN, f"{where}.topk_prompt_logprobs")
                 topk = _decode_topk(v, f"{where}.topk_prompt_logprobs")

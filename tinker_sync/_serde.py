@@ -13,9 +13,9 @@ import binascii
 import json
 import logging
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Callable, Final, TypeVar, Union
+from typing import Any, Final, TypeVar
 
 import attrs
 import cattrs
@@ -23,7 +23,9 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from cattrs.preconf.json import make_converter as _make_json_converter
 
 from ._exceptions import APIResponseValidationError
-from .types import DmelChunk, EncodedTextChunk, ImageAssetPointerChunk, ImageChunk, ModelInputChunk
+from .types import (
+    ModelInputChunk,
+)
 from .types._common import parse_datetime
 from .types._sampling import StopCondition
 
@@ -47,7 +49,7 @@ _TAGGED_UNIONS: dict[Any, dict[str, type]] = {}
 
 
 def _tag_of(cl: type) -> str:
-    return attrs.fields(cl).type.default  # type: ignore[attr-defined,no-any-return]
+    return str(attrs.fields_dict(cl)["type"].default)
 
 
 def _register_tagged_union(c: cattrs.Converter, alias: Any, name: str) -> None:
@@ -95,7 +97,7 @@ def _b64decode(value: Any, _: Any) -> bytes:
 
 # Leaf types whose validation (and int/float normalisation) the attrs classes do themselves.
 _PASSTHROUGH_LEAVES = (int, float, str, bool)
-_FAST_LISTS = (list[int], list[float], list[Union[int, float]], list[str])
+_FAST_LISTS = (list[int], list[float], list[int | float], list[str])
 
 
 def configure_converter(c: cattrs.Converter) -> None:
@@ -109,11 +111,10 @@ def configure_converter(c: cattrs.Converter) -> None:
     c.register_structure_hook_func(_is_literal, _identity)
     c.register_structure_hook_func(lambda t: t == StopCondition, _identity)
     c.register_structure_hook_func(lambda t: t is typing.Any, _identity)
-    for fast in _FAST_LISTS:
-        # Lists of scalars go through as the same list object: json.dumps handles them at C speed,
-        # and the attrs converters validate/copy them in one pass on the way in.
-        c.register_unstructure_hook_func(lambda t, fast=fast: t == fast, _identity)
-        c.register_structure_hook_func(lambda t, fast=fast: t == fast, _list_passthrough)
+    # Lists of scalars go through as the same list object: json.dumps handles them at C speed,
+    # and the attrs converters validate/copy them in one pass on the way in.
+    c.register_unstructure_hook_func(_is_fast_list, _identity)
+    c.register_structure_hook_func(_is_fast_list, _list_passthrough)
 
     # Omit None, never non-None defaults. Registered BEFORE the union hooks, which look members up.
     def unstructure_factory(cl: type) -> Callable[[Any], dict[str, Any]]:
@@ -122,7 +123,7 @@ def configure_converter(c: cattrs.Converter) -> None:
             for a in attrs.fields(cl)
             if a.default is None and not a.metadata.get("serde_keep_none")
         }
-        base = make_dict_unstructure_fn(cl, c, **overrides)  # type: ignore[arg-type]
+        base: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(cl, c, **overrides)  # type: ignore[arg-type]
         # Nullable fields with a non-None default (e.g. user_metadata = {}) are dropped when None, too.
         attrs.resolve_types(cl)
         drop = tuple(
@@ -145,11 +146,15 @@ def configure_converter(c: cattrs.Converter) -> None:
         return unstructure_dropping_none
 
     def structure_factory(cl: type) -> Callable[[Any, Any], Any]:
-        return make_dict_structure_fn(cl, c, _cattrs_forbid_extra_keys=c.forbid_extra_keys)  # type: ignore[arg-type]
+        return make_dict_structure_fn(cl, c, _cattrs_forbid_extra_keys=c.forbid_extra_keys)
 
     c.register_unstructure_hook_factory(attrs.has, unstructure_factory)
     c.register_structure_hook_factory(attrs.has, structure_factory)
     _register_tagged_union(c, ModelInputChunk, "ModelInputChunk")
+
+
+def _is_fast_list(t: Any) -> bool:
+    return t in _FAST_LISTS
 
 
 def _list_passthrough(value: Any, _: Any) -> Any:

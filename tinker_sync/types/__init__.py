@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from ._futures import (
+    CompleteMetadataResponse,
+    FutureRetrieveRequest,
+    QueueState,
+    RequestErrorCategory,
+    RequestFailedResponse,
+    TryAgainResponse,
+    UntypedAPIFuture,
+)
 from ._model_input import (
     DmelChunk,
     EncodedTextChunk,
@@ -9,6 +18,47 @@ from ._model_input import (
     ImageChunk,
     ModelInput,
     ModelInputChunk,
+)
+from ._rest import (
+    AssignSessionProjectRequest,
+    Checkpoint,
+    CheckpointArchiveUrlResponse,
+    CheckpointsListResponse,
+    CheckpointType,
+    Cursor,
+    GetSamplerResponse,
+    GetServerCapabilitiesResponse,
+    GetSessionResponse,
+    HealthResponse,
+    ListSessionsResponse,
+    ParsedCheckpointTinkerPath,
+    SetCheckpointTtlRequest,
+    SupportedModel,
+    TraceExportResponse,
+    TrainingRun,
+    TrainingRunsResponse,
+    WeightsInfoRequest,
+    WeightsInfoResponse,
+)
+from ._sampling import (
+    CreateSamplingSessionRequest,
+    CreateSamplingSessionResponse,
+    SampledSequence,
+    SampleRequest,
+    SampleResponse,
+    SamplingParams,
+    StopReason,
+)
+from ._session import (
+    AuthTokenResponse,
+    ClientConfigRequest,
+    ClientConfigResponse,
+    ClientDynamicConfigResponse,
+    CreateSessionRequest,
+    CreateSessionResponse,
+    SessionHeartbeatRequest,
+    SessionHeartbeatResponse,
+    TelemetryResponse,
 )
 from ._tensor import (
     TensorData,
@@ -42,56 +92,6 @@ from ._training import (
     SaveWeightsResponse,
     UnloadModelRequest,
     UnloadModelResponse,
-)
-from ._sampling import (
-    CreateSamplingSessionRequest,
-    CreateSamplingSessionResponse,
-    SampleRequest,
-    SampleResponse,
-    SampledSequence,
-    SamplingParams,
-    StopReason,
-)
-from ._futures import (
-    CompleteMetadataResponse,
-    FutureRetrieveRequest,
-    QueueState,
-    RequestErrorCategory,
-    RequestFailedResponse,
-    TryAgainResponse,
-    UntypedAPIFuture,
-)
-from ._session import (
-    AuthTokenResponse,
-    ClientConfigRequest,
-    ClientConfigResponse,
-    ClientDynamicConfigResponse,
-    CreateSessionRequest,
-    CreateSessionResponse,
-    SessionHeartbeatRequest,
-    SessionHeartbeatResponse,
-    TelemetryResponse,
-)
-from ._rest import (
-    AssignSessionProjectRequest,
-    Checkpoint,
-    CheckpointArchiveUrlResponse,
-    CheckpointType,
-    CheckpointsListResponse,
-    Cursor,
-    GetSamplerResponse,
-    GetServerCapabilitiesResponse,
-    GetSessionResponse,
-    HealthResponse,
-    ListSessionsResponse,
-    ParsedCheckpointTinkerPath,
-    SetCheckpointTtlRequest,
-    SupportedModel,
-    TraceExportResponse,
-    TrainingRun,
-    TrainingRunsResponse,
-    WeightsInfoRequest,
-    WeightsInfoResponse,
 )
 
 __all__ = [

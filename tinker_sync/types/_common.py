@@ -6,7 +6,7 @@ import math
 import re
 from array import array
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -209,7 +209,7 @@ def parse_datetime(value: Any, where: str = "datetime") -> datetime:
     else:
         raise TypeError(f"{where} must be a datetime or an ISO-8601 string, got {_describe(value)}")
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt
 
 
@@ -354,3 +354,8 @@ def datetime_field(*, default: Any = attrs.NOTHING, **kw: Any) -> Any:
         return parse_datetime(v, _where(s, f))
 
     return attrs.field(default=default, converter=_conv(convert), **kw)
+
+
+def converted_field(converter: Any, *, default: Any = attrs.NOTHING, **kw: Any) -> Any:
+    """A field with a custom converter (a plain function or an ``attrs.Converter``)."""
+    return attrs.field(default=default, converter=converter, **kw)

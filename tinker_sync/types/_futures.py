@@ -1,12 +1,23 @@
 """Future handles and the retrieve_future poll payloads (PROTOCOL §3)."""
 
+# attrs fields are built by validating factories (str_field(), int_field(), ...), not dataclass defaults.
+# ruff: noqa: RUF009
 from __future__ import annotations
 
 from typing import Any, Literal
 
 import attrs
 
-from ._common import _conv, bool_field, choice_field, int_field, str_field, str_list_field, tag_field
+from ._common import (
+    _conv,
+    bool_field,
+    choice_field,
+    converted_field,
+    int_field,
+    str_field,
+    str_list_field,
+    tag_field,
+)
 
 __all__ = [
     "CompleteMetadataResponse",
@@ -59,7 +70,7 @@ class RequestFailedResponse:
     """Poll answer: the request failed on the server."""
 
     error: str = str_field()
-    category: RequestErrorCategory = attrs.field(default="unknown", converter=_conv(_category))
+    category: RequestErrorCategory = converted_field(_conv(_category), default="unknown")
 
 
 @attrs.frozen

@@ -1,12 +1,23 @@
 """Model inputs: token chunks, image chunks and the ModelInput container."""
 
+# attrs fields are built by validating factories (str_field(), int_field(), ...), not dataclass defaults.
+# ruff: noqa: RUF009
 from __future__ import annotations
 
-from typing import Literal, Union
+from collections.abc import Callable
+from typing import Literal
 
 import attrs
 
-from ._common import check_choice, check_int, check_str, token_list
+from ._common import (
+    check_int,
+    choice_field,
+    converted_field,
+    int_field,
+    str_field,
+    tag_field,
+    token_list,
+)
 
 __all__ = [
     "DmelChunk",
@@ -28,12 +39,9 @@ def _tokens(value: object) -> list[int]:
 class EncodedTextChunk:
     """A run of already-tokenized text."""
 
-    tokens: list[int] = attrs.field(converter=_tokens)
-    type: Literal["encoded_text"] = attrs.field(default="encoded_text")
+    tokens: list[int] = converted_field(_tokens)
+    type: Literal["encoded_text"] = tag_field("encoded_text")
 
-    @type.validator
-    def _check_type(self, attribute: attrs.Attribute, value: object) -> None:
-        check_choice(value, "EncodedTextChunk.type", ("encoded_text",))
 
     @property
     def length(self) -> int:
@@ -41,7 +49,7 @@ class EncodedTextChunk:
         return len(self.tokens)
 
 
-def _image_bytes(where: str):  # type: ignore[no-untyped-def]
+def _image_bytes(where: str) -> Callable[[object], bytes]:
     def convert(value: object) -> bytes:
         if isinstance(value, (bytearray, memoryview)):
             return bytes(value)
@@ -52,29 +60,17 @@ def _image_bytes(where: str):  # type: ignore[no-untyped-def]
     return convert
 
 
-def _expected_tokens(where: str):  # type: ignore[no-untyped-def]
-    def convert(value: object) -> int | None:
-        return check_int(value, where, minimum=0, optional=True)  # type: ignore[no-any-return]
-
-    return convert
-
 
 @attrs.frozen
 class ImageChunk:
     """An image given as raw bytes (base64 on the wire)."""
 
-    data: bytes = attrs.field(converter=_image_bytes("ImageChunk.data"))
-    format: Literal["png", "jpeg"] = attrs.field()
-    expected_tokens: int | None = attrs.field(default=None, converter=_expected_tokens("ImageChunk.expected_tokens"))
-    type: Literal["image"] = attrs.field(default="image")
+    data: bytes = converted_field(_image_bytes("ImageChunk.data"))
+    format: Literal["png", "jpeg"] = choice_field(_IMAGE_FORMATS)
+    expected_tokens: int | None = int_field(default=None, minimum=0)
+    type: Literal["image"] = tag_field("image")
 
-    @format.validator
-    def _check_format(self, attribute: attrs.Attribute, value: object) -> None:
-        check_choice(value, "ImageChunk.format", _IMAGE_FORMATS)
 
-    @type.validator
-    def _check_type(self, attribute: attrs.Attribute, value: object) -> None:
-        check_choice(value, "ImageChunk.type", ("image",))
 
     @property
     def length(self) -> int:
@@ -88,24 +84,13 @@ class ImageChunk:
 class ImageAssetPointerChunk:
     """An image referenced by location (path or URL) instead of inline bytes."""
 
-    location: str = attrs.field()
-    format: Literal["png", "jpeg"] = attrs.field()
-    expected_tokens: int | None = attrs.field(
-        default=None, converter=_expected_tokens("ImageAssetPointerChunk.expected_tokens")
-    )
-    type: Literal["image_asset_pointer"] = attrs.field(default="image_asset_pointer")
+    location: str = str_field()
+    format: Literal["png", "jpeg"] = choice_field(_IMAGE_FORMATS)
+    expected_tokens: int | None = int_field(default=None, minimum=0)
+    type: Literal["image_asset_pointer"] = tag_field("image_asset_pointer")
 
-    @location.validator
-    def _check_location(self, attribute: attrs.Attribute, value: object) -> None:
-        check_str(value, "ImageAssetPointerChunk.location")
 
-    @format.validator
-    def _check_format(self, attribute: attrs.Attribute, value: object) -> None:
-        check_choice(value, "ImageAssetPointerChunk.format", _IMAGE_FORMATS)
 
-    @type.validator
-    def _check_type(self, attribute: attrs.Attribute, value: object) -> None:
-        check_choice(value, "ImageAssetPointerChunk.type", ("image_asset_pointer",))
 
     @property
     def length(self) -> int:
@@ -121,12 +106,9 @@ class ImageAssetPointerChunk:
 class DmelChunk:
     """A serialized audio-feature tensor (opaque bytes; base64 on the wire)."""
 
-    dmel: bytes = attrs.field(converter=_image_bytes("DmelChunk.dmel"))
-    type: Literal["dmel"] = attrs.field(default="dmel")
+    dmel: bytes = converted_field(_image_bytes("DmelChunk.dmel"))
+    type: Literal["dmel"] = tag_field("dmel")
 
-    @type.validator
-    def _check_type(self, attribute: attrs.Attribute, value: object) -> None:
-        check_choice(value, "DmelChunk.type", ("dmel",))
 
     @property
     def length(self) -> int:
@@ -134,14 +116,14 @@ class DmelChunk:
         raise ValueError("the length of a DmelChunk is not known client-side (it is read by the server)")
 
 
-ModelInputChunk = Union[EncodedTextChunk, ImageChunk, ImageAssetPointerChunk, DmelChunk]
+ModelInputChunk = EncodedTextChunk | ImageChunk | ImageAssetPointerChunk | DmelChunk
 _CHUNK_CLASSES = (EncodedTextChunk, ImageChunk, ImageAssetPointerChunk, DmelChunk)
 
 
 def _chunks(value: object) -> list[ModelInputChunk]:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise TypeError(f"ModelInput.chunks must be a list of chunks, got {type(value).__name__}")
-    items = list(value)  # type: ignore[call-overload]
+    items = list(value)
     for i, item in enumerate(items):
         if not isinstance(item, _CHUNK_CLASSES):
             hint = " (use ModelInput.from_ints(tokens) for a plain token list)" if isinstance(item, int) else ""
@@ -156,7 +138,7 @@ def _chunks(value: object) -> list[ModelInputChunk]:
 class ModelInput:
     """The input sequence of a model: a list of chunks (text tokens, images)."""
 
-    chunks: list[ModelInputChunk] = attrs.field(converter=_chunks)
+    chunks: list[ModelInputChunk] = converted_field(_chunks)
 
     @classmethod
     def from_ints(cls, tokens: list[int]) -> ModelInput:
@@ -175,7 +157,7 @@ class ModelInput:
         out: list[int] = []
         for i, chunk in enumerate(self.chunks):
             if not isinstance(chunk, EncodedTextChunk):
-                raise ValueError(
+                raise ValueError(  # noqa: TRY004 - a valid chunk, just not convertible to ints
                     f"ModelInput.to_ints() needs text-only chunks; chunk {i} is a {type(chunk).__name__}"
                 )
             out.extend(chunk.tokens)

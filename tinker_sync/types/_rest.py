@@ -1,5 +1,7 @@
 """REST resources: training runs, checkpoints, sessions, samplers, capabilities (PROTOCOL §8, §9)."""
 
+# attrs fields are built by validating factories (str_field(), int_field(), ...), not dataclass defaults.
+# ruff: noqa: RUF009
 from __future__ import annotations
 
 from datetime import datetime
@@ -13,6 +15,7 @@ from ._common import (
     bool_field,
     check_str,
     choice_field,
+    converted_field,
     datetime_field,
     instance_field,
     int_field,
@@ -96,7 +99,10 @@ class ParsedCheckpointTinkerPath:
                 f"{', '.join(sorted(_KIND_TO_TYPE))})"
             )
         return cls(
-            tinker_path=tinker_path, training_run_id=run_id, checkpoint_type=ckpt_type, checkpoint_id=f"{kind}/{name}"
+            tinker_path=tinker_path,
+            training_run_id=run_id,
+            checkpoint_type=ckpt_type,  # type: ignore[arg-type]
+            checkpoint_id=f"{kind}/{name}",
         )
 
 
@@ -163,9 +169,7 @@ def _ttl(value: Any, self_: Any, field: Any) -> Any:
 class SetCheckpointTtlRequest:
     """Body of ``PUT .../ttl``; ``ttl_seconds=None`` (sent as null) removes the expiry."""
 
-    ttl_seconds: int | None = attrs.field(
-        default=None, converter=_conv(_ttl), metadata={"serde_keep_none": True}
-    )
+    ttl_seconds: int | None = converted_field(_conv(_ttl), default=None, metadata={"serde_keep_none": True})
 
 
 @attrs.frozen

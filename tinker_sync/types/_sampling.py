@@ -1,8 +1,10 @@
 """Sampling wire types: SamplingParams, SampleRequest/Response, sampling sessions."""
 
+# attrs fields are built by validating factories (str_field(), int_field(), ...), not dataclass defaults.
+# ruff: noqa: RUF009
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import attrs
 
@@ -13,6 +15,7 @@ from ._common import (
     bool_field,
     check_str_list,
     choice_field,
+    converted_field,
     float_field,
     float_list,
     instance_field,
@@ -38,7 +41,7 @@ StopReason = Literal["length", "stop"]
 STOP_REASONS: tuple[str, ...] = ("length", "stop")
 
 # Stop condition: stop strings, stop token ids, or None (= the model's EOS).
-StopCondition = Union[str, list[str], list[int], None]
+StopCondition = str | list[str] | list[int] | None
 
 
 def _stop(value: Any, self_: Any, field: Any) -> Any:
@@ -66,7 +69,7 @@ class SamplingParams:
 
     max_tokens: int | None = int_field(default=None, minimum=0)
     seed: int | None = int_field(default=None)
-    stop: StopCondition = attrs.field(default=None, converter=_conv(_stop))
+    stop: StopCondition = converted_field(_conv(_stop), default=None)
     temperature: float = float_field(default=1.0, minimum=0.0)
     top_k: int = int_field(default=-1, minimum=-1)
     top_p: float = float_field(default=1.0, minimum=0.0, maximum=1.0, min_exclusive=True)
@@ -103,8 +106,8 @@ class SampledSequence:
     """One generated sequence."""
 
     stop_reason: StopReason = choice_field(STOP_REASONS)
-    tokens: list[int] = attrs.field(converter=_conv(lambda v, s, f: token_list(v, _where(s, f))))
-    logprobs: list[float] | None = attrs.field(default=None, converter=_conv(_logprobs))
+    tokens: list[int] = converted_field(_conv(lambda v, s, f: token_list(v, _where(s, f))))
+    logprobs: list[float] | None = converted_field(_conv(_logprobs), default=None)
 
     def __attrs_post_init__(self) -> None:
         if self.logprobs is not None and len(self.logprobs) != len(self.tokens):
@@ -161,9 +164,9 @@ class SampleResponse:
     """Sampled sequences, plus prompt logprobs when requested."""
 
     sequences: list[SampledSequence] = list_of_field(SampledSequence)
-    prompt_logprobs: Optional[list[Optional[float]]] = attrs.field(default=None, converter=_conv(_prompt_logprobs))
-    topk_prompt_logprobs: Optional[list[Optional[list[tuple[int, float]]]]] = attrs.field(
-        default=None, converter=_conv(_topk)
+    prompt_logprobs: list[float | None] | None = converted_field(_conv(_prompt_logprobs), default=None)
+    topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None = converted_field(
+        _conv(_topk), default=None
     )
     prompt_cache_hit_tokens: int = int_field(default=0, minimum=0)
     type: Literal["sample"] = tag_field("sample")

@@ -1,12 +1,21 @@
 """Session and bootstrap wire types: client config, sessions, heartbeats, telemetry answer."""
 
+# attrs fields are built by validating factories (str_field(), int_field(), ...), not dataclass defaults.
+# ruff: noqa: RUF009
 from __future__ import annotations
 
 from typing import Any, Literal
 
 import attrs
 
-from ._common import bool_field, int_field, json_dict_field, str_field, str_list_field, tag_field
+from ._common import (
+    bool_field,
+    int_field,
+    json_dict_field,
+    str_field,
+    str_list_field,
+    tag_field,
+)
 
 __all__ = [
     "AuthTokenResponse",

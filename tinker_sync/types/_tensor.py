@@ -1,17 +1,21 @@
 """TensorData: a flat, typed array with an optional shape and optional CSR sparsity."""
 
+# attrs fields are built by validating factories (str_field(), int_field(), ...), not dataclass defaults.
+# ruff: noqa: RUF009
 from __future__ import annotations
 
+import itertools
 import math
-from typing import TYPE_CHECKING, Any, Literal, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from ._common import check_choice, float_list, int_list
+from ._common import check_choice, choice_field, converted_field, float_list, int_list
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
-    import torch
+    import torch  # type: ignore[import-not-found]
 
 __all__ = ["TensorData", "TensorDtype"]
 
@@ -19,7 +23,7 @@ TensorDtype = Literal["int64", "float32"]
 _DTYPES = ("int64", "float32")
 
 
-def _optional_index_list(where: str):  # type: ignore[no-untyped-def]
+def _optional_index_list(where: str) -> Callable[[Any], list[int] | None]:
     def convert(value: Any) -> list[int] | None:
         if value is None:
             return None
@@ -36,14 +40,14 @@ class TensorData:
     a 2-D CSR matrix and ``shape`` is required. float32 data is rounded to float32 at construction.
     """
 
-    data: list[Union[int, float]] = attrs.field()
-    dtype: TensorDtype = attrs.field()
-    shape: list[int] | None = attrs.field(default=None, converter=_optional_index_list("TensorData.shape"))
-    sparse_crow_indices: list[int] | None = attrs.field(
-        default=None, converter=_optional_index_list("TensorData.sparse_crow_indices")
+    data: list[int | float] = attrs.field()  # validated in __attrs_post_init__ (depends on dtype)
+    dtype: TensorDtype = choice_field(_DTYPES)
+    shape: list[int] | None = converted_field(_optional_index_list("TensorData.shape"), default=None)
+    sparse_crow_indices: list[int] | None = converted_field(
+        _optional_index_list("TensorData.sparse_crow_indices"), default=None
     )
-    sparse_col_indices: list[int] | None = attrs.field(
-        default=None, converter=_optional_index_list("TensorData.sparse_col_indices")
+    sparse_col_indices: list[int] | None = converted_field(
+        _optional_index_list("TensorData.sparse_col_indices"), default=None
     )
 
     def __attrs_post_init__(self) -> None:
@@ -69,7 +73,7 @@ class TensorData:
                     "TensorData.sparse_crow_indices must start at 0 and end at len(data) = "
                     f"{len(data)}, got {crow[0]}..{crow[-1]}"
                 )
-            if any(a > b for a, b in zip(crow, crow[1:])):
+            if any(a > b for a, b in itertools.pairwise(crow)):
                 raise ValueError("TensorData.sparse_crow_indices must be non-decreasing")
             if len(col) != len(data):
                 raise ValueError(
@@ -110,7 +114,7 @@ class TensorData:
         flat = self.dense_data()
         shape = self.dense_shape()
         if len(shape) <= 1:
-            return list(flat) if shape else (list(flat))
+            return list(flat)
         return _nest(flat, shape)
 
     @classmethod
@@ -121,7 +125,7 @@ class TensorData:
         arr = np.asarray(array)
         if arr.dtype.kind == "f":
             dtype: TensorDtype = "float32"
-            flat = arr.astype(np.float32, copy=False).ravel()
+            flat: Any = arr.astype(np.float32, copy=False).ravel()
         elif arr.dtype.kind in "iub":
             dtype = "int64"
             flat = arr.astype(np.int64, copy=False).ravel()

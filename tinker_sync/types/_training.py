@@ -1,5 +1,7 @@
 """Training wire types: Datum, forward/backward, optimizer step, checkpoints, model lifecycle."""
 
+# attrs fields are built by validating factories (str_field(), int_field(), ...), not dataclass defaults.
+# ruff: noqa: RUF009
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -11,7 +13,7 @@ from ._common import (
     _describe,
     bool_field,
     check_choice,
-    choice_field,
+    converted_field,
     float_dict_field,
     float_field,
     instance_field,
@@ -140,7 +142,7 @@ class Datum:
     """
 
     model_input: ModelInput = instance_field(ModelInput)
-    loss_fn_inputs: dict[str, TensorData] = attrs.field(converter=_coerce_loss_fn_inputs)
+    loss_fn_inputs: dict[str, TensorData] = converted_field(_coerce_loss_fn_inputs)
 
 
 def _loss_fn(where: str):  # type: ignore[no-untyped-def]
@@ -155,7 +157,7 @@ class ForwardBackwardInput:
     """The data and loss of a forward(-backward) pass."""
 
     data: list[Datum] = list_of_field(Datum)
-    loss_fn: LossFnType = attrs.field(converter=_loss_fn("ForwardBackwardInput.loss_fn"))
+    loss_fn: LossFnType = converted_field(_loss_fn("ForwardBackwardInput.loss_fn"))
     loss_fn_config: dict[str, float] | None = float_dict_field(default=None)
 
 
@@ -168,7 +170,7 @@ class ForwardBackwardRequest:
 
     model_id: str = str_field()
     data: list[Datum] = list_of_field(Datum)
-    loss_fn: LossFnType = attrs.field(converter=_loss_fn("ForwardBackwardRequest.loss_fn"))
+    loss_fn: LossFnType = converted_field(_loss_fn("ForwardBackwardRequest.loss_fn"))
     seq_id: int | None = int_field(default=None, minimum=0)
     loss_fn_config: dict[str, float] | None = float_dict_field(default=None)
     forward_only: bool = bool_field(default=False)
@@ -232,7 +234,7 @@ class ForwardBackwardOutput:
     """The result of forward/forward_backward: one output dict per datum, plus metrics."""
 
     loss_fn_output_type: str = str_field()
-    loss_fn_outputs: list[dict[str, TensorData]] = attrs.field(converter=_loss_fn_outputs)
+    loss_fn_outputs: list[dict[str, TensorData]] = converted_field(_loss_fn_outputs)
     metrics: dict[str, float] = float_dict_field()
 
 
