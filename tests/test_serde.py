@@ -191,3 +191,22 @@ def test_dumps_big_datum_keeps_token_list_identity() -> None:
 def test_model_input_json_round_trip(tokens: list[int]) -> None:
     mi = T.ModelInput.from_ints(tokens)
     assert _serde.loads(_serde.dumps(mi), T.ModelInput).to_ints() == tokens
+
+
+@pytest.mark.parametrize(
+    "body, cls, fragment",
+    [
+        (b'{"supported_models": "nope"}', T.GetServerCapabilitiesResponse, "expected a JSON array, got a string"),
+        (b'{"supported_models": ["x"]}', T.GetServerCapabilitiesResponse, "expected a JSON object, got a string"),
+        (b"[1, 2]", T.HealthResponse, "expected a JSON object, got an array"),
+        (b'{"metrics": [1]}', T.OptimStepResponse, "expected a JSON object, got an array @ $.metrics"),
+        (b'{"sequences": [{"stop_reason": "stop", "tokens": "ab"}]}', T.SampleResponse, "$.sequences[0].tokens"),
+        (b'{"request_id": 5}', T.UntypedAPIFuture, "UntypedAPIFuture.request_id must be a str"),
+        (b'{"offset": "1", "limit": 1, "total_count": 1}', T.Cursor, "Cursor.offset must be an int"),
+        (b'{"offset": 1.5, "limit": 1, "total_count": 1}', T.Cursor, "Cursor.offset must be an int"),
+    ],
+)
+def test_json_shape_mismatches_are_refused(body: bytes, cls: type, fragment: str) -> None:
+    with pytest.raises(APIResponseValidationError) as info:
+        _serde.loads(body, cls)
+    assert fragment in str(info.value)

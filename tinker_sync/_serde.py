@@ -19,6 +19,7 @@ from typing import Any, Final, TypeVar
 
 import attrs
 import cattrs
+from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.json import make_converter as _make_json_converter
 
@@ -111,6 +112,11 @@ def configure_converter(c: cattrs.Converter) -> None:
     c.register_structure_hook_func(_is_literal, _identity)
     c.register_structure_hook_func(lambda t: t == StopCondition, _identity)
     c.register_structure_hook_func(lambda t: t is typing.Any, _identity)
+    # JSON shape checks: a str must not be iterated as a list, nor a list/str read as an object.
+    c.register_structure_hook_factory(_is_list_type, lambda t: _checked(list_structure_factory(t, c), list, "array"))
+    c.register_structure_hook_factory(
+        _is_dict_type, lambda t: _checked(mapping_structure_factory(t, c), Mapping, "object")
+    )
     # Lists of scalars go through as the same list object: json.dumps handles them at C speed,
     # and the attrs converters validate/copy them in one pass on the way in.
     c.register_unstructure_hook_func(_is_fast_list, _identity)
@@ -146,11 +152,46 @@ def configure_converter(c: cattrs.Converter) -> None:
         return unstructure_dropping_none
 
     def structure_factory(cl: type) -> Callable[[Any, Any], Any]:
-        return make_dict_structure_fn(cl, c, _cattrs_forbid_extra_keys=c.forbid_extra_keys)
+        return _checked(
+            make_dict_structure_fn(cl, c, _cattrs_forbid_extra_keys=c.forbid_extra_keys), Mapping, "object"
+        )
 
     c.register_unstructure_hook_factory(attrs.has, unstructure_factory)
     c.register_structure_hook_factory(attrs.has, structure_factory)
     _register_tagged_union(c, ModelInputChunk, "ModelInputChunk")
+
+
+def _is_list_type(t: Any) -> bool:
+    return typing.get_origin(t) is list
+
+
+def _is_dict_type(t: Any) -> bool:
+    return typing.get_origin(t) is dict
+
+
+def _checked(fn: Callable[[Any, Any], Any], kind: type, json_name: str) -> Callable[[Any, Any], Any]:
+    def structure(value: Any, type_: Any) -> Any:
+        if not isinstance(value, kind):
+            raise TypeError(f"expected a JSON {json_name}, got {_json_kind(value)}")
+        return fn(value, type_)
+
+    return structure
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
 
 
 def _is_fast_list(t: Any) -> bool:
@@ -159,7 +200,7 @@ def _is_fast_list(t: Any) -> bool:
 
 def _list_passthrough(value: Any, _: Any) -> Any:
     if not isinstance(value, list):
-        raise TypeError(f"expected a JSON array, got {type(value).__name__}")
+        raise TypeError(f"expected a JSON array, got {_json_kind(value)}")
     return value
 
 
@@ -181,7 +222,7 @@ def unstructure(obj: Any) -> Any:
 
 def dumps(obj: Any) -> bytes:
     """Serialise a wire object (or plain JSON data) to compact UTF-8 JSON bytes."""
-    return json.dumps(converter.unstructure(obj), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(converter.unstructure(obj), separators=(",", ":")).encode("ascii")
 
 
 def _type_name(cls: Any) -> str:
