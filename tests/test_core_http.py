@@ -533,3 +533,22 @@ def test_close_from_a_callback_thread_does_not_deadlock(server: ScriptedServer) 
     while tinker_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert tinker_threads() == []
+
+
+def test_poll_billing_pause_and_dropped_connection_back_off(server: ScriptedServer) -> None:
+    rt = make_runtime(server, billing_pause_s=0.01, billing_max_pause_s=60.0)
+    try:
+        server.default("/api/v1/optim_step", Reply(200, {"request_id": "r"}))
+        server.script(RF, Reply(402, {"detail": "billing"}), Reply(402, {"detail": "billing"}), Reply(drop=True))
+        server.default(RF, Reply(200, {"ok": True}))
+        fut = rt.submit_polled("/api/v1/optim_step", {}, None, request_type="OptimStep")
+        assert fut.result(timeout=T) == {"ok": True}
+        assert len(server.requests_to(RF)) == 4
+        # a fatal poll status surfaces as the typed error
+        server.script(RF, Reply(403, {"detail": "not your model"}))
+        from tinker_sync._exceptions import PermissionDeniedError
+
+        with pytest.raises(PermissionDeniedError, match="not your model"):
+            rt.submit_polled("/api/v1/optim_step", {}, None, request_type="OptimStep").result(timeout=T)
+    finally:
+        rt.close()

@@ -438,3 +438,30 @@ def test_logging_names() -> None:
     for mod in (poller, runtime, transport):
         assert mod.logger.name.startswith("tinker_sync.")
     assert logging.getLogger("tinker_sync").handlers
+
+
+def test_sample_gate_tightens_to_10_while_recently_limited() -> None:
+    from tinker_sync._runtime import _SampleGate
+
+    lim = RateLimiter()
+    gate = _SampleGate(lim, threading.Event())
+    for _ in range(12):  # not limited: far below 400
+        gate.__enter__()
+    for _ in range(12):
+        gate.__exit__(None, None, None)
+    lim.block_for(0.0)  # a zero-length window still counts as "recently limited" for 10 s
+    assert lim.recently_limited
+    for _ in range(10):
+        gate.__enter__()
+    entered = threading.Event()
+
+    def eleventh() -> None:
+        with gate:
+            entered.set()
+
+    t = threading.Thread(target=eleventh)
+    t.start()
+    assert not entered.wait(0.1)
+    gate.__exit__(None, None, None)
+    assert entered.wait(5)
+    t.join(5)
