@@ -5,9 +5,11 @@ from __future__ import annotations
 from ._futures import (
     CompleteMetadataResponse,
     FutureRetrieveRequest,
+    ModelID,
     QueueState,
     RequestErrorCategory,
     RequestFailedResponse,
+    RequestID,
     TryAgainResponse,
     UntypedAPIFuture,
 )
@@ -138,6 +140,7 @@ __all__ = [
     "LossFnOutput",
     "LossFnType",
     "ModelData",
+    "ModelID",
     "ModelInput",
     "ModelInputChunk",
     "OptimStepRequest",
@@ -146,6 +149,7 @@ __all__ = [
     "QueueState",
     "RequestErrorCategory",
     "RequestFailedResponse",
+    "RequestID",
     "SampleRequest",
     "SampleResponse",
     "SampledSequence",

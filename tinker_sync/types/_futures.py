@@ -22,13 +22,17 @@ from ._common import (
 __all__ = [
     "CompleteMetadataResponse",
     "FutureRetrieveRequest",
+    "ModelID",
     "QueueState",
     "RequestErrorCategory",
     "RequestFailedResponse",
+    "RequestID",
     "TryAgainResponse",
     "UntypedAPIFuture",
 ]
 
+ModelID = str
+RequestID = str
 RequestErrorCategory = Literal["unknown", "server", "user"]
 QueueState = Literal["active", "paused_capacity", "paused_rate_limit"]
 
