@@ -552,3 +552,13 @@ def test_poll_billing_pause_and_dropped_connection_back_off(server: ScriptedServ
             rt.submit_polled("/api/v1/optim_step", {}, None, request_type="OptimStep").result(timeout=T)
     finally:
         rt.close()
+
+
+def test_bare_400_is_treated_as_a_dropped_connection(server: ScriptedServer, rt: Runtime) -> None:
+    server.script("/api/v1/forward_backward", Reply(400, None), Reply(200, {"request_id": "r"}))
+    assert rt.request("POST", "/api/v1/forward_backward", body={}) == {"request_id": "r"}
+    assert len(server.requests_to("/api/v1/forward_backward")) == 2
+    server.script("/api/v1/mutate", Reply(400, None), Reply(200, {}))
+    with pytest.raises(BadRequestError):
+        rt.request("POST", "/api/v1/mutate", body={})  # not known to be idempotent: not resent
+    assert len(server.requests_to("/api/v1/mutate")) == 1

@@ -213,6 +213,15 @@ class Runtime:
             if 200 <= resp.status < 300:
                 self.limiter.on_success(dispatched_at=dispatched_at)
                 return _parse(resp, response_type, method, path)
+            if resp.status == 400 and not resp.content and retry and policy.may_resend(method, path):
+                # A bare 400 without a body comes from a proxy that killed the connection, not from
+                # the API (PROTOCOL §4.4): treat it like a dropped connection.
+                delay = policy.delay_for(attempt)
+                if policy.should_retry(attempt, self._clock() - start, delay):
+                    logger.debug("%s %s -> bare 400 (proxy?); retry %d in %.2f s", method, path, attempt + 1, delay)
+                    self._pause(delay)
+                    attempt += 1
+                    continue
             retry_after = parse_retry_after(resp.headers)
             if resp.status == 429:
                 if retry_after is None or retry_after <= 0:
