@@ -196,13 +196,14 @@ class RestClient:
         """Make a checkpoint public (409 if already public). Returns Future[None]."""
         p = _parse(tinker_path)
         path = self._ckpt_path(p.training_run_id, p.checkpoint_id) + "/publish"
-        return chain(self._runtime.submit_request("POST", path), lambda _r: None)
+        # 409 here means "already public", a final answer: not retried (the runtime would retry 409).
+        return chain(self._runtime.submit_request("POST", path, retry=False), lambda _r: None)
 
     def unpublish_checkpoint_from_tinker_path(self, tinker_path: str) -> Future[None]:
         """Make a checkpoint private again (409 if already private). Returns Future[None]."""
         p = _parse(tinker_path)
         path = self._ckpt_path(p.training_run_id, p.checkpoint_id) + "/publish"
-        return chain(self._runtime.submit_request("DELETE", path), lambda _r: None)
+        return chain(self._runtime.submit_request("DELETE", path, retry=False), lambda _r: None)  # 409: already private
 
     def set_checkpoint_ttl_from_tinker_path(self, tinker_path: str, ttl_seconds: int | None) -> Future[None]:
         """Set (or with None remove) a checkpoint's expiry. Returns Future[None]."""
