@@ -1,0 +1,71 @@
+"""The serve command: run the local Tinker server in the foreground (``main``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser(prog: str = "python -m tinker_sync.local") -> argparse.ArgumentParser:
+    """The argument parser of the serve command."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run an offline, Tinker-compatible training and sampling server (tiny numpy models).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 = any free port)")
+    parser.add_argument("--data-dir", default=None,
+                        help="where runs and checkpoints are kept (default: $XDG_CACHE_HOME/tinker_sync/local)")
+    parser.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY", default=None,
+                        help="accept only this key (repeatable); default: any key starting with 'tml-'")
+    parser.add_argument("--long-poll", type=float, default=20.0, metavar="SECONDS",
+                        help="how long retrieve_future waits for a result before 'try_again' (default: 20)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="logging level (default: info)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, serve until Ctrl-C / SIGTERM, return the exit code."""
+    args = build_parser().parse_args(argv)
+    from ._server import LocalTinkerServer, default_data_dir
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data_dir = args.data_dir or default_data_dir()
+    server = LocalTinkerServer(host=args.host, port=args.port, data_dir=data_dir, api_keys=args.api_keys,
+                               long_poll_s=args.long_poll)
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_signal) if threading.current_thread() is threading.main_thread() else None
+    print(f"tinker-sync local server listening on {server.url} (data: {server.data_dir})", flush=True)
+    print(f"  export TINKER_BASE_URL={server.url}", flush=True)
+    print("  export TINKER_API_KEY=tml-local" if not args.api_keys else "  (only the --api-key keys are accepted)",
+          flush=True)
+    print("Press Ctrl-C to stop.", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping...", flush=True)
+        server.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+

@@ -1,0 +1,195 @@
+"""Futures and per-model execution lanes of the local server.
+
+A :class:`ServerFuture` is what ``retrieve_future`` polls. A :class:`ModelLane` runs one model's
+sequenced requests strictly in ``seq_id`` order on its own thread, waiting for gaps, so different models
+train concurrently while one model never applies a step twice or out of order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["JobError", "ModelLane", "ServerFuture", "FutureTable", "request_id_for"]
+
+
+def request_id_for(*parts: object) -> str:
+    """A deterministic request id for a logical request (retries map to the same id)."""
+    digest = hashlib.sha256("\x00".join(str(p) for p in parts).encode("utf-8")).hexdigest()[:24]
+    return f"req-{digest}"
+
+
+class JobError(Exception):
+    """A job failed; ``category`` is "user" (bad input) or "server"."""
+
+    def __init__(self, message: str, category: str = "user") -> None:
+        super().__init__(message)
+        self.message = message
+        self.category = category
+
+
+class ServerFuture:
+    """The server side of one future: completes once with a result or an error."""
+
+    def __init__(self, request_id: str, request_type: str, endpoint: str, owner: str,
+                 model_id: str | None = None) -> None:
+        self.request_id = request_id
+        self.request_type = request_type  # X-Tinker-Request-Type name, e.g. "ForwardBackward"
+        self.endpoint = endpoint
+        self.owner = owner
+        self.model_id = model_id
+        self.extra: dict[str, Any] = {}  # extra keys for the submission handle
+        self._done = threading.Event()
+        self.result: Any = None
+        self.error: JobError | None = None
+        self.try_again_rounds = 0  # injected try_again answers still to give
+
+    def set_result(self, value: Any) -> None:
+        if not self._done.is_set():
+            self.result = value
+            self._done.set()
+
+    def set_error(self, error: JobError) -> None:
+        if not self._done.is_set():
+            self.error = error
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._done.wait(timeout_s)
+
+    def run(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` and complete with its value; ValueError/JobError become user errors."""
+        try:
+            self.set_result(fn())
+        except JobError as exc:
+            self.set_error(exc)
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.info("request %s (%s) failed: %s", self.request_id, self.request_type, exc)
+            self.set_error(JobError(str(exc).strip("'\"") or type(exc).__name__, "user"))
+        except Exception as exc:  # noqa: BLE001 - any engine crash becomes a server-category failure
+            logger.exception("request %s (%s) crashed", self.request_id, self.request_type)
+            self.set_error(JobError(f"internal error: {type(exc).__name__}: {exc}", "server"))
+
+
+class FutureTable:
+    """All futures by request id (bounded: completed ones beyond ``max_done`` are forgotten, oldest first)."""
+
+    def __init__(self, *, max_done: int = 20_000) -> None:
+        self._lock = threading.Lock()
+        self._futures: dict[str, ServerFuture] = {}
+        self._max_done = max_done
+
+    def get(self, request_id: str) -> ServerFuture | None:
+        with self._lock:
+            return self._futures.get(request_id)
+
+    def get_or_add(self, fut: ServerFuture) -> tuple[ServerFuture, bool]:
+        """Register ``fut`` unless its request id exists; returns (the registered future, created)."""
+        with self._lock:
+            existing = self._futures.get(fut.request_id)
+            if existing is not None:
+                return existing, False
+            self._futures[fut.request_id] = fut
+            if len(self._futures) > self._max_done * 2:
+                done = [k for k, f in self._futures.items() if f.done()]
+                for k in done[: len(done) - self._max_done]:
+                    del self._futures[k]
+            return fut, True
+
+    def remove(self, request_id: str) -> None:
+        with self._lock:
+            self._futures.pop(request_id, None)
+
+    def pending(self) -> list[ServerFuture]:
+        with self._lock:
+            return [f for f in self._futures.values() if not f.done()]
+
+
+class ModelLane:
+    """Runs one model's jobs in seq_id order on a dedicated thread.
+
+    ``submit(seq_id, future, fn)`` queues a job; the worker runs seq ``next_seq``, then ``next_seq + 1``,
+    ... waiting while a seq_id is missing. Unsequenced jobs (seq_id None) run when no sequenced job is
+    ready. ``skip(seq_id)`` marks a seq as consumed without work (a request refused at submission).
+    """
+
+    def __init__(self, name: str, *, first_seq: int) -> None:
+        self.name = name
+        self._cond = threading.Condition()
+        self._next_seq = first_seq
+        self._queued: dict[int, tuple[ServerFuture, Callable[[], Any]] | None] = {}
+        self._unsequenced: list[tuple[ServerFuture, Callable[[], Any]]] = []
+        self._closed: str | None = None
+        self._thread = threading.Thread(target=self._loop, name=f"tinker-sync-local-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def next_seq(self) -> int:
+        with self._cond:
+            return self._next_seq
+
+    def accepts(self, seq_id: int) -> str | None:
+        """None if ``seq_id`` can still be queued, else why not."""
+        with self._cond:
+            if self._closed is not None:
+                return self._closed
+            if seq_id < self._next_seq:
+                return f"seq_id {seq_id} was already executed (this model is at seq_id {self._next_seq})"
+            if seq_id in self._queued:
+                return f"seq_id {seq_id} is already queued"
+        return None
+
+    def submit(self, seq_id: int | None, fut: ServerFuture, fn: Callable[[], Any]) -> None:
+        with self._cond:
+            if self._closed is not None:
+                fut.set_error(JobError(self._closed, "user"))
+                return
+            if seq_id is None:
+                self._unsequenced.append((fut, fn))
+            else:
+                self._queued[seq_id] = (fut, fn)
+            self._cond.notify_all()
+
+    def skip(self, seq_id: int) -> None:
+        with self._cond:
+            if seq_id >= self._next_seq and seq_id not in self._queued:
+                self._queued[seq_id] = None
+                self._cond.notify_all()
+
+    def close(self, reason: str) -> None:
+        """Stop the worker; queued jobs fail with ``reason``."""
+        with self._cond:
+            if self._closed is None:
+                self._closed = reason
+            jobs = [j for j in self._queued.values() if j is not None] + self._unsequenced
+            self._queued.clear()
+            self._unsequenced.clear()
+            self._cond.notify_all()
+        for fut, _ in jobs:
+            fut.set_error(JobError(reason, "user"))
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._closed is not None:
+                        return
+                    if self._next_seq in self._queued:
+                        job = self._queued.pop(self._next_seq)
+                        self._next_seq += 1
+                        break
+                    if self._unsequenced:
+                        job = self._unsequenced.pop(0)
+                        break
+                    self._cond.wait()
+            if job is not None:
+                fut, fn = job
+                fut.run(fn)

@@ -1,0 +1,370 @@
+"""HTTP framing of the local Tinker server: routing, auth, body limits, faults, recording, lifecycle.
+
+Stdlib only: ``ThreadingHTTPServer`` speaking HTTP/1.1 with keep-alive and exact Content-Length.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Collection
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from ._api import Answer, Api, Call, HTTPError
+from ._faults import FaultInjector, RecordedRequest
+from ._store import Store, owner_of_key
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LocalTinkerServer", "default_data_dir"]
+
+_PREFIX = "/api/v1/"
+_SEG = r"([^/]+)"
+_CKPT = rf"training_runs/(?P<run>[^/]+)/checkpoints/(?P<kind>[^/]+)/(?P<name>[^/]+)"
+
+# (method, path regex after /api/v1/, op name, Api method name, needs auth)
+_ROUTES: list[tuple[str, str, str, str, bool]] = [
+    ("POST", "client/config", "client/config", "client_config", True),
+    ("POST", "client/dynamic_config", "client/dynamic_config", "dynamic_config", True),
+    ("POST", "auth/token", "auth/token", "auth_token", True),
+    ("GET", "healthz", "healthz", "healthz", False),
+    ("GET", "get_server_capabilities", "get_server_capabilities", "capabilities", True),
+    ("POST", "create_session", "create_session", "create_session", True),
+    ("POST", "session_heartbeat", "session_heartbeat", "heartbeat", True),
+    ("POST", "create_sampling_session", "create_sampling_session", "create_sampling_session", True),
+    ("POST", "create_model", "create_model", "create_model", True),
+    ("POST", "get_info", "get_info", "get_info", True),
+    ("POST", "unload_model", "unload_model", "unload_model", True),
+    ("POST", "forward", "forward", "forward", True),
+    ("POST", "forward_backward", "forward_backward", "forward_backward", True),
+    ("POST", "optim_step", "optim_step", "optim_step", True),
+    ("POST", "save_weights", "save_weights", "save_weights", True),
+    ("POST", "save_weights_for_sampler", "save_weights_for_sampler", "save_weights_for_sampler", True),
+    ("POST", "load_weights", "load_weights", "load_weights", True),
+    ("POST", "asample", "asample", "asample", True),
+    ("POST", "retrieve_future", "retrieve_future", "retrieve_future", True),
+    ("POST", "weights_info", "weights_info", "weights_info", True),
+    ("GET", "training_runs", "training_runs", "list_training_runs", True),
+    ("GET", r"training_runs/(?P<run>[^/]+)", "get_training_run", "get_training_run", True),
+    ("GET", r"training_runs/(?P<run>[^/]+)/checkpoints", "list_run_checkpoints", "list_run_checkpoints", True),
+    ("DELETE", _CKPT, "delete_checkpoint", "delete_checkpoint", True),
+    ("GET", _CKPT + "/archive", "checkpoint_archive", "archive", True),
+    ("POST", _CKPT + "/publish", "publish_checkpoint", "publish", True),
+    ("DELETE", _CKPT + "/publish", "unpublish_checkpoint", "publish", True),
+    ("PUT", _CKPT + "/ttl", "set_checkpoint_ttl", "set_ttl", True),
+    ("GET", "checkpoints", "checkpoints", "list_user_checkpoints", True),
+    ("GET", "sessions", "sessions", "list_sessions", True),
+    ("GET", r"sessions/(?P<id>[^/]+)", "get_session", "get_session", True),
+    ("PUT", r"sessions/(?P<id>[^/]+)/project", "set_session_project", "set_session_project", True),
+    ("GET", r"sessions/(?P<id>[^/]+)/trace_export", "trace_export", "trace_export", True),
+    ("POST", r"sessions/(?P<id>[^/]+)/finish", "finish_session", "finish_session", True),
+    ("GET", r"samplers/(?P<id>[^/]+)", "get_sampler", "get_sampler", True),
+    ("GET", "audit", "audit", "audit", True),
+    ("GET", "billing/usage/events", "billing/usage/events", "billing", True),
+    ("POST", "telemetry", "telemetry", "telemetry", True),
+    ("GET", r"_download/(?P<token>[A-Za-z0-9_\-]+)", "download", "download", False),
+]
+_COMPILED = [(m, re.compile(f"^{p}$"), op, fn, auth) for m, p, op, fn, auth in _ROUTES]
+
+
+def default_data_dir() -> Path:
+    """``$XDG_CACHE_HOME/tinker_sync/local`` (or ``~/.cache/tinker_sync/local``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tinker_sync" / "local"
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    owner: LocalTinkerServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "tinker-sync-local"
+    sys_version = ""
+    timeout = 300  # idle keep-alive connections are closed after 5 minutes
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        logger.debug("%s - " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    # ------------------------------------------------------------------------------------------
+    def _read_body(self, limit: int) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            parts: list[bytes] = []
+            total = 0
+            while True:
+                line = self.rfile.readline(65537)
+                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                total += size
+                if total > limit:
+                    raise HTTPError(413, f"request body exceeds the server limit of {limit} bytes")
+                parts.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+        raw = self.headers.get("Content-Length")
+        if not raw:
+            return b""
+        try:
+            length = int(raw)
+        except ValueError:
+            raise HTTPError(400, f"invalid Content-Length header {raw!r}") from None
+        if length < 0:
+            raise HTTPError(400, f"invalid Content-Length header {raw!r}")
+        if length > limit:
+            raise HTTPError(413, f"request body of {length} bytes exceeds the server limit of {limit} bytes; "
+                                 f"split the request (e.g. fewer datums per forward_backward)")
+        return self.rfile.read(length)
+
+    def _dispatch(self, method: str) -> None:
+        owner = self.server.owner
+        split = urlsplit(self.path)
+        path = split.path
+        headers = self.headers
+        recorded_headers = {k: v for k, v in headers.items() if k.lower() != "x-api-key"}
+        body = b""
+        status = 0
+        try:
+            try:
+                body = self._read_body(owner.max_body_bytes)
+            except HTTPError:
+                self.close_connection = True  # the unread body would poison the connection
+                raise
+            route = self._route(method, path)
+            _, op, fn_name, needs_auth, params = route
+            delay = owner.faults.delay_for(op)
+            if delay > 0:
+                time.sleep(delay)
+            if owner.faults.should_drop(op):
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
+            scripted = owner.faults.scripted_response(op)
+            if scripted is not None:
+                status = self._send_json(scripted.status, scripted.body, scripted.headers)
+                return
+            api_key = ""
+            if needs_auth:
+                api_key = self._authenticate()
+            call = Call(method=method, op=op, params=params, query=dict(parse_qsl(split.query)), headers=headers,
+                        body=body, owner=owner_of_key(api_key) if api_key else "", api_key=api_key)
+            result = getattr(owner.api, fn_name)(call)
+            if isinstance(result, Answer):
+                status = self._send(result.status, result.body, result.content_type, result.headers)
+            else:
+                status = self._send_json(200, result)
+        except HTTPError as exc:
+            status = self._send_json(exc.status, {"detail": exc.detail}, exc.headers)
+        except (ConnectionError, BrokenPipeError):
+            self.close_connection = True
+        except Exception as exc:  # noqa: BLE001 - never let a handler bug kill the connection silently
+            logger.exception("unhandled error in %s %s", method, path)
+            status = self._send_json(500, {"detail": f"internal server error: {type(exc).__name__}: {exc}"})
+        finally:
+            owner._record(RecordedRequest(method, path, recorded_headers, body, status))
+
+    def _route(self, method: str, path: str) -> tuple[str, str, str, bool, dict[str, str]]:
+        if not path.startswith(_PREFIX):
+            raise HTTPError(404, f"unknown endpoint {path!r}; the API lives under {_PREFIX}")
+        rest = path[len(_PREFIX):].rstrip("/")
+        allowed = []
+        for m, rx, op, fn, auth in _COMPILED:
+            match = rx.match(rest)
+            if match is None:
+                continue
+            if m == method:
+                return m, op, fn, auth, match.groupdict()
+            allowed.append(m)
+        if allowed:
+            raise HTTPError(405, f"method {method} is not allowed on {path}; use {' or '.join(sorted(set(allowed)))}",
+                            {"Allow": ", ".join(sorted(set(allowed)))})
+        raise HTTPError(404, f"unknown endpoint {method} {path}")
+
+    def _authenticate(self) -> str:
+        key = (self.headers.get("X-API-Key") or "").strip()
+        allowed = self.server.owner.api_keys
+        if not key:
+            raise HTTPError(401, "missing API key: send it in the X-API-Key header (any key starting with 'tml-' "
+                                 "works on the local server unless it was started with --api-key)")
+        if allowed is not None:
+            if key not in allowed:
+                raise HTTPError(401, "invalid API key: this local server only accepts the keys given with --api-key")
+        elif not key.startswith("tml-"):
+            raise HTTPError(401, "invalid API key: it must start with 'tml-' (e.g. TINKER_API_KEY=tml-local)")
+        return key
+
+    def _send_json(self, status: int, body: Any, headers: Any = None) -> int:
+        if isinstance(body, bytes):
+            return self._send(status, body, "application/json", headers or {})
+        data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        return self._send(status, data, "application/json", headers or {})
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: Any) -> int:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        self.send_response(status, phrase)
+        if status != 204:
+            self.send_header("Content-Type", content_type)
+        else:
+            body = b""
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+        return status
+
+
+class LocalTinkerServer:
+    """An embedded, offline, Tinker-compatible HTTP server backed by the numpy engine.
+
+    Args:
+        host, port: where to listen (port 0 picks a free one; see :attr:`url`).
+        data_dir: SQLite metadata + checkpoint files. ``None`` = a fresh temporary directory removed on
+            :meth:`stop`; the CLI passes :func:`default_data_dir`.
+        api_keys: accepted keys; ``None`` accepts any key starting with ``tml-``.
+        long_poll_s: how long ``retrieve_future`` holds a request before answering ``try_again``.
+        max_body_bytes: larger request bodies are refused with 413.
+        clock: wall clock (seconds since the epoch) for timestamps and checkpoint expiry (injectable).
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        data_dir: str | Path | None = None,
+        api_keys: Collection[str] | None = None,
+        long_poll_s: float = 20.0,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] = time.time,
+        sample_workers: int | None = None,
+        _engine_module: Any = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._temp_dir = data_dir is None
+        self.data_dir = Path(tempfile.mkdtemp(prefix="tinker-sync-local-")) if data_dir is None else Path(data_dir)
+        self.api_keys = frozenset(api_keys) if api_keys else None
+        self.long_poll_s = long_poll_s
+        self.max_body_bytes = max_body_bytes
+        self.clock = clock
+        self.faults = FaultInjector()
+        self.requests: list[RecordedRequest] = []
+        self._requests_lock = threading.Lock()
+        self._sample_workers = sample_workers
+        self._engine_module = _engine_module
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.store: Store | None = None
+        self.api: Api | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8000`` (valid after :meth:`start`)."""
+        if self._httpd is None:
+            raise RuntimeError("the server is not started; call start() first")
+        host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> LocalTinkerServer:
+        """Open the store, bind the socket and serve in a daemon thread."""
+        if self._httpd is not None:
+            return self
+        self.store = Store(self.data_dir, clock=self.clock)
+        self.api = Api(store=self.store, faults=self.faults, clock=self.clock, long_poll_s=self.long_poll_s,
+                       base_url=lambda: self.url, engine_module=self._engine_module,
+                       sample_workers=self._sample_workers)
+        httpd = _HTTPServer((self.host, self.port), _Handler)
+        httpd.owner = self
+        self.port = httpd.server_address[1]
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="tinker-sync-local-http", daemon=True)
+        self._thread.start()
+        logger.info("local Tinker server listening on %s (data in %s)", self.url, self.data_dir)
+        return self
+
+    def serve_forever(self) -> None:
+        """Block until :meth:`stop` is called (from another thread or a signal handler)."""
+        if self._thread is None:
+            self.start()
+        assert self._thread is not None
+        while self._thread.is_alive():
+            self._thread.join(0.5)
+
+    def stop(self) -> None:
+        """Stop serving, fail pending work, close the store (and delete a temporary data dir)."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self.api is not None:
+            self.api.close()
+        if self.store is not None:
+            self.store.close()
+        if self._temp_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalTinkerServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _record(self, req: RecordedRequest) -> None:
+        with self._requests_lock:
+            self.requests.append(req)
+            if len(self.requests) > 10_000:
+                del self.requests[:5_000]
+
+    def clear_requests(self) -> None:
+        """Forget the recorded requests."""
+        with self._requests_lock:
+            self.requests.clear()
