@@ -7,13 +7,13 @@ import pickle
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import pytest
 
 from tests.conftest import TEST_API_KEY
-from tinker_sync import APIStatusError, types
+from tinker_sync import APIStatusError, ClientClosedError, RequestFailedError, types
 from tinker_sync._proto import decode_forward_backward_request
 from tinker_sync.service_client import ServiceClient
 from tinker_sync.training_client import TrainingClient
@@ -198,6 +198,86 @@ def test_retried_forward_backward_applied_once(local_server: Any, service: Servi
     assert after_faulty == pytest.approx(after_clean, rel=1e-5)
     attempts = [r for r in local_server.requests if r.path == "/api/v1/forward_backward"]
     assert len(attempts) >= 4  # the faulty model's call was sent twice
+
+
+def test_forward_backward_answer_lost_after_apply_is_not_doubled(local_server: Any) -> None:
+    """The server applies the first attempt but the client times out reading the answer and resends."""
+    datum = types.Datum(model_input=types.ModelInput.from_ints([5, 6, 7, 8]),
+                        loss_fn_inputs={"target_tokens": [6, 7, 8, 9], "weights": [1.0] * 4})
+    faults = local_server.faults
+    original = faults.delay_for
+    slowed: list[str] = []
+
+    def slow_first_forward_backward(op: str) -> float:
+        if op == "forward_backward" and not slowed:
+            slowed.append(op)
+            return 0.5  # longer than the client's read timeout; the server then still applies it
+        return original(op)
+
+    faults.delay_for = slow_first_forward_backward
+    with ServiceClient(api_key=TEST_API_KEY, base_url=local_server.url, read_timeout_s=0.25) as service:
+        faulty = service.create_lora_training_client(MODEL, rank=4, seed=7)
+        clean = service.create_lora_training_client(MODEL, rank=4, seed=7)
+        r1 = faulty.forward_backward([datum]).result(T)
+        r2 = clean.forward_backward([datum]).result(T)
+        assert slowed
+        assert r1.metrics["loss:sum"] == pytest.approx(r2.metrics["loss:sum"], rel=1e-5)
+        adam = types.AdamParams(learning_rate=5e-2)
+        faulty.optim_step(adam).result(T)
+        clean.optim_step(adam).result(T)
+        after = [c.forward([datum]).result(T).metrics["loss:sum"] for c in (faulty, clean)]
+        assert after[0] == pytest.approx(after[1], rel=1e-5)
+    sent = [decode_forward_backward_request(r.body) for r in _posts(local_server, "/api/v1/forward_backward")]
+    faulty_seqs = [(q.seq_id, q.forward_only) for q in sent if q.model_id == faulty.model_id]
+    assert faulty_seqs.count((1, False)) == 2  # the same seq_id went out twice
+
+
+def test_server_faults_are_absorbed(local_server: Any, service: ServiceClient) -> None:
+    training = service.create_lora_training_client(MODEL, rank=4)
+    sampler = service.create_sampling_client(base_model=MODEL)
+    datum = types.Datum(model_input=types.ModelInput.from_ints([1, 2]),
+                        loss_fn_inputs={"target_tokens": [2, 3], "weights": [1.0, 1.0]})
+    prompt = types.ModelInput.from_ints([1, 2])
+    params = types.SamplingParams(max_tokens=1)
+    faults = local_server.faults
+
+    faults.try_again("ForwardBackward", 3)
+    assert training.forward_backward([datum]).result(T).metrics["loss:sum"] > 0
+    faults.expire_next_future("Sample")  # 410 on the poll: the same request is re-submitted
+    assert len(sampler.sample(prompt, 1, params).result(T).sequences) == 1
+    faults.fail_next("asample", 503, count=2)
+    assert len(sampler.sample(prompt, 1, params).result(T).sequences) == 1
+    faults.fail_next("asample", 429, count=3, retry_after="0.05")  # shared back-off window, then success
+    futs = [sampler.sample(prompt, 1, params) for _ in range(8)]
+    assert all(len(f.result(T).sequences) == 1 for f in futs)
+
+    # a server-side failure comes through the Future and does not block later calls
+    bad = types.Datum(model_input=types.ModelInput.from_ints([1, 2]),
+                      loss_fn_inputs={"target_tokens": [2, 9999], "weights": [1.0, 1.0]})
+    with pytest.raises(RequestFailedError) as info:
+        training.forward_backward([bad]).result(T)
+    assert info.value.category == "user" and "9999" in str(info.value)
+    assert training.forward_backward([datum]).result(T).metrics["loss:sum"] > 0
+
+
+def test_futures_are_real_and_cancellable_and_close_cancels(local_server: Any) -> None:
+    service = ServiceClient(api_key=TEST_API_KEY, base_url=local_server.url)
+    sampler = service.create_sampling_client(base_model=MODEL)
+    fut = sampler.sample(types.ModelInput.from_ints([1]), 1, types.SamplingParams(max_tokens=1))
+    assert type(fut) is Future
+    done, _ = wait([fut], timeout=T)
+    assert done
+    local_server.faults.latency("asample", 0.2)
+    pending = [sampler.sample(types.ModelInput.from_ints([1]), 1, types.SamplingParams(max_tokens=1)) for _ in range(4)]
+    service.close(cancel_pending=True)
+    assert all(f.done() for f in pending)  # none is left hanging
+    for f in pending:
+        try:
+            f.result(T)
+        except (ClientClosedError, CancelledError):
+            pass
+    with pytest.raises(ClientClosedError):
+        service.create_sampling_client(base_model=MODEL)
 
 
 # ---- bad arguments --------------------------------------------------------------------------------
