@@ -111,3 +111,27 @@ def test_checkpoint_commands(env: Any, tmp_path: Path) -> None:
     assert code == 0 and "Deleted 1 checkpoint(s)" in out
     code, out, _ = run("-f", "json", "checkpoint", "list", "--run-id", env["run"])
     assert json.loads(out)["checkpoints"] == []
+
+
+def test_serve_subprocess_then_cli_against_it(tmp_path: Path) -> None:
+    """`python -m tinker_sync serve` starts the local server; the CLI talks to it; SIGTERM stops it."""
+    import os
+    import re
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinker_sync", "serve", "--port", "0", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        assert match, line
+        env = dict(os.environ, TINKER_BASE_URL=match.group(1), TINKER_API_KEY=TEST_API_KEY)
+        out = subprocess.run([sys.executable, "-m", "tinker_sync", "-f", "json", "run", "list"], env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == {"runs": []}
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
