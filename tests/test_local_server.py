@@ -152,6 +152,30 @@ def test_bootstrap_endpoints(api: Api) -> None:
     assert api.ok("POST", "auth/token", {})["jwt"] == KEY_A
 
 
+def test_client_config_overrides(tmp_path: Path) -> None:
+    with LocalTinkerServer(data_dir=tmp_path / "d", client_config_overrides={"fwdbwd_max_chunk_len": 3}) as srv:
+        cfg = Api(srv.url).ok("POST", "client/config", {"sdk_version": "0.25.0"})
+        assert cfg["fwdbwd_max_chunk_len"] == 3 and cfg["pjwt_auth_enabled"] is False
+
+
+def test_legacy_forward_endpoint_and_pagination(api: Api) -> None:
+    sid = api.session()
+    mids = [api.model(sid, i) for i in range(3)]
+    out = api.result(api.post("forward", {"forward_input": {"data": DATA, "loss_fn": "cross_entropy"},
+                                          "model_id": mids[0], "seq_id": 1}))
+    assert out["metrics"]["loss:sum"] > 0 and out["loss_fn_output_type"] == "ArrayRecord"
+    page = api.ok("GET", "training_runs", params={"limit": 2, "offset": 0})
+    assert len(page["training_runs"]) == 2 and page["cursor"] == {"offset": 0, "limit": 2, "total_count": 3}
+    rest = api.ok("GET", "training_runs", params={"limit": 2, "offset": 2})["training_runs"]
+    assert {r["training_run_id"] for r in page["training_runs"] + rest} == set(mids)
+    for i, m in enumerate(mids):
+        api.result(api.post("save_weights", {"model_id": m, "path": f"c{i}", "seq_id": 2 if i == 0 else 1}))
+    ck = api.ok("GET", "checkpoints", params={"limit": 2, "offset": 1})
+    assert ck["cursor"] == {"offset": 1, "limit": 2, "total_count": 3} and len(ck["checkpoints"]) == 2
+    assert api.get("training_runs", params={"limit": "x"}).status_code == 400
+    assert api.get("training_runs", params={"access_scope": "all"}).status_code == 400
+
+
 def test_auth_errors(server: LocalTinkerServer, tmp_path: Path) -> None:
     r = Api(server.url, key=None).post("create_session", {})
     assert r.status_code == 401 and "X-API-Key" in r.json()["detail"]

@@ -364,7 +364,9 @@ class Api:
     """All endpoint handlers plus the live state they share."""
 
     def __init__(self, *, store: Store, faults: FaultInjector, clock: Callable[[], float], long_poll_s: float,
-                 base_url: Callable[[], str], engine_module: Any = None, sample_workers: int | None = None) -> None:
+                 base_url: Callable[[], str], engine_module: Any = None, sample_workers: int | None = None,
+                 client_config: Mapping[str, Any] | None = None) -> None:
+        self._client_config = {**_DEFAULT_CONFIG, **(client_config or {})}
         self.store = store
         self.faults = faults
         self.clock = clock
@@ -509,7 +511,7 @@ class Api:
 
     # ================================================================================= endpoints
     def client_config(self, call: Call) -> Any:
-        return dict(_DEFAULT_CONFIG)
+        return dict(self._client_config)
 
     def dynamic_config(self, call: Call) -> Any:
         return {"refresh_interval_sec": 300, "sample_cancel_enabled": False}

@@ -11,10 +11,11 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -97,6 +98,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "tinker-sync-local"
     sys_version = ""
     timeout = 300  # idle keep-alive connections are closed after 5 minutes
+    # Headers and body go out in separate send()s; without TCP_NODELAY, Nagle + the client's delayed ACK
+    # stall every keep-alive response by ~40 ms.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -124,7 +128,10 @@ class _Handler(BaseHTTPRequestHandler):
             total = 0
             while True:
                 line = self.rfile.readline(65537)
-                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                try:
+                    size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                except ValueError:
+                    raise HTTPError(400, "malformed chunked request body") from None
                 if size == 0:
                     while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
                         pass
@@ -266,6 +273,12 @@ class LocalTinkerServer:
         long_poll_s: how long ``retrieve_future`` holds a request before answering ``try_again``.
         max_body_bytes: larger request bodies are refused with 413.
         clock: wall clock (seconds since the epoch) for timestamps and checkpoint expiry (injectable).
+        sample_workers: threads of the sampling pool (default min(4, CPUs)).
+        client_config_overrides: merged into the ``/api/v1/client/config`` answer (e.g. a small
+            ``fwdbwd_max_chunk_len`` to exercise client-side chunking).
+
+    When numpy is not imported yet, :meth:`start` sets ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` to 1
+    unless already set: the engine's matrices are tiny and multi-threaded BLAS only adds contention.
     """
 
     def __init__(
@@ -279,6 +292,7 @@ class LocalTinkerServer:
         max_body_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
         sample_workers: int | None = None,
+        client_config_overrides: Mapping[str, Any] | None = None,
         _engine_module: Any = None,
     ) -> None:
         self.host = host
@@ -293,6 +307,7 @@ class LocalTinkerServer:
         self.requests: list[RecordedRequest] = []
         self._requests_lock = threading.Lock()
         self._sample_workers = sample_workers
+        self.client_config_overrides = dict(client_config_overrides or {})
         self._engine_module = _engine_module
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -313,10 +328,13 @@ class LocalTinkerServer:
         """Open the store, bind the socket and serve in a daemon thread."""
         if self._httpd is not None:
             return self
+        if "numpy" not in sys.modules:
+            for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ.setdefault(var, "1")
         self.store = Store(self.data_dir, clock=self.clock)
         self.api = Api(store=self.store, faults=self.faults, clock=self.clock, long_poll_s=self.long_poll_s,
                        base_url=lambda: self.url, engine_module=self._engine_module,
-                       sample_workers=self._sample_workers)
+                       sample_workers=self._sample_workers, client_config=self.client_config_overrides)
         httpd = _HTTPServer((self.host, self.port), _Handler)
         httpd.owner = self
         self.port = httpd.server_address[1]
