@@ -332,6 +332,9 @@ def test_unnamed_sampler_from_state_and_custom_loss(local_server: Any, service: 
     assert logprobs[0] is None and len(logprobs) == 3
 
     path = training.save_state("ckpt").result(T).path
+    with pytest.raises(RequestFailedError, match="overwrite"):
+        training.save_state("ckpt").result(T)
+    assert training.save_state("ckpt", overwrite=True).result(T).path == path
     before = training.forward([datum]).result(T).metrics["loss:sum"]
     restored = service.create_training_client_from_state_with_optimizer(path)
     assert restored.model_id != training.model_id
@@ -380,6 +383,31 @@ def test_heartbeat_and_finish(local_server: Any) -> None:
     assert order.index("/api/v1/client/config") < order.index("/api/v1/create_session")
     with pytest.raises(Exception, match="closed"):
         client.create_rest_client()
+
+
+def test_heartbeat_stops_on_410_and_warns_after_silence(local_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    client = ServiceClient(api_key=TEST_API_KEY, base_url=local_server.url, heartbeat_interval_s=0.02)
+    try:
+        sid = client.session_id
+        thread = client._heartbeat_thread
+        assert thread is not None
+        # another process finishes the session: the next heartbeat gets 410 and the loop ends
+        client._runtime.request("POST", f"/api/v1/sessions/{sid}/finish", body={"reason": {"type": "success"}})
+        thread.join(T)
+        assert not thread.is_alive()
+        # a failing heartbeat only warns once nothing succeeded for more than 120 s (fake clock)
+        now = [1000.0]
+        client._clock = lambda: now[0]
+        client._last_heartbeat_ok = 990.0
+        with caplog.at_level("DEBUG", logger="tinker_sync.service_client"):
+            client._heartbeat_failed(RuntimeError("boom"))
+            assert not [r for r in caplog.records if r.levelname == "WARNING"]
+            now[0] = 1200.0
+            client._heartbeat_failed(RuntimeError("boom"))
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "210 s" in warnings[0].getMessage()
+    finally:
+        client.close()
 
 
 # ---- REST -----------------------------------------------------------------------------------------

@@ -98,7 +98,8 @@ class ServiceClient:
         self._closed = False
         self._stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
-        self._last_heartbeat_ok = time.monotonic()
+        self._clock: Callable[[], float] = time.monotonic  # injectable for tests
+        self._last_heartbeat_ok = self._clock()
 
     def __repr__(self) -> str:
         return f"ServiceClient(base_url={self._config.base_url!r}, session_id={self._session_id!r})"
@@ -159,7 +160,7 @@ class ServiceClient:
                         logger.log(level, "server: %s", msg)
                 self._session_id = resp.session_id
                 logger.info("created session %s", resp.session_id)
-                self._last_heartbeat_ok = time.monotonic()
+                self._last_heartbeat_ok = self._clock()
                 self._heartbeat_thread = threading.Thread(
                     target=self._heartbeat_loop, name="tinker-sync-heartbeat", daemon=True
                 )
@@ -188,12 +189,12 @@ class ServiceClient:
             except Exception as exc:  # noqa: BLE001 - heartbeats never raise; they log
                 self._heartbeat_failed(exc)
             else:
-                self._last_heartbeat_ok = time.monotonic()
+                self._last_heartbeat_ok = self._clock()
 
     def _heartbeat_failed(self, exc: BaseException) -> None:
         if self._stop.is_set():
             return
-        silent_s = time.monotonic() - self._last_heartbeat_ok
+        silent_s = self._clock() - self._last_heartbeat_ok
         if silent_s > _HEARTBEAT_WARN_AFTER_S:
             logger.warning(
                 "no successful heartbeat for %.0f s (last error: %s); the server may end session %s",

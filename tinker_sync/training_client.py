@@ -464,15 +464,24 @@ class TrainingClient:
             lambda seq: types.OptimStepRequest(adam_params=adam_params, model_id=self.model_id, seq_id=seq),
         )
 
-    def save_state(self, name: str, ttl_seconds: int | None = None) -> Future[types.SaveWeightsResponse]:
-        """Save weights + optimizer state as ``tinker://RUN/weights/NAME``. Returns Future[SaveWeightsResponse]."""
+    def save_state(
+        self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
+    ) -> Future[types.SaveWeightsResponse]:
+        """Save weights + optimizer state as ``tinker://RUN/weights/NAME``. Returns Future[SaveWeightsResponse].
+
+        ``overwrite=True`` replaces an existing checkpoint of that name (otherwise the server refuses).
+        """
         _check_name(name, "save_state")
         ttl = _check_ttl(ttl_seconds, "save_state")
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"save_state: overwrite must be a bool, got {type(overwrite).__name__}")
         return self._simple(
             "/api/v1/save_weights",
             "SaveWeights",
             types.SaveWeightsResponse,
-            lambda seq: types.SaveWeightsRequest(model_id=self.model_id, path=name, seq_id=seq, ttl_seconds=ttl),
+            lambda seq: types.SaveWeightsRequest(
+                model_id=self.model_id, path=name, seq_id=seq, ttl_seconds=ttl, overwrite=overwrite
+            ),
         )
 
     def _load(self, path: str, optimizer: bool, where: str) -> Future[types.LoadWeightsResponse]:
