@@ -133,41 +133,40 @@ def test_seq_ids_ordered_across_threads(local_server: Any, service: ServiceClien
 # ---- chunking -------------------------------------------------------------------------------------
 
 
-def _use_limits(service: ServiceClient, *, max_len: int, max_bytes: int) -> None:
-    # The server's own client config (fetched once) is replaced by one with small chunk limits.
-    cfg = service._client_config()
-    import attrs
+def _forward_with_limits(tmp_path: Any, data: list[types.Datum], **limits: int) -> tuple[types.ForwardBackwardOutput, list[Any]]:
+    """forward() on a fresh server whose client config carries ``limits``; returns (output, fwd requests)."""
+    from tinker_sync.local import LocalTinkerServer
 
-    service._client_cfg = attrs.evolve(cfg, fwdbwd_max_chunk_len=max_len, fwdbwd_max_chunk_bytes_count=max_bytes)
+    name = "-".join(f"{k}{v}" for k, v in limits.items()) or "default"
+    with LocalTinkerServer(data_dir=tmp_path / name, client_config_overrides=limits) as server:
+        with ServiceClient(api_key=TEST_API_KEY, base_url=server.url) as service:
+            training = service.create_lora_training_client(MODEL, rank=4, seed=1)
+            out = training.forward(data).result(T)
+        return out, [decode_forward_backward_request(r.body) for r in _posts(server, "/api/v1/forward_backward")]
 
 
-def test_chunking_by_count_and_bytes_merges_results(local_server: Any, service: ServiceClient) -> None:
-    training = service.create_lora_training_client(MODEL, rank=4, seed=1)
+def test_chunking_by_count_and_bytes_merges_results(tmp_path: Any) -> None:
     data = [
         types.Datum(model_input=types.ModelInput.from_ints([i % 200 + 1] * n),
                     loss_fn_inputs={"target_tokens": [i % 200 + 2] * n, "weights": [1.0] * n})
         for i, n in enumerate([3, 5, 2, 7, 4, 6, 3])
     ]
-    whole = training.forward(data).result(T)
-    local_server.clear_requests()
+    whole, reqs = _forward_with_limits(tmp_path, data)
+    assert len(reqs) == 1
 
-    _use_limits(service, max_len=3, max_bytes=10**9)
-    by_count = training.forward(data).result(T)
-    assert len(_posts(local_server, "/api/v1/forward_backward")) == 3
-    local_server.clear_requests()
+    by_count, reqs = _forward_with_limits(tmp_path, data, fwdbwd_max_chunk_len=3)
+    assert [len(r.data) for r in reqs] == [3, 3, 1]
+    assert [r.seq_id for r in reqs] == [1, 2, 3] and all(r.forward_only for r in reqs)
 
-    # 16 bytes per token (4 input + 8 target + 4 weight): 100 bytes holds at most 6 tokens' worth
-    _use_limits(service, max_len=1000, max_bytes=100)
-    by_bytes = training.forward(data).result(T)
-    posts = _posts(local_server, "/api/v1/forward_backward")
-    sizes = [len(decode_forward_backward_request(r.body).data) for r in posts]
-    assert sizes == [1, 1, 1, 1, 1, 1, 1] or sum(sizes) == 7 and len(sizes) > 1
-    seqs = [decode_forward_backward_request(r.body).seq_id for r in posts]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    # 16 bytes per token (4 input + 8 target + 4 weight): sizes 48, 80, 32, 112, 64, 96, 48 bytes
+    by_bytes, reqs = _forward_with_limits(tmp_path, data, fwdbwd_max_chunk_bytes_count=130)
+    assert [len(r.data) for r in reqs] == [2, 1, 1, 1, 1, 1]  # 48+80 | 32 | 112 | 64 | 96 | 48
+    assert [r.seq_id for r in reqs] == [1, 2, 3, 4, 5, 6]
 
     for merged in (by_count, by_bytes):
         assert len(merged.loss_fn_outputs) == 7
         assert merged.metrics["loss:sum"] == pytest.approx(whole.metrics["loss:sum"], rel=1e-4)
+        assert merged.metrics["num_tokens:sum"] == whole.metrics["num_tokens:sum"] == 30
         for a, b in zip(merged.loss_fn_outputs, whole.loss_fn_outputs):
             assert a["logprobs"].data == pytest.approx(b["logprobs"].data, rel=1e-4, abs=1e-5)
 
