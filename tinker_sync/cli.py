@@ -26,8 +26,10 @@ __all__ = ["CLIError", "main", "safe_extract"]
 
 logger = logging.getLogger(__name__)
 
+_UTC = _dt.timezone.utc  # noqa: UP017 - datetime.UTC needs Python 3.11
+
 _TIMEOUT_S = 120.0
-_RUN_COLUMNS = {
+_RUN_COLUMNS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "id": ("Run ID", lambda r: r.training_run_id),
     "model": ("Base Model", lambda r: r.base_model),
     "owner": ("Owner", lambda r: r.model_owner),
@@ -68,15 +70,15 @@ def _rel_time(value: Any, *, now: _dt.datetime | None = None) -> str:
         try:
             value = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))  # noqa: FURB162 - 3.10 fromisoformat rejects Z
         except ValueError:
-            return value
+            return str(value)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=_dt.UTC)
-    now = now or _dt.datetime.now(_dt.UTC)
+        value = value.replace(tzinfo=_UTC)
+    now = now or _dt.datetime.now(_UTC)
     seconds = (now - value).total_seconds()
     future = seconds < 0
     seconds = abs(seconds)
     if seconds > 30 * 86400:
-        return value.date().isoformat()
+        return str(value.date().isoformat())
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
         if seconds >= size or unit == "second":
             n = int(seconds // size)
@@ -295,7 +297,7 @@ def _parse_date(value: str, flag: str) -> _dt.datetime:
         d = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))  # noqa: FURB162 - 3.10 fromisoformat rejects Z
     except ValueError as exc:
         raise CLIError(f"{flag} must be an ISO-8601 date or datetime, got {value!r}") from exc
-    return d if d.tzinfo else d.replace(tzinfo=_dt.UTC)
+    return d if d.tzinfo else d.replace(tzinfo=_UTC)
 
 
 def cmd_checkpoint_delete(args: argparse.Namespace, out: TextIO) -> int:
@@ -382,7 +384,7 @@ def cmd_checkpoint_download(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
-    from .local.__main__ import main as serve_main
+    from .local import main as serve_main
 
     return int(serve_main(list(args.serve_args)) or 0)
 
@@ -461,7 +463,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     err = stderr or sys.stderr
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":  # everything after `serve` belongs to the server's own parser
-        from .local.__main__ import main as serve_main
+        from .local import main as serve_main
 
         return int(serve_main(argv[1:]) or 0)
     parser = build_parser()

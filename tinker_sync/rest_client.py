@@ -19,6 +19,8 @@ __all__ = ["RestClient", "iter_pages"]
 
 logger = logging.getLogger(__name__)
 
+_UTC = _dt.timezone.utc  # noqa: UP017 - datetime.UTC needs Python 3.11
+
 T = TypeVar("T")
 
 _ACCESS_SCOPES = ("owned", "accessible")
@@ -55,7 +57,7 @@ def _check_str(value: Any, name: str) -> str:
         raise ValueError(f"{name} must be a non-empty str, got {value!r}")
     if "/" in value and name != "checkpoint_id":
         raise ValueError(f"{name} must not contain '/', got {value!r}")
-    return value
+    return str(value)
 
 
 def _check_page(limit: Any, offset: Any) -> None:
@@ -70,8 +72,8 @@ def _check_scope(scope: Any) -> str:
     return str(scope)
 
 
-def _check_checkpoint_id(checkpoint_id: Any) -> str:
-    _check_str(checkpoint_id, "checkpoint_id")
+def _check_checkpoint_id(value: Any) -> str:
+    checkpoint_id = _check_str(value, "checkpoint_id")
     kind, _, name = checkpoint_id.partition("/")
     if kind not in ("weights", "sampler_weights") or not name or "/" in name:
         raise ValueError(
@@ -95,8 +97,8 @@ def _utc_hour(value: Any, name: str) -> str:
     if not isinstance(value, _dt.datetime):
         raise TypeError(f"{name} must be a datetime or ISO-8601 str, got {type(value).__name__}")
     if value.tzinfo is None:
-        value = value.replace(tzinfo=_dt.UTC)
-    return value.astimezone(_dt.UTC).isoformat().replace("+00:00", "Z")
+        value = value.replace(tzinfo=_UTC)
+    return str(value.astimezone(_UTC).isoformat()).replace("+00:00", "Z")
 
 
 class RestClient:
@@ -155,7 +157,7 @@ class RestClient:
     def get_weights_info_by_tinker_path(self, tinker_path: str) -> Future[types.WeightsInfoResponse]:
         """Base model and LoRA settings of a checkpoint. Returns Future[WeightsInfoResponse]."""
         _parse(tinker_path)
-        return self._runtime.submit_request(  # type: ignore[no-any-return]
+        return self._runtime.submit_request(
             "POST", "/api/v1/weights_info", body=types.WeightsInfoRequest(tinker_path=tinker_path),
             response_type=types.WeightsInfoResponse,
         )
@@ -297,7 +299,7 @@ class RestClient:
                     raise TimeoutError(f"trace export of session {session_id} not ready after {timeout_s:.0f} s")
                 wake.wait(poll_interval_s)
 
-        return self._runtime.executor.submit(poll)  # type: ignore[no-any-return]
+        return self._runtime.executor.submit(poll)
 
     # ---- account ------------------------------------------------------------------------
     def get_audit_log(self, event_type: str = "all", day: str | _dt.date | None = None) -> Future[Any]:

@@ -71,7 +71,7 @@ class SamplingClient:
         request = types.SampleRequest(
             sampling_session_id=self.sampling_session_id, seq_id=self._next_seq_id(), **request_fields
         )
-        return self._runtime.submit_polled(  # type: ignore[no-any-return]
+        return self._runtime.submit_polled(
             "/api/v1/asample", request, types.SampleResponse, request_type="Sample", sampling=True,
             prompt_bytes_estimate=_prompt_bytes(request.prompt),
         )
@@ -138,7 +138,7 @@ class SamplingClient:
     # ---- info ---------------------------------------------------------------------------------
     def get_sampler(self) -> Future[types.GetSamplerResponse]:
         """``GET /samplers/{id}``. Returns Future[GetSamplerResponse]."""
-        return self._runtime.submit_request(  # type: ignore[no-any-return]
+        return self._runtime.submit_request(
             "GET", f"/api/v1/samplers/{self.sampling_session_id}", response_type=types.GetSamplerResponse
         )
 

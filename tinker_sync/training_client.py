@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import threading
@@ -331,7 +332,7 @@ class TrainingClient:
                     model_id=self.model_id,
                     seq_id=seq_id,
                     data=chunk,
-                    loss_fn=loss_fn,
+                    loss_fn=loss_fn,  # type: ignore[arg-type]  # validated against LOSS_FNS
                     loss_fn_config=config,
                     forward_only=forward_only,
                 )
@@ -403,13 +404,12 @@ class TrainingClient:
             raise ImportError("forward_backward_custom needs numpy: pip install 'tinker_sync[numpy]'") from exc
         if backend == "auto":
             try:
-                import torch
-
+                importlib.import_module("torch")
                 backend = "torch"
             except ImportError:
                 backend = "numpy"
         elif backend == "torch":
-            import torch  # noqa: F401  (ImportError now, in the caller's thread)
+            importlib.import_module("torch")  # ImportError now, in the caller's thread
 
         prepared: list[types.Datum] = []
         for i, d in enumerate(data):
@@ -538,7 +538,7 @@ class TrainingClient:
 
             return _flatten(chain(fut, from_path))
         sampling_seq = self._service._next_sampling_session_seq_id()
-        fut = self._simple(
+        unnamed: Future[types.SaveWeightsForSamplerResponseInternal] = self._simple(
             "/api/v1/save_weights_for_sampler",
             "SaveWeightsForSampler",
             types.SaveWeightsForSamplerResponseInternal,
@@ -552,7 +552,7 @@ class TrainingClient:
                 raise ValueError("unnamed save_weights_for_sampler returned no sampling_session_id")
             return SamplingClient(self._service, resp.sampling_session_id, base_model=self._base_model)
 
-        return chain(fut, make)
+        return chain(unnamed, make)
 
     def save_weights_and_get_sampling_client(self, name: str | None = None) -> SamplingClient:
         """Save the current weights for sampling and return a SamplingClient on them (blocking).
@@ -603,7 +603,7 @@ def _custom_gradients(
         raise ValueError(f"forward returned {len(out.loss_fn_outputs)} outputs for {len(data)} datums")
     arrays = [np.asarray(o["logprobs"].to_numpy(), dtype=np.float32) for o in out.loss_fn_outputs]
     if backend == "torch":
-        import torch
+        torch: Any = importlib.import_module("torch")
 
         leaves = [torch.tensor(a, requires_grad=True) for a in arrays]
         result = loss_fn(data, leaves)
