@@ -8,8 +8,8 @@ import subprocess
 import sys
 import tarfile
 import time
-from datetime import datetime, timezone
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +253,12 @@ def test_train_save_and_sample(api: Api) -> None:
 def test_protobuf_bodies_and_results(api: Api) -> None:
     from tinker_sync import _proto
     from tinker_sync.types import (
-        Datum, EncodedTextChunk, ForwardBackwardRequest, ModelInput, TensorData)
+        Datum,
+        EncodedTextChunk,
+        ForwardBackwardRequest,
+        ModelInput,
+        TensorData,
+    )
 
     sid = api.session()
     mid = api.model(sid)
@@ -480,7 +485,7 @@ def test_ttl_expiry_with_injected_clock(tmp_path: Path) -> None:
         gone = api.result(api.post("save_weights", {"model_id": mid, "path": "gone", "seq_id": 2,
                                                     "ttl_seconds": 100}))["path"]
         listed = {c["tinker_path"]: c for c in api.ok("GET", "checkpoints")["checkpoints"]}
-        assert listed[gone]["expires_at"] == datetime.fromtimestamp(now[0] + 100, timezone.utc).isoformat() and listed[keep]["expires_at"] is None
+        assert listed[gone]["expires_at"] == datetime.fromtimestamp(now[0] + 100, UTC).isoformat() and listed[keep]["expires_at"] is None
         ttl_url = f"{api.url}/api/v1/training_runs/{mid}/checkpoints/weights/keep/ttl"
         assert api.s.put(ttl_url, json={"ttl_seconds": 0}, timeout=5).status_code == 400
         assert api.s.put(ttl_url, json={"ttl_seconds": 500}, timeout=5).status_code in (200, 204)

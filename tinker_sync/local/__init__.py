@@ -5,8 +5,8 @@ Importing this package is cheap: numpy and the engine load on the first request 
 
 from __future__ import annotations
 
+from ._cli import main
 from ._faults import FaultInjector, RecordedRequest
 from ._server import LocalTinkerServer, default_data_dir
-from ._cli import main
 
 __all__ = ["FaultInjector", "LocalTinkerServer", "RecordedRequest", "default_data_dir", "main"]

@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ class Call:
     op: str
     params: dict[str, str]  # path parameters
     query: dict[str, str]
-    headers: Mapping[str, str]  # case-insensitive (email.message.Message)
+    headers: Any  # case-insensitive mapping (http.client.HTTPMessage)
     body: bytes
     owner: str  # owner id of the API key ("" for unauthenticated routes)
     api_key: str = attrs.field(repr=False, default="")
@@ -170,7 +170,7 @@ def _query_int(call: Call, key: str, default: int, *, minimum: int = 0, maximum:
 
 
 def _iso(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat()
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
 
 
 def _finite(x: float) -> float | None:
@@ -667,7 +667,7 @@ class Api:
             body, parse = self._parse_fwdbwd_proto(call)
         else:
             body = call.json()
-            parse = lambda: self._parse_fwdbwd_json(body)  # noqa: E731 - parsed under the seq's protection
+            parse = lambda: self._parse_fwdbwd_json(body)
         forward_only = body.get("forward_only") is True
         return self._submit_fwdbwd(call, body, parse, "Forward" if forward_only else "ForwardBackward")
 
@@ -1066,7 +1066,7 @@ class Api:
                     engine = self.engine(sampler.base_model)
                     return SampleOut(engine.sample(
                         adapter, prompt, num_samples=num, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, stop=stop, seed=seed, prompt_logprobs=want_plp or topk > 0,
+                        top_p=top_p, stop=stop, seed=seed, prompt_logprobs=want_plp or bool(topk),
                         topk_prompt_logprobs=topk))
                 finally:
                     with self._lock:

@@ -51,7 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = signal.signal(signal.SIGTERM, on_signal) if threading.current_thread() is threading.main_thread() else None
+    # Handle SIGINT explicitly too: a shell's background job inherits SIGINT ignored, which would make
+    # KeyboardInterrupt never arrive.
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
     print(f"tinker-sync local server listening on {server.url} (data: {server.data_dir})", flush=True)
     print(f"  export TINKER_BASE_URL={server.url}", flush=True)
     print("  export TINKER_API_KEY=tml-local" if not args.api_keys else "  (only the --api-key keys are accepted)",
@@ -65,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         print("stopping...", flush=True)
         server.stop()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
     return 0
 

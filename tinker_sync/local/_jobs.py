@@ -15,7 +15,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JobError", "ModelLane", "ServerFuture", "FutureTable", "request_id_for"]
+__all__ = ["FutureTable", "JobError", "ModelLane", "ServerFuture", "request_id_for"]
 
 
 def request_id_for(*parts: object) -> str:
@@ -74,7 +74,7 @@ class ServerFuture:
         except (ValueError, KeyError, TypeError) as exc:
             logger.info("request %s (%s) failed: %s", self.request_id, self.request_type, exc)
             self.set_error(JobError(str(exc).strip("'\"") or type(exc).__name__, "user"))
-        except Exception as exc:  # noqa: BLE001 - any engine crash becomes a server-category failure
+        except Exception as exc:
             logger.exception("request %s (%s) crashed", self.request_id, self.request_type)
             self.set_error(JobError(f"internal error: {type(exc).__name__}: {exc}", "server"))
 

@@ -33,7 +33,7 @@ __all__ = ["LocalTinkerServer", "default_data_dir"]
 
 _PREFIX = "/api/v1/"
 _SEG = r"([^/]+)"
-_CKPT = rf"training_runs/(?P<run>[^/]+)/checkpoints/(?P<kind>[^/]+)/(?P<name>[^/]+)"
+_CKPT = r"training_runs/(?P<run>[^/]+)/checkpoints/(?P<kind>[^/]+)/(?P<name>[^/]+)"
 
 # (method, path regex after /api/v1/, op name, Api method name, needs auth)
 _ROUTES: list[tuple[str, str, str, str, bool]] = [
@@ -103,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _HTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s - " + format, self.address_string(), *args)
 
     def do_GET(self) -> None:
@@ -199,7 +199,7 @@ class _Handler(BaseHTTPRequestHandler):
             status = self._send_json(exc.status, {"detail": exc.detail}, exc.headers)
         except (ConnectionError, BrokenPipeError):
             self.close_connection = True
-        except Exception as exc:  # noqa: BLE001 - never let a handler bug kill the connection silently
+        except Exception as exc:
             logger.exception("unhandled error in %s %s", method, path)
             status = self._send_json(500, {"detail": f"internal server error: {type(exc).__name__}: {exc}"})
         finally:
