@@ -331,6 +331,48 @@ def test_out_of_order_arrival_and_duplicates_apply_once(api: Api, server: LocalT
     api.result(api.post("forward_backward", forward(mid, 5)))
 
 
+def test_concurrent_shuffled_and_duplicated_submissions(api: Api, server: LocalTinkerServer) -> None:
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    sid = api.session()
+    twin, mid = api.model(sid, 0), api.model(sid, 1)
+    plan = [("forward_backward", fwdbwd), ("optim_step", optim)] * 3 + [("forward_backward", forward)]
+    for seq, (ep, build) in enumerate(plan, start=1):  # reference: one at a time, in order
+        last_ref = api.result(api.post(ep, build(twin, seq)))
+    jobs = [(seq, ep, build) for seq, (ep, build) in enumerate(plan, start=1)] * 3  # every request sent 3 times
+    random.Random(0).shuffle(jobs)
+    clients = [Api(server.url) for _ in range(4)]
+
+    def send(i: int) -> tuple[int, str]:
+        seq, ep, build = jobs[i]
+        r = clients[i % 4].post(ep, build(mid, seq))
+        assert r.status_code == 200, r.text
+        return seq, r.json()["request_id"]
+
+    with ThreadPoolExecutor(8) as pool:
+        handles = list(pool.map(send, range(len(jobs))))
+    by_seq: dict[int, set[str]] = {}
+    for seq, rid in handles:
+        by_seq.setdefault(seq, set()).add(rid)
+    assert all(len(ids) == 1 for ids in by_seq.values())  # duplicates share one request id
+    last = api.poll(next(iter(by_seq[len(plan)]))).json()
+    assert last["metrics"]["loss:sum"] == pytest.approx(last_ref["metrics"]["loss:sum"], rel=1e-5)
+    assert server.api is not None and server.api.models[mid].optim_steps == 3
+
+
+def test_many_concurrent_samples(api: Api) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    sid = api.session()
+    smp = api.ok("POST", "create_sampling_session", {"session_id": sid, "sampling_session_seq_id": 0,
+                                                      "base_model": BASE})["sampling_session_id"]
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda i: Api(api.url).result(Api(api.url).post("asample", sample_body(smp, i, n=1))),
+                             range(32)))
+    assert len(outs) == 32 and all(len(o["sequences"]) == 1 for o in outs)
+
+
 def test_different_models_run_concurrently(api: Api) -> None:
     sid = api.session()
     a, b = api.model(sid, 0), api.model(sid, 1)

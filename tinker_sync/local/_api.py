@@ -436,7 +436,7 @@ class Api:
     # -- ownership helpers ------------------------------------------------------------------------
     def _session(self, call: Call, session_id: Any, where: str) -> Any:
         if not isinstance(session_id, str):
-            raise HTTPError(400, f"{where}: field 'session_id' is required (a string)")
+            raise HTTPError(400, f"{where}: field 'session_id' must be a string, got {_typename(session_id)}")
         row = self.store.get_session(session_id)
         if row is None or row.owner != call.owner:
             raise HTTPError(404, f"session {session_id!r} not found (create one with POST /api/v1/create_session)")
@@ -444,7 +444,7 @@ class Api:
 
     def _model(self, call: Call, model_id: Any, where: str) -> LiveModel:
         if not isinstance(model_id, str):
-            raise HTTPError(400, f"{where}: field 'model_id' is required (a string)")
+            raise HTTPError(400, f"{where}: field 'model_id' must be a string, got {_typename(model_id)}")
         with self._lock:
             model = self.models.get(model_id)
             mine = sorted(m.model_id for m in self.models.values() if m.owner == call.owner)
@@ -485,14 +485,24 @@ class Api:
         seq_id = _int(body, "seq_id", where=where, required=False, minimum=0)
         if seq_id is not None:
             rid = request_id_for(model.model_id, seq_id)
-            existing = self.futures.get(rid)
-            if existing is not None:
+
+            def duplicate() -> dict[str, Any] | None:
+                existing = self.futures.get(rid)
+                if existing is None:
+                    return None
                 if existing.request_type != request_type:
                     raise HTTPError(409, f"{where}: seq_id {seq_id} of model {model.model_id} was already used by a "
                                          f"{existing.request_type} request; use the next seq_id")
                 return self._handle(existing)  # a retry: same request id, first result, applied once
+
+            dup = duplicate()
+            if dup is not None:
+                return dup
             why = model.lane.accepts(seq_id)
             if why is not None:
+                dup = duplicate()  # a concurrent duplicate may have registered (and even run) it meanwhile
+                if dup is not None:
+                    return dup
                 raise HTTPError(400, f"{where}: cannot queue seq_id {seq_id} for model {model.model_id}: {why}")
         else:
             rid = request_id_for(model.model_id, "unsequenced", uuid.uuid4().hex)
@@ -504,6 +514,9 @@ class Api:
             raise
         fut, created = self.futures.get_or_add(
             ServerFuture(rid, request_type, call.op, call.owner, model_id=model.model_id))
+        if not created and fut.request_type != request_type:
+            raise HTTPError(409, f"{where}: seq_id {seq_id} of model {model.model_id} was already used by a "
+                                 f"{fut.request_type} request; use the next seq_id")
         if created:
             self.store.touch_run(model.model_id)
             model.lane.submit(seq_id, fut, fn)

@@ -154,6 +154,9 @@ class ModelLane:
                 return
             if seq_id is None:
                 self._unsequenced.append((fut, fn))
+            elif seq_id < self._next_seq:  # lost a race with a refused duplicate that consumed the seq
+                fut.set_error(JobError(f"seq_id {seq_id} was already consumed; use the next seq_id", "user"))
+                return
             else:
                 self._queued[seq_id] = (fut, fn)
             self._cond.notify_all()

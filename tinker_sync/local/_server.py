@@ -238,7 +238,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, body: Any, headers: Any = None) -> int:
         if isinstance(body, bytes):
             return self._send(status, body, "application/json", headers or {})
-        data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        # NaN/Infinity are written as the JS literals Python's json (and the SDKs) read back, so a diverged
+        # loss is reported instead of turning the poll into a 500.
+        data = json.dumps(body, separators=(",", ":")).encode("utf-8")
         return self._send(status, data, "application/json", headers or {})
 
     def _send(self, status: int, body: bytes, content_type: str, headers: Any) -> int:
