@@ -2,6 +2,11 @@
 
 Each handler takes a :class:`Call` and returns a JSON-able answer or raises :class:`HTTPError`.
 numpy and the engine are imported lazily, on the first request that needs a model.
+
+Local choices: ``trace_export`` answers ``{"status": "failed", "error": ...}`` (no profiler here);
+``retrieve_future`` ignores ``allow_metadata_only`` and always returns the payload; audit/billing are empty;
+telemetry is accepted and dropped; live models are in memory only (a restart keeps runs, checkpoints and
+samplers of saved weights, and answers 404 "not loaded" for old model ids).
 """
 
 from __future__ import annotations

@@ -371,7 +371,7 @@ class LocalTinkerServer:
         if self._temp_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def __enter__(self) -> LocalTinkerServer:
+    def __enter__(self) -> LocalTinkerServer:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
