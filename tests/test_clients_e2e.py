@@ -39,12 +39,15 @@ def _example(tok: Any, text: str) -> types.Datum:
     )
 
 
-def _posts(server: Any, path: str) -> list[Any]:
-    return [r for r in server.requests if r.method == "POST" and r.path.split("?")[0] == path]
-
-
-def _fwd_seq_ids(server: Any) -> list[int]:
-    return [decode_forward_backward_request(r.body).seq_id for r in _posts(server, "/api/v1/forward_backward") if r.status == 200]
+def _posts(server: Any, path: str, *, at_least: int = 0) -> list[Any]:
+    """Recorded POSTs to ``path``; waits (bounded) for ``at_least`` of them, since the server records a
+    request just after answering it."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [r for r in server.requests if r.method == "POST" and r.path.split("?")[0] == path]
+        if len(found) >= at_least or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
 
 
 # ---- the ~40-line blocking script -----------------------------------------------------------------
@@ -80,7 +83,7 @@ def test_blocking_script_trains_saves_samples_and_lists(local_server: Any) -> No
         assert info.model_id == training.model_id
         assert sampler.get_base_model() == MODEL
     # the session was finished and no client thread survives
-    assert _posts(local_server, f"/api/v1/sessions/{service._session_id}/finish")
+    assert _posts(local_server, f"/api/v1/sessions/{service._session_id}/finish", at_least=1)
     assert not [t for t in threading.enumerate() if t.name.startswith("tinker-sync-") and not t.name.startswith("tinker-sync-local") and t.is_alive()]
 
 
@@ -119,6 +122,8 @@ def test_seq_ids_ordered_across_threads(local_server: Any, service: ServiceClien
         t.join(T)
     for f in futs:
         f.result(T)
+    _posts(local_server, "/api/v1/optim_step", at_least=30)
+    _posts(local_server, "/api/v1/forward_backward", at_least=30)
     seqs = []
     for r in local_server.requests:
         if r.status != 200 or r.method != "POST":
@@ -142,7 +147,7 @@ def _forward_with_limits(tmp_path: Any, data: list[types.Datum], **limits: int) 
         with ServiceClient(api_key=TEST_API_KEY, base_url=server.url) as service:
             training = service.create_lora_training_client(MODEL, rank=4, seed=1)
             out = training.forward(data).result(T)
-        return out, [decode_forward_backward_request(r.body) for r in _posts(server, "/api/v1/forward_backward")]
+        return out, [decode_forward_backward_request(r.body) for r in _posts(server, "/api/v1/forward_backward", at_least=1)]
 
 
 def test_chunking_by_count_and_bytes_merges_results(tmp_path: Any) -> None:
@@ -226,7 +231,7 @@ def test_forward_backward_answer_lost_after_apply_is_not_doubled(local_server: A
         clean.optim_step(adam).result(T)
         after = [c.forward([datum]).result(T).metrics["loss:sum"] for c in (faulty, clean)]
         assert after[0] == pytest.approx(after[1], rel=1e-5)
-    sent = [decode_forward_backward_request(r.body) for r in _posts(local_server, "/api/v1/forward_backward")]
+    sent = [decode_forward_backward_request(r.body) for r in _posts(local_server, "/api/v1/forward_backward", at_least=5)]
     faulty_seqs = [(q.seq_id, q.forward_only) for q in sent if q.model_id == faulty.model_id]
     assert faulty_seqs.count((1, False)) == 2  # the same seq_id went out twice
 
@@ -288,6 +293,7 @@ def test_bad_arguments_raise_now_and_send_nothing(local_server: Any, service: Se
     rest = service.create_rest_client()
     good = types.Datum(model_input=types.ModelInput.from_ints([1, 2]),
                        loss_fn_inputs={"target_tokens": [2, 3], "weights": [1.0, 1.0]})
+    _posts(local_server, "/api/v1/create_sampling_session", at_least=1)  # let the server finish recording
     local_server.clear_requests()
     cases: list[tuple[type[Exception], str, Any]] = [
         (ValueError, "No data", lambda: training.forward_backward([])),
@@ -376,7 +382,7 @@ def test_heartbeat_and_finish(local_server: Any) -> None:
     beats = _posts(local_server, "/api/v1/session_heartbeat")
     assert beats and json.loads(beats[0].body)["session_id"] == sid
     client.close()
-    assert _posts(local_server, f"/api/v1/sessions/{sid}/finish")
+    assert _posts(local_server, f"/api/v1/sessions/{sid}/finish", at_least=1)
     assert not any(t.name == "tinker-sync-heartbeat" and t.is_alive() for t in threading.enumerate())
     order = [r.path for r in local_server.requests]
     assert order.index("/api/v1/client/config") < order.index("/api/v1/create_session")
