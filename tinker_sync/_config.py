@@ -1,13 +1,14 @@
 """ClientConfig: where to connect, with which credential, and the timeouts / pool / retry knobs.
 
-``ClientConfig.from_env()`` applies the official SDK's rules (PROTOCOL §1.1-1.2). The API key is never
-part of a repr, a log line or an error message.
+``ClientConfig.from_env()`` applies the official SDK's rules (PROTOCOL §1.1-1.2). The API key (and the
+default header values) are never part of a repr, a log line, an error message or a pickle.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -63,7 +64,17 @@ def _check_api_key(key: Any) -> str:
 
 
 def _freeze_headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
-    return MappingProxyType(dict(value or {}))
+    headers = dict(value or {})
+    for name, val in headers.items():
+        if not isinstance(name, str) or not isinstance(val, str):
+            raise InvalidConfigError(f"default_headers must map str to str; header {name!r} has a {type(val).__name__} value")
+        # requests would refuse these later with an error quoting the value (often a secret)
+        if val != val.strip() or any(c in val for c in "\r\n\0"):
+            raise InvalidConfigError(
+                f"default header {name!r} has leading/trailing whitespace, a line break or NUL in its value; "
+                "check the environment variable it came from"
+            )
+    return MappingProxyType(headers)
 
 
 def _positive(_inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
@@ -107,10 +118,10 @@ class ClientConfig:
         headers = dict(overrides.pop("default_headers", None) or {})
         cf_id = os.environ.get("CLOUDFLARE_ACCESS_CLIENT_ID")
         cf_secret = os.environ.get("CLOUDFLARE_ACCESS_CLIENT_SECRET")
-        if cf_id:
-            headers.setdefault("CF-Access-Client-Id", cf_id)
-        if cf_secret:
-            headers.setdefault("CF-Access-Client-Secret", cf_secret)
+        if cf_id and cf_id.strip():
+            headers.setdefault("CF-Access-Client-Id", cf_id.strip())
+        if cf_secret and cf_secret.strip():
+            headers.setdefault("CF-Access-Client-Secret", cf_secret.strip())
         return cls(base_url=url, api_key=key, default_headers=headers, **overrides)
 
     @property
@@ -118,13 +129,62 @@ class ClientConfig:
         """(base_url, sha256(api_key)): clients sharing it share one rate-limit window."""
         return (self.base_url, hashlib.sha256(self.api_key.encode("utf-8")).hexdigest())
 
+    def __attrs_post_init__(self) -> None:
+        _remember_credentials(self.api_key, self.default_headers)
+
+    # Pickling: the pickle carries no secret. It keeps a fingerprint of the key and the NAMES of the
+    # default headers; unpickling takes the values from a ClientConfig already built in this process
+    # (including the parent of a fork()ed worker) or, failing that, from TINKER_API_KEY and the
+    # CLOUDFLARE_ACCESS_* variables (inherited by spawn()ed workers), if they match the fingerprint.
     def __getstate__(self) -> dict[str, Any]:
         state = {a.name: getattr(self, a.name) for a in attrs.fields(type(self))}
-        state["default_headers"] = dict(self.default_headers)
+        del state["api_key"]
+        state["default_headers"] = sorted(self.default_headers)
+        state["_credential_fingerprint"] = _fingerprint(self.api_key, self.default_headers)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        fingerprint = state.pop("_credential_fingerprint", None)
+        if fingerprint is None:  # a pickle of an older version that carried the secrets itself
+            api_key, headers = state.pop("api_key"), dict(state.pop("default_headers"))
+        else:
+            api_key, headers = _recall_credentials(fingerprint, list(state.pop("default_headers")))
         for name, value in state.items():
-            if name == "default_headers":
-                value = _freeze_headers(value)
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "api_key", _check_api_key(api_key))
+        object.__setattr__(self, "default_headers", _freeze_headers(headers))
+
+
+_CF_ENV = {"CF-Access-Client-Id": "CLOUDFLARE_ACCESS_CLIENT_ID", "CF-Access-Client-Secret": "CLOUDFLARE_ACCESS_CLIENT_SECRET"}
+_credentials_lock = threading.Lock()
+_credentials: dict[str, tuple[str, dict[str, str]]] = {}  # fingerprint -> (api_key, default_headers)
+
+
+def _fingerprint(api_key: str, headers: Mapping[str, str]) -> str:
+    h = hashlib.sha256(b"tinker-sync-credentials\0" + api_key.encode("utf-8"))
+    for name in sorted(headers):
+        h.update(b"\0" + name.encode("utf-8") + b"\0" + headers[name].encode("utf-8"))
+    return h.hexdigest()
+
+
+def _remember_credentials(api_key: str, headers: Mapping[str, str]) -> None:
+    with _credentials_lock:
+        _credentials[_fingerprint(api_key, headers)] = (api_key, dict(headers))
+
+
+def _recall_credentials(fingerprint: str, header_names: list[str]) -> tuple[str, dict[str, str]]:
+    with _credentials_lock:
+        known = _credentials.get(fingerprint)
+    if known is not None:
+        return known[0], dict(known[1])
+    key = (os.environ.get("TINKER_API_KEY") or "").strip()
+    headers = {name: (os.environ.get(_CF_ENV.get(name, "")) or "").strip() for name in header_names}
+    if key and _fingerprint(key, headers) == fingerprint:
+        return key, headers
+    raise InvalidConfigError(
+        "this pickled client carries no API key (by design) and none known in this process matches it: set "
+        "TINKER_API_KEY (and CLOUDFLARE_ACCESS_CLIENT_ID/SECRET if used) to the same values as in the process "
+        "that pickled it, or build a ClientConfig/ServiceClient with that key in this process first "
+        "(e.g. in a multiprocessing Pool initializer)"
+    )

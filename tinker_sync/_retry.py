@@ -11,11 +11,11 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
-__all__ = ["IDEMPOTENT_POST_PATHS", "RetryPolicy", "parse_retry_after"]
+__all__ = ["IDEMPOTENT_POST_PATHS", "SERVER_ERRORS", "RetryPolicy", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,13 @@ IDEMPOTENT_POST_PATHS: frozenset[str] = frozenset(
 )
 
 
+SERVER_ERRORS: frozenset[int] = frozenset(range(500, 600))
+
+
+def _int_set(values: Iterable[int]) -> frozenset[int]:
+    return frozenset(values)
+
+
 def _default_retry_statuses() -> frozenset[int]:
     return frozenset({408, 409, 429})
 
@@ -63,8 +70,9 @@ class RetryPolicy:
     reduced by a random fraction of up to ``jitter`` (0.25 = the official SDK's behaviour; 1.0 =
     "full jitter", a uniform draw in [0, cap]). A server ``Retry-After`` hint in (0, 60] s replaces
     the computed delay. Retrying stops after ``max_attempts`` attempts or once ``total_timeout_s``
-    would be exceeded. Statuses retried: ``retry_statuses`` plus every 5xx; an ``x-should-retry``
-    response header (``true``/``false``) overrides that decision.
+    would be exceeded. Statuses retried: ``retry_statuses`` plus, while ``retry_server_errors``, every
+    5xx; an ``x-should-retry`` response header (``true``/``false``) overrides that decision.
+    ``only_statuses()`` makes a copy that retries exactly the given statuses (per-call overrides).
     """
 
     max_attempts: int = attrs.field(default=10)
@@ -73,7 +81,8 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.25
     total_timeout_s: float = 300.0
-    retry_statuses: frozenset[int] = attrs.field(factory=_default_retry_statuses, converter=frozenset)
+    retry_statuses: frozenset[int] = attrs.field(factory=_default_retry_statuses, converter=_int_set)
+    retry_server_errors: bool = True
 
     @max_attempts.validator
     def _check_attempts(self, _attr: attrs.Attribute[int], value: int) -> None:
@@ -95,6 +104,10 @@ class RetryPolicy:
         """A policy that makes exactly one attempt."""
         return cls(max_attempts=1)
 
+    def only_statuses(self, statuses: Iterable[int]) -> RetryPolicy:
+        """A copy that retries exactly ``statuses`` (5xx only if listed, e.g. via ``SERVER_ERRORS``)."""
+        return attrs.evolve(self, retry_statuses=_int_set(statuses), retry_server_errors=False)
+
     def delay_for(
         self, attempt: int, *, retry_after_s: float | None = None, rng: Callable[[], float] = random.random
     ) -> float:
@@ -114,7 +127,7 @@ class RetryPolicy:
                 return True
             if hint == "false":
                 return False
-        return status in self.retry_statuses or status >= 500
+        return status in self.retry_statuses or (self.retry_server_errors and status >= 500)
 
     def may_resend(self, method: str, path: str) -> bool:
         """Whether a request that may already have reached the server can be sent again."""

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from typing import Any, TypeVar
@@ -163,10 +163,26 @@ class Runtime:
         headers: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
         accept: str = "application/json",
+        retry_statuses: Iterable[int] | None = None,
+        return_response: bool = False,
+        success_on_resend: Iterable[int] = (),
+        idempotent: bool | None = None,
     ) -> Any:
         """Make one logical call in the calling thread, retrying per ``config.retry``.
 
         Returns the body structured as ``response_type`` (parsed JSON, or None if empty, without one).
+
+        Args:
+            retry_statuses: for this call, retry exactly these statuses (5xx only if listed, see
+                ``_retry.SERVER_ERRORS``) instead of the policy's; connection errors are retried as usual.
+                Use it to keep a final answer (e.g. 409 "already public") from being retried.
+            return_response: return the raw ``HTTPResponse`` for any 2xx or 3xx status (redirects are
+                never followed; the caller reads ``Location`` itself).
+            success_on_resend: statuses that mean "already done" when they answer a RESEND after an
+                attempt that may have been applied (its answer was lost: connection error after sending,
+                408, 5xx). E.g. 404 on a retried DELETE. The call then returns None (or the response).
+            idempotent: whether the request may be sent again after it may have reached the server;
+                None = ``RetryPolicy.may_resend`` (GET/PUT/DELETE and the listed POST endpoints).
 
         Raises:
             APIStatusError subclass: a non-retryable status, or the last one once retries ran out.
@@ -183,9 +199,12 @@ class Runtime:
             hdrs["X-Idempotency-Key"] = idempotency_key or f"tinker-sync-{uuid.uuid4().hex}"
         if sampling:
             hdrs["X-Tinker-Sampling-Backpressure"] = "1"
-        policy = self.config.retry
+        policy = self.config.retry if retry_statuses is None else self.config.retry.only_statuses(retry_statuses)
         start = self._clock()
         attempt = 0  # retries taken (429s handled by the window are not counted)
+        maybe_applied = False  # an earlier attempt may have reached the server and been applied
+        already_done = frozenset(success_on_resend)
+        resendable_call = policy.may_resend(method, path) if idempotent is None else idempotent
         rate_deadline: float | None = None
         while True:
             if self._closed.is_set():
@@ -200,25 +219,33 @@ class Runtime:
                     timeout_s=timeout_s, accept=accept,
                 )
             except APIConnectionError as exc:
-                resendable = not exc.request_sent or policy.may_resend(method, path)
+                resendable = not exc.request_sent or resendable_call
                 delay = policy.delay_for(attempt)
                 if not (retry and resendable and policy.should_retry(attempt, self._clock() - start, delay)):
                     if retry and attempt:
                         logger.warning("%s %s: giving up after %d attempts: %s", method, path, attempt + 1, exc)
                     raise
                 logger.debug("%s %s: %s; retry %d in %.2f s", method, path, exc, attempt + 1, delay)
+                maybe_applied = maybe_applied or exc.request_sent
                 self._pause(delay)
                 attempt += 1
                 continue
-            if 200 <= resp.status < 300:
+            if 200 <= resp.status < 300 or (return_response and 300 <= resp.status < 400):
                 self.limiter.on_success(dispatched_at=dispatched_at)
-                return _parse(resp, response_type, method, path)
-            if resp.status == 400 and not resp.content and retry and policy.may_resend(method, path):
+                return resp if return_response else _parse(resp, response_type, method, path)
+            if maybe_applied and resp.status in already_done:
+                logger.info(
+                    "%s %s -> %d after a resend: an earlier attempt was applied (its answer was lost)",
+                    method, path, resp.status,
+                )
+                return resp if return_response else None
+            if resp.status == 400 and not resp.content and retry and resendable_call:
                 # A bare 400 without a body comes from a proxy that killed the connection, not from
                 # the API (PROTOCOL §4.4): treat it like a dropped connection.
                 delay = policy.delay_for(attempt)
                 if policy.should_retry(attempt, self._clock() - start, delay):
                     logger.debug("%s %s -> bare 400 (proxy?); retry %d in %.2f s", method, path, attempt + 1, delay)
+                    maybe_applied = True
                     self._pause(delay)
                     attempt += 1
                     continue
@@ -243,6 +270,7 @@ class Runtime:
                 delay = policy.delay_for(attempt, retry_after_s=retry_after)
                 if policy.should_retry(attempt, self._clock() - start, delay):
                     logger.debug("%s %s -> %d; retry %d in %.2f s", method, path, resp.status, attempt + 1, delay)
+                    maybe_applied = maybe_applied or resp.status == 408 or resp.status >= 500
                     self._pause(delay)
                     attempt += 1
                     continue

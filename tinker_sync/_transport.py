@@ -2,6 +2,8 @@
 
 This is the only module that imports requests/urllib3. One ``send()`` = one HTTP attempt; urllib3
 retries only connections that never carried the request, every other retry is decided above.
+Redirects are never followed (a 3xx is returned as is): the API key and the Cloudflare Access headers
+go to the configured host only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import requests
@@ -29,7 +32,7 @@ from ._config import ClientConfig
 from ._exceptions import APIConnectionError, APITimeoutError
 from ._version import __version__
 
-__all__ = ["HTTPResponse", "Transport"]
+__all__ = ["HTTPResponse", "Transport", "redact_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,14 @@ class HTTPResponse:
     @property
     def request_id(self) -> str | None:
         return self.headers.get("x-request-id")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without a ``user:password@`` part (for reprs and messages)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="<redacted>@" + parts.netloc.rpartition("@")[2]))
 
 
 class _TrackingMixin:
@@ -125,7 +136,7 @@ class Transport:
             read=0,
             status=0,
             other=0,
-            redirect=5,
+            redirect=False,  # never follow: a redirect target must not receive the API key
             backoff_factor=0.5,
             respect_retry_after_header=False,
             raise_on_status=False,
@@ -147,10 +158,20 @@ class Transport:
             "Accept-Encoding": "gzip, deflate",
             **dict(config.default_headers),
         }
+        # Everything that must never appear in an error message or a log line.
+        userinfo = urlsplit(config.base_url).netloc.rpartition("@")[0]
+        secrets = [config.api_key, *config.default_headers.values(), userinfo]
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"Transport(base_url={self._base_url!r})"
+        return f"Transport(base_url={redact_url(self._base_url)!r})"
+
+    def _redact(self, text: str) -> str:
+        """Remove every credential (API key, secret header values, URL userinfo) from an error text."""
+        for secret in self._secrets:
+            text = text.replace(secret, "<redacted>")
+        return text
 
     def url(self, path: str) -> str:
         return self._base_url + (path if path.startswith("/") else "/" + path)
@@ -184,7 +205,7 @@ class Transport:
         start = time.monotonic()
         try:
             resp = self._session.request(
-                method, self.url(path), data=body, params=params, headers=hdrs, timeout=timeout, allow_redirects=True
+                method, self.url(path), data=body, params=params, headers=hdrs, timeout=timeout, allow_redirects=False
             )
             content = resp.content
         except requests.exceptions.ConnectTimeout as exc:
@@ -196,7 +217,7 @@ class Transport:
         except requests.exceptions.RequestException as exc:
             sent = _request_may_have_been_sent(exc)
             self._log(method, path, "connection-error", start)
-            raise APIConnectionError(f"Connection error: {_describe(exc)}", request_sent=sent) from exc
+            raise APIConnectionError(f"Connection error: {self._redact(_describe(exc))}", request_sent=sent) from exc
         elapsed_ms = (time.monotonic() - start) * 1000.0
         out = HTTPResponse(resp.status_code, resp.headers, content, elapsed_ms)
         if logger.isEnabledFor(logging.DEBUG):

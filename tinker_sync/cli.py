@@ -11,7 +11,6 @@ import shutil
 import sys
 import tarfile
 import tempfile
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TextIO
@@ -26,7 +25,7 @@ __all__ = ["CLIError", "main", "safe_extract"]
 
 logger = logging.getLogger(__name__)
 
-_UTC = _dt.timezone.utc  # noqa: UP017 - datetime.UTC needs Python 3.11
+_UTC = _dt.timezone.utc
 
 _TIMEOUT_S = 120.0
 _RUN_COLUMNS: dict[str, tuple[str, Callable[[Any], Any]]] = {
@@ -68,7 +67,7 @@ def _rel_time(value: Any, *, now: _dt.datetime | None = None) -> str:
         return "-"
     if isinstance(value, str):
         try:
-            value = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))  # noqa: FURB162 - 3.10 fromisoformat rejects Z
+            value = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return str(value)
     if value.tzinfo is None:
@@ -294,7 +293,7 @@ def cmd_checkpoint_set_ttl(args: argparse.Namespace, out: TextIO) -> int:
 
 def _parse_date(value: str, flag: str) -> _dt.datetime:
     try:
-        d = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))  # noqa: FURB162 - 3.10 fromisoformat rejects Z
+        d = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
         raise CLIError(f"{flag} must be an ISO-8601 date or datetime, got {value!r}") from exc
     return d if d.tzinfo else d.replace(tzinfo=_UTC)
@@ -348,16 +347,10 @@ def cmd_checkpoint_delete(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _download(url: str, target: Path) -> int:
-    req = urllib.request.Request(url, headers={"User-Agent": "tinker-sync-cli"})
-    size = 0
-    with urllib.request.urlopen(req, timeout=60) as resp, open(target, "wb") as fh:
-        while True:
-            block = resp.read(8192)
-            if not block:
-                break
-            fh.write(block)
-            size += len(block)
-    return size
+    from .rest_client import download_signed_url
+
+    # the signed URL is the only credential: never send the API key to the storage host
+    return download_signed_url(url, target)
 
 
 def cmd_checkpoint_download(args: argparse.Namespace, out: TextIO) -> int:

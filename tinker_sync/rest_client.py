@@ -3,27 +3,43 @@
 from __future__ import annotations
 
 import datetime as _dt
+import email.utils
 import logging
+import os
 import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urljoin
 
 from . import types
+from ._exceptions import APIResponseValidationError, APIStatusError
 from ._executor import chain
+from ._retry import SERVER_ERRORS
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
+    from ._transport import HTTPResponse
 
-__all__ = ["RestClient", "iter_pages"]
+__all__ = ["RestClient", "archive_url_from_response", "download_signed_url", "iter_pages"]
 
 logger = logging.getLogger(__name__)
 
-_UTC = _dt.timezone.utc  # noqa: UP017 - datetime.UTC needs Python 3.11
+_UTC = _dt.timezone.utc
 
 T = TypeVar("T")
 
 _ACCESS_SCOPES = ("owned", "accessible")
+# Statuses retried by calls whose 409 is a final answer ("already public", ...): the default minus 409.
+_FINAL_409 = frozenset({408, 429}) | SERVER_ERRORS
+# The archive request while the archive may still be building: 503 is handled by its own slower loop.
+_ARCHIVE_RETRY = frozenset({408, 409, 429}) | (SERVER_ERRORS - {503})
+_ARCHIVE_BUILDING_RETRY_S = 30.0
+_ARCHIVE_BUILDING_ATTEMPTS = 6
+_ARCHIVE_STILL_RUNNING_S = 150.0
+_ARCHIVE_DEFAULT_EXPIRY_S = 15 * 60
 _TRACE_POLL_INTERVAL_S = 5.0
 
 
@@ -50,6 +66,57 @@ def iter_pages(
         offset += len(items)
         if len(items) < want or (total is not None and offset >= total):
             return
+
+
+def archive_url_from_response(resp: HTTPResponse, request_url: str) -> types.CheckpointArchiveUrlResponse:
+    """Read either archive answer: a 3xx with ``Location`` (+ ``Expires``) or a 2xx ``{"url", "expires"}``."""
+    if 300 <= resp.status < 400:
+        location = resp.headers.get("location")
+        if not location:
+            raise APIResponseValidationError(
+                f"the archive endpoint answered {resp.status} without a Location header", body=resp.content[:1000],
+                expected_type="CheckpointArchiveUrlResponse",
+            )
+        expires = _http_date(resp.headers.get("expires"))
+        if expires is None:
+            expires = _dt.datetime.now(_UTC) + _dt.timedelta(seconds=_ARCHIVE_DEFAULT_EXPIRY_S)
+        return types.CheckpointArchiveUrlResponse(url=urljoin(request_url, location), expires=expires)
+    from . import _serde
+
+    result: types.CheckpointArchiveUrlResponse = _serde.loads(resp.content, types.CheckpointArchiveUrlResponse)
+    return result
+
+
+def download_signed_url(url: str, target: str | os.PathLike[str], *, timeout_s: float = 60.0) -> int:
+    """Download a signed URL (archive, trace) into ``target``; returns the byte count.
+
+    A plain ``urllib`` GET: no API key, no Cloudflare Access header, no session cookie; the signature in
+    the URL is the only credential, and the storage host never sees the API key.
+    """
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"refusing to download from a non-HTTP URL: {url[:60]!r}")
+    req = urllib.request.Request(url, headers={"User-Agent": "tinker-sync"})
+    size = 0
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp, open(target, "wb") as fh:
+        while True:
+            block = resp.read(65536)
+            if not block:
+                break
+            fh.write(block)
+            size += len(block)
+    return size
+
+
+def _http_date(value: str | None) -> _dt.datetime | None:
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=_UTC)
 
 
 def _check_str(value: Any, name: str) -> str:
@@ -91,7 +158,7 @@ def _parse(path: str) -> types.ParsedCheckpointTinkerPath:
 def _utc_hour(value: Any, name: str) -> str:
     if isinstance(value, str):
         try:
-            value = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))  # noqa: FURB162 - 3.10 fromisoformat rejects Z
+            value = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError as exc:
             raise ValueError(f"{name} must be an ISO-8601 datetime, got {value!r}") from exc
     if not isinstance(value, _dt.datetime):
@@ -185,9 +252,17 @@ class RestClient:
         return iter_pages(fetch, page_size=page_size, limit=limit)
 
     def delete_checkpoint(self, training_run_id: str, checkpoint_id: str) -> Future[None]:
-        """Delete one checkpoint (owner only). Returns Future[None]."""
+        """Delete one checkpoint (owner only). Returns Future[None].
+
+        Connection errors, 408, 429 and 5xx are retried; 409 is a final answer. A 404 that answers a
+        resend after an attempt whose answer was lost counts as success (that attempt deleted it); a 404
+        on the first attempt fails the Future with NotFoundError.
+        """
         path = self._ckpt_path(training_run_id, checkpoint_id)
-        return chain(self._runtime.submit_request("DELETE", path), lambda _r: None)
+        return chain(
+            self._runtime.submit_request("DELETE", path, retry_statuses=_FINAL_409, success_on_resend=(404,)),
+            lambda _r: None,
+        )
 
     def delete_checkpoint_from_tinker_path(self, tinker_path: str) -> Future[None]:
         """Delete the checkpoint at ``tinker_path``. Returns Future[None]."""
@@ -195,17 +270,32 @@ class RestClient:
         return self.delete_checkpoint(p.training_run_id, p.checkpoint_id)
 
     def publish_checkpoint_from_tinker_path(self, tinker_path: str) -> Future[None]:
-        """Make a checkpoint public (409 if already public). Returns Future[None]."""
+        """Make a checkpoint public. Returns Future[None]; ConflictError (409) if it already was.
+
+        Connection errors, 408, 429 and 5xx are retried, 409 ("already public") is not. A 409 that
+        answers a resend after a lost answer counts as success (the earlier attempt published it).
+        """
         p = _parse(tinker_path)
         path = self._ckpt_path(p.training_run_id, p.checkpoint_id) + "/publish"
-        # 409 here means "already public", a final answer: not retried (the runtime would retry 409).
-        return chain(self._runtime.submit_request("POST", path, retry=False), lambda _r: None)
+        return chain(
+            # resending is safe: a 409 on the resend means the lost first attempt published it
+            self._runtime.submit_request(
+                "POST", path, retry_statuses=_FINAL_409, success_on_resend=(409,), idempotent=True
+            ),
+            lambda _r: None,
+        )
 
     def unpublish_checkpoint_from_tinker_path(self, tinker_path: str) -> Future[None]:
-        """Make a checkpoint private again (409 if already private). Returns Future[None]."""
+        """Make a checkpoint private again. Returns Future[None]; ConflictError (409) if it already was.
+
+        Retries like ``publish_checkpoint_from_tinker_path``.
+        """
         p = _parse(tinker_path)
         path = self._ckpt_path(p.training_run_id, p.checkpoint_id) + "/publish"
-        return chain(self._runtime.submit_request("DELETE", path, retry=False), lambda _r: None)  # 409: already private
+        return chain(
+            self._runtime.submit_request("DELETE", path, retry_statuses=_FINAL_409, success_on_resend=(409,)),
+            lambda _r: None,
+        )
 
     def set_checkpoint_ttl_from_tinker_path(self, tinker_path: str, ttl_seconds: int | None) -> Future[None]:
         """Set (or with None remove) a checkpoint's expiry. Returns Future[None]."""
@@ -214,19 +304,61 @@ class RestClient:
             raise ValueError(f"ttl_seconds must be a positive int, or None to remove the expiry; got {ttl_seconds!r}")
         path = self._ckpt_path(p.training_run_id, p.checkpoint_id) + "/ttl"
         body = {"ttl_seconds": ttl_seconds}  # null must be sent explicitly to remove the expiry
-        return chain(self._runtime.submit_request("PUT", path, body=body), lambda _r: None)
+        # A PUT is idempotent (resending sets the same value); 409 is a final answer, not retried.
+        return chain(self._runtime.submit_request("PUT", path, body=body, retry_statuses=_FINAL_409), lambda _r: None)
 
     def get_checkpoint_archive_url(
-        self, training_run_id: str, checkpoint_id: str
+        self, training_run_id: str, checkpoint_id: str, *, building_retry_s: float = _ARCHIVE_BUILDING_RETRY_S,
+        building_attempts: int = _ARCHIVE_BUILDING_ATTEMPTS,
     ) -> Future[types.CheckpointArchiveUrlResponse]:
-        """Signed download URL of a checkpoint archive. Returns Future[CheckpointArchiveUrlResponse]."""
-        path = self._ckpt_path(training_run_id, checkpoint_id) + "/archive"
-        return self._get(path, types.CheckpointArchiveUrlResponse)
+        """Signed download URL of a checkpoint archive. Returns Future[CheckpointArchiveUrlResponse].
 
-    def get_checkpoint_archive_url_from_tinker_path(self, tinker_path: str) -> Future[types.CheckpointArchiveUrlResponse]:
-        """Signed download URL of the checkpoint at ``tinker_path``."""
+        Accepts both answers of PROTOCOL §8.3: a 302 redirect (``Location`` = the signed URL, optional
+        ``Expires``, default now + 15 min), which is never followed, so the API key stays with the API
+        host, and a 200 ``{"url", "expires"}``. A 503 means "still building": asked again every
+        ``building_retry_s`` up to ``building_attempts`` times, then the ordinary retry policy applies.
+        Download the URL WITHOUT the API key (it is signed); see ``download_signed_url``.
+        """
+        if not building_retry_s >= 0:
+            raise ValueError(f"building_retry_s must be >= 0, got {building_retry_s!r}")
+        if isinstance(building_attempts, bool) or not isinstance(building_attempts, int) or building_attempts < 1:
+            raise ValueError(f"building_attempts must be an int >= 1, got {building_attempts!r}")
+        path = self._ckpt_path(training_run_id, checkpoint_id) + "/archive"
+        runtime = self._runtime
+        label = f"{training_run_id}/{checkpoint_id}"
+
+        def fetch() -> types.CheckpointArchiveUrlResponse:
+            logger.info("Creating checkpoint archive for %s (this may take a while)", label)
+            started = time.monotonic()
+            warned = False
+            for attempt in range(building_attempts):
+                last = attempt == building_attempts - 1
+                try:
+                    resp = runtime.request(
+                        "GET", path, return_response=True, retry_statuses=None if last else _ARCHIVE_RETRY
+                    )
+                except APIStatusError as exc:
+                    if exc.status_code != 503 or last:
+                        raise
+                    if not warned and time.monotonic() - started >= _ARCHIVE_STILL_RUNNING_S:
+                        warned = True
+                        logger.info("Creating checkpoint archive for %s: still running", label)
+                    runtime._pause(building_retry_s)  # interrupted (ClientClosedError) by close()
+                    continue
+                return archive_url_from_response(resp, runtime.transport.url(path))
+            raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
+
+        return runtime.executor.submit(fetch)
+
+    def get_checkpoint_archive_url_from_tinker_path(
+        self, tinker_path: str, *, building_retry_s: float = _ARCHIVE_BUILDING_RETRY_S,
+        building_attempts: int = _ARCHIVE_BUILDING_ATTEMPTS,
+    ) -> Future[types.CheckpointArchiveUrlResponse]:
+        """Signed download URL of the checkpoint at ``tinker_path`` (see ``get_checkpoint_archive_url``)."""
         p = _parse(tinker_path)
-        return self.get_checkpoint_archive_url(p.training_run_id, p.checkpoint_id)
+        return self.get_checkpoint_archive_url(
+            p.training_run_id, p.checkpoint_id, building_retry_s=building_retry_s, building_attempts=building_attempts
+        )
 
     # ---- sessions and samplers ----------------------------------------------------------
     def list_sessions(self, limit: int = 20, offset: int = 0, access_scope: str = "owned") -> Future[types.ListSessionsResponse]:
@@ -284,8 +416,6 @@ class RestClient:
         wake = threading.Event()  # never set: an interruptible, injectable wait instead of time.sleep
 
         def poll() -> types.TraceExportResponse:
-            import time
-
             deadline = time.monotonic() + timeout_s
             while True:
                 resp: types.TraceExportResponse = self._runtime.request(

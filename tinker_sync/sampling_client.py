@@ -31,7 +31,14 @@ class SamplingClient:
 
     A SamplingClient pickles to (config, session ids): an unpickled copy opens its own runtime (no new
     session, no heartbeat) and numbers its requests from a random high offset so its seq_ids do not
-    collide with the original's. The pickle carries the API key; treat it like the key.
+    collide with the original's.
+
+    The pickle carries no API key and no default-header secret, only a fingerprint of them. Unpickling
+    takes the key from a ClientConfig already built in the receiving process (a fork()ed worker inherits
+    the parent's), else from TINKER_API_KEY / CLOUDFLARE_ACCESS_* if they match the fingerprint (spawn()ed
+    workers inherit the environment); otherwise it raises InvalidConfigError saying what to set. Chosen
+    over embedding the key because pickles end up in queues, caches and logs; the cost is that a key
+    passed only as ``api_key=`` must also be given to spawn()ed workers (env var or a Pool initializer).
     """
 
     def __init__(self, service: ServiceClient | None, sampling_session_id: str, *, base_model: str | None = None,
