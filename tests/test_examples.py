@@ -1,0 +1,36 @@
+"""The examples run end to end against the embedded local server (as a user would run them)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _run(script: str, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINKER_")}
+    out = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_train_and_sample_learns_and_reproduces_the_completions() -> None:
+    stdout = _run("train_and_sample.py")
+    losses = [float(x) for x in re.findall(r"loss per target token ([0-9.]+)", stdout)]
+    assert len(losses) == 30
+    assert losses[-1] < 0.1 * losses[0], losses
+    completions = re.findall(r"-> '(.*?)'  \(trained on '(.*?)'\)", stdout)
+    assert len(completions) == 4
+    assert all(got == want for got, want in completions), completions
+    assert re.search(r"checkpoint training tinker://\S+/weights/demo-final", stdout)
+    assert re.search(r"checkpoint sampler tinker://\S+/sampler_weights/demo-sampler", stdout)
+
+
+def test_threaded_sampling_resolves_every_prompt() -> None:
+    stdout = _run("threaded_sampling.py", "--prompts", "64", "--threads", "16")
+    assert re.search(r"^64 samples from 16 threads", stdout, re.M), stdout
