@@ -468,10 +468,11 @@ def test_restart_persistence(tmp_path: Path) -> None:
         runs = api.ok("GET", "training_runs")
         assert [r["training_run_id"] for r in runs["training_runs"]] == [mid] and runs["cursor"]["total_count"] == 1
         assert {c["tinker_path"] for c in api.ok("GET", "checkpoints")["checkpoints"]} == {wpath, spath}
-        r = api.post("forward_backward", forward(mid, 7))
-        assert r.status_code == 404 and "restart" in r.json()["detail"]
-        r = api.post("asample", sample_body(eph, 1))
-        assert r.status_code == 404 and "lost" in r.json()["detail"]
+        # the live model and the unnamed sampler survived: same weights, same samples
+        again = api.result(api.post("forward_backward", forward(mid, 7)))
+        assert again["metrics"]["loss:sum"] == pytest.approx(ref["metrics"]["loss:sum"], rel=1e-6)
+        eph_after = api.result(api.post("asample", sample_body(eph, 1, n=1, max_tokens=8)))
+        assert eph_after["sequences"][0]["tokens"] == before["sequences"][0]["tokens"]
         sid2 = api.session()
         sampler = api.ok("POST", "create_sampling_session", {"session_id": sid2, "sampling_session_seq_id": 0,
                                                               "model_path": spath})["sampling_session_id"]
@@ -483,6 +484,57 @@ def test_restart_persistence(tmp_path: Path) -> None:
         assert loaded["model_id"] == f"{sid2}:train:0" and h.json()["model_id"] == loaded["model_id"]
         got = api.result(api.post("forward_backward", forward(loaded["model_id"], 1)))
         assert got["metrics"]["loss:sum"] == pytest.approx(ref["metrics"]["loss:sum"], rel=1e-5)
+
+
+def _train_steps(api: Api, mid: str, seqs: range) -> list[float]:
+    """Alternating forward_backward (odd seq) / optim_step (even seq); the forward_backward losses."""
+    losses = []
+    for seq in seqs:
+        if seq % 2:
+            losses.append(api.result(api.post("forward_backward", fwdbwd(mid, seq)))["metrics"]["loss:sum"])
+        else:
+            api.result(api.post("optim_step", optim(mid, seq, lr=5e-3)))
+    return losses
+
+
+def test_live_model_continues_after_restart(tmp_path: Path) -> None:
+    with LocalTinkerServer(data_dir=tmp_path / "ref", long_poll_s=1.0) as ref_server:  # no restart
+        ref_api = Api(ref_server.url)
+        reference = _train_steps(ref_api, ref_api.model(ref_api.session()), range(1, 10))
+    assert reference == sorted(reference, reverse=True)  # the loss falls step after step
+    data = tmp_path / "data"
+    with LocalTinkerServer(data_dir=data, long_poll_s=1.0) as s1:
+        api = Api(s1.url)
+        sid = api.session()
+        mid = api.model(sid)
+        losses = _train_steps(api, mid, range(1, 3))
+        h3 = api.post("forward_backward", fwdbwd(mid, 3))
+        step3 = api.result(h3)  # its gradients are accumulated, not applied yet, when the server stops
+        losses.append(step3["metrics"]["loss:sum"])
+        other = Api(s1.url, KEY_B)
+        assert other.post("forward_backward", fwdbwd(mid, 4)).status_code == 404  # not B's model
+    with LocalTinkerServer(data_dir=data, long_poll_s=1.0) as s2:
+        api = Api(s2.url)
+        # a poll of a pre-restart request id still answers (the model is restored on demand)
+        polled = api.poll(h3.json()["request_id"]).json()
+        assert polled["metrics"] == step3["metrics"]
+        # the retried seq 3 returns its first result and is not applied a second time
+        retry = api.post("forward_backward", fwdbwd(mid, 3))
+        assert retry.status_code == 200 and retry.json()["request_id"] == h3.json()["request_id"]
+        assert api.result(retry)["metrics"] == step3["metrics"]
+        assert Api(s2.url, KEY_B).post("forward_backward", fwdbwd(mid, 4)).status_code == 404
+        losses += _train_steps(api, mid, range(4, 10))  # seq 4 applies the gradients of seq 3
+        # identical to training without a restart: weights, gradients and Adam state all came back
+        assert losses == pytest.approx(reference, rel=1e-6)
+        assert s2.api is not None and s2.api.models[mid].optim_steps == 4
+        # a retried create_model answers the original model instead of replacing it
+        again = api.post("create_model", {"session_id": sid, "model_seq_id": 0, "base_model": BASE,
+                                          "lora_config": {"rank": 4, "seed": 7}})
+        assert api.result(again)["model_id"] == mid
+        assert api.result(api.post("unload_model", {"model_id": mid, "type": "unload_model"}))["model_id"] == mid
+    with LocalTinkerServer(data_dir=data, long_poll_s=1.0) as s3:  # an unloaded model stays unloaded
+        r = Api(s3.url).post("forward_backward", forward(mid, 10))
+        assert r.status_code == 404 and "not loaded" in r.json()["detail"]
 
 
 def test_ownership_publish_and_delete(api: Api, server: LocalTinkerServer) -> None:

@@ -5,8 +5,15 @@ numpy and the engine are imported lazily, on the first request that needs a mode
 
 Local choices: ``trace_export`` answers ``{"status": "failed", "error": ...}`` (no profiler here);
 ``retrieve_future`` ignores ``allow_metadata_only`` and always returns the payload; audit/billing are empty;
-telemetry is accepted and dropped; live models are in memory only (a restart keeps runs, checkpoints and
-samplers of saved weights, and answers 404 "not loaded" for old model ids).
+telemetry is accepted and dropped.
+
+Restart: live training models (adapter, gradients, AdamW state, next seq_id, recent results) and the weights
+of samplers made by unnamed ``save_weights_for_sampler`` are persisted under ``<data_dir>/live`` before each
+result is published (see ``_persist``), and restored lazily on first use after a restart, so a client keeps
+training the same model_id and a retried seq_id gets its first answer instead of being applied twice.
+
+Session liveness: a session without any request for ``session_timeout_s`` (server clock) is marked
+expired on its next access; work on it then answers 410, as do heartbeats to expired or finished sessions.
 """
 
 from __future__ import annotations
@@ -24,15 +31,16 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from ._faults import FaultInjector
-from ._jobs import FutureTable, JobError, ModelLane, ServerFuture, request_id_for
-from ._store import CheckpointRow, RunRow, Store
+from ._jobs import FutureTable, JobError, ModelLane, ServerFuture, StepCallback, request_id_for
+from ._persist import LiveStateStore
+from ._store import CheckpointRow, RunRow, SessionRow, Store
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9._\-=+@,]{1,200}$")
 _MAX_SAMPLES_PER_REQUEST = 256
 _MAX_PENDING_SAMPLES = 512
 _ARCHIVE_URL_TTL_S = 900.0
+_PERSISTED_RESULTS = 64  # results of the most recent seq_ids kept on disk per model (retry de-duplication)
+# request types after which the adapter's tensors changed and are rewritten
+_MUTATING = frozenset({"CreateModel", "ForwardBackward", "OptimStep", "LoadWeights"})
 _DEFAULT_CONFIG: dict[str, Any] = {
     "pjwt_auth_enabled": False,
     "credential_default_source": "api_key",
@@ -175,7 +186,7 @@ def _query_int(call: Call, key: str, default: int, *, minimum: int = 0, maximum:
 
 
 def _iso(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
+    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat()
 
 
 def _finite(x: float) -> float | None:
@@ -342,7 +353,9 @@ class SampleOut:
 class LiveModel:
     """A training model held in memory: engine, adapter and its seq-ordered lane."""
 
-    def __init__(self, model_id: str, session_id: str, owner: str, base_model: str, *, first_seq: int) -> None:
+    def __init__(self, model_id: str, session_id: str, owner: str, base_model: str, *, first_seq: int,
+                 on_step: Callable[[LiveModel, int | None, ServerFuture | None, Any, JobError | None], None]
+                 | None = None) -> None:
         self.model_id = model_id
         self.session_id = session_id
         self.owner = owner
@@ -350,8 +363,14 @@ class LiveModel:
         self.engine: Any = None
         self.adapter: Any = None
         self.optim_steps = 0
-        self.lane = ModelLane(model_id.replace(":", "-"), first_seq=first_seq)
-        self.seq_types: dict[int, str] = {}  # seq_id -> request type (for conflicting-retry detection)
+        self.unloaded = False
+        self.weights_gen = 0  # generation of the persisted tensors
+        self.results: dict[str, dict[str, Any]] = {}  # persisted recent results: "create" or str(seq_id)
+        step: StepCallback | None = None
+        if on_step is not None:
+            def step(seq: int | None, fut: ServerFuture | None, value: Any, error: JobError | None) -> None:
+                on_step(self, seq, fut, value, error)
+        self.lane = ModelLane(model_id.replace(":", "-"), first_seq=first_seq, on_step=step)
 
 
 @attrs.define
@@ -363,6 +382,47 @@ class LiveSampler:
     adapter: Any = None  # engine Adapter snapshot, None = base model
     loaded: bool = False
     lock: threading.Lock = attrs.Factory(threading.Lock)
+    session_id: str | None = None
+    persisted: bool = False  # unsaved weights kept under <data_dir>/live (see LiveStateStore)
+
+
+def _adapter_tensors(adapter: Any) -> dict[str, Any]:
+    """Every array of an engine Adapter (weights, gradients, AdamW moments) by a stable name."""
+    out: dict[str, Any] = {}
+    with adapter.lock:
+        for prefix, table in (("p", adapter.params), ("g", adapter.grads), ("m", adapter.exp_avg),
+                              ("v", adapter.exp_avg_sq)):
+            for module, (a, b) in table.items():
+                out[f"{prefix}|{module}|0"] = a.copy()
+                out[f"{prefix}|{module}|1"] = b.copy()
+    return out
+
+
+def _encode_result(fut: ServerFuture, value: Any, error: JobError | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"request_type": fut.request_type, "endpoint": fut.endpoint}
+    if error is not None:
+        entry["error"] = {"message": error.message, "category": error.category}
+    elif isinstance(value, FwdBwdResult):
+        entry["fwdbwd"] = {
+            "outputs": [{k: {"dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.ravel().tolist()}
+                         for k, arr in out.items()} for out in value.outputs],
+            "metrics": {k: float(v) for k, v in value.metrics.items()}}
+    else:
+        entry["value"] = value
+    return entry
+
+
+def _decode_result(entry: Mapping[str, Any]) -> tuple[Any, JobError | None]:
+    import numpy as np
+
+    if "error" in entry:
+        return None, JobError(entry["error"]["message"], entry["error"]["category"])
+    if "fwdbwd" in entry:
+        fb = entry["fwdbwd"]
+        outputs = [{k: np.asarray(t["data"], dtype=np.dtype(t["dtype"])).reshape(t["shape"]) for k, t in out.items()}
+                   for out in fb["outputs"]]
+        return FwdBwdResult(outputs, dict(fb["metrics"])), None
+    return entry.get("value"), None
 
 
 class Api:
@@ -370,9 +430,14 @@ class Api:
 
     def __init__(self, *, store: Store, faults: FaultInjector, clock: Callable[[], float], long_poll_s: float,
                  base_url: Callable[[], str], engine_module: Any = None, sample_workers: int | None = None,
-                 client_config: Mapping[str, Any] | None = None) -> None:
+                 client_config: Mapping[str, Any] | None = None, session_timeout_s: float = 600.0) -> None:
         self._client_config = {**_DEFAULT_CONFIG, **(client_config or {})}
         self.store = store
+        self.live = LiveStateStore(store.data_dir)
+        self.session_timeout_s = session_timeout_s
+        self._started_at = clock()
+        self._session_seen: dict[str, float] = {}  # session id -> last request time (server clock)
+        self._persisted_rids: dict[str, str] | None = None  # request id -> model id of pre-restart results
         self.faults = faults
         self.clock = clock
         self.long_poll_s = long_poll_s
@@ -396,6 +461,8 @@ class Api:
             models = list(self.models.values())
         for m in models:
             m.lane.close("the server is shutting down")
+        for m in models:  # let a running job finish persisting, so a restarted server sees its final state
+            m.lane.join(10.0)
         self._sample_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- engine -----------------------------------------------------------------------------------
@@ -439,7 +506,7 @@ class Api:
                                  f"of {base_model} ({spec.max_context} tokens); shorten the input")
 
     # -- ownership helpers ------------------------------------------------------------------------
-    def _session(self, call: Call, session_id: Any, where: str) -> Any:
+    def _session(self, call: Call, session_id: Any, where: str) -> SessionRow:
         if not isinstance(session_id, str):
             raise HTTPError(400, f"{where}: field 'session_id' must be a string, got {_typename(session_id)}")
         row = self.store.get_session(session_id)
@@ -447,20 +514,167 @@ class Api:
             raise HTTPError(404, f"session {session_id!r} not found (create one with POST /api/v1/create_session)")
         return row
 
+    # -- session liveness -------------------------------------------------------------------------
+    def _session_expired(self, row: SessionRow) -> bool:
+        """Whether ``row`` is expired now (marks it in the store on the first detection)."""
+        if row.finished_reason == "expired":
+            return True
+        if row.finished_reason is not None:
+            return False
+        now = self.clock()
+        with self._lock:
+            # after a restart the downtime does not count: the client could not reach the server meanwhile
+            seen = self._session_seen.get(row.session_id, max(row.last_heartbeat, self._started_at))
+        idle = now - seen
+        if idle < self.session_timeout_s:
+            return False
+        logger.info("session %s expired: no request for %.0f s", row.session_id, idle)
+        self.store.finish_session(row.session_id, "expired",
+                                  f"no heartbeat or request for {idle:.0f} s (timeout {self.session_timeout_s:g} s)")
+        return True
+
+    def _expired_error(self, session_id: str, where: str) -> HTTPError:
+        return HTTPError(410, f"{where}: session {session_id} expired: the server received no heartbeat or request "
+                              f"for it for {self.session_timeout_s:g} s; create a new session (a new ServiceClient) "
+                              f"and resume from a saved checkpoint")
+
+    def _use_session(self, row: SessionRow, where: str) -> None:
+        """Work on session ``row``: 410 when it expired, else record the activity."""
+        if self._session_expired(row):
+            raise self._expired_error(row.session_id, where)
+        with self._lock:
+            self._session_seen[row.session_id] = self.clock()
+
+    def _use_session_id(self, session_id: str | None, where: str) -> None:
+        if session_id is None:
+            return
+        with self._lock:
+            seen = self._session_seen.get(session_id)
+        now = self.clock()
+        if seen is not None and now - seen < self.session_timeout_s:
+            with self._lock:  # fast path: active recently, no database read
+                self._session_seen[session_id] = max(now, self._session_seen.get(session_id, now))
+            return
+        row = self.store.get_session(session_id)
+        if row is not None:
+            self._use_session(row, where)
+
+    # -- live models ------------------------------------------------------------------------------
     def _model(self, call: Call, model_id: Any, where: str) -> LiveModel:
+        model = self._find_model(call, model_id, where)
+        self._use_session_id(model.session_id, where)
+        return model
+
+    def _find_model(self, call: Call, model_id: Any, where: str) -> LiveModel:
         if not isinstance(model_id, str):
             raise HTTPError(400, f"{where}: field 'model_id' must be a string, got {_typename(model_id)}")
         with self._lock:
             model = self.models.get(model_id)
-            mine = sorted(m.model_id for m in self.models.values() if m.owner == call.owner)
+        if model is None:
+            model = self._restore_model(model_id, call.owner)
         if model is not None and model.owner == call.owner:
             return model
+        with self._lock:
+            mine = sorted(m.model_id for m in self.models.values() if m.owner == call.owner)
         run = self.store.get_run(model_id)
         if run is not None and run.owner == call.owner:
-            raise HTTPError(404, f"model {model_id!r} is not loaded on this server (it was unloaded, or created before "
-                                 f"a server restart); create a new training client, e.g. from a saved checkpoint")
+            raise HTTPError(404, f"model {model_id!r} is not loaded on this server (it was unloaded, or its state was "
+                                 f"lost); create a new training client, e.g. from a saved checkpoint")
         loaded = ", ".join(mine) if mine else "none"
         raise HTTPError(404, f"unknown model_id {model_id!r}; your loaded models: {loaded}")
+
+    def _restore_model(self, model_id: str, owner: str) -> LiveModel | None:
+        """Bring back a model persisted before a restart (None when there is none for this owner)."""
+        with self._lock:
+            model = self.models.get(model_id)
+            if model is not None:
+                return model
+            meta = self.live.load_model_meta(model_id)
+            if meta is None or meta.get("owner") != owner:
+                return None
+            try:
+                engine = self.engine(meta["base_model"])
+                tensors = self.live.load_model_tensors(model_id, int(meta["weights_gen"]))
+                adapter = self._adapter_from_tensors(meta, tensors)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                logger.warning("cannot restore model %s from %s: %s", model_id, self.live.models_dir, exc)
+                return None
+            model = LiveModel(model_id, meta["session_id"], owner, meta["base_model"],
+                              first_seq=int(meta["next_seq"]), on_step=self._after_step)
+            model.engine, model.adapter = engine, adapter
+            model.optim_steps = int(meta.get("optim_steps", 0))
+            model.weights_gen = int(meta["weights_gen"])
+            model.results = dict(meta.get("results") or {})
+            for key, entry in model.results.items():
+                rid = request_id_for(model_id, "create") if key == "create" else request_id_for(model_id, int(key))
+                fut = ServerFuture(rid, entry["request_type"], entry["endpoint"], owner, model_id=model_id)
+                fut.complete(*_decode_result(entry))
+                self.futures.get_or_add(fut)
+            self.models[model_id] = model
+        logger.info("restored model %s at seq_id %s", model_id, meta["next_seq"])
+        return model
+
+    def _adapter_from_tensors(self, meta: Mapping[str, Any], tensors: Mapping[str, Any]) -> Any:
+        lora = meta["lora"]
+        params: dict[str, tuple[Any, Any]] = {}
+        tables: dict[str, dict[str, tuple[Any, Any]]] = {"p": params, "g": {}, "m": {}, "v": {}}
+        for name, arr in tensors.items():
+            prefix, module, idx = name.split("|")
+            pair = tables[prefix].setdefault(module, (None, None))
+            tables[prefix][module] = (arr, pair[1]) if idx == "0" else (pair[0], arr)
+        adapter = self.engine_module.Adapter(
+            model_name=meta["base_model"], rank=int(lora["rank"]), seed=int(lora["seed"]),
+            train_attn=bool(lora["train_attn"]), train_mlp=bool(lora["train_mlp"]),
+            train_unembed=bool(lora["train_unembed"]), params=params)
+        if tables["g"]:
+            adapter.grads = tables["g"]
+        if tables["m"]:
+            adapter.exp_avg, adapter.exp_avg_sq = tables["m"], tables["v"]
+        adapter.step = int(meta.get("adam_step", 0))
+        adapter.pending_grad_calls = int(meta.get("pending_grad_calls", 0))
+        return adapter
+
+    def _after_step(self, model: LiveModel, seq: int | None, fut: ServerFuture | None, value: Any,
+                    error: JobError | None) -> None:
+        """Persist ``model`` after one lane step (runs on its lane thread before the result is published)."""
+        if model.unloaded or model.adapter is None:
+            return
+        if fut is not None:
+            if fut.request_id == request_id_for(model.model_id, "create"):
+                model.results["create"] = _encode_result(fut, value, error)
+            elif seq is not None:
+                model.results[str(seq)] = _encode_result(fut, value, error)
+                seqs = sorted(int(k) for k in model.results if k != "create")
+                for old in seqs[:-_PERSISTED_RESULTS]:
+                    del model.results[str(old)]
+        tensors = None
+        if fut is not None and error is None and fut.request_type in _MUTATING:
+            model.weights_gen += 1
+            tensors = _adapter_tensors(model.adapter)
+        adapter = model.adapter
+        meta = {"version": 1, "model_id": model.model_id, "session_id": model.session_id, "owner": model.owner,
+                "base_model": model.base_model, "lora": self._adapter_cfg(adapter), "next_seq": model.lane.next_seq,
+                "optim_steps": model.optim_steps, "adam_step": int(adapter.step),
+                "pending_grad_calls": int(adapter.pending_grad_calls), "weights_gen": model.weights_gen,
+                "results": model.results}
+        self.live.save_model(model.model_id, meta, tensors)
+
+    def _find_persisted_future(self, call: Call, rid: str) -> ServerFuture | None:
+        """A future of a request answered before a restart: restores its model (once) and returns it."""
+        with self._lock:
+            if self._persisted_rids is None:
+                index: dict[str, str] = {}
+                for meta in self.live.all_model_metas():
+                    mid = meta.get("model_id")
+                    if not isinstance(mid, str):
+                        continue
+                    for key in meta.get("results") or {}:
+                        index[request_id_for(mid, "create") if key == "create" else request_id_for(mid, int(key))] = mid
+                self._persisted_rids = index
+            mid = self._persisted_rids.get(rid)
+        if mid is None or self._restore_model(mid, call.owner) is None:
+            return None
+        return self.futures.get(rid)
 
     def _visible_checkpoint(self, call: Call, run_id: str, ckpt_id: str, *, need_owner: bool = False) -> CheckpointRow:
         row = self.store.get_checkpoint(run_id, ckpt_id)
@@ -564,8 +778,12 @@ class Api:
     def heartbeat(self, call: Call) -> Any:
         body = call.json()
         row = self._session(call, body.get("session_id"), "session_heartbeat")
+        if self._session_expired(row):
+            raise self._expired_error(row.session_id, "session_heartbeat")
         if row.finished_reason is not None:
-            raise HTTPError(410, f"session {row.session_id} is finished ({row.finished_reason})")
+            raise HTTPError(410, f"session_heartbeat: session {row.session_id} is finished ({row.finished_reason}); "
+                                 f"stop sending heartbeats for it")
+        self._use_session(row, "session_heartbeat")
         self.store.heartbeat(row.session_id)
         return {"type": "session_heartbeat"}
 
@@ -603,13 +821,14 @@ class Api:
         rid = request_id_for(model_id, "create")
         with self._lock:
             existing = self.futures.get(rid)
+            if existing is None and self._restore_model(model_id, call.owner) is not None:
+                existing = self.futures.get(rid)  # created before a restart: its first answer
             if existing is not None:
                 return self._handle(existing)
-            old = self.models.get(model_id)
-            if old is not None:
+            if self.models.get(model_id) is not None or self.store.get_run(model_id) is not None:
                 raise HTTPError(409, f"model {model_id} already exists (model_seq_id {model_seq_id} was used); "
                                      f"use the next model_seq_id")
-            model = LiveModel(model_id, session_id, call.owner, base_model, first_seq=0)
+            model = LiveModel(model_id, session_id, call.owner, base_model, first_seq=0, on_step=self._after_step)
             fn = make(model)
             fut, _ = self.futures.get_or_add(ServerFuture(rid, request_type, call.op, call.owner, model_id=model_id))
             self.models[model_id] = model
@@ -620,6 +839,7 @@ class Api:
         body = call.json()
         w = "create_model"
         sess = self._session(call, body.get("session_id"), w)
+        self._use_session(sess, w)
         seq = _int(body, "model_seq_id", where=w, minimum=0)
         base = self._check_base_model(body.get("base_model"), w)
         cfg = self._lora_config(body, w)
@@ -667,8 +887,10 @@ class Api:
         if created:
             # Unsequenced: runs after the requests already queued, then retires the lane.
             def job() -> Any:
+                model.unloaded = True
                 with self._lock:
                     self.models.pop(model.model_id, None)
+                self.live.delete_model(model.model_id)
                 threading.Thread(target=model.lane.close, args=(f"model {model.model_id} was unloaded",),
                                  daemon=True).start()
                 return {"model_id": model.model_id, "type": "unload_model"}
@@ -885,8 +1107,13 @@ class Api:
                 if sseq is not None:
                     sid = f"{model.session_id}:sample:{sseq}"
                     snap = self._ready(model).snapshot()
+                    if path is None:  # unsaved weights: keep a copy so the sampler survives a restart
+                        self.live.save_sampler(sid, {f"p|{m}|{i}": t for m, pair in snap.params.items()
+                                                     for i, t in enumerate(pair)},
+                                               {"base_model": model.base_model, "lora": self._adapter_cfg(snap)})
                     with self._lock:
-                        self.samplers[sid] = LiveSampler(sid, model.owner, model.base_model, path, snap, loaded=True)
+                        self.samplers[sid] = LiveSampler(sid, model.owner, model.base_model, path, snap, loaded=True,
+                                                         session_id=model.session_id)
                     self.store.add_sampler(sid, model.session_id, model.owner, model.base_model, path, ephemeral=True)
                     out["sampling_session_id"] = sid
                 return out
@@ -916,6 +1143,7 @@ class Api:
 
         if body.get("session_id") is not None:  # create-via-load: this request creates the model (seq 0)
             sess = self._session(call, body.get("session_id"), w)
+            self._use_session(sess, w)
             seq = _int(body, "model_seq_id", where=w, minimum=0)
             existing = self.futures.get(request_id_for(f"{sess.session_id}:train:{seq}", "create"))
             if existing is not None:
@@ -963,6 +1191,7 @@ class Api:
         body = call.json()
         w = "create_sampling_session"
         sess = self._session(call, body.get("session_id"), w)
+        self._use_session(sess, w)
         seq = _int(body, "sampling_session_seq_id", where=w, minimum=0)
         sid = f"{sess.session_id}:sample:{seq}"
         existing = self.store.get_sampler(sid)
@@ -994,15 +1223,21 @@ class Api:
         with self._lock:
             s = self.samplers.get(sid)
         if s is not None and s.owner == call.owner:
+            self._use_session_id(s.session_id, "asample")
             return s
         row = self.store.get_sampler(sid)
         if row is None or row.owner != call.owner:
             raise HTTPError(404, f"sampling session {sid!r} not found (create it with create_sampling_session)")
+        persisted = False
         if row.ephemeral and row.model_path is None:
-            raise HTTPError(404, f"sampling session {sid!r} held unsaved weights that were lost when the server "
-                                 f"restarted; save named sampler weights (a path) to keep them")
+            persisted = self.live.has_sampler(sid)
+            if not persisted:
+                raise HTTPError(404, f"sampling session {sid!r} held unsaved weights that were lost; save named "
+                                     f"sampler weights (a path) to keep them")
+        self._use_session_id(row.session_id, "asample")
         with self._lock:
-            s = self.samplers.setdefault(sid, LiveSampler(sid, row.owner, row.base_model, row.model_path))
+            s = self.samplers.setdefault(sid, LiveSampler(sid, row.owner, row.base_model, row.model_path,
+                                                          session_id=row.session_id, persisted=persisted))
         return s
 
     def _sampler_adapter(self, call: Call, s: LiveSampler) -> Any:
@@ -1016,6 +1251,12 @@ class Api:
                                        f"exists", "user")
                     engine = self.engine(s.base_model)
                     s.adapter = self.engine_module.Adapter.load(engine, Path(row.directory), with_optimizer=False)
+                elif s.persisted:
+                    loaded = self.live.load_sampler(s.sampler_id)
+                    if loaded is None:
+                        raise JobError(f"the weights of sampling session {s.sampler_id} were deleted", "server")
+                    tensors, meta = loaded
+                    s.adapter = self._adapter_from_tensors(meta, tensors).snapshot()
                 s.loaded = True
             return s.adapter
 
@@ -1105,6 +1346,8 @@ class Api:
         body = call.json()
         rid = _str(body, "request_id", where="retrieve_future")
         fut = self.futures.get(rid)  # type: ignore[arg-type]
+        if fut is None:
+            fut = self._find_persisted_future(call, rid)  # type: ignore[arg-type]
         if fut is None or fut.owner != call.owner:
             raise HTTPError(404, f"retrieve_future: unknown request_id {rid!r}")
         names = (fut.request_type, fut.endpoint)

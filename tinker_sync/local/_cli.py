@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ def build_parser(prog: str = "python -m tinker_sync.local") -> argparse.Argument
                         help="accept only this key (repeatable); default: any key starting with 'tml-'")
     parser.add_argument("--long-poll", type=float, default=20.0, metavar="SECONDS",
                         help="how long retrieve_future waits for a result before 'try_again' (default: 20)")
+    parser.add_argument("--session-timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="expire sessions without heartbeats or requests for this long (default: 600)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="logging level (default: info)")
     return parser
@@ -40,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data_dir = args.data_dir or default_data_dir()
     server = LocalTinkerServer(host=args.host, port=args.port, data_dir=data_dir, api_keys=args.api_keys,
-                               long_poll_s=args.long_poll)
+                               long_poll_s=args.long_poll, session_timeout_s=args.session_timeout)
     try:
         server.start()
     except OSError as exc:
@@ -53,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Handle SIGINT explicitly too: a shell's background job inherits SIGINT ignored, which would make
     # KeyboardInterrupt never arrive.
-    previous: dict[int, object] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
@@ -70,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         print("stopping...", flush=True)
         server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 

@@ -15,7 +15,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FutureTable", "JobError", "ModelLane", "ServerFuture", "request_id_for"]
+__all__ = ["FutureTable", "JobError", "ModelLane", "ServerFuture", "StepCallback", "request_id_for"]
 
 
 def request_id_for(*parts: object) -> str:
@@ -65,18 +65,28 @@ class ServerFuture:
     def wait(self, timeout_s: float) -> bool:
         return self._done.wait(timeout_s)
 
-    def run(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` and complete with its value; ValueError/JobError become user errors."""
+    def execute(self, fn: Callable[[], Any]) -> tuple[Any, JobError | None]:
+        """Run ``fn`` without completing: (value, None) or (None, error); ValueError/JobError are user errors."""
         try:
-            self.set_result(fn())
+            return fn(), None
         except JobError as exc:
-            self.set_error(exc)
+            return None, exc
         except (ValueError, KeyError, TypeError) as exc:
             logger.info("request %s (%s) failed: %s", self.request_id, self.request_type, exc)
-            self.set_error(JobError(str(exc).strip("'\"") or type(exc).__name__, "user"))
+            return None, JobError(str(exc).strip("'\"") or type(exc).__name__, "user")
         except Exception as exc:
             logger.exception("request %s (%s) crashed", self.request_id, self.request_type)
-            self.set_error(JobError(f"internal error: {type(exc).__name__}: {exc}", "server"))
+            return None, JobError(f"internal error: {type(exc).__name__}: {exc}", "server")
+
+    def complete(self, value: Any, error: JobError | None) -> None:
+        if error is not None:
+            self.set_error(error)
+        else:
+            self.set_result(value)
+
+    def run(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` and complete with its value (see :meth:`execute`)."""
+        self.complete(*self.execute(fn))
 
 
 class FutureTable:
@@ -113,16 +123,24 @@ class FutureTable:
             return [f for f in self._futures.values() if not f.done()]
 
 
+StepCallback = Callable[[int | None, "ServerFuture | None", Any, "JobError | None"], None]
+
+
 class ModelLane:
     """Runs one model's jobs in seq_id order on a dedicated thread.
 
     ``submit(seq_id, future, fn)`` queues a job; the worker runs seq ``next_seq``, then ``next_seq + 1``,
     ... waiting while a seq_id is missing. Unsequenced jobs (seq_id None) run when no sequenced job is
     ready. ``skip(seq_id)`` marks a seq as consumed without work (a request refused at submission).
+
+    ``on_step(seq_id, future, value, error)`` (optional) runs on the lane thread after each job and each
+    skipped seq (future None), BEFORE the future completes: a client that sees a result can rely on
+    whatever ``on_step`` recorded (e.g. the persisted model state). Its exceptions are logged.
     """
 
-    def __init__(self, name: str, *, first_seq: int) -> None:
+    def __init__(self, name: str, *, first_seq: int, on_step: StepCallback | None = None) -> None:
         self.name = name
+        self._on_step = on_step
         self._cond = threading.Condition()
         self._next_seq = first_seq
         self._queued: dict[int, tuple[ServerFuture, Callable[[], Any]] | None] = {}
@@ -181,18 +199,37 @@ class ModelLane:
 
     def _loop(self) -> None:
         while True:
+            seq: int | None = None
             with self._cond:
                 while True:
                     if self._closed is not None:
                         return
                     if self._next_seq in self._queued:
-                        job = self._queued.pop(self._next_seq)
+                        seq = self._next_seq
+                        job = self._queued.pop(seq)
                         self._next_seq += 1
                         break
                     if self._unsequenced:
                         job = self._unsequenced.pop(0)
                         break
                     self._cond.wait()
-            if job is not None:
-                fut, fn = job
-                fut.run(fn)
+            if job is None:  # a skipped seq
+                self._step(seq, None, None, None)
+                continue
+            fut, fn = job
+            value, error = fut.execute(fn)
+            self._step(seq, fut, value, error)
+            fut.complete(value, error)
+
+    def _step(self, seq_id: int | None, fut: ServerFuture | None, value: Any, error: JobError | None) -> None:
+        if self._on_step is None:
+            return
+        try:
+            self._on_step(seq_id, fut, value, error)
+        except Exception:
+            logger.exception("lane %s: recording the state after seq_id %s failed", self.name, seq_id)
+
+    def join(self, timeout_s: float) -> None:
+        """Wait (bounded) for the worker to finish its current job after :meth:`close`."""
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)

@@ -77,6 +77,8 @@ _ROUTES: list[tuple[str, str, str, str, bool]] = [
     ("POST", "telemetry", "telemetry", "telemetry", True),
     ("GET", r"_download/(?P<token>[A-Za-z0-9_\-]+)", "download", "download", False),
 ]
+_LINGER_S = 2.0  # how long an unread request body is drained after an error answer
+_LINGER_MAX_BYTES = 256 * 1024 * 1024
 _COMPILED = [(m, re.compile(f"^{p}$"), op, fn, auth) for m, p, op, fn, auth in _ROUTES]
 
 
@@ -86,11 +88,46 @@ def default_data_dir() -> Path:
     return Path(base) / "tinker_sync" / "local"
 
 
+def _json_answer(status: int, body: Any, headers: Mapping[str, str] | None = None
+                 ) -> tuple[int, bytes, str, Mapping[str, str]]:
+    if isinstance(body, bytes):
+        return status, body, "application/json", dict(headers or {})
+    # NaN/Infinity are written as the JS literals Python's json (and the SDKs) read back, so a diverged
+    # loss is reported instead of turning the poll into a 500.
+    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return status, data, "application/json", dict(headers or {})
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
     owner: LocalTinkerServer
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._conn_lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conn_lock:
+            self._conns.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conn_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Shut down every open client connection (idle keep-alive ones included)."""
+        with self._conn_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -162,12 +199,15 @@ class _Handler(BaseHTTPRequestHandler):
         headers = self.headers
         recorded_headers = {k: v for k, v in headers.items() if k.lower() != "x-api-key"}
         body = b""
-        status = 0
+        unread_body = False
+        drop = False
+        # (status, body, content type, headers) of the answer; decided completely before anything is written
+        answer: tuple[int, bytes, str, Mapping[str, str]]
         try:
             try:
                 body = self._read_body(owner.max_body_bytes)
             except HTTPError:
-                self.close_connection = True  # the unread body would poison the connection
+                unread_body = True  # the rest of the body must not be parsed as the next request
                 raise
             route = self._route(method, path)
             _, op, fn_name, needs_auth, params = route
@@ -175,35 +215,72 @@ class _Handler(BaseHTTPRequestHandler):
             if delay > 0:
                 time.sleep(delay)
             if owner.faults.should_drop(op):
-                self.close_connection = True
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                return
-            scripted = owner.faults.scripted_response(op)
-            if scripted is not None:
-                status = self._send_json(scripted.status, scripted.body, scripted.headers)
-                return
-            api_key = ""
-            if needs_auth:
-                api_key = self._authenticate()
-            call = Call(method=method, op=op, params=params, query=dict(parse_qsl(split.query)), headers=headers,
-                        body=body, owner=owner_of_key(api_key) if api_key else "", api_key=api_key)
-            result = getattr(owner.api, fn_name)(call)
-            if isinstance(result, Answer):
-                status = self._send(result.status, result.body, result.content_type, result.headers)
+                drop = True
+                answer = (0, b"", "", {})
             else:
-                status = self._send_json(200, result)
+                scripted = owner.faults.scripted_response(op)
+                if scripted is not None:
+                    answer = _json_answer(scripted.status, scripted.body, scripted.headers)
+                else:
+                    api_key = ""
+                    if needs_auth:
+                        api_key = self._authenticate()
+                    call = Call(method=method, op=op, params=params, query=dict(parse_qsl(split.query)),
+                                headers=headers, body=body, owner=owner_of_key(api_key) if api_key else "",
+                                api_key=api_key)
+                    result = getattr(owner.api, fn_name)(call)
+                    if isinstance(result, Answer):
+                        answer = (result.status, result.body, result.content_type, result.headers)
+                    else:
+                        answer = _json_answer(200, result)
         except HTTPError as exc:
-            status = self._send_json(exc.status, {"detail": exc.detail}, exc.headers)
-        except (ConnectionError, BrokenPipeError):
-            self.close_connection = True
+            answer = _json_answer(exc.status, {"detail": exc.detail}, exc.headers)
         except Exception as exc:
             logger.exception("unhandled error in %s %s", method, path)
-            status = self._send_json(500, {"detail": f"internal server error: {type(exc).__name__}: {exc}"})
-        finally:
-            owner._record(RecordedRequest(method, path, recorded_headers, body, status))
+            answer = _json_answer(500, {"detail": f"internal server error: {type(exc).__name__}: {exc}"})
+        # Record before answering: a client that inspects ``requests`` right after its call returned sees it.
+        owner._record(RecordedRequest(method, path, recorded_headers, body, answer[0]))
+        if drop:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        if unread_body:
+            self.close_connection = True
+        try:
+            self._send(*answer)
+        except OSError:  # the client went away (BrokenPipe, ConnectionReset, timeout)
+            self.close_connection = True
+            return
+        if unread_body:
+            self._lingering_close()
+
+    def _lingering_close(self) -> None:
+        """Half-close, then read and discard what the client still sends before closing.
+
+        Closing a socket with unread request bytes makes the kernel send a TCP RST, and a client that is
+        still sending (or has not read the answer yet) then sees "connection reset" instead of the 4xx
+        that explains what is wrong. Bounded in time and bytes.
+        """
+        sock = self.connection
+        try:
+            self.wfile.flush()
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _LINGER_S
+            drained = 0
+            while drained < _LINGER_MAX_BYTES:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                sock.settimeout(min(left, 0.5))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass
 
     def _route(self, method: str, path: str) -> tuple[str, str, str, bool, dict[str, str]]:
         if not path.startswith(_PREFIX):
@@ -235,15 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise HTTPError(401, "invalid API key: it must start with 'tml-' (e.g. TINKER_API_KEY=tml-local)")
         return key
 
-    def _send_json(self, status: int, body: Any, headers: Any = None) -> int:
-        if isinstance(body, bytes):
-            return self._send(status, body, "application/json", headers or {})
-        # NaN/Infinity are written as the JS literals Python's json (and the SDKs) read back, so a diverged
-        # loss is reported instead of turning the poll into a 500.
-        data = json.dumps(body, separators=(",", ":")).encode("utf-8")
-        return self._send(status, data, "application/json", headers or {})
-
-    def _send(self, status: int, body: bytes, content_type: str, headers: Any) -> int:
+    def _send(self, status: int, body: bytes, content_type: str, headers: Mapping[str, str]) -> int:
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
@@ -278,6 +347,11 @@ class LocalTinkerServer:
         sample_workers: threads of the sampling pool (default min(4, CPUs)).
         client_config_overrides: merged into the ``/api/v1/client/config`` answer (e.g. a small
             ``fwdbwd_max_chunk_len`` to exercise client-side chunking).
+        session_timeout_s: a session without any request (heartbeats included) for this long, measured with
+            ``clock``, expires: work on it and its heartbeats then answer 410.
+
+    Live training models and unsaved samplers are persisted in ``data_dir`` and survive a restart on the
+    same ``data_dir`` (a client keeps training the same model_id with the next seq_id).
 
     When numpy is not imported yet, :meth:`start` sets ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` to 1
     unless already set: the engine's matrices are tiny and multi-threaded BLAS only adds contention.
@@ -295,8 +369,12 @@ class LocalTinkerServer:
         clock: Callable[[], float] = time.time,
         sample_workers: int | None = None,
         client_config_overrides: Mapping[str, Any] | None = None,
+        session_timeout_s: float = 600.0,
         _engine_module: Any = None,
     ) -> None:
+        if session_timeout_s <= 0:
+            raise ValueError(f"session_timeout_s must be > 0, got {session_timeout_s}")
+        self.session_timeout_s = session_timeout_s
         self.host = host
         self.port = port
         self._temp_dir = data_dir is None
@@ -336,7 +414,8 @@ class LocalTinkerServer:
         self.store = Store(self.data_dir, clock=self.clock)
         self.api = Api(store=self.store, faults=self.faults, clock=self.clock, long_poll_s=self.long_poll_s,
                        base_url=lambda: self.url, engine_module=self._engine_module,
-                       sample_workers=self._sample_workers, client_config=self.client_config_overrides)
+                       sample_workers=self._sample_workers, client_config=self.client_config_overrides,
+                       session_timeout_s=self.session_timeout_s)
         httpd = _HTTPServer((self.host, self.port), _Handler)
         httpd.owner = self
         self.port = httpd.server_address[1]
@@ -362,6 +441,8 @@ class LocalTinkerServer:
             return
         httpd.shutdown()
         httpd.server_close()
+        # Keep-alive connections would otherwise stay served by their handler threads after stop().
+        httpd.close_connections()
         if self._thread is not None:
             self._thread.join(5)
         if self.api is not None:
