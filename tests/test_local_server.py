@@ -537,6 +537,42 @@ def test_live_model_continues_after_restart(tmp_path: Path) -> None:
         assert r.status_code == 404 and "not loaded" in r.json()["detail"]
 
 
+def test_session_expiry_with_fake_clock(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    data = tmp_path / "data"
+    with LocalTinkerServer(data_dir=data, long_poll_s=0.5, clock=lambda: now[0], session_timeout_s=100) as srv:
+        api = Api(srv.url)
+        idle, alive = api.session(), api.session()
+        idle_model, alive_model = api.model(idle), api.model(alive)
+        smp = api.ok("POST", "create_sampling_session", {"session_id": idle, "sampling_session_seq_id": 0,
+                                                          "base_model": BASE})["sampling_session_id"]
+        now[0] += 90
+        api.result(api.post("forward_backward", forward(idle_model, 1)))  # any request keeps a session alive
+        api.ok("POST", "session_heartbeat", {"session_id": alive})
+        for _ in range(4):  # heartbeats alone keep `alive` alive; `idle` gets nothing for 160 s
+            now[0] += 40
+            assert api.ok("POST", "session_heartbeat", {"session_id": alive}) == {"type": "session_heartbeat"}
+        assert api.result(api.post("forward_backward", forward(alive_model, 1)))["metrics"]["loss:sum"] > 0
+        for r in (api.post("forward_backward", forward(idle_model, 2)), api.post("asample", sample_body(smp, 0)),
+                  api.post("session_heartbeat", {"session_id": idle}),
+                  api.post("create_model", {"session_id": idle, "model_seq_id": 1, "base_model": BASE})):
+            assert r.status_code == 410, (r.status_code, r.text)
+            assert "expired" in r.json()["detail"] and "100 s" in r.json()["detail"]
+        # finished sessions: heartbeats answer 410 too
+        assert api.ok("POST", f"sessions/{alive}/finish", {"reason": {"type": "success"}, "detail": None}) == {}
+        r = api.post("session_heartbeat", {"session_id": alive})
+        assert r.status_code == 410 and "finished" in r.json()["detail"]
+        third = api.session()
+        third_model = api.model(third)
+    now[0] += 10_000  # server down for a long time: the downtime does not expire sessions
+    with LocalTinkerServer(data_dir=data, long_poll_s=0.5, clock=lambda: now[0], session_timeout_s=100) as srv:
+        api = Api(srv.url)
+        assert api.result(api.post("forward_backward", forward(third_model, 1)))["metrics"]["loss:sum"] > 0
+        assert api.post("forward_backward", forward(idle_model, 2)).status_code == 410  # still expired
+        now[0] += 101
+        assert api.post("forward_backward", forward(third_model, 2)).status_code == 410
+
+
 def test_ownership_publish_and_delete(api: Api, server: LocalTinkerServer) -> None:
     other = Api(server.url, KEY_B)
     sid = api.session()
@@ -674,6 +710,64 @@ def test_bad_input_gets_clear_4xx(api: Api, server: LocalTinkerServer, tmp_path:
         r = requests.post(f"{small.url}/api/v1/telemetry", data=b"x" * 5000, headers={"X-API-Key": KEY_A},
                           timeout=5)
         assert "exceeds" in detail(r, 413)
+
+
+def _raw_exchange(url: str, payload: bytes, answers: int, heads: frozenset[int] = frozenset()) -> list[bytes]:
+    """Send raw bytes on one connection; read until ``answers`` complete responses or EOF.
+
+    ``heads``: indices of answers to HEAD requests (no body follows their headers)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    out: list[bytes] = []
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(payload)
+        f = sock.makefile("rb")
+        while len(out) < answers:
+            status = f.readline()
+            if not status:
+                break
+            length = 0
+            while (line := f.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            out.append(status.split(b" ", 2)[1] + b" " + (b"" if len(out) in heads else f.read(length)))
+    return out
+
+
+def test_rejected_requests_never_poison_the_connection(server: LocalTinkerServer) -> None:
+    key = f"X-API-Key: {KEY_A}\r\n".encode()
+
+    def post(path: str, body: bytes, extra: bytes = b"") -> bytes:
+        return (f"POST /api/v1/{path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n".encode() + key + extra
+                + b"\r\n" + body)
+
+    ok = b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    # pipelined on one keep-alive connection: rejected requests (bad JSON, 404, 405, 401, HEAD) leave it clean
+    got = _raw_exchange(server.url, post("create_session", b"{not json") + post("nope", b"{}") + ok
+                        + b"GET /api/v1/create_session HTTP/1.1\r\nHost: x\r\n\r\n"
+                        + b"HEAD /api/v1/healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                        + post("create_session", b"{}").replace(key, b"") + ok, 7, frozenset({4}))
+    assert [g.split(b" ")[0] for g in got] == [b"400", b"404", b"200", b"405", b"405", b"401", b"200"]
+    assert b"not valid JSON" in got[0] and got[2].endswith(b'{"status":"ok"}')
+    # a body the server refuses to read (too large / malformed framing): a JSON error, then the connection
+    # closes (the unread bytes are never parsed as a request)
+    with LocalTinkerServer(data_dir=server.data_dir / "small", max_body_bytes=100) as small:
+        big = post("telemetry", b"x" * 5000) + ok
+        got = _raw_exchange(small.url, big, 2)
+        assert len(got) == 1 and got[0].startswith(b"413 ") and b"exceeds" in got[0]
+        bad_len = post("telemetry", b"{}").replace(b"Content-Length: 2", b"Content-Length: zz") + ok
+        got = _raw_exchange(small.url, bad_len, 2)
+        assert len(got) == 1 and got[0].startswith(b"400 ") and b"Content-Length" in got[0]
+        got = _raw_exchange(small.url, b"BREW /api/v1/healthz HTTP/1.1\r\nHost: x\r\n\r\n" + ok, 2)
+        assert len(got) == 1 and got[0].startswith(b"501 ") and json.loads(got[0].split(b" ", 1)[1])["detail"]
+        # the big body is refused with its 413 even when the client sends all of it first
+        for _ in range(5):
+            r = requests.post(f"{small.url}/api/v1/telemetry", data=b"y" * 2_000_000, headers={"X-API-Key": KEY_A},
+                              timeout=10)
+            assert r.status_code == 413
+        assert requests.get(f"{small.url}/api/v1/healthz", timeout=5).status_code == 200
+    assert [r.status for r in server.requests] == [400, 404, 200, 405, 405, 401, 200]
 
 
 def test_cli_main_prints_url_and_stops(tmp_path: Path) -> None:

@@ -698,6 +698,15 @@ class Api:
         out.update(fut.extra)
         return out
 
+    def _add_future(self, fut: ServerFuture) -> tuple[ServerFuture, bool]:
+        """Register a new future (or find its twin); a new one takes the pending try_again / expire knobs."""
+        fut, created = self.futures.get_or_add(fut)
+        if created:
+            names = (fut.request_type, fut.endpoint)
+            fut.try_again_rounds = self.faults.take_try_again_rounds(*names)
+            fut.expire_once = self.faults.take_expire(*names)
+        return fut, created
+
     def _submit_sequenced(self, call: Call, body: dict[str, Any], *, request_type: str, where: str,
                           prepare: Callable[[LiveModel], Callable[[], Any]]) -> dict[str, Any]:
         model = self._model(call, body.get("model_id"), where)
@@ -731,7 +740,7 @@ class Api:
             if seq_id is not None:
                 model.lane.skip(seq_id)  # refused input consumes its seq so later requests are not stuck
             raise
-        fut, created = self.futures.get_or_add(
+        fut, created = self._add_future(
             ServerFuture(rid, request_type, call.op, call.owner, model_id=model.model_id))
         if not created and fut.request_type != request_type:
             raise HTTPError(409, f"{where}: seq_id {seq_id} of model {model.model_id} was already used by a "
@@ -830,7 +839,7 @@ class Api:
                                      f"use the next model_seq_id")
             model = LiveModel(model_id, session_id, call.owner, base_model, first_seq=0, on_step=self._after_step)
             fn = make(model)
-            fut, _ = self.futures.get_or_add(ServerFuture(rid, request_type, call.op, call.owner, model_id=model_id))
+            fut, _ = self._add_future(ServerFuture(rid, request_type, call.op, call.owner, model_id=model_id))
             self.models[model_id] = model
         model.lane.submit(0, fut, fn)
         return self._handle(fut)
@@ -882,7 +891,7 @@ class Api:
         body = call.json()
         model = self._model(call, body.get("model_id"), "unload_model")
         rid = request_id_for(model.model_id, "unload")
-        fut, created = self.futures.get_or_add(
+        fut, created = self._add_future(
             ServerFuture(rid, "UnloadModel", call.op, call.owner, model_id=model.model_id))
         if created:
             # Unsequenced: runs after the requests already queued, then retires the lane.
@@ -1315,7 +1324,7 @@ class Api:
             if self._pending_samples >= _MAX_PENDING_SAMPLES:
                 raise HTTPError(429, f"{w}: too many sample requests in flight ({self._pending_samples}); retry shortly",
                                 {"Retry-After": "1"})
-        fut, created = self.futures.get_or_add(ServerFuture(rid, "Sample", call.op, call.owner))
+        fut, created = self._add_future(ServerFuture(rid, "Sample", call.op, call.owner))
         if created:
             fut.extra["sample_sequence_ids"] = [f"{rid}-{i}" for i in range(num)]  # type: ignore[arg-type]
 
@@ -1350,11 +1359,14 @@ class Api:
             fut = self._find_persisted_future(call, rid)  # type: ignore[arg-type]
         if fut is None or fut.owner != call.owner:
             raise HTTPError(404, f"retrieve_future: unknown request_id {rid!r}")
-        names = (fut.request_type, fut.endpoint)
-        if self.faults.take_expire(*names):
+        if fut.model_id is not None:  # a poll is activity of the model's session (no database access)
+            with self._lock:
+                model = self.models.get(fut.model_id)
+                if model is not None and model.session_id in self._session_seen:
+                    self._session_seen[model.session_id] = max(self.clock(), self._session_seen[model.session_id])
+        if fut.expire_once:
+            fut.expire_once = False
             raise HTTPError(410, f"future {rid} expired (injected); submit the request again")
-        if fut.try_again_rounds == 0:
-            fut.try_again_rounds = self.faults.take_try_again_rounds(*names)
         if fut.try_again_rounds > 0:
             fut.try_again_rounds -= 1
             return {"type": "try_again", "request_id": rid, "queue_state": "active"}

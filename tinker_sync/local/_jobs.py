@@ -48,6 +48,7 @@ class ServerFuture:
         self.result: Any = None
         self.error: JobError | None = None
         self.try_again_rounds = 0  # injected try_again answers still to give
+        self.expire_once = False  # injected: the next poll answers 410
 
     def set_result(self, value: Any) -> None:
         if not self._done.is_set():

@@ -158,6 +158,30 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._dispatch("PATCH")
 
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")  # no route answers HEAD: 405 (headers only)
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Protocol-level errors (bad request line, unsupported method, ...) as JSON, then a lingering close.
+
+        The request may have a body nobody read, so the connection cannot be reused.
+        """
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        detail = f"{message or phrase}" + (f": {explain}" if explain else "")
+        self.log_error("code %d, message %s", code, detail)
+        self.close_connection = True
+        try:
+            self._send(*_json_answer(code, {"detail": detail}))
+        except OSError:
+            return
+        self._lingering_close()
+
     # ------------------------------------------------------------------------------------------
     def _read_body(self, limit: int) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
@@ -328,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if body:
+        if body and self.command != "HEAD":
             self.wfile.write(body)
         return status
 
