@@ -96,7 +96,9 @@ class ClientConfig:
     read_timeout_s: float = attrs.field(default=60.0, validator=_positive)
     poll_timeout_s: float = attrs.field(default=45.0, validator=_positive)
     max_workers: int = attrs.field(default=16, validator=_positive)
-    max_pollers: int = attrs.field(default=16, validator=_positive)
+    # Poll threads start on demand (one per call awaiting a poll) and retire when idle; a bound below
+    # the number of pending calls delays finished results behind long polls (head-of-line blocking).
+    max_pollers: int = attrs.field(default=64, validator=_positive)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     rate_limit_max_wait_s: float = attrs.field(default=300.0, validator=_positive)
     # Sent on every request; may hold secrets (Cloudflare Access), so it is never logged or repr'd.

@@ -58,6 +58,10 @@ _5XX_MAX_S = 2.0
 _BACKOFF_MAX_S = 30.0  # 429 / connection errors: min(2**n, 30) s
 _BILLING_RESET_S = 300.0  # a 402 incident ends after 5 min without 402
 _PAUSE_WARN_EVERY_S = 60.0
+_WARM_POLLERS = 4  # poller threads kept while calls are tracked; more start on demand ...
+_IDLE_RETIRE_S = 2.0  # ... and retire after this long without a call to poll
+_WARM_IDLE_EXIT_S = 5.0  # the warm ones exit once nothing was tracked for this long
+_FRESH_BOOST_S = 0.5  # a first poll goes ahead of re-polls queued up to this long before it
 _PAUSED_TEXT = {
     "paused_rate_limit": "concurrent training clients / sampler weights limit hit",
     "paused_capacity": "Tinker backend is running short on capacity, please wait",
@@ -292,10 +296,17 @@ class PolledCall:
 
 
 class FuturePoller:
-    """A pool of daemon threads ``tinker-sync-poller-N`` long-polling tracked calls round-robin.
+    """An elastic pool of daemon threads ``tinker-sync-poller-N`` long-polling tracked calls.
 
     Each thread takes the next due call, polls it once, applies ``decide()`` and re-queues it unless
     it finished. Cancelled Futures are dropped at their next turn.
+
+    A poll occupies its thread for as long as the server holds it (up to ~20-45 s), so a pool smaller
+    than the number of pending calls leaves finished results unfetched until a poll returns (head-of-
+    line blocking). Threads are therefore started on demand, one per call waiting for a poll, up to
+    ``max_pollers``; threads beyond ``warm_pollers`` retire after ``idle_retire_s`` without work, the
+    warm ones once nothing is tracked for 5 s. A first poll is queued ahead of re-polls
+    (``_FRESH_BOOST_S``): a re-polled call was just found unfinished, a new one may be done already.
     """
 
     def __init__(
@@ -308,10 +319,15 @@ class FuturePoller:
         billing_max_pause_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
         activity: Activity | None = None,
+        warm_pollers: int = _WARM_POLLERS,
+        idle_retire_s: float = _IDLE_RETIRE_S,
     ) -> None:
         self._activity = activity or Activity()
         self._transport = transport
         self._max_pollers = max_pollers
+        self._warm = min(warm_pollers, max_pollers)
+        self._idle_retire_s = idle_retire_s
+        self._thread_ids = itertools.count(1)
         self._poll_timeout_s = poll_timeout_s
         self._billing = (billing_pause_s, billing_max_pause_s)
         self._clock = clock
@@ -319,7 +335,8 @@ class FuturePoller:
         self._ready: list[tuple[float, int, PolledCall]] = []  # heap by due time (FIFO on ties)
         self._seq = itertools.count()
         self._tracked: set[PolledCall] = set()
-        self._threads: list[threading.Thread] = []
+        self._threads: list[threading.Thread] = []  # threads currently serving (retired ones leave)
+        self._started: list[threading.Thread] = []  # every thread started and maybe not exited (close joins)
         self._busy = 0
         self._closing = False
         self._stop = threading.Event()  # interrupts back-off waits on close
@@ -334,7 +351,7 @@ class FuturePoller:
                 set_exception(call.future, ClientClosedError("the client was closed; the result was not fetched"))
                 return
             self._tracked.add(call)
-            self._push(call, 0.0)
+            self._push(call, -_FRESH_BOOST_S)
             self._ensure_threads()
             self._cond.notify()
 
@@ -362,7 +379,9 @@ class FuturePoller:
             set_exception(call.future, ClientClosedError("the client was closed while this result was pending"))
         if calls:
             self._transport.abort_inflight()  # unblock long polls held by the server
-        for t in list(self._threads):
+        with self._cond:
+            started = list(self._started)
+        for t in started:
             if t is not threading.current_thread():
                 t.join(join_timeout_s)
 
@@ -370,41 +389,65 @@ class FuturePoller:
     def _push(self, call: PolledCall, delay_s: float) -> None:
         heapq.heappush(self._ready, (self._clock() + delay_s, next(self._seq), call))
 
+    def threads(self) -> int:
+        """Poller threads alive now (for tests and monitoring)."""
+        with self._cond:
+            return len(self._threads)
+
     def _ensure_threads(self) -> None:
-        # Start threads lazily, one per outstanding call up to max_pollers.
-        alive = [t for t in self._threads if t.is_alive()]
-        self._threads = alive
-        idle = len(alive) - self._busy
-        if idle < len(self._ready) and len(alive) < self._max_pollers:
-            t = threading.Thread(target=self._run, name=f"tinker-sync-poller-{len(alive) + 1}", daemon=True)
+        # Called with the lock held whenever a call becomes ready: start one more thread if no idle
+        # thread can take it, up to max_pollers.
+        if self._closing:
+            return
+        idle = len(self._threads) - self._busy
+        if idle < len(self._ready) and len(self._threads) < self._max_pollers:
+            t = threading.Thread(target=self._run, name=f"tinker-sync-poller-{next(self._thread_ids)}", daemon=True)
             self._threads.append(t)
+            self._started = [x for x in self._started if x.is_alive()]
+            self._started.append(t)
             t.start()
 
+    def _retire(self) -> None:
+        me = threading.current_thread()
+        if me in self._threads:
+            self._threads.remove(me)
+
     def _next(self) -> PolledCall | None:
+        idle_since: float | None = None
         with self._cond:
             while True:
                 if self._closing:
+                    self._retire()
                     return None
+                now = self._clock()
+                timeout = 1.0
                 if self._ready:
                     due, _, call = self._ready[0]
-                    wait = due - self._clock()
-                    if wait <= 0:
+                    if due <= now:
                         heapq.heappop(self._ready)
                         if call.future.done():  # cancelled by the user: stop polling it
                             self._tracked.discard(call)
                             self._cond.notify_all()
                             continue
                         self._busy += 1
+                        if self._ready and self._ready[0][0] <= now:
+                            self._ensure_threads()  # more calls are due than threads are free
                         return call
-                    self._cond.wait(min(wait, 1.0))
-                elif not self._tracked:
-                    # nothing to do: exit after a short idle period so closed runtimes leave no thread
-                    if not self._cond.wait(5.0) and not self._ready:
-                        if self._threads and threading.current_thread() in self._threads:
-                            self._threads.remove(threading.current_thread())
-                        return None
+                    timeout = min(due - now, 1.0)
+                # idle: retire surplus threads quickly, warm ones once nothing is tracked for a while
+                if idle_since is None:
+                    idle_since = now
+                if len(self._threads) > self._warm:
+                    limit: float | None = self._idle_retire_s
                 else:
-                    self._cond.wait(1.0)
+                    limit = _WARM_IDLE_EXIT_S if not self._tracked else None
+                if limit is not None:
+                    left = limit - (now - idle_since)
+                    if left <= 0:
+                        self._retire()
+                        return None
+                    timeout = min(timeout, left)
+                self._cond.wait(timeout)
 
     def _run(self) -> None:
         mark_internal_thread()  # Future callbacks run here; their submits must not block this thread
