@@ -364,8 +364,8 @@ class LiveModel:
         self.adapter: Any = None
         self.optim_steps = 0
         self.unloaded = False
-        self.weights_gen = 0  # generation of the persisted tensors
-        self.results: dict[str, dict[str, Any]] = {}  # persisted recent results: "create" or str(seq_id)
+        self.gens = {"w": 0, "g": 0}  # generations of the persisted tensor groups (see LiveStateStore)
+        self.result_keys: list[str] = []  # persisted results ("create" or str(seq_id)), oldest first
         step: StepCallback | None = None
         if on_step is not None:
             def step(seq: int | None, fut: ServerFuture | None, value: Any, error: JobError | None) -> None:
@@ -386,15 +386,18 @@ class LiveSampler:
     persisted: bool = False  # unsaved weights kept under <data_dir>/live (see LiveStateStore)
 
 
-def _adapter_tensors(adapter: Any) -> dict[str, Any]:
-    """Every array of an engine Adapter (weights, gradients, AdamW moments) by a stable name."""
+def _adapter_tensors(adapter: Any, tables: str) -> dict[str, Any]:
+    """Arrays of an engine Adapter by a stable name: ``tables`` picks p(arams), g(rads), m/v (AdamW moments).
+
+    No copies: called on the model's lane thread, the only thread that mutates its adapter.
+    """
     out: dict[str, Any] = {}
-    with adapter.lock:
-        for prefix, table in (("p", adapter.params), ("g", adapter.grads), ("m", adapter.exp_avg),
-                              ("v", adapter.exp_avg_sq)):
+    for prefix, table in (("p", adapter.params), ("g", adapter.grads), ("m", adapter.exp_avg),
+                          ("v", adapter.exp_avg_sq)):
+        if prefix in tables:
             for module, (a, b) in table.items():
-                out[f"{prefix}|{module}|0"] = a.copy()
-                out[f"{prefix}|{module}|1"] = b.copy()
+                out[f"{prefix}|{module}|0"] = a
+                out[f"{prefix}|{module}|1"] = b
     return out
 
 
@@ -594,7 +597,7 @@ class Api:
                 return None
             try:
                 engine = self.engine(meta["base_model"])
-                tensors = self.live.load_model_tensors(model_id, int(meta["weights_gen"]))
+                tensors = self.live.load_model_tensors(model_id, meta["gens"])
                 adapter = self._adapter_from_tensors(meta, tensors)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 logger.warning("cannot restore model %s from %s: %s", model_id, self.live.models_dir, exc)
@@ -603,9 +606,9 @@ class Api:
                               first_seq=int(meta["next_seq"]), on_step=self._after_step)
             model.engine, model.adapter = engine, adapter
             model.optim_steps = int(meta.get("optim_steps", 0))
-            model.weights_gen = int(meta["weights_gen"])
-            model.results = dict(meta.get("results") or {})
-            for key, entry in model.results.items():
+            model.gens = {k: int(v) for k, v in meta["gens"].items()}
+            model.result_keys = [str(k) for k in meta.get("results") or []]
+            for key, entry in self.live.load_model_results(model_id, model.result_keys).items():
                 rid = request_id_for(model_id, "create") if key == "create" else request_id_for(model_id, int(key))
                 fut = ServerFuture(rid, entry["request_type"], entry["endpoint"], owner, model_id=model_id)
                 fut.complete(*_decode_result(entry))
@@ -626,7 +629,7 @@ class Api:
             model_name=meta["base_model"], rank=int(lora["rank"]), seed=int(lora["seed"]),
             train_attn=bool(lora["train_attn"]), train_mlp=bool(lora["train_mlp"]),
             train_unembed=bool(lora["train_unembed"]), params=params)
-        if tables["g"]:
+        if tables["g"]:  # missing groups are all zeros, as the constructor makes them
             adapter.grads = tables["g"]
         if tables["m"]:
             adapter.exp_avg, adapter.exp_avg_sq = tables["m"], tables["v"]
@@ -639,25 +642,38 @@ class Api:
         """Persist ``model`` after one lane step (runs on its lane thread before the result is published)."""
         if model.unloaded or model.adapter is None:
             return
+        result: tuple[str, dict[str, Any]] | None = None
+        dropped: list[str] = []
         if fut is not None:
+            key = None
             if fut.request_id == request_id_for(model.model_id, "create"):
-                model.results["create"] = _encode_result(fut, value, error)
+                key = "create"
             elif seq is not None:
-                model.results[str(seq)] = _encode_result(fut, value, error)
-                seqs = sorted(int(k) for k in model.results if k != "create")
-                for old in seqs[:-_PERSISTED_RESULTS]:
-                    del model.results[str(old)]
-        tensors = None
-        if fut is not None and error is None and fut.request_type in _MUTATING:
-            model.weights_gen += 1
-            tensors = _adapter_tensors(model.adapter)
+                key = str(seq)
+            if key is not None:
+                result = (key, _encode_result(fut, value, error))
+                if key not in model.result_keys:
+                    model.result_keys.append(key)
+                seq_keys = [k for k in model.result_keys if k != "create"]
+                dropped = seq_keys[:-_PERSISTED_RESULTS]
+                model.result_keys = [k for k in model.result_keys if k not in dropped]
         adapter = model.adapter
+        groups: dict[str, dict[str, Any]] = {}
+        if fut is not None and error is None and fut.request_type in _MUTATING:
+            if fut.request_type != "ForwardBackward":  # weights (+ AdamW moments once it has stepped)
+                model.gens["w"] += 1
+                groups["w"] = _adapter_tensors(adapter, "pmv" if adapter.step > 0 else "p")
+            if adapter.pending_grad_calls == 0:  # no gradients accumulated: they are all zero
+                model.gens["g"] = 0
+            elif fut.request_type == "ForwardBackward" or model.gens["g"] == 0:
+                model.gens["g"] = max(model.gens.values()) + 1
+                groups["g"] = _adapter_tensors(adapter, "g")
         meta = {"version": 1, "model_id": model.model_id, "session_id": model.session_id, "owner": model.owner,
                 "base_model": model.base_model, "lora": self._adapter_cfg(adapter), "next_seq": model.lane.next_seq,
                 "optim_steps": model.optim_steps, "adam_step": int(adapter.step),
-                "pending_grad_calls": int(adapter.pending_grad_calls), "weights_gen": model.weights_gen,
-                "results": model.results}
-        self.live.save_model(model.model_id, meta, tensors)
+                "pending_grad_calls": int(adapter.pending_grad_calls), "gens": dict(model.gens),
+                "results": model.result_keys}
+        self.live.save_model(model.model_id, meta, groups, result=result, dropped=dropped)
 
     def _find_persisted_future(self, call: Call, rid: str) -> ServerFuture | None:
         """A future of a request answered before a restart: restores its model (once) and returns it."""

@@ -2,8 +2,10 @@
 
 Layout under ``<data_dir>/live``::
 
-    models/<key>.json          metadata: ids, LoRA config, next seq_id, recent results (written last)
-    models/<key>.w<gen>.bin    adapter weights + gradients + AdamW moments (rewritten only when they change)
+    models/<key>.json          metadata: ids, LoRA config, next seq_id, keys of the kept results (written last)
+    models/<key>.w<gen>.bin    adapter weights + AdamW moments (rewritten by create/load/optim_step)
+    models/<key>.g<gen>.bin    accumulated gradients (rewritten by forward_backward; none while they are zero)
+    models/<key>.results/<k>.json  one completed result each ("create" or a seq_id), written once
     samplers/<key>.bin         the weights of a sampler made by an unnamed save_weights_for_sampler
 
 Every file is written to a temporary name and moved into place with ``os.replace``, and the metadata names
@@ -19,9 +21,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import struct
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,26 +104,53 @@ class LiveStateStore:
     def _meta_path(self, model_id: str) -> Path:
         return self.models_dir / f"{_key(model_id)}.json"
 
-    def _weights_path(self, model_id: str, gen: int) -> Path:
-        return self.models_dir / f"{_key(model_id)}.w{gen}.bin"
+    def _tensor_path(self, model_id: str, group: str, gen: int) -> Path:
+        return self.models_dir / f"{_key(model_id)}.{group}{gen}.bin"
 
-    def save_model(self, model_id: str, meta: Mapping[str, Any], tensors: Mapping[str, Any] | None) -> None:
-        """Persist ``meta`` (must hold an int ``weights_gen``); ``tensors`` (when given) become that generation.
+    def _results_dir(self, model_id: str) -> Path:
+        return self.models_dir / f"{_key(model_id)}.results"
 
-        The weights file is written first and the metadata (which names it) last; older generations are
-        removed afterwards.
+    def save_model(self, model_id: str, meta: Mapping[str, Any], groups: Mapping[str, Mapping[str, Any]], *,
+                   result: tuple[str, Mapping[str, Any]] | None = None, dropped: Iterable[str] = ()) -> None:
+        """Persist ``meta``; ``groups`` maps a tensor group ("w", "g") to its new tensors.
+
+        ``meta["gens"][group]`` is the generation each group is saved under (0 = no file: all zeros).
+        ``result`` = (key, JSON-able entry) is stored once under its key; ``dropped`` result keys are
+        deleted. Tensor and result files are written first and the metadata (which names them) last;
+        what it no longer names is removed afterwards.
         """
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        gen = int(meta["weights_gen"])
-        if tensors is not None:
-            write_tensors(self._weights_path(model_id, gen), tensors)
+        gens = {str(k): int(v) for k, v in meta["gens"].items()}
+        for group, tensors in groups.items():
+            write_tensors(self._tensor_path(model_id, group, gens[group]), tensors)
+        if result is not None:
+            rdir = self._results_dir(model_id)
+            rdir.mkdir(exist_ok=True)
+            text = json.dumps(dict(result[1]), separators=(",", ":")).encode("utf-8")
+            _atomic_write(rdir / f"{_SAFE.sub('_', result[0])}.json", iter([text]))
         text = json.dumps(dict(meta), separators=(",", ":")).encode("utf-8")
         _atomic_write(self._meta_path(model_id), iter([text]))
-        if tensors is not None:
-            prefix = f"{_key(model_id)}.w"
+        for group, gen in gens.items():
+            prefix = f"{_key(model_id)}.{group}"
             for old in self.models_dir.glob(f"{prefix}*.bin"):
                 if old.name != f"{prefix}{gen}.bin":
                     old.unlink(missing_ok=True)
+        for key in dropped:
+            (self._results_dir(model_id) / f"{_SAFE.sub('_', key)}.json").unlink(missing_ok=True)
+
+    def load_model_results(self, model_id: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The stored results under ``keys`` (unreadable ones are skipped with a warning)."""
+        out: dict[str, dict[str, Any]] = {}
+        rdir = self._results_dir(model_id)
+        for key in keys:
+            try:
+                value = json.loads((rdir / f"{_SAFE.sub('_', key)}.json").read_bytes())
+            except (OSError, ValueError) as exc:
+                logger.warning("model %s: result %s not restored: %s", model_id, key, exc)
+                continue
+            if isinstance(value, dict):
+                out[key] = value
+        return out
 
     def load_model_meta(self, model_id: str) -> dict[str, Any] | None:
         """The persisted metadata of ``model_id``, or None."""
@@ -133,13 +163,18 @@ class LiveStateStore:
             return None
         return value if isinstance(value, dict) else None
 
-    def load_model_tensors(self, model_id: str, gen: int) -> dict[str, Any]:
-        tensors, _ = read_tensors(self._weights_path(model_id, gen))
-        return tensors
+    def load_model_tensors(self, model_id: str, gens: Mapping[str, int]) -> dict[str, Any]:
+        """The tensors of every group saved under a generation > 0."""
+        out: dict[str, Any] = {}
+        for group, gen in gens.items():
+            if int(gen) > 0:
+                out.update(read_tensors(self._tensor_path(model_id, group, int(gen)))[0])
+        return out
 
     def delete_model(self, model_id: str) -> None:
         self._meta_path(model_id).unlink(missing_ok=True)
-        for old in self.models_dir.glob(f"{_key(model_id)}.w*.bin"):
+        shutil.rmtree(self._results_dir(model_id), ignore_errors=True)
+        for old in self.models_dir.glob(f"{_key(model_id)}.*.bin"):
             old.unlink(missing_ok=True)
 
     def all_model_metas(self) -> Iterator[dict[str, Any]]:
