@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from . import types
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -24,12 +25,38 @@ from ._exceptions import (
     UnprocessableEntityError,
 )
 from ._version import __version__
-from . import types
 from .rest_client import RestClient
 from .sampling_client import SamplingClient
 from .service_client import ServiceClient
 from .tokenizer import Tokenizer
 from .training_client import TrainingClient
+
+# The commonly used wire types, at the top level like the official SDK's (``tinker.ModelInput``...).
+from .types import (
+    AdamParams,
+    Checkpoint,
+    CheckpointType,
+    Datum,
+    DmelChunk,
+    EncodedTextChunk,
+    ForwardBackwardOutput,
+    ImageChunk,
+    LoraConfig,
+    ModelID,
+    ModelInput,
+    ModelInputChunk,
+    OptimStepRequest,
+    OptimStepResponse,
+    ParsedCheckpointTinkerPath,
+    SampledSequence,
+    SampleRequest,
+    SampleResponse,
+    SamplingParams,
+    StopReason,
+    TensorData,
+    TensorDtype,
+    TrainingRun,
+)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -39,22 +66,45 @@ __all__ = [
     "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
+    "AdamParams",
     "AuthenticationError",
     "BadRequestError",
     "BillingError",
+    "Checkpoint",
+    "CheckpointType",
     "ClientClosedError",
     "ConflictError",
+    "Datum",
+    "DmelChunk",
+    "EncodedTextChunk",
+    "ForwardBackwardOutput",
+    "ImageChunk",
     "InternalServerError",
+    "LoraConfig",
+    "ModelID",
+    "ModelInput",
+    "ModelInputChunk",
     "NotFoundError",
+    "OptimStepRequest",
+    "OptimStepResponse",
+    "ParsedCheckpointTinkerPath",
     "PermissionDeniedError",
     "RateLimitError",
     "RequestFailedError",
     "RestClient",
+    "SampleRequest",
+    "SampleResponse",
+    "SampledSequence",
     "SamplingClient",
+    "SamplingParams",
     "ServiceClient",
+    "StopReason",
+    "TensorData",
+    "TensorDtype",
     "TinkerError",
     "Tokenizer",
     "TrainingClient",
+    "TrainingRun",
     "UnprocessableEntityError",
     "__version__",
     "types",
