@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 try:  # the profiles live beside the type tests
-    from tests import _hypothesis_profiles  # noqa: F401
+    from tests import _hypothesis_profiles
 except ImportError:  # pragma: no cover - only while the module does not exist yet
     _hypothesis_profiles = None
 else:

@@ -13,7 +13,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def _run(script: str, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINKER_")}
-    out = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, str(EXAMPLES / script), *args], check=False, capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
@@ -33,4 +33,4 @@ def test_train_and_sample_learns_and_reproduces_the_completions() -> None:
 
 def test_threaded_sampling_resolves_every_prompt() -> None:
     stdout = _run("threaded_sampling.py", "--prompts", "64", "--threads", "16")
-    assert re.search(r"^64 samples from 16 threads", stdout, re.M), stdout
+    assert re.search(r"^64 samples from 16 threads", stdout, re.MULTILINE), stdout
