@@ -1,4 +1,4 @@
-"""HTTP transport: the one requests.Session of a runtime and the translation of its errors.
+"""HTTP transport: the one urllib3 connection pool of a runtime and the translation of its errors.
 
 This is the only module that imports requests/urllib3. One ``send()`` = one HTTP attempt; urllib3
 retries only connections that never carried the request, every other retry is decided above.
@@ -17,15 +17,20 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import attrs
-import requests
-import requests.adapters
+import certifi
 import requests.utils
 import urllib3
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    LocationParseError,
+    MaxRetryError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
 from urllib3.util.retry import Retry
 
 from ._config import ClientConfig
@@ -97,40 +102,44 @@ def _tracking_pool(base: type, inflight: set[Any], lock: threading.Lock) -> type
     return type(f"Tracking{base.__name__}", (_TrackingMixin, base), {"_inflight": inflight, "_inflight_lock": lock})
 
 
-class _Adapter(requests.adapters.HTTPAdapter):
-    def __init__(self, inflight: set[Any], lock: threading.Lock, **kw: Any) -> None:
-        self._inflight = inflight
-        self._inflight_lock = lock
-        super().__init__(**kw)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _tracking_pool(HTTPConnectionPool, self._inflight, self._inflight_lock),
-            "https": _tracking_pool(HTTPSConnectionPool, self._inflight, self._inflight_lock),
-        }
-
-
 class Transport:
-    """One keep-alive connection pool to the API; thread-safe ``send()``."""
+    """One keep-alive connection pool to the API; thread-safe ``send()``.
+
+    Requests go straight to a urllib3 PoolManager (ProxyManager behind HTTP(S)_PROXY): the requests
+    Session layer (request preparation, cookie jar, hooks, per-call settings merge) cost about as much
+    CPU as the HTTP exchange itself and added nothing this client uses. Proxy and CA environment
+    settings are resolved once, here; ~/.netrc is never consulted.
+    """
 
     def __init__(self, config: ClientConfig) -> None:
         self._config = config
         self._base_url = config.base_url
         self._inflight: set[Any] = set()
         self._inflight_lock = threading.Lock()
-        session = requests.Session()
-        # Environment settings (HTTPS_PROXY / NO_PROXY, REQUESTS_CA_BUNDLE) are resolved once here:
-        # with trust_env=True requests rescans os.environ on every request (~0.3 ms each), and it
-        # would also let a ~/.netrc entry add an Authorization header.
-        session.trust_env = False
-        session.proxies = dict(requests.utils.get_environ_proxies(config.base_url))
-        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        if ca_bundle:
-            session.verify = ca_bundle
+        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+        pool_kw: dict[str, Any] = {
+            "num_pools": 2,
+            "maxsize": config.max_workers + config.max_pollers + 2,
+            "block": False,
+            "ca_certs": ca_bundle,
+        }
+        proxies = requests.utils.get_environ_proxies(config.base_url)
+        proxy = proxies.get(urlsplit(config.base_url).scheme) or proxies.get("all")
+        manager: urllib3.PoolManager
+        if proxy:
+            proxy_auth = urllib3.util.parse_url(proxy).auth
+            proxy_headers = urllib3.make_headers(proxy_basic_auth=unquote(proxy_auth)) if proxy_auth else None
+            manager = urllib3.ProxyManager(proxy, proxy_headers=proxy_headers, **pool_kw)
+        else:
+            manager = urllib3.PoolManager(**pool_kw)
+        manager.pool_classes_by_scheme = {
+            "http": _tracking_pool(HTTPConnectionPool, self._inflight, self._inflight_lock),
+            "https": _tracking_pool(HTTPSConnectionPool, self._inflight, self._inflight_lock),
+        }
+        self._manager = manager
         # urllib3 retries only failures before the request left (connect errors): read=0, status=0
         # and other=0 leave every "maybe sent" failure and every status to the layers above.
-        retries = Retry(
+        self._retries = Retry(
             total=None,
             connect=3,
             read=0,
@@ -141,26 +150,19 @@ class Transport:
             respect_retry_after_header=False,
             raise_on_status=False,
         )
-        adapter = _Adapter(
-            self._inflight,
-            self._inflight_lock,
-            pool_connections=2,
-            pool_maxsize=config.max_workers + config.max_pollers + 2,
-            pool_block=False,
-            max_retries=retries,
-        )
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        self._session = session
-        self._headers = {
+        self._timeouts: dict[float, urllib3.Timeout] = {}
+        headers = {
             "User-Agent": USER_AGENT,
             "X-API-Key": config.api_key,
             "Accept-Encoding": "gzip, deflate",
             **dict(config.default_headers),
         }
-        # Everything that must never appear in an error message or a log line.
         userinfo = urlsplit(config.base_url).netloc.rpartition("@")[0]
-        secrets = [config.api_key, *config.default_headers.values(), userinfo]
+        if userinfo:  # credentials in the base URL become HTTP basic auth, as with requests
+            headers.update(urllib3.make_headers(basic_auth=unquote(userinfo)))
+        self._headers = headers
+        # Everything that must never appear in an error message or a log line.
+        secrets = [config.api_key, *config.default_headers.values(), userinfo, headers.get("authorization", "")]
         self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
         self._closed = False
 
@@ -195,31 +197,41 @@ class Transport:
             APIConnectionError: no HTTP response; ``request_sent`` is False only when the request
                 certainly never reached the server.
         """
-        hdrs = dict(self._headers)
+        hdrs = self._headers.copy()
         hdrs["Accept"] = accept
         if content_type is not None and body is not None:
             hdrs["Content-Type"] = content_type
         if headers:
             hdrs.update(headers)
-        timeout = (self._config.connect_timeout_s, timeout_s if timeout_s is not None else self._config.read_timeout_s)
+        read_s = timeout_s if timeout_s is not None else self._config.read_timeout_s
+        timeout = self._timeouts.get(read_s)
+        if timeout is None:
+            timeout = self._timeouts[read_s] = urllib3.Timeout(connect=self._config.connect_timeout_s, read=read_s)
+        url = self._base_url + (path if path.startswith("/") else "/" + path)
+        if params:
+            query = urlencode([(k, v) for k, v in params.items() if v is not None], doseq=True)
+            if query:
+                url += ("&" if "?" in url else "?") + query
         start = time.monotonic()
         try:
-            resp = self._session.request(
-                method, self.url(path), data=body, params=params, headers=hdrs, timeout=timeout, allow_redirects=False
+            resp = self._manager.urlopen(
+                method, url, body=body, headers=hdrs, retries=self._retries, timeout=timeout,
+                redirect=False, preload_content=True, decode_content=True,
             )
-            content = resp.content
-        except requests.exceptions.ConnectTimeout as exc:
-            self._log(method, path, "connect-timeout", start)
-            raise APITimeoutError("Request timed out (connecting).", request_sent=False) from exc
-        except requests.exceptions.Timeout as exc:
-            self._log(method, path, "read-timeout", start)
-            raise APITimeoutError("Request timed out.", request_sent=True) from exc
-        except requests.exceptions.RequestException as exc:
-            sent = _request_may_have_been_sent(exc)
+        except urllib3.exceptions.HTTPError as exc:
+            reason: BaseException = exc.reason if isinstance(exc, MaxRetryError) and exc.reason is not None else exc
+            if isinstance(reason, ConnectTimeoutError):
+                self._log(method, path, "connect-timeout", start)
+                raise APITimeoutError("Request timed out (connecting).", request_sent=False) from exc
+            if isinstance(reason, (ReadTimeoutError, urllib3.exceptions.TimeoutError)):
+                self._log(method, path, "read-timeout", start)
+                raise APITimeoutError("Request timed out.", request_sent=True) from exc
             self._log(method, path, "connection-error", start)
-            raise APIConnectionError(f"Connection error: {self._redact(_describe(exc))}", request_sent=sent) from exc
+            raise APIConnectionError(
+                f"Connection error: {self._redact(_describe(reason))}", request_sent=_request_may_have_been_sent(reason)
+            ) from exc
         elapsed_ms = (time.monotonic() - start) * 1000.0
-        out = HTTPResponse(resp.status_code, resp.headers, content, elapsed_ms)
+        out = HTTPResponse(resp.status, resp.headers, resp.data, elapsed_ms)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d in %.1f ms (request_id=%s)", method, path, out.status, elapsed_ms, out.request_id)
         return out
@@ -248,28 +260,17 @@ class Transport:
         """Close every pooled connection."""
         if not self._closed:
             self._closed = True
-            self._session.close()
+            self._manager.clear()
 
 
-def _request_may_have_been_sent(exc: BaseException) -> bool:
+def _request_may_have_been_sent(reason: BaseException) -> bool:
     """False only for failures that certainly happened before any byte of the request was written."""
-    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)):
-        return False
-    reason: Any = exc.args[0] if exc.args else None
-    if isinstance(reason, MaxRetryError):
-        reason = reason.reason
-    if isinstance(reason, (NewConnectionError, ConnectTimeoutError)):
-        return False
-    # an SSLError means the TLS handshake failed, so the request was never written
-    return not isinstance(exc, requests.exceptions.SSLError)
+    # connection refused / DNS failure / connect timeout, a bad URL, or a failed TLS handshake
+    return not isinstance(
+        reason, (NewConnectionError, ConnectTimeoutError, LocationParseError, urllib3.exceptions.SSLError)
+    )
 
 
-def _describe(exc: BaseException) -> str:
-    reason: Any = exc.args[0] if exc.args else exc
-    if isinstance(reason, MaxRetryError) and reason.reason is not None:
-        reason = reason.reason
+def _describe(reason: BaseException) -> str:
     text = f"{type(reason).__name__}: {reason}"
     return text if len(text) <= 300 else text[:300] + "..."
-
-
-_ = urllib3  # imported for its exception/retry types (keeps the import explicit for mypy)
