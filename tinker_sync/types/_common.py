@@ -6,7 +6,9 @@ import math
 import re
 from array import array
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime, timezone
+
+UTC = timezone.utc
 from typing import Any
 
 import attrs
