@@ -27,7 +27,8 @@ the request id and a truncated body only.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "APIConnectionError",

@@ -107,12 +107,14 @@ def log_softmax(logits: Array) -> Array:
 
 def _split_heads(x: Array, n_heads: int) -> Array:
     b, t, d = x.shape
-    return x.reshape(b, t, n_heads, d // n_heads).transpose(0, 2, 1, 3)
+    out: Array = x.reshape(b, t, n_heads, d // n_heads).transpose(0, 2, 1, 3)
+    return out
 
 
 def _merge_heads(x: Array) -> Array:
     b, h, t, dh = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
+    out: Array = x.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- model

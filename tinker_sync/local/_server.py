@@ -5,6 +5,7 @@ Stdlib only: ``ThreadingHTTPServer`` speaking HTTP/1.1 with keep-alive and exact
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -432,6 +433,12 @@ class LocalTinkerServer:
         """Open the store, bind the socket and serve in a daemon thread."""
         if self._httpd is not None:
             return self
+        if self._engine_module is None and importlib.util.find_spec("numpy") is None:
+            # Fail here, with the fix, rather than as a 500 on the first create_model.
+            raise RuntimeError(
+                "the embedded Tinker server runs its model with numpy, which is not installed; "
+                "install it with: pip install 'tinker_sync[local]'"
+            )
         if "numpy" not in sys.modules:
             for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 os.environ.setdefault(var, "1")
