@@ -36,3 +36,18 @@ def test_importing_the_client_loads_neither_numpy_nor_the_local_server() -> None
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_local_server_without_numpy_says_how_to_install_it() -> None:
+    # sys.modules[name] = None makes the import machinery report the package as absent.
+    code = (
+        "import sys; sys.modules['numpy'] = None\n"
+        "from tinker_sync.local import LocalTinkerServer\n"
+        "try:\n"
+        "    LocalTinkerServer().start()\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'tinker_sync[local]'" in out.stdout
