@@ -7,19 +7,24 @@ default header values) are never part of a repr, a log line, an error message or
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import logging
 import os
 import threading
+import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
 from ._exceptions import TinkerError
 from ._retry import RetryPolicy
 
-__all__ = ["WIRE_SDK_VERSION", "ClientConfig", "InvalidConfigError"]
+__all__ = ["WIRE_SDK_VERSION", "ClientConfig", "InvalidConfigError", "redact_url"]
+
+logger = logging.getLogger(__name__)
 
 _DEFAULT_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"
 WIRE_SDK_VERSION = "0.25.0"  # the official SDK wire level we speak (sent as sdk_version)
@@ -29,6 +34,14 @@ _KEY_PREFIXES = ("tml-", "eyJ")
 
 class InvalidConfigError(TinkerError, ValueError):
     """The client configuration (API key, base URL, a knob) is unusable; the message says what to fix."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without a ``user:password@`` part (for reprs and messages)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="<redacted>@" + parts.netloc.rpartition("@")[2]))
 
 
 def _normalize_base_url(url: str) -> str:
@@ -87,10 +100,11 @@ class ClientConfig:
     """Connection settings shared by every client of one ServiceClient.
 
     ``max_workers`` bounds the threads that submit requests, ``max_pollers`` the threads that
-    long-poll results; the HTTP pool holds ``max_workers + max_pollers + 2`` connections.
+    long-poll results, ``max_sample_dispatchers`` the threads that send samples; the HTTP pool holds
+    ``max_workers + max_sample_dispatchers + max_pollers + 2`` connections.
     """
 
-    base_url: str = attrs.field(converter=_normalize_base_url)
+    base_url: str = attrs.field(converter=_normalize_base_url, repr=lambda url: repr(redact_url(url)))
     api_key: str = attrs.field(repr=False, converter=_check_api_key)
     connect_timeout_s: float = attrs.field(default=5.0, validator=_positive)
     read_timeout_s: float = attrs.field(default=60.0, validator=_positive)
@@ -99,6 +113,10 @@ class ClientConfig:
     # Poll threads start on demand (one per call awaiting a poll) and retire when idle; a bound below
     # the number of pending calls delays finished results behind long polls (head-of-line blocking).
     max_pollers: int = attrs.field(default=64, validator=_positive)
+    # Threads that dispatch samples (POST asample; the result is then polled like any other). Their
+    # own pool, so training lanes in a retry pause cannot starve sampling; also the bound on
+    # concurrent sample dispatches (at most 400, the official SDK's; 10 while a 429 is recent).
+    max_sample_dispatchers: int = attrs.field(default=16, validator=_positive)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     rate_limit_max_wait_s: float = attrs.field(default=300.0, validator=_positive)
     # Sent on every request; may hold secrets (Cloudflare Access), so it is never logged or repr'd.
@@ -107,6 +125,8 @@ class ClientConfig:
     # 402 on a poll: pause billing_pause_s between polls for at most billing_max_pause_s (PROTOCOL §3.4).
     billing_pause_s: float = 5.0
     billing_max_pause_s: float = 3600.0
+    # Keeps this config's entry in the in-process credential registry alive (see _remember_credentials).
+    _credential: Any = attrs.field(init=False, default=None, repr=False, eq=False)
 
     @classmethod
     def from_env(cls, *, api_key: str | None = None, base_url: str | None = None, **overrides: Any) -> ClientConfig:
@@ -132,14 +152,15 @@ class ClientConfig:
         return (self.base_url, hashlib.sha256(self.api_key.encode("utf-8")).hexdigest())
 
     def __attrs_post_init__(self) -> None:
-        _remember_credentials(self.api_key, self.default_headers)
+        object.__setattr__(self, "_credential", _remember_credentials(self.api_key, self.default_headers))
+        _warn_if_cleartext(self.base_url)
 
     # Pickling: the pickle carries no secret. It keeps a fingerprint of the key and the NAMES of the
     # default headers; unpickling takes the values from a ClientConfig already built in this process
     # (including the parent of a fork()ed worker) or, failing that, from TINKER_API_KEY and the
     # CLOUDFLARE_ACCESS_* variables (inherited by spawn()ed workers), if they match the fingerprint.
     def __getstate__(self) -> dict[str, Any]:
-        state = {a.name: getattr(self, a.name) for a in attrs.fields(type(self))}
+        state = {a.name: getattr(self, a.name) for a in attrs.fields(type(self)) if a.name != "_credential"}
         del state["api_key"]
         state["default_headers"] = sorted(self.default_headers)
         state["_credential_fingerprint"] = _fingerprint(self.api_key, self.default_headers)
@@ -156,11 +177,26 @@ class ClientConfig:
             object.__setattr__(self, name, value)
         object.__setattr__(self, "api_key", _check_api_key(api_key))
         object.__setattr__(self, "default_headers", _freeze_headers(headers))
+        object.__setattr__(self, "_credential", _remember_credentials(self.api_key, self.default_headers))
 
 
 _CF_ENV = {"CF-Access-Client-Id": "CLOUDFLARE_ACCESS_CLIENT_ID", "CF-Access-Client-Secret": "CLOUDFLARE_ACCESS_CLIENT_SECRET"}
 _credentials_lock = threading.Lock()
-_credentials: dict[str, tuple[str, dict[str, str]]] = {}  # fingerprint -> (api_key, default_headers)
+
+
+class _Credential:
+    """An API key and default headers, held (strongly) by every live ClientConfig that uses them."""
+
+    __slots__ = ("__weakref__", "api_key", "headers")
+
+    def __init__(self, api_key: str, headers: Mapping[str, str]) -> None:
+        self.api_key = api_key
+        self.headers = dict(headers)
+
+
+# fingerprint -> credential, for unpickling in this process (or a fork()ed child). Weak: an entry
+# lives exactly as long as some ClientConfig with that key does, so keys are not kept forever.
+_credentials: weakref.WeakValueDictionary[str, _Credential] = weakref.WeakValueDictionary()
 
 
 def _fingerprint(api_key: str, headers: Mapping[str, str]) -> str:
@@ -170,16 +206,50 @@ def _fingerprint(api_key: str, headers: Mapping[str, str]) -> str:
     return h.hexdigest()
 
 
-def _remember_credentials(api_key: str, headers: Mapping[str, str]) -> None:
+def _remember_credentials(api_key: str, headers: Mapping[str, str]) -> _Credential:
+    fingerprint = _fingerprint(api_key, headers)
     with _credentials_lock:
-        _credentials[_fingerprint(api_key, headers)] = (api_key, dict(headers))
+        cred = _credentials.get(fingerprint)
+        if cred is None:
+            cred = _Credential(api_key, headers)
+            _credentials[fingerprint] = cred
+        return cred
+
+
+_warned_cleartext: set[str] = set()
+
+
+def _warn_if_cleartext(base_url: str) -> None:
+    """WARN (once per base URL) when the API key would cross the network unencrypted."""
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+        return
+    with _credentials_lock:
+        if base_url in _warned_cleartext:
+            return
+        _warned_cleartext.add(base_url)
+    logger.warning(
+        "base_url %s uses plain http:// to a non-loopback host: the API key is sent unencrypted on every "
+        "request; use https:// unless this network is trusted",
+        redact_url(base_url),
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _recall_credentials(fingerprint: str, header_names: list[str]) -> tuple[str, dict[str, str]]:
     with _credentials_lock:
         known = _credentials.get(fingerprint)
     if known is not None:
-        return known[0], dict(known[1])
+        return known.api_key, dict(known.headers)
     key = (os.environ.get("TINKER_API_KEY") or "").strip()
     headers = {name: (os.environ.get(_CF_ENV.get(name, "")) or "").strip() for name in header_names}
     if key and _fingerprint(key, headers) == fingerprint:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ._config import ClientConfig
+from ._config import ClientConfig, redact_url
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
@@ -41,22 +41,28 @@ T = TypeVar("T")
 
 _SAMPLE_PATH = "/api/v1/asample"
 _LARGE_PROMPT_BYTES = 128 * 1024  # prompts above this back off 5 s instead of 1 s after a 429
-_SAMPLE_INFLIGHT = 400  # concurrent sample dispatches normally ...
+_SAMPLE_INFLIGHT = 400  # concurrent sample dispatches at most (official SDK) ...
 _SAMPLE_INFLIGHT_LIMITED = 10  # ... and while a rate-limit back-off is recent (PROTOCOL §7.4)
 
 
 class _SampleGate:
-    """Bounds concurrent asample dispatches; the bound tightens while the account was recently limited."""
+    """Bounds concurrent asample dispatches; the bound tightens while the account was recently limited.
 
-    def __init__(self, limiter: RateLimiter, closed: threading.Event) -> None:
+    Dispatches run on the runtime's own sampling pool (``ClientConfig.max_sample_dispatchers``
+    threads), so normally the pool size is the bound; the gate adds the tighter bound of 10 after a 429
+    and covers the re-submissions after a 410, which run on poller threads.
+    """
+
+    def __init__(self, limiter: RateLimiter, closed: threading.Event, limit: int = _SAMPLE_INFLIGHT) -> None:
         self._limiter = limiter
         self._closed = closed
         self._cond = threading.Condition()
         self._inflight = 0
+        self.limit = max(1, min(limit, _SAMPLE_INFLIGHT))
 
     def __enter__(self) -> None:
         with self._cond:
-            while self._inflight >= (_SAMPLE_INFLIGHT_LIMITED if self._limiter.recently_limited else _SAMPLE_INFLIGHT):
+            while self._inflight >= (_SAMPLE_INFLIGHT_LIMITED if self._limiter.recently_limited else self.limit):
                 if self._closed.is_set():
                     raise ClientClosedError("the client was closed while waiting to dispatch a sample")
                 self._cond.wait(0.25)
@@ -66,6 +72,15 @@ class _SampleGate:
         with self._cond:
             self._inflight -= 1
             self._cond.notify()
+
+
+class _SampleExecutor(Executor):
+    """The sampling dispatch pool: threads ``tinker-sync-sampler-N``."""
+
+    def _init_thread(self) -> None:
+        super()._init_thread()
+        me = threading.current_thread()
+        me.name = me.name.replace("tinker-sync-worker-", "tinker-sync-sampler-")
 
 
 def _encode_body(body: Any) -> tuple[bytes | None, str | None]:
@@ -117,6 +132,10 @@ class Runtime:
         self.limiter: RateLimiter = get_shared_limiter(config)
         self._activity = Activity()
         self.executor = Executor(config.max_workers, activity=self._activity)
+        # Sample dispatch has its own bounded pool: a training lane or REST call stuck in a long retry
+        # pause cannot starve sampling, and a burst of samples cannot delay training submissions.
+        # Its threads start on demand (ThreadPoolExecutor), so an unused pool costs nothing.
+        self.sample_executor: Executor = _SampleExecutor(config.max_sample_dispatchers, activity=self._activity)
         self.poller = FuturePoller(
             self.transport,
             max_pollers=config.max_pollers,
@@ -130,10 +149,10 @@ class Runtime:
         self._lock = threading.Lock()
         self._outstanding: set[Future[Any]] = set()
         self._lanes: list[SequencedLane] = []
-        self._sample_gate = _SampleGate(self.limiter, self._closed)
+        self._sample_gate = _SampleGate(self.limiter, self._closed, config.max_sample_dispatchers)
 
     def __repr__(self) -> str:
-        return f"Runtime(base_url={self.config.base_url!r}, closed={self._closing})"
+        return f"Runtime(base_url={redact_url(self.config.base_url)!r}, closed={self._closing})"
 
     @property
     def closed(self) -> bool:
@@ -167,6 +186,7 @@ class Runtime:
         return_response: bool = False,
         success_on_resend: Iterable[int] = (),
         idempotent: bool | None = None,
+        rate_limited: bool = True,
     ) -> Any:
         """Make one logical call in the calling thread, retrying per ``config.retry``.
 
@@ -183,6 +203,9 @@ class Runtime:
                 408, 5xx). E.g. 404 on a retried DELETE. The call then returns None (or the response).
             idempotent: whether the request may be sent again after it may have reached the server;
                 None = ``RetryPolicy.may_resend`` (GET/PUT/DELETE and the listed POST endpoints).
+            rate_limited: False sends without waiting for the shared 429 window (heartbeats: they must
+                keep the session alive while other calls wait out a long back-off). A 429 answer still
+                extends the window for everyone else.
 
         Raises:
             APIStatusError subclass: a non-retryable status, or the last one once retries ran out.
@@ -209,9 +232,10 @@ class Runtime:
         while True:
             if self._closed.is_set():
                 raise ClientClosedError(f"the client was closed; {method} {path} was not sent")
-            self.limiter.wait(
-                deadline=rate_deadline, cancelled=self._closed, max_wait_s=self.config.rate_limit_max_wait_s
-            )
+            if rate_limited:
+                self.limiter.wait(
+                    deadline=rate_deadline, cancelled=self._closed, max_wait_s=self.config.rate_limit_max_wait_s
+                )
             dispatched_at = self._clock()
             try:
                 resp = self.transport.send(
@@ -231,7 +255,8 @@ class Runtime:
                 attempt += 1
                 continue
             if 200 <= resp.status < 300 or (return_response and 300 <= resp.status < 400):
-                self.limiter.on_success(dispatched_at=dispatched_at)
+                if rate_limited:  # an unlimited call (heartbeat) proves nothing about the limited ones
+                    self.limiter.on_success(dispatched_at=dispatched_at)
                 return resp if return_response else _parse(resp, response_type, method, path)
             if maybe_applied and resp.status in already_done:
                 logger.info(
@@ -327,6 +352,7 @@ class Runtime:
         content_type: str = "application/json",
         prompt_bytes_estimate: int = 0,
         label: str = "",
+        rebuild: Callable[[], Any] | None = None,
     ) -> Future[T]:
         """POST a future-returning request, then poll its result; returns ``Future[response_type]``.
 
@@ -335,14 +361,22 @@ class Runtime:
         Cancelling stops polling; server-side work already submitted still runs. Errors (HTTP,
         RequestFailedError, ClientClosedError, LanePoisonedError) arrive through the Future.
 
+        A 410 on a poll (the server dropped the result) re-submits the call. With ``rebuild`` the
+        re-submission is a NEW call: ``rebuild()`` returns a fresh request (e.g. a sample with a new
+        seq_id, PROTOCOL §5.4), encoded anew and sent with a new idempotency key. Without it the same
+        body is re-sent under the same idempotency key: right for sequenced training ops, whose
+        seq_id is their slot in the model's order (a new one would leave a gap the server waits for
+        forever, and the server de-duplicates on (model_id, seq_id) if the first run did happen).
+
         Raises:
             ClientClosedError: immediately, if the runtime is closed.
         """
+        def encode(req: Any) -> tuple[bytes, str]:
+            data, ctype = _encode_body(req)
+            return (b"{}" if data is None else data), (content_type if content_type != "application/json" else (ctype or content_type))
+
         if body is None:
-            payload, ctype = _encode_body(request)
-            if payload is None:
-                payload = b"{}"
-            ctype = content_type if content_type != "application/json" else (ctype or content_type)
+            payload, ctype = encode(request)
         else:
             payload, ctype = body, content_type
         key = f"tinker-sync-{uuid.uuid4().hex}"
@@ -350,21 +384,25 @@ class Runtime:
         self._register(outer)
         started = self._clock()
 
-        def post() -> str:
+        def post(data: bytes, ctype: str, key: str) -> str:
             if sampling:
                 with self._sample_gate:
-                    handle = self._post_future(path, payload, ctype, key, sampling, prompt_bytes_estimate)
-            else:
-                handle = self._post_future(path, payload, ctype, key, sampling, prompt_bytes_estimate)
-            return handle
+                    return self._post_future(path, data, ctype, key, sampling, prompt_bytes_estimate)
+            return self._post_future(path, data, ctype, key, sampling, prompt_bytes_estimate)
+
+        def resubmit() -> str:
+            if rebuild is None:
+                return post(payload, ctype, key)
+            data, new_ctype = encode(rebuild())
+            return post(data, new_ctype, f"tinker-sync-{uuid.uuid4().hex}")
 
         def start() -> None:
             if lane is None and outer.done():
                 return  # cancelled before it was sent: nothing to do
-            request_id = post()
+            request_id = post(payload, ctype, key)
             call = PolledCall(
                 request_id=request_id, expected_type=response_type, request_type=request_type,
-                future=outer, resubmit=post, started_at=started,
+                future=outer, resubmit=resubmit, started_at=started,
             )
             call.round_trip_s = self._clock() - started
             self.poller.track(call)
@@ -378,7 +416,10 @@ class Runtime:
                 set_exception(outer, exc)
 
         try:
-            inner = lane.submit(start, label=label or request_type) if lane is not None else self.executor.submit(start)
+            if lane is not None:
+                inner = lane.submit(start, label=label or request_type)
+            else:
+                inner = (self.sample_executor if sampling else self.executor).submit(start)
         except ClientClosedError as exc:
             set_exception(outer, exc)
             return outer
@@ -428,21 +469,57 @@ class Runtime:
                 return False
             futures_wait(outstanding, timeout=left)
 
-    def close(self, *, cancel_pending: bool = False) -> None:
-        """Shut down: by default wait for every pending call; with ``cancel_pending`` fail them.
+    def pending_count(self) -> int:
+        """Calls submitted and not yet resolved."""
+        with self._lock:
+            return len(self._outstanding)
 
-        Pending Futures then fail with ClientClosedError. No tinker-sync thread survives; the HTTP
-        Session closes last. Idempotent.
+    def drain(self, timeout_s: float | None) -> int:
+        """Wait at most ``timeout_s`` (None: no bound) for pending calls; fail the leftovers.
+
+        Leftovers fail with ClientClosedError and one WARNING names how many. Returns their number.
+        Must not be called from a tinker-sync thread.
         """
-        if not cancel_pending and not self._closing:
-            self.wait_idle()  # before refusing new work: chained follow-up calls may still be submitted
+        if self.wait_idle(timeout_s):
+            return 0
+        with self._lock:
+            outstanding = [f for f in self._outstanding if not f.done()]
+            lanes = list(self._lanes)
+        if not outstanding:
+            return 0
+        logger.warning(
+            "closing: %d call(s) still pending after %.1f s; failing them with ClientClosedError "
+            "(pass a larger timeout_s to close() to wait longer)",
+            len(outstanding), timeout_s,
+        )
+        err = ClientClosedError(f"the client was closed; this call did not finish within close()'s {timeout_s:g} s timeout")
+        for lane in lanes:
+            lane.fail_pending(err)
+        for fut in outstanding:
+            set_exception(fut, err)
+        return len(outstanding)
+
+    def close(self, *, cancel_pending: bool = False, timeout_s: float | None = 300.0) -> None:
+        """Shut down: by default wait (at most ``timeout_s``) for every pending call; with ``cancel_pending`` fail them.
+
+        Calls still pending when the wait ends fail with ClientClosedError (logged as a WARNING with
+        their number). No tinker-sync thread survives; the HTTP connections close last. Idempotent.
+        """
+        deadline = None if timeout_s is None else self._clock() + timeout_s
+        # Drain before refusing new work: chained follow-up calls may still be submitted meanwhile. If
+        # calls had to be failed, also interrupt their retries and polls (cancel_pending).
+        if not cancel_pending and not self._closing and self.drain(timeout_s):
+            cancel_pending = True
         with self._lock:
             already = self._closing
             self._closing = True
             outstanding = list(self._outstanding)
             lanes = list(self._lanes)
-        if not cancel_pending and not already:
-            futures_wait(outstanding)
+        if not cancel_pending and not already and outstanding:
+            left = None if deadline is None else max(0.0, deadline - self._clock())
+            if futures_wait(outstanding, timeout=left).not_done:
+                cancel_pending = True
+                logger.warning("closing: calls still pending after %.1f s; failing them with ClientClosedError", timeout_s)
         if cancel_pending:
             self._closed.set()
             err = ClientClosedError("the client was closed before this call finished")
@@ -452,6 +529,7 @@ class Runtime:
                 set_exception(fut, ClientClosedError("the client was closed before this call finished"))
             self.transport.abort_inflight()
         self.executor.close(cancel_pending=cancel_pending)
+        self.sample_executor.close(cancel_pending=cancel_pending)
         self.poller.close(cancel_pending=True)
         self._closed.set()
         self.transport.close()

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 import attrs
 import certifi
@@ -33,7 +33,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util.retry import Retry
 
-from ._config import ClientConfig
+from ._config import ClientConfig, redact_url
 from ._exceptions import APIConnectionError, APITimeoutError
 from ._version import __version__
 
@@ -70,14 +70,6 @@ class HTTPResponse:
     @property
     def request_id(self) -> str | None:
         return self.headers.get("x-request-id")
-
-
-def redact_url(url: str) -> str:
-    """``url`` without a ``user:password@`` part (for reprs and messages)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="<redacted>@" + parts.netloc.rpartition("@")[2]))
 
 
 class _TrackingMixin:
@@ -119,7 +111,7 @@ class Transport:
         ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
         pool_kw: dict[str, Any] = {
             "num_pools": 2,
-            "maxsize": config.max_workers + config.max_pollers + 2,
+            "maxsize": config.max_workers + config.max_sample_dispatchers + config.max_pollers + 2,
             "block": False,
             "ca_certs": ca_bundle,
         }

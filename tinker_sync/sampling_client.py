@@ -75,12 +75,19 @@ class SamplingClient:
 
     # ---- sampling -------------------------------------------------------------------------
     def _submit(self, request_fields: dict[str, Any]) -> Future[types.SampleResponse]:
-        request = types.SampleRequest(
-            sampling_session_id=self.sampling_session_id, seq_id=self._next_seq_id(), **request_fields
-        )
+        def build() -> types.SampleRequest:
+            return types.SampleRequest(
+                sampling_session_id=self.sampling_session_id, seq_id=self._next_seq_id(), **request_fields
+            )
+
+        request = build()
+        # A 410 on the poll (the server dropped the result) re-runs the sample as a NEW call with a fresh
+        # seq_id, as the official RetryHandler does (PROTOCOL §5.4): the server derives the request id
+        # from (sampling_session_id, seq_id), so re-sending the old seq_id could return the same
+        # expired future again. 429 re-sends of the same POST keep their seq_id (runtime.request).
         return self._runtime.submit_polled(
             "/api/v1/asample", request, types.SampleResponse, request_type="Sample", sampling=True,
-            prompt_bytes_estimate=_prompt_bytes(request.prompt),
+            prompt_bytes_estimate=_prompt_bytes(request.prompt), rebuild=build,
         )
 
     def sample(

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import types
-from ._config import ClientConfig
+from ._config import ClientConfig, redact_url
 from ._exceptions import APIStatusError, ClientClosedError, NotFoundError
 from ._executor import chain
 from ._runtime import Runtime
@@ -102,7 +102,7 @@ class ServiceClient:
         self._last_heartbeat_ok = self._clock()
 
     def __repr__(self) -> str:
-        return f"ServiceClient(base_url={self._config.base_url!r}, session_id={self._session_id!r})"
+        return f"ServiceClient(base_url={redact_url(self._config.base_url)!r}, session_id={self._session_id!r})"
 
     # ---- bootstrap ------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -178,6 +178,7 @@ class ServiceClient:
                     body=types.SessionHeartbeatRequest(session_id=session_id),
                     timeout_s=_HEARTBEAT_TIMEOUT_S,
                     retry=False,
+                    rate_limited=False,  # keep the session alive while other calls wait out a 429 window
                 )
             except APIStatusError as exc:
                 if exc.status_code == 410:
@@ -387,26 +388,34 @@ class ServiceClient:
         return RestClient(self._runtime)
 
     # ---- lifecycle ------------------------------------------------------------------------
-    def close(self, *, cancel_pending: bool = False, reason: str = "success") -> None:
-        """Stop the heartbeat, finish the session and close the runtime (idempotent).
+    def close(self, *, cancel_pending: bool = False, timeout_s: float | None = 300.0, reason: str = "success") -> None:
+        """Finish the session and shut down (idempotent); bounded by ``timeout_s``.
 
-        With ``cancel_pending`` pending futures fail with ClientClosedError; otherwise submitted work is
-        allowed to finish first.
+        By default waits at most ``timeout_s`` seconds (None: no bound) for submitted work; calls still
+        pending then fail with ClientClosedError and a WARNING names how many. With ``cancel_pending``
+        pending calls fail at once. Heartbeats continue while close() waits, so the server keeps the
+        session (and the work being waited for) alive; then the heartbeat stops, the session is marked
+        finished (``sessions/{id}/finish`` with ``reason``) and the runtime closes.
+
+        Args:
+            reason: ``"success"``, ``"errored"`` or ``"interrupted"`` (sent to the server).
         """
+        if timeout_s is not None and not timeout_s >= 0:
+            raise ValueError(f"timeout_s must be >= 0 or None, got {timeout_s!r}")
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            session_id = self._session_id
+        start = self._clock()
+        if not cancel_pending:
+            # Heartbeats still run here: a long but legitimate wait (a queued save) must not let the
+            # server expire the session whose work we are waiting for (PROTOCOL §5.1).
+            self._runtime.drain(timeout_s)
         self._stop.set()
         thread = self._heartbeat_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=_HEARTBEAT_TIMEOUT_S + 5)
-        if not cancel_pending:
-            # Let submitted work finish before the session is marked finished (needs CORE's wait_idle).
-            wait_idle = getattr(self._runtime, "wait_idle", None)
-            if wait_idle is not None:
-                wait_idle()
+        session_id = self._session_id
         if session_id is not None:
             try:
                 self._runtime.request(
@@ -415,12 +424,14 @@ class ServiceClient:
                     body={"reason": {"type": reason}, "detail": None},
                     timeout_s=10.0,
                     retry=False,
+                    rate_limited=False,
                 )
             except NotFoundError:
                 logger.debug("server has no sessions/finish endpoint; skipped")
             except Exception as exc:  # noqa: BLE001 - closing must not raise for a bookkeeping call
                 logger.info("could not finish session %s: %s", session_id, exc)
-        self._runtime.close(cancel_pending=cancel_pending)
+        left = None if timeout_s is None else max(0.0, timeout_s - (self._clock() - start))
+        self._runtime.close(cancel_pending=cancel_pending, timeout_s=left)
 
     def __enter__(self) -> ServiceClient:  # noqa: PYI034 - typing.Self needs 3.11
         return self
