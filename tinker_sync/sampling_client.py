@@ -163,10 +163,10 @@ class SamplingClient:
         return self._base_model
 
     def get_tokenizer(self) -> Tokenizer:
-        """The tokenizer of the base model (blocking)."""
-        from .tokenizer import get_tokenizer
+        """The tokenizer of the base model (blocking); packaged or from the hub, never a local path."""
+        from .tokenizer import get_server_tokenizer
 
-        return get_tokenizer(self.get_base_model())
+        return get_server_tokenizer(self.get_base_model())
 
 
 def _prompt_bytes(prompt: types.ModelInput) -> int:

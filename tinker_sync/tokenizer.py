@@ -1,13 +1,15 @@
 """Tokenizer resolution (PROTOCOL §10) over the ``tokenizers`` library, plus text <-> ModelInput helpers.
 
 Order: the packaged byte tokenizer of the local models (names starting ``tinker-sync/``), then a local
-file or directory, then the Hugging Face hub (needs network; a clear error offline). Cached per id.
+file or directory (only for names the USER gave), then the Hugging Face hub (needs network; a clear
+error offline). Ids that came from the server never open local files. Cached per id.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -18,7 +20,15 @@ if TYPE_CHECKING:
 
     from .types import ModelInput
 
-__all__ = ["Tokenizer", "clear_tokenizer_cache", "decode_model_input", "get_tokenizer", "model_input_from_text", "resolve_tokenizer_id"]
+__all__ = [
+    "Tokenizer",
+    "clear_tokenizer_cache",
+    "decode_model_input",
+    "get_server_tokenizer",
+    "get_tokenizer",
+    "model_input_from_text",
+    "resolve_tokenizer_id",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +36,9 @@ PACKAGED_PREFIX = "tinker-sync/"
 _PACKAGED_PATH = Path(__file__).resolve().parent / "local" / "assets" / "byte_tokenizer.json"
 _LLAMA3_TOKENIZER = "thinkingmachineslabinc/meta-llama-3-instruct-tokenizer"
 _CACHE_SIZE = 32
+# What a Hugging Face hub repo id may look like ("name" or "org/name"); anything else from the server
+# (an absolute or relative path, "~", "..", a drive letter, a URL) is refused, never opened.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 
 
 class Tokenizer:
@@ -84,7 +97,7 @@ def resolve_tokenizer_id(model_name: str, tokenizer_id: str | None = None) -> st
     return name
 
 
-_cache: OrderedDict[str, Tokenizer] = OrderedDict()
+_cache: OrderedDict[tuple[str, bool], Tokenizer] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -94,7 +107,7 @@ def clear_tokenizer_cache() -> None:
         _cache.clear()
 
 
-def _load(tid: str) -> Tokenizer:
+def _load(tid: str, local_files: bool) -> Tokenizer:
     try:
         from tokenizers import Tokenizer as _HFTokenizer
     except ImportError as exc:  # pragma: no cover - a hard dependency
@@ -102,14 +115,21 @@ def _load(tid: str) -> Tokenizer:
 
     if tid.startswith(PACKAGED_PREFIX):
         return Tokenizer(_HFTokenizer.from_file(str(_PACKAGED_PATH)), tid)
-    local = Path(os.path.expanduser(tid))
-    if local.is_file():
-        return Tokenizer(_HFTokenizer.from_file(str(local)), tid)
-    if local.is_dir():
-        candidate = local / "tokenizer.json"
-        if not candidate.is_file():
-            raise ValueError(f"tokenizer directory {tid!r} has no tokenizer.json")
-        return Tokenizer(_HFTokenizer.from_file(str(candidate)), tid)
+    if local_files:
+        local = Path(os.path.expanduser(tid))
+        if local.is_file():
+            return Tokenizer(_HFTokenizer.from_file(str(local)), tid)
+        if local.is_dir():
+            candidate = local / "tokenizer.json"
+            if not candidate.is_file():
+                raise ValueError(f"tokenizer directory {tid!r} has no tokenizer.json")
+            return Tokenizer(_HFTokenizer.from_file(str(candidate)), tid)
+    elif not _HUB_ID.fullmatch(tid) or ".." in tid:
+        raise ValueError(
+            f"the server named tokenizer {tid[:200]!r}, which is not a Hugging Face hub id; tinker_sync never "
+            "opens local files named by the server. Pass a local tokenizer.json to "
+            "tinker_sync.tokenizer.get_tokenizer() yourself if you trust it"
+        )
     if tid.startswith(("TML/", "thinkingmachines/")):
         raise RuntimeError(
             f"tokenizer {tid!r} is a Thinking Machines tokenizer that tinker_sync cannot load; "
@@ -125,26 +145,39 @@ def _load(tid: str) -> Tokenizer:
     return Tokenizer(backend, tid)
 
 
-def get_tokenizer(model_name: str, tokenizer_id: str | None = None) -> Tokenizer:
+def get_tokenizer(model_name: str, tokenizer_id: str | None = None, *, local_files: bool = True) -> Tokenizer:
     """The tokenizer for ``model_name`` (or an explicit ``tokenizer_id`` / local path), cached.
 
+    Args:
+        local_files: whether the name may be a local ``tokenizer.json`` file or a directory holding one.
+            True for names the user typed; False for names that came from the server (``get_info``,
+            ``/samplers``): those resolve only to the packaged tokenizer or a hub id, so a buggy or
+            hostile server cannot make the client open local files. See ``get_server_tokenizer``.
+
     Raises:
-        ValueError: empty name, or a directory without tokenizer.json.
+        ValueError: empty name, a directory without tokenizer.json, or (``local_files=False``) a name
+            that is not a hub id.
         RuntimeError: a hub id that cannot be downloaded (e.g. offline), or a TML-internal id.
     """
     tid = resolve_tokenizer_id(model_name, tokenizer_id)
+    key = (tid, local_files)
     with _cache_lock:
-        tok = _cache.get(tid)
+        tok = _cache.get(key)
         if tok is not None:
-            _cache.move_to_end(tid)
+            _cache.move_to_end(key)
             return tok
-    tok = _load(tid)
+    tok = _load(tid, local_files)
     with _cache_lock:
-        _cache[tid] = tok
-        _cache.move_to_end(tid)
+        _cache[key] = tok
+        _cache.move_to_end(key)
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return tok
+
+
+def get_server_tokenizer(model_name: str, tokenizer_id: str | None = None) -> Tokenizer:
+    """The tokenizer for a model name / tokenizer id reported by the SERVER: packaged or hub, never a local path."""
+    return get_tokenizer(model_name, tokenizer_id, local_files=False)
 
 
 def model_input_from_text(tokenizer: Tokenizer | Any, text: str, *, add_special_tokens: bool = False) -> ModelInput:
