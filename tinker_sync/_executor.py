@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from ._exceptions import ClientClosedError, TinkerError
 
-__all__ = ["Activity", "Executor", "LanePoisonedError", "SequencedLane", "chain", "gather", "mark_internal_thread", "set_exception", "set_result"]
+__all__ = ["Activity", "Executor", "LanePoisonedError", "LaneSlot", "SequencedLane", "chain", "gather", "mark_internal_thread", "set_exception", "set_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -248,19 +248,72 @@ class LanePoisonedError(TinkerError):
     """
 
 
+class _LaneEntry:
+    """One place in a lane's queue: a call, or a reserved slot whose call is supplied later."""
+
+    __slots__ = ("error", "fn", "label", "outer", "removed")
+
+    def __init__(self, fn: Callable[[], Any] | None, label: str) -> None:
+        self.fn = fn
+        self.label = label
+        self.outer: Future[Any] = Future()
+        self.error: BaseException | None = None  # a reserved slot given up with this error
+        self.removed = False
+
+    @property
+    def ready(self) -> bool:
+        return self.fn is not None or self.error is not None
+
+
+class LaneSlot:
+    """A place reserved in a SequencedLane whose call is supplied later (e.g. once its body is known).
+
+    The lane runs the calls queued before the slot, then waits (holding no thread) until the slot is
+    filled with ``submit()`` or given up with ``fail()``; calls queued after it run only after that.
+    ``submit`` has the same signature as ``SequencedLane.submit``, so a slot can stand in for a lane.
+    """
+
+    def __init__(self, lane: SequencedLane, entry: _LaneEntry) -> None:
+        self._lane = lane
+        self._entry = entry
+
+    def __repr__(self) -> str:
+        return f"LaneSlot({self._entry.label!r}, filled={self._entry.ready})"
+
+    @property
+    def filled(self) -> bool:
+        """True once ``submit()`` or ``fail()`` was called."""
+        return self._entry.ready
+
+    def submit(self, fn: Callable[[], T], *, label: str = "") -> Future[T]:
+        """Fill the slot with ``fn``; it runs after every earlier call of the lane finished.
+
+        Raises:
+            RuntimeError: the slot was already filled or failed.
+            ClientClosedError: the executor is closed (the lane's queued calls are failed with it).
+        """
+        return self._lane._fill(self._entry, fn, None, label)
+
+    def fail(self, exc: BaseException) -> None:
+        """Give up the slot: when the lane reaches it, it is poisoned with ``exc`` (later calls fail fast
+        with LanePoisonedError) instead of waiting forever for a call that will never come."""
+        self._lane._fill(self._entry, None, exc, "")
+
+
 class SequencedLane:
     """FIFO submission for one training model: calls run one at a time, in ``submit()`` order.
 
     A call runs even if its Future was cancelled (skipping it would leave a seq_id gap); cancelling
     only stops waiting for the result. After a call raises, the lane is poisoned: queued and later
-    calls fail fast with LanePoisonedError naming the failed call.
+    calls fail fast with LanePoisonedError naming the failed call. ``reserve()`` queues a place whose
+    call is supplied later (LaneSlot); the lane waits at it without holding a thread.
     """
 
     def __init__(self, executor: Executor, *, name: str = "lane") -> None:
         self._executor = executor
         self._name = name
         self._lock = threading.Lock()
-        self._queue: collections.deque[tuple[Callable[[], Any], Future[Any], str]] = collections.deque()
+        self._queue: collections.deque[_LaneEntry] = collections.deque()
         self._running = False
         self.poisoned: BaseException | None = None
         self._poisoned_label = ""
@@ -269,12 +322,16 @@ class SequencedLane:
         return f"SequencedLane({self._name!r}, queued={len(self._queue)}, poisoned={self.poisoned is not None})"
 
     def _poison_error(self, label: str) -> LanePoisonedError:
+        cause = self.poisoned
+        what = f"{type(cause).__name__}: {cause}" if cause is not None else "an error"
         err = LanePoisonedError(
-            f"{label or 'request'} was not sent because an earlier request on {self._name} "
-            f"({self._poisoned_label or 'request'}) failed: {self.poisoned!r}. Sending later requests would "
-            "leave a gap in the seq_id order; create a new training client (e.g. from the last checkpoint)."
+            f"{label or 'request'} was not sent: an earlier request on {self._name} "
+            f"({self._poisoned_label or 'request'}) failed with {what}. The server keeps requests of a model "
+            "in seq_id order, so nothing more can be sent after a request that may not have been queued; "
+            "this training client is unusable. Create a new one, e.g. from your last saved state with "
+            "service.create_training_client_from_state_with_optimizer(path) (or create_training_client_from_state)."
         )
-        err.__cause__ = self.poisoned
+        err.__cause__ = cause
         return err
 
     def submit(self, fn: Callable[[], T], *, label: str = "") -> Future[T]:
@@ -283,52 +340,98 @@ class SequencedLane:
         Raises:
             ClientClosedError: immediately, if the executor is closed.
         """
-        outer: Future[T] = Future()
+        entry = _LaneEntry(fn, label)
         with self._lock:
             if self.poisoned is not None:
-                set_exception(outer, self._poison_error(label))
-                return outer
-            self._queue.append((fn, outer, label))
-            if self._running:
-                return outer
-            self._running = True
+                set_exception(entry.outer, self._poison_error(label))
+                return entry.outer
+            self._queue.append(entry)
+            start = not self._running and self._queue[0] is entry
+            if start:
+                self._running = True
+        if start:
+            self._start_drain()
+        return entry.outer
+
+    def reserve(self, label: str = "") -> LaneSlot:
+        """Queue a place for a call supplied later with ``LaneSlot.submit`` (or given up with ``fail``).
+
+        Never raises and starts nothing: calls queued after the slot wait until it is filled.
+        """
+        entry = _LaneEntry(None, label)
+        with self._lock:
+            if self.poisoned is not None:
+                entry.removed = True
+                set_exception(entry.outer, self._poison_error(label))
+            else:
+                self._queue.append(entry)
+        return LaneSlot(self, entry)
+
+    def _fill(self, entry: _LaneEntry, fn: Callable[[], Any] | None, error: BaseException | None, label: str) -> Future[Any]:
+        with self._lock:
+            if entry.ready:
+                raise RuntimeError(f"lane slot {entry.label!r} was already filled")
+            entry.fn, entry.error = fn, error
+            if label:
+                entry.label = label
+            if entry.removed:  # the lane was failed/poisoned while the slot waited
+                if not entry.outer.done():
+                    set_exception(entry.outer, self._poison_error(entry.label))
+                return entry.outer
+            start = not self._running and bool(self._queue) and self._queue[0] is entry
+            if start:
+                self._running = True
+        if start:
+            self._start_drain()
+        return entry.outer
+
+    def _start_drain(self) -> None:
         try:
             self._executor.submit(self._drain)
-        except ClientClosedError:
+        except ClientClosedError as exc:
             with self._lock:
                 self._running = False
-                self._queue.clear()
+            self.fail_pending(exc)
             raise
-        return outer
 
     def _drain(self) -> None:
         while True:
             with self._lock:
-                if not self._queue:
-                    self._running = False
+                if not self._queue or not self._queue[0].ready:
+                    self._running = False  # empty, or parked at a reserved slot until it is filled
                     return
-                fn, outer, label = self._queue.popleft()
+                entry = self._queue.popleft()
+                entry.removed = True
+                if entry.error is not None and self.poisoned is None:
+                    self.poisoned = entry.error
+                    self._poisoned_label = entry.label
+                    set_exception(entry.outer, entry.error)
+                    continue
                 poisoned = self.poisoned
             if poisoned is not None:
-                set_exception(outer, self._poison_error(label))
+                set_exception(entry.outer, self._poison_error(entry.label))
                 continue
+            assert entry.fn is not None
             try:
-                value = fn()
+                value = entry.fn()
             except BaseException as exc:  # noqa: BLE001
                 with self._lock:
                     if self.poisoned is None:
                         self.poisoned = exc
-                        self._poisoned_label = label
-                set_exception(outer, exc)
+                        self._poisoned_label = entry.label
+                set_exception(entry.outer, exc)
             else:
-                set_result(outer, value)
+                set_result(entry.outer, value)
 
     def fail_pending(self, exc: BaseException) -> None:
-        """Fail every queued call (used by close(cancel_pending=True))."""
+        """Fail every queued call and reserved slot, and poison the lane (used by close(cancel_pending=True))."""
         with self._lock:
             items = list(self._queue)
             self._queue.clear()
             if self.poisoned is None:
                 self.poisoned = exc
-        for _fn, outer, _label in items:
-            set_exception(outer, exc)
+                self._poisoned_label = "close"
+            for entry in items:
+                entry.removed = True
+        for entry in items:
+            set_exception(entry.outer, exc)

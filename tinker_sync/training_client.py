@@ -5,17 +5,22 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import re
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import CancelledError, Future
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
 from . import types
-from ._executor import chain, gather, set_exception, set_result
+from ._exceptions import TinkerError
+from ._executor import LaneSlot, chain, gather, set_exception, set_result
+from ._proto import _varint
 
 if TYPE_CHECKING:
+    from ._executor import SequencedLane
     from .sampling_client import SamplingClient
     from .service_client import ServiceClient
     from .tokenizer import Tokenizer
@@ -24,7 +29,10 @@ __all__ = ["TrainingClient", "chunk_data", "combine_forward_backward_outputs", "
 
 logger = logging.getLogger(__name__)
 
-LOSS_FNS: tuple[str, ...] = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro")
+# Loss names the wire accepts (the official SDK's LossFnType; 0.38 added gspo, stable_reinforce, custom).
+# Inputs are checked client-side only for the ones in _REQUIRED_INPUTS; the others pass through.
+LOSS_FNS: tuple[str, ...] = (
+    "cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo", "stable_reinforce", "custom")
 _DEFAULT_MAX_CHUNK_LEN = 1024
 _DEFAULT_MAX_CHUNK_BYTES = 5_000_000
 _DTYPE_BYTES = {"int64": 8, "float32": 4}
@@ -171,18 +179,79 @@ def combine_forward_backward_outputs(results: Sequence[types.ForwardBackwardOutp
 # --------------------------------------------------------------------------------------------
 
 
-def _check_data(data: Any, where: str) -> list[types.Datum]:
+# loss_fn -> loss_fn_inputs keys the server needs (PROTOCOL §6.1 / the Tinker loss-function docs).
+_REQUIRED_INPUTS: dict[str, tuple[str, ...]] = {
+    "cross_entropy": ("target_tokens", "weights"),
+    "importance_sampling": ("target_tokens", "logprobs", "advantages"),
+    "ppo": ("target_tokens", "logprobs", "advantages"),
+    "cispo": ("target_tokens", "logprobs", "advantages"),
+    "dro": ("target_tokens", "logprobs", "advantages"),
+}
+# Per-token loss inputs: their first dimension is the model_input length.
+_PER_TOKEN_INPUTS = ("target_tokens", "weights", "advantages", "logprobs")
+_ENCODABLE_CHUNKS = (types.EncodedTextChunk, types.ImageChunk, types.DmelChunk)
+
+
+def _input_length(datum: types.Datum) -> int | None:
+    """model_input.length, or None when it cannot be known client-side (dmel, image without expected_tokens)."""
+    try:
+        return datum.model_input.length
+    except ValueError:
+        return None
+
+
+def _check_data(data: Any, where: str, loss_fn: str | None = None) -> list[types.Datum]:
+    """Type, encodability and (for ``loss_fn``) per-datum loss-input checks, in the caller's thread.
+
+    Mirrors the server's rules without being stricter than the hosted service: required keys only for the
+    loss functions listed in ``_REQUIRED_INPUTS``; extra keys are left for the server to judge.
+    """
     if isinstance(data, types.Datum):
         raise TypeError(f"{where}: data must be a list of Datum, got a single Datum (wrap it in a list)")
     if not isinstance(data, (list, tuple)):
         raise TypeError(f"{where}: data must be a list of Datum, got {type(data).__name__}")
     if not data:
         raise ValueError(f"{where}: No data provided (data is an empty list)")
+    required = _REQUIRED_INPUTS.get(loss_fn or "", ())
     for i, d in enumerate(data):
         if not isinstance(d, types.Datum):
             raise TypeError(f"{where}: data[{i}] must be a tinker_sync.types.Datum, got {type(d).__name__}")
         if not d.model_input.chunks:
             raise ValueError(f"{where}: data[{i}].model_input is empty (give it at least one token)")
+        for j, chunk in enumerate(d.model_input.chunks):
+            if isinstance(chunk, types.ImageAssetPointerChunk):
+                raise ValueError(  # noqa: TRY004 - a valid chunk type that this request cannot carry
+                    f"{where}: data[{i}].model_input.chunks[{j}] is an ImageAssetPointerChunk, which a "
+                    "forward_backward request cannot carry; read the image and pass "
+                    "types.ImageChunk(data=<bytes>, format=..., expected_tokens=...) instead"
+                )
+            if not isinstance(chunk, _ENCODABLE_CHUNKS):
+                raise TypeError(f"{where}: data[{i}].model_input.chunks[{j}] has unsupported type {type(chunk).__name__}")
+        if loss_fn is None:
+            continue
+        missing = [k for k in required if k not in d.loss_fn_inputs]
+        if missing:
+            raise ValueError(
+                f"{where}: data[{i}].loss_fn_inputs is missing {', '.join(repr(k) for k in missing)}; loss_fn "
+                f"{loss_fn!r} needs {list(required)} (one value per model_input token"
+                + ("; use weights 1.0 to train on a token and 0.0 to skip it)" if "weights" in missing else ")")
+            )
+        n = _input_length(d)
+        if n is None:
+            continue
+        for key in _PER_TOKEN_INPUTS:
+            tensor = d.loss_fn_inputs.get(key)
+            if tensor is None:
+                continue
+            shape = tensor.dense_shape()
+            rows = shape[0] if shape else 0
+            if rows != n:
+                raise ValueError(
+                    f"{where}: data[{i}].loss_fn_inputs[{key!r}] has {rows} entries along its first dimension "
+                    f"(shape {shape}) but data[{i}].model_input has {n} tokens; they must match: entry t belongs "
+                    "to the token predicted after model_input[:t+1] (for next-token training use "
+                    "model_input = tokens[:-1] and target_tokens = tokens[1:])"
+                )
     return list(data)
 
 
@@ -262,13 +331,75 @@ def _flatten(outer: Future[Future[Any]]) -> Future[Any]:
 # --------------------------------------------------------------------------------------------
 
 
+class _Prepared:
+    """One request of a call, fully encoded except for its seq_id (set in the critical section).
+
+    The seq_id is spliced into the encoded body, which cannot fail: protobuf bodies get field 2 right
+    after field 1 (model_id), giving the same bytes as a full encoding; JSON bodies get ``"seq_id"`` as
+    their first key.
+    """
+
+    __slots__ = ("body", "content_type", "label", "path", "request_type", "response_type", "split")
+
+    def __init__(
+        self, path: str, request_type: str, response_type: type, body: bytes, content_type: str, label: str, split: int
+    ) -> None:
+        self.path = path
+        self.request_type = request_type
+        self.response_type = response_type
+        self.body = body
+        self.content_type = content_type
+        self.label = label
+        self.split = split
+
+    @classmethod
+    def protobuf(cls, req: types.ForwardBackwardRequest, label: str) -> _Prepared:
+        """Encode a ForwardBackwardRequest given without seq_id.
+
+        Raises:
+            ValueError/TypeError: the request cannot be encoded (message from the encoder).
+        """
+        from ._proto import encode_forward_backward_request
+
+        if req.seq_id:
+            raise ValueError("_Prepared.protobuf expects a request without seq_id")
+        body = encode_forward_backward_request(req)
+        model_id = req.model_id.encode("utf-8")
+        split = (len(_varint(len(model_id))) + 1 + len(model_id)) if model_id else 0  # key 0x0a + len + bytes
+        return cls("/api/v1/forward_backward", "Forward" if req.forward_only else "ForwardBackward",
+                   types.ForwardBackwardOutput, body, "application/x-protobuf", label, split)
+
+    @classmethod
+    def json(cls, path: str, request_type: str, response_type: type, req: Any, label: str) -> _Prepared:
+        """Encode a JSON request object given without seq_id (seq_id None is omitted on the wire)."""
+        from . import _serde
+
+        body = _serde.dumps(req)
+        if not (body.startswith(b"{") and len(body) > 2):
+            raise ValueError(f"{label}: expected a non-empty JSON object body")
+        return cls(path, request_type, response_type, body, "application/json", label, 1)
+
+    def with_seq(self, seq_id: int) -> bytes:
+        """The body carrying ``seq_id`` (cheap; never raises for 0 < seq_id < 2**31)."""
+        if self.content_type == "application/x-protobuf":
+            field = b"\x10" + _varint(seq_id)  # field 2 (seq_id), wire type 0 (varint)
+            return self.body[: self.split] + field + self.body[self.split :]
+        return b'{"seq_id":' + str(seq_id).encode("ascii") + b"," + self.body[1:]
+
+
 class TrainingClient:
     """One trainable LoRA model. Every operation returns a ``concurrent.futures.Future``.
 
-    Sequenced operations (forward/forward_backward chunks, optim_step, save/load) reserve consecutive
-    ``seq_id``s under a lock and leave through one SequencedLane, so the server sees them in the order the
+    Sequenced operations (forward/forward_backward chunks, optim_step, save/load) are built and encoded
+    in the caller's thread first; then, in one short critical section that cannot fail, they reserve
+    consecutive ``seq_id``s and are queued on one SequencedLane, so the server sees them in the order the
     calls were made, even from several threads. Bad arguments raise ValueError/TypeError immediately and
-    send nothing; server-side failures come through the Future.
+    send nothing (no seq_id is used). Server-side failures come through the Future.
+
+    If a sequenced request could not be handed to the server (e.g. it was rejected with a 4xx), the
+    client is poisoned, as in the official SDK: later calls fail with LanePoisonedError, since the server
+    would wait for the missing seq_id forever. Recreate the client from the last saved state
+    (``service.create_training_client_from_state_with_optimizer(path)``).
     """
 
     def __init__(self, service: ServiceClient, model_id: str, *, base_model: str | None = None) -> None:
@@ -285,65 +416,76 @@ class TrainingClient:
         return f"TrainingClient(model_id={self.model_id!r})"
 
     # ---- sequencing -------------------------------------------------------------------------
-    def _submit_sequenced(
-        self, builders: Sequence[Callable[[int], tuple[str, Any, type, str, bytes | None, str]]]
-    ) -> list[Future[Any]]:
-        """Reserve one seq_id per builder and enqueue the POSTs on the lane, atomically."""
+    def _enqueue(self, prepared: Sequence[_Prepared], n_slots: int = 0) -> tuple[list[Future[Any]], list[tuple[int, LaneSlot]]]:
+        """Reserve consecutive seq_ids for ``prepared`` (+ ``n_slots`` lane places filled later) and queue
+        them, atomically. Everything that can fail (building, encoding) happened before."""
         futures: list[Future[Any]] = []
+        slots: list[tuple[int, LaneSlot]] = []
         with self._lock:
-            for build in builders:
-                self._seq += 1
-                path, request, response_type, request_type, body, content_type = build(self._seq)
-                futures.append(
-                    self._runtime.submit_polled(
-                        path,
-                        request,
-                        response_type,
-                        request_type=request_type,
-                        lane=self._lane,
-                        body=body,
-                        content_type=content_type,
-                        label=f"{request_type} seq_id={self._seq}",
+            first = self._seq + 1
+            self._seq += len(prepared) + n_slots
+            try:
+                for i, p in enumerate(prepared):
+                    seq = first + i
+                    futures.append(
+                        self._runtime.submit_polled(
+                            p.path, None, p.response_type, request_type=p.request_type, lane=self._lane,
+                            body=p.with_seq(seq), content_type=p.content_type, label=f"{p.label} seq_id={seq}",
+                        )
                     )
-                )
-        return futures
+                for j in range(n_slots):
+                    seq = first + len(prepared) + j
+                    slots.append((seq, self._lane.reserve(f"forward_backward_custom backward seq_id={seq}")))
+            except BaseException as exc:  # only ClientClosedError (closing): leave no half-queued call behind
+                self._lane.fail_pending(exc)
+                raise
+        return futures, slots
 
-    def _simple(self, path: str, request_type: str, response_type: type, make: Callable[[int], Any]) -> Future[Any]:
-        def build(seq_id: int) -> tuple[str, Any, type, str, bytes | None, str]:
-            return path, make(seq_id), response_type, request_type, None, "application/json"
-
-        return self._submit_sequenced([build])[0]
+    def _simple(self, path: str, request_type: str, response_type: type, request: Any, label: str) -> Future[Any]:
+        return self._enqueue([_Prepared.json(path, request_type, response_type, request, label)])[0][0]
 
     # ---- forward / backward -----------------------------------------------------------------
-    def _fwd(self, data: list[types.Datum], loss_fn: str, config: dict[str, float] | None, forward_only: bool) -> Future[types.ForwardBackwardOutput]:
-        from ._proto import encode_forward_backward_request
-
+    def _chunk_limits(self) -> tuple[int, int]:
         limits = self._service._client_config()
         max_len = int(getattr(limits, "fwdbwd_max_chunk_len", _DEFAULT_MAX_CHUNK_LEN) or _DEFAULT_MAX_CHUNK_LEN)
         max_bytes = int(
             getattr(limits, "fwdbwd_max_chunk_bytes_count", _DEFAULT_MAX_CHUNK_BYTES) or _DEFAULT_MAX_CHUNK_BYTES
         )
-        chunks = chunk_data(data, max_len=max_len, max_bytes=max_bytes)
-        request_type = "Forward" if forward_only else "ForwardBackward"
+        return max_len, max_bytes
 
-        def builder(chunk: list[types.Datum]) -> Callable[[int], tuple[str, Any, type, str, bytes | None, str]]:
-            def build(seq_id: int) -> tuple[str, Any, type, str, bytes | None, str]:
-                req = types.ForwardBackwardRequest(
-                    model_id=self.model_id,
-                    seq_id=seq_id,
-                    data=chunk,
-                    loss_fn=loss_fn,  # type: ignore[arg-type]  # validated against LOSS_FNS
-                    loss_fn_config=config,
-                    forward_only=forward_only,
-                )
-                body = encode_forward_backward_request(req)
-                return ("/api/v1/forward_backward", req, types.ForwardBackwardOutput, request_type, body,
-                        "application/x-protobuf")
+    def _prepare_fwd(
+        self, data: list[types.Datum], loss_fn: str, config: dict[str, float] | None, forward_only: bool, call: str,
+        groups: list[list[int]] | None = None,
+    ) -> list[_Prepared]:
+        """Chunk ``data`` (or use the given index ``groups``) and encode every request, without seq_ids."""
+        if groups is None:
+            max_len, max_bytes = self._chunk_limits()
+            groups = chunk_data(list(range(len(data))), max_len=max_len, max_bytes=max_bytes,
+                                size_of=lambda i: estimate_datum_bytes(data[i]))
+        out: list[_Prepared] = []
+        for k, group in enumerate(groups):
+            req = types.ForwardBackwardRequest(
+                model_id=self.model_id,
+                data=[data[i] for i in group],
+                loss_fn=loss_fn,  # type: ignore[arg-type]  # validated against LOSS_FNS
+                loss_fn_config=config,
+                forward_only=forward_only,
+            )
+            label = f"{call} request {k + 1}/{len(groups)}" if len(groups) > 1 else call
+            try:
+                out.append(_Prepared.protobuf(req, label))
+            except (ValueError, TypeError, OverflowError) as exc:
+                # the encoder names positions inside this request: data[j] is data[group[0] + j] of the call
+                msg = re.sub(r"^data\[(\d+)\]", lambda m: f"data[{group[0] + int(m.group(1))}]", str(exc))
+                raise ValueError(f"{call}: {msg} (nothing was sent)") from exc
+        return out
 
-            return build
-
-        futures = self._submit_sequenced([builder(c) for c in chunks])
-        logger.debug("%s %s: %d datum(s) in %d chunk(s)", request_type, self.model_id, len(data), len(chunks))
+    def _fwd(
+        self, data: list[types.Datum], loss_fn: str, config: dict[str, float] | None, forward_only: bool, call: str
+    ) -> Future[types.ForwardBackwardOutput]:
+        prepared = self._prepare_fwd(data, loss_fn, config, forward_only, call)  # no lock held
+        futures, _ = self._enqueue(prepared)
+        logger.debug("%s %s: %d datum(s) in %d request(s)", call, self.model_id, len(data), len(prepared))
         return chain(gather(futures), combine_forward_backward_outputs)
 
     def forward(
@@ -351,13 +493,17 @@ class TrainingClient:
     ) -> Future[types.ForwardBackwardOutput]:
         """Compute the loss and per-token logprobs without accumulating gradients.
 
+        Raises ValueError/TypeError at once (nothing sent) for input the server would refuse: missing loss
+        inputs, per-token inputs whose first dimension differs from ``model_input.length``, non-finite
+        ``loss_fn_config`` values, chunks that cannot be sent (ImageAssetPointerChunk).
+
         Returns:
             Future[ForwardBackwardOutput] (chunk results merged).
         """
-        data = _check_data(data, "forward")
         _check_loss_fn(loss_fn, "forward")
         config = _check_loss_fn_config(loss_fn_config, "forward")
-        return self._fwd(data, loss_fn, config, True)
+        data = _check_data(data, "forward", loss_fn)
+        return self._fwd(data, loss_fn, config, True, "forward")
 
     def forward_backward(
         self, data: list[types.Datum], loss_fn: str = "cross_entropy", loss_fn_config: dict[str, float] | None = None
@@ -365,12 +511,14 @@ class TrainingClient:
         """Compute the loss and accumulate its gradients (applied by the next ``optim_step``).
 
         Large batches are split into several requests (server limits) with consecutive seq_ids; the
-        results are merged into one output. Returns Future[ForwardBackwardOutput].
+        results are merged into one output. Every request is encoded before any is sent, so a call either
+        sends all of its requests or (bad input: ValueError/TypeError, see ``forward``) none.
+        Returns Future[ForwardBackwardOutput].
         """
-        data = _check_data(data, "forward_backward")
         _check_loss_fn(loss_fn, "forward_backward")
         config = _check_loss_fn_config(loss_fn_config, "forward_backward")
-        return self._fwd(data, loss_fn, config, False)
+        data = _check_data(data, "forward_backward", loss_fn)
+        return self._fwd(data, loss_fn, config, False, "forward_backward")
 
     def forward_backward_custom(
         self, data: list[types.Datum], loss_fn: Callable[..., Any], *, backend: str = "auto"
@@ -381,6 +529,12 @@ class TrainingClient:
         cross_entropy ``forward_backward`` whose weights are ``-dLoss/dlogprob``, so the server-side
         gradient equals the custom loss gradient. The server sees two ordinary requests.
 
+        The seq_ids of both passes are reserved when this method is called (like the 0.38 SDK), so an
+        ``optim_step`` submitted right after it, without waiting, applies the custom gradient. If the
+        forward pass or ``loss_fn`` fails, the backward can never be sent: the returned Future fails with
+        that error and the client is poisoned (later calls raise LanePoisonedError) rather than leave a
+        gap in the seq_id order or step without the gradient. Cancelling the Future only stops waiting.
+
         ``loss_fn`` contract:
           * torch backend (``"torch"``, or ``"auto"`` when torch is importable):
             ``loss_fn(data, logprobs: list[torch.Tensor]) -> (loss: torch.Tensor, metrics: dict)``;
@@ -388,16 +542,18 @@ class TrainingClient:
           * numpy backend (``"numpy"``, or ``"auto"`` without torch):
             ``loss_fn(data, logprobs: list[numpy.ndarray]) -> (loss: float, metrics: dict, grads)``
             where ``grads[i]`` is ``dLoss/dlogprobs[i]`` (same shape as ``logprobs[i]``).
+          ``loss_fn`` runs on a client worker thread.
 
         Each datum must carry ``target_tokens`` (and optionally ``weights``) only. Returns
         Future[ForwardBackwardOutput] whose metrics include the user's metrics and ``loss:sum`` replaced by
         the custom loss value (the surrogate is kept as ``surrogate_loss:sum``).
         """
-        data = _check_data(data, "forward_backward_custom")
+        where = "forward_backward_custom"
+        data = _check_data(data, where)
         if not callable(loss_fn):
-            raise TypeError("forward_backward_custom: loss_fn must be callable (data, logprobs) -> (loss, metrics[, grads])")
+            raise TypeError(f"{where}: loss_fn must be callable (data, logprobs) -> (loss, metrics[, grads])")
         if backend not in ("auto", "torch", "numpy"):
-            raise ValueError(f"forward_backward_custom: backend must be 'auto', 'torch' or 'numpy', got {backend!r}")
+            raise ValueError(f"{where}: backend must be 'auto', 'torch' or 'numpy', got {backend!r}")
         try:
             import numpy  # noqa: F401
         except ImportError as exc:  # pragma: no cover - numpy is a test/extra dependency
@@ -415,42 +571,36 @@ class TrainingClient:
         for i, d in enumerate(data):
             keys = set(d.loss_fn_inputs)
             if "target_tokens" not in keys:
-                raise ValueError(f"forward_backward_custom: data[{i}] needs loss_fn_inputs['target_tokens']")
+                raise ValueError(f"{where}: data[{i}] needs loss_fn_inputs['target_tokens']")
             extra = keys - {"target_tokens", "weights"}
             if extra:
                 raise ValueError(
-                    f"forward_backward_custom: data[{i}] has unsupported loss_fn_inputs {sorted(extra)}; "
+                    f"{where}: data[{i}] has unsupported loss_fn_inputs {sorted(extra)}; "
                     "only 'target_tokens' and 'weights' are allowed (pass other values through your loss_fn closure)"
                 )
             if "weights" not in keys:
-                n = len(d.loss_fn_inputs["target_tokens"].data)
+                target = d.loss_fn_inputs["target_tokens"]
+                n = math.prod(target.dense_shape())
                 inputs = dict(d.loss_fn_inputs)
-                inputs["weights"] = types.TensorData(data=[0.0] * n, dtype="float32", shape=d.loss_fn_inputs["target_tokens"].shape)
+                inputs["weights"] = types.TensorData(data=[0.0] * n, dtype="float32", shape=target.dense_shape())
                 d = types.Datum(model_input=d.model_input, loss_fn_inputs=inputs)
             prepared.append(d)
+        _check_data(prepared, where, "cross_entropy")
 
-        fwd = self._fwd(prepared, "cross_entropy", None, True)
+        # The backward's datums are the same but for dense float32 weights shaped like target_tokens:
+        # chunk them now, so their number of requests (and seq_ids) is known at call time.
+        max_len, max_bytes = self._chunk_limits()
 
-        def compute(out: types.ForwardBackwardOutput) -> tuple[list[types.Datum], float, dict[str, float]]:
-            return _custom_gradients(prepared, out, loss_fn, backend)
+        def backward_size(i: int) -> int:
+            d = prepared[i]
+            target = d.loss_fn_inputs["target_tokens"]
+            return (sum(_chunk_bytes(c) for c in d.model_input.chunks) + _tensor_bytes(target)
+                    + 4 * math.prod(target.dense_shape()))
 
-        def submit_backward(res: tuple[list[types.Datum], float, dict[str, float]]) -> Future[types.ForwardBackwardOutput]:
-            new_data, loss_value, user_metrics = res
-            fut = self._fwd(new_data, "cross_entropy", None, False)
-
-            def merge(out: types.ForwardBackwardOutput) -> types.ForwardBackwardOutput:
-                metrics = dict(out.metrics)
-                if "loss:sum" in metrics:
-                    metrics["surrogate_loss:sum"] = metrics["loss:sum"]
-                metrics["loss:sum"] = loss_value
-                metrics.update(user_metrics)
-                return attrs.evolve(out, metrics=metrics)
-
-            return chain(fut, merge)
-
-        # The user's loss runs on a worker thread (never on a poller thread); it blocks on nothing.
-        grads = _flatten(chain(fwd, lambda out: self._runtime.executor.submit(compute, out)))
-        return _flatten(chain(grads, submit_backward))
+        bwd_groups = chunk_data(list(range(len(prepared))), max_len=max_len, max_bytes=max_bytes, size_of=backward_size)
+        fwd_requests = self._prepare_fwd(prepared, "cross_entropy", None, True, f"{where} forward")
+        fwd_futures, slots = self._enqueue(fwd_requests, n_slots=len(bwd_groups))
+        return _CustomCall(self, prepared, loss_fn, backend, bwd_groups, slots).start(gather(fwd_futures))
 
     # ---- optimizer and checkpoints ----------------------------------------------------------
     def optim_step(self, adam_params: types.AdamParams) -> Future[types.OptimStepResponse]:
@@ -458,10 +608,8 @@ class TrainingClient:
         if not isinstance(adam_params, types.AdamParams):
             raise TypeError(f"optim_step: adam_params must be a types.AdamParams, got {type(adam_params).__name__}")
         return self._simple(
-            "/api/v1/optim_step",
-            "OptimStep",
-            types.OptimStepResponse,
-            lambda seq: types.OptimStepRequest(adam_params=adam_params, model_id=self.model_id, seq_id=seq),
+            "/api/v1/optim_step", "OptimStep", types.OptimStepResponse,
+            types.OptimStepRequest(adam_params=adam_params, model_id=self.model_id), "optim_step",
         )
 
     def save_state(
@@ -476,31 +624,37 @@ class TrainingClient:
         if not isinstance(overwrite, bool):
             raise TypeError(f"save_state: overwrite must be a bool, got {type(overwrite).__name__}")
         return self._simple(
-            "/api/v1/save_weights",
-            "SaveWeights",
-            types.SaveWeightsResponse,
-            lambda seq: types.SaveWeightsRequest(
-                model_id=self.model_id, path=name, seq_id=seq, ttl_seconds=ttl, overwrite=overwrite
-            ),
+            "/api/v1/save_weights", "SaveWeights", types.SaveWeightsResponse,
+            types.SaveWeightsRequest(model_id=self.model_id, path=name, ttl_seconds=ttl, overwrite=overwrite),
+            f"save_state({name!r})",
         )
 
-    def _load(self, path: str, optimizer: bool, where: str) -> Future[types.LoadWeightsResponse]:
+    def _load(
+        self, path: str, optimizer: bool, where: str, weights_access_token: str | None
+    ) -> Future[types.LoadWeightsResponse]:
         _check_tinker_path(path, where)
         types.ParsedCheckpointTinkerPath.from_tinker_path(path)
+        if weights_access_token is not None and (not isinstance(weights_access_token, str) or not weights_access_token):
+            raise ValueError(f"{where}: weights_access_token must be a non-empty str or None")
         return self._simple(
-            "/api/v1/load_weights",
-            "LoadWeights",
-            types.LoadWeightsResponse,
-            lambda seq: types.LoadWeightsRequest(model_id=self.model_id, path=path, seq_id=seq, optimizer=optimizer),
+            "/api/v1/load_weights", "LoadWeights", types.LoadWeightsResponse,
+            types.LoadWeightsRequest(model_id=self.model_id, path=path, optimizer=optimizer,
+                                     weights_access_token=weights_access_token),
+            where,
         )
 
-    def load_state(self, path: str) -> Future[types.LoadWeightsResponse]:
-        """Load weights (not the optimizer state) from a ``tinker://.../weights/NAME`` checkpoint."""
-        return self._load(path, False, "load_state")
+    def load_state(self, path: str, weights_access_token: str | None = None) -> Future[types.LoadWeightsResponse]:
+        """Load weights (not the optimizer state) from a ``tinker://.../weights/NAME`` checkpoint.
 
-    def load_state_with_optimizer(self, path: str) -> Future[types.LoadWeightsResponse]:
-        """Load weights and Adam state from a ``tinker://.../weights/NAME`` checkpoint."""
-        return self._load(path, True, "load_state_with_optimizer")
+        ``weights_access_token`` grants access to another owner's checkpoint (sent in the request; never logged).
+        """
+        return self._load(path, False, "load_state", weights_access_token)
+
+    def load_state_with_optimizer(
+        self, path: str, weights_access_token: str | None = None
+    ) -> Future[types.LoadWeightsResponse]:
+        """Load weights and Adam state from a ``tinker://.../weights/NAME`` checkpoint (see ``load_state``)."""
+        return self._load(path, True, "load_state_with_optimizer", weights_access_token)
 
     def save_weights_for_sampler(
         self, name: str, ttl_seconds: int | None = None
@@ -509,12 +663,9 @@ class TrainingClient:
         _check_name(name, "save_weights_for_sampler")
         ttl = _check_ttl(ttl_seconds, "save_weights_for_sampler")
         fut = self._simple(
-            "/api/v1/save_weights_for_sampler",
-            "SaveWeightsForSampler",
-            types.SaveWeightsForSamplerResponseInternal,
-            lambda seq: types.SaveWeightsForSamplerRequest(
-                model_id=self.model_id, path=name, seq_id=seq, ttl_seconds=ttl
-            ),
+            "/api/v1/save_weights_for_sampler", "SaveWeightsForSampler", types.SaveWeightsForSamplerResponseInternal,
+            types.SaveWeightsForSamplerRequest(model_id=self.model_id, path=name, ttl_seconds=ttl),
+            f"save_weights_for_sampler({name!r})",
         )
 
         def public(resp: types.SaveWeightsForSamplerResponseInternal) -> types.SaveWeightsForSamplerResponse:
@@ -524,27 +675,25 @@ class TrainingClient:
 
         return chain(fut, public)
 
-    def save_weights_and_get_sampling_client_future(self, name: str | None = None) -> Future[SamplingClient]:
+    def save_weights_and_get_sampling_client_future(
+        self, name: str | None = None, retry_config: Any = None
+    ) -> Future[SamplingClient]:
         """Like ``save_weights_and_get_sampling_client`` but returns Future[SamplingClient]."""
         from .sampling_client import SamplingClient
 
         if name is not None:
-            fut = self.save_weights_for_sampler(name)
-
-            def from_path(resp: types.SaveWeightsForSamplerResponse) -> Future[SamplingClient]:
-                if not resp.path:
-                    raise ValueError("save_weights_for_sampler returned no path")
-                return self._service.create_sampling_client_future(model_path=resp.path)
-
-            return _flatten(chain(fut, from_path))
+            warnings.warn(
+                "save_weights_and_get_sampling_client(name=...) is deprecated and has no effect (as in the "
+                "official SDK): the weights are always saved ephemerally; use save_weights_for_sampler(name) "
+                "for a named, persistent checkpoint",
+                DeprecationWarning,
+                stacklevel=3,
+            )
         sampling_seq = self._service._next_sampling_session_seq_id()
         unnamed: Future[types.SaveWeightsForSamplerResponseInternal] = self._simple(
-            "/api/v1/save_weights_for_sampler",
-            "SaveWeightsForSampler",
-            types.SaveWeightsForSamplerResponseInternal,
-            lambda seq: types.SaveWeightsForSamplerRequest(
-                model_id=self.model_id, seq_id=seq, sampling_session_seq_id=sampling_seq
-            ),
+            "/api/v1/save_weights_for_sampler", "SaveWeightsForSampler", types.SaveWeightsForSamplerResponseInternal,
+            types.SaveWeightsForSamplerRequest(model_id=self.model_id, sampling_session_seq_id=sampling_seq),
+            "save_weights_and_get_sampling_client",
         )
 
         def make(resp: types.SaveWeightsForSamplerResponseInternal) -> SamplingClient:
@@ -554,16 +703,32 @@ class TrainingClient:
 
         return chain(unnamed, make)
 
-    def save_weights_and_get_sampling_client(self, name: str | None = None) -> SamplingClient:
+    def save_weights_and_get_sampling_client(self, name: str | None = None, retry_config: Any = None) -> SamplingClient:
         """Save the current weights for sampling and return a SamplingClient on them (blocking).
 
-        Without ``name`` the weights are ephemeral (bound to a new sampling session, no checkpoint).
+        The weights are ephemeral: bound to a new sampling session, no checkpoint is written. As in the
+        official SDK (0.25), ``name`` is deprecated and has no effect (DeprecationWarning); use
+        ``save_weights_for_sampler(name)`` + ``create_sampling_client(path)`` for a persistent checkpoint.
+        ``retry_config`` is accepted for compatibility and ignored: retries follow the ServiceClient's policy.
         """
-        return self.save_weights_and_get_sampling_client_future(name).result()
+        if name is not None:  # warn here so the warning points at the caller's line
+            warnings.warn(
+                "save_weights_and_get_sampling_client(name=...) is deprecated and has no effect (as in the "
+                "official SDK): the weights are always saved ephemerally; use save_weights_for_sampler(name) "
+                "for a named, persistent checkpoint",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        return self.save_weights_and_get_sampling_client_future(None, retry_config).result()
 
     # ---- info ---------------------------------------------------------------------------------
     def get_info(self) -> Future[types.GetInfoResponse]:
-        """Model info (base model, LoRA rank, tokenizer id). Returns Future[GetInfoResponse]."""
+        """Model info (base model, LoRA rank, tokenizer id). Returns Future[GetInfoResponse].
+
+        Differs from the official SDK, whose ``get_info()`` blocks and returns the GetInfoResponse: here,
+        as for every TrainingClient method, you get a Future; call ``.result()`` on it
+        (``tc.get_info().result().model_data``).
+        """
         fut: Future[types.GetInfoResponse] = self._runtime.submit_request(
             "POST", "/api/v1/get_info", body=types.GetInfoRequest(model_id=self.model_id),
             response_type=types.GetInfoResponse,
@@ -589,9 +754,106 @@ class TrainingClient:
             tokenizer_id = tokenizer_id.split(":", 1)[0]
         return get_tokenizer(model_name, tokenizer_id=tokenizer_id)
 
-    def create_sampling_client(self, model_path: str) -> SamplingClient:
-        """A SamplingClient on saved sampler weights (blocking)."""
+    def create_sampling_client(self, model_path: str, retry_config: Any = None) -> SamplingClient:
+        """A SamplingClient on saved sampler weights (blocking).
+
+        ``retry_config`` is accepted for compatibility with the official SDK and ignored: retries follow
+        the ServiceClient's policy (one per ServiceClient).
+        """
         return self._service.create_sampling_client(model_path=model_path)
+
+
+class _CustomCall:
+    """The second half of forward_backward_custom: its backward fills lane slots reserved at call time.
+
+    Runs without blocking any thread: the forward's completion (a poller thread) hands the user's loss
+    to a worker; the worker encodes the backward and fills the reserved slots. Every path either fills
+    every slot or fails the unfilled ones (which poisons the lane with a message naming the cause).
+    """
+
+    def __init__(
+        self, client: TrainingClient, data: list[types.Datum], loss_fn: Callable[..., Any], backend: str,
+        groups: list[list[int]], slots: list[tuple[int, LaneSlot]],
+    ) -> None:
+        self.client = client
+        self.data = data
+        self.loss_fn = loss_fn
+        self.backend = backend
+        self.groups = groups
+        self.slots = slots
+        self.result: Future[types.ForwardBackwardOutput] = Future()
+
+    def start(self, forward: Future[list[types.ForwardBackwardOutput]]) -> Future[types.ForwardBackwardOutput]:
+        forward.add_done_callback(self._after_forward)
+        return self.result
+
+    def _give_up(self, exc: BaseException, stage: str) -> None:
+        seqs = [s for s, _ in self.slots]
+        reason = TinkerError(
+            f"forward_backward_custom could not send its backward pass (seq_ids {seqs[0]}..{seqs[-1]}, reserved "
+            f"when it was called) because {stage} failed with {type(exc).__name__}: {exc}"
+        )
+        reason.__cause__ = exc
+        for _seq, slot in self.slots:
+            if not slot.filled:
+                slot.fail(reason)
+        set_exception(self.result, exc)
+
+    def _after_forward(self, fwd: Future[list[types.ForwardBackwardOutput]]) -> None:
+        if fwd.cancelled():
+            self._give_up(CancelledError("the forward pass was cancelled"), "its forward pass")
+            return
+        exc = fwd.exception()
+        if exc is not None:
+            self._give_up(exc, "its forward pass")
+            return
+        try:
+            self.client._runtime.executor.submit(self._backward, fwd.result())
+        except BaseException as err:  # noqa: BLE001 - e.g. ClientClosedError
+            self._give_up(err, "scheduling the loss function")
+
+    def _backward(self, parts: list[types.ForwardBackwardOutput]) -> None:
+        client = self.client
+        try:
+            out = combine_forward_backward_outputs(parts)
+            new_data, loss_value, user_metrics = _custom_gradients(self.data, out, self.loss_fn, self.backend)
+            requests = client._prepare_fwd(new_data, "cross_entropy", None, False,
+                                           "forward_backward_custom backward", groups=self.groups)
+        except BaseException as exc:  # noqa: BLE001 - the user's loss_fn may raise anything
+            self._give_up(exc, "the loss function (or turning its gradient into a request)")
+            return
+        futures: list[Future[Any]] = []
+        try:
+            for (seq, slot), p in zip(self.slots, requests):
+                futures.append(
+                    client._runtime.submit_polled(
+                        p.path, None, p.response_type, request_type=p.request_type,
+                        lane=cast("SequencedLane", slot),  # a LaneSlot has the lane's submit(fn, label=)
+                        body=p.with_seq(seq), content_type=p.content_type, label=f"{p.label} seq_id={seq}",
+                    )
+                )
+        except BaseException as exc:  # noqa: BLE001 - ClientClosedError while closing
+            self._give_up(exc, "sending it")
+            return
+
+        def merge(results: list[types.ForwardBackwardOutput]) -> types.ForwardBackwardOutput:
+            merged = combine_forward_backward_outputs(results)
+            metrics = dict(merged.metrics)
+            if "loss:sum" in metrics:
+                metrics["surrogate_loss:sum"] = metrics["loss:sum"]
+            metrics["loss:sum"] = loss_value
+            metrics.update(user_metrics)
+            return attrs.evolve(merged, metrics=metrics)
+
+        def done(f: Future[types.ForwardBackwardOutput]) -> None:
+            if f.cancelled():
+                self.result.cancel()
+            elif f.exception() is not None:
+                set_exception(self.result, f.exception() or RuntimeError("unreachable"))
+            else:
+                set_result(self.result, f.result())
+
+        chain(gather(futures), merge).add_done_callback(done)
 
 
 def _custom_gradients(
