@@ -271,15 +271,18 @@ def test_futures_are_real_and_cancellable_and_close_cancels(local_server: Any) -
     assert type(fut) is Future
     done, _ = wait([fut], timeout=T)
     assert done
-    local_server.faults.latency("asample", 0.2)
+    local_server.faults.latency("asample", 0.5)
     pending = [sampler.sample(types.ModelInput.from_ints([1]), 1, types.SamplingParams(max_tokens=1)) for _ in range(4)]
+    cancelled = pending.pop()
+    assert cancelled.cancel() and cancelled.cancelled()  # the user stops waiting: a real cancel
+    with pytest.raises(CancelledError):
+        cancelled.result(T)
+    assert not any(f.done() for f in pending)  # still held by the server's latency
     service.close(cancel_pending=True)
     assert all(f.done() for f in pending)  # none is left hanging
-    for f in pending:
-        try:
-            f.result(T)
-        except (ClientClosedError, CancelledError):
-            pass
+    for f in pending:  # each one failed with the close, none was silently cancelled or answered
+        assert not f.cancelled()
+        assert isinstance(f.exception(0), ClientClosedError), f.exception(0)
     with pytest.raises(ClientClosedError):
         service.create_sampling_client(base_model=MODEL)
 
@@ -346,6 +349,15 @@ def test_unnamed_sampler_from_state_and_custom_loss(local_server: Any, service: 
     assert restored.forward([datum]).result(T).metrics["loss:sum"] == pytest.approx(before, rel=1e-5)
     restored2 = service.create_training_client_from_state(path)
     assert restored2.forward([datum]).result(T).metrics["loss:sum"] == pytest.approx(before, rel=1e-5)
+    # one more step on each: only the copy with the Adam moments moves exactly like the original
+    after = []
+    for client in (training, restored, restored2):
+        client.forward_backward([datum]).result(T)
+        client.optim_step(types.AdamParams(learning_rate=1e-2)).result(T)
+        after.append(client.forward([datum]).result(T).metrics["loss:sum"])
+    assert after[1] == pytest.approx(after[0], rel=1e-5)
+    assert abs(after[2] - after[0]) > 1e-4 * abs(after[0])  # fresh moments: a different step
+    before = after[0]
 
     # numpy custom loss: L = -sum(logprobs) (plain NLL) -> grads = -1 everywhere
     import numpy as np

@@ -137,18 +137,29 @@ def test_big_batches_from_several_threads_are_encoded_concurrently(service: Serv
     def slow_prepare(self: TrainingClient, *args: Any, **kwargs: Any) -> Any:
         if threading.current_thread().name == "slow":
             inside.set()
-            assert release.wait(10)
+            release.wait(60)
         return original(self, *args, **kwargs)
+
+    second_done = threading.Event()
+
+    def second() -> None:
+        training.forward([_datum([3, 4])]).result(T)
+        second_done.set()
 
     TrainingClient._prepare_fwd = slow_prepare  # type: ignore[method-assign]
     try:
-        slow_thread = threading.Thread(target=lambda: training.forward([_datum([1, 2])]), name="slow")
-        slow_thread.start()
+        slow = threading.Thread(target=lambda: training.forward([_datum([1, 2])]).result(T), name="slow")
+        slow.start()
         assert inside.wait(10)
-        # another thread's call goes through while the first is still encoding
-        assert training.forward([_datum([3, 4])]).result(T).metrics["loss:sum"] > 0
+        other = threading.Thread(target=second)
+        other.start()
+        # another thread's call goes through while the first one is still being encoded
+        assert second_done.wait(20)
+        assert not release.is_set()
         release.set()
-        slow_thread.join(10)
+        slow.join(T)
+        other.join(T)
+        assert not slow.is_alive()
     finally:
         TrainingClient._prepare_fwd = original  # type: ignore[method-assign]
         release.set()

@@ -255,6 +255,14 @@ def _check_data(data: Any, where: str, loss_fn: str | None = None) -> list[types
     return list(data)
 
 
+def _shift_datum_index(message: str, offset: int) -> str:
+    """Rewrite a leading ``data[j]`` (index inside one request) as the index in the whole call."""
+    match = re.match(r"data\[(\d+)\]", message)
+    if match is None:
+        return message
+    return f"data[{offset + int(match.group(1))}]{message[match.end():]}"
+
+
 def _check_loss_fn(loss_fn: Any, where: str) -> str:
     if not isinstance(loss_fn, str) or loss_fn not in LOSS_FNS:
         raise ValueError(f"{where}: unknown loss_fn {loss_fn!r}; use one of {', '.join(LOSS_FNS)}")
@@ -476,7 +484,7 @@ class TrainingClient:
                 out.append(_Prepared.protobuf(req, label))
             except (ValueError, TypeError, OverflowError) as exc:
                 # the encoder names positions inside this request: data[j] is data[group[0] + j] of the call
-                msg = re.sub(r"^data\[(\d+)\]", lambda m: f"data[{group[0] + int(m.group(1))}]", str(exc))
+                msg = _shift_datum_index(str(exc), group[0])
                 raise ValueError(f"{call}: {msg} (nothing was sent)") from exc
         return out
 
@@ -599,8 +607,11 @@ class TrainingClient:
 
         bwd_groups = chunk_data(list(range(len(prepared))), max_len=max_len, max_bytes=max_bytes, size_of=backward_size)
         fwd_requests = self._prepare_fwd(prepared, "cross_entropy", None, True, f"{where} forward")
+        result: Future[types.ForwardBackwardOutput] = Future()
+        # counted as outstanding work, so a clean close() waits for the backward too (ClientClosedError if closed)
+        self._runtime._register(result)
         fwd_futures, slots = self._enqueue(fwd_requests, n_slots=len(bwd_groups))
-        return _CustomCall(self, prepared, loss_fn, backend, bwd_groups, slots).start(gather(fwd_futures))
+        return _CustomCall(self, prepared, loss_fn, backend, bwd_groups, slots, result).start(gather(fwd_futures))
 
     # ---- optimizer and checkpoints ----------------------------------------------------------
     def optim_step(self, adam_params: types.AdamParams) -> Future[types.OptimStepResponse]:
@@ -773,7 +784,7 @@ class _CustomCall:
 
     def __init__(
         self, client: TrainingClient, data: list[types.Datum], loss_fn: Callable[..., Any], backend: str,
-        groups: list[list[int]], slots: list[tuple[int, LaneSlot]],
+        groups: list[list[int]], slots: list[tuple[int, LaneSlot]], result: Future[types.ForwardBackwardOutput],
     ) -> None:
         self.client = client
         self.data = data
@@ -781,7 +792,7 @@ class _CustomCall:
         self.backend = backend
         self.groups = groups
         self.slots = slots
-        self.result: Future[types.ForwardBackwardOutput] = Future()
+        self.result = result
 
     def start(self, forward: Future[list[types.ForwardBackwardOutput]]) -> Future[types.ForwardBackwardOutput]:
         forward.add_done_callback(self._after_forward)
