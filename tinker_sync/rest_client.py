@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import email.utils
+import json
 import logging
 import os
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from ._runtime import Runtime
     from ._transport import HTTPResponse
 
-__all__ = ["RestClient", "archive_url_from_response", "download_signed_url", "iter_pages"]
+__all__ = ["RestClient", "archive_url_from_response", "download_signed_url", "iter_pages", "whoami_from_jwt"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ _ARCHIVE_BUILDING_ATTEMPTS = 6
 _ARCHIVE_STILL_RUNNING_S = 150.0
 _ARCHIVE_DEFAULT_EXPIRY_S = 15 * 60
 _TRACE_POLL_INTERVAL_S = 5.0
+_AUDIT_EVENT_TYPES = ("all", "checkpoints", "projects", "teams", "organizations")  # 0.25 knows the first two
 
 
 def iter_pages(
@@ -405,39 +407,67 @@ class RestClient:
 
     def export_session_trace(
         self, session_id: str, *, poll_interval_s: float = _TRACE_POLL_INTERVAL_S, timeout_s: float = 600.0
-    ) -> Future[types.TraceExportResponse]:
+    ) -> Future[str]:
         """Ask for a Perfetto trace of a session and poll until it is ready.
 
-        Returns Future[TraceExportResponse] with ``url``; a ``failed`` export fails it with RuntimeError.
+        Returns Future[str]: the signed download URL (``.pftrace``, valid ~1 h), as the official SDK
+        does. Download it without credentials (``download_signed_url``). A ``failed`` export fails the
+        Future with RuntimeError carrying the server's ``error``; no answer within ``timeout_s`` with
+        TimeoutError.
         """
         _check_str(session_id, "session_id")
         if not poll_interval_s > 0:
             raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s!r}")
-        wake = threading.Event()  # never set: an interruptible, injectable wait instead of time.sleep
+        runtime = self._runtime
 
-        def poll() -> types.TraceExportResponse:
+        def poll() -> str:
             deadline = time.monotonic() + timeout_s
             while True:
-                resp: types.TraceExportResponse = self._runtime.request(
+                resp: types.TraceExportResponse = runtime.request(
                     "GET", f"/api/v1/sessions/{session_id}/trace_export", response_type=types.TraceExportResponse
                 )
                 if resp.status == "ready":
-                    return resp
+                    if not resp.url:
+                        raise APIResponseValidationError(
+                            f"trace export of session {session_id} is ready but carries no url",
+                            body=None, expected_type="TraceExportResponse",
+                        )
+                    return resp.url
                 if resp.status == "failed":
                     raise RuntimeError(f"trace export of session {session_id} failed: {resp.error or 'unknown error'}")
                 if time.monotonic() + poll_interval_s > deadline:
                     raise TimeoutError(f"trace export of session {session_id} not ready after {timeout_s:.0f} s")
-                wake.wait(poll_interval_s)
+                runtime._pause(poll_interval_s)  # interrupted (ClientClosedError) by close()
 
-        return self._runtime.executor.submit(poll)
+        return runtime.executor.submit(poll)
 
     # ---- account ------------------------------------------------------------------------
-    def get_audit_log(self, event_type: str = "all", day: str | _dt.date | None = None) -> Future[Any]:
-        """Audit log entries (admin only). Returns Future[dict] (``{"entries": [...]}``)."""
-        if event_type not in ("all", "checkpoints"):
-            raise ValueError(f"event_type must be 'all' or 'checkpoints', got {event_type!r}")
+    def whoami(self) -> Future[types.WhoamiResponse]:
+        """The calling principal, decoded locally from a JWT credential (no request is made).
+
+        Returns Future[WhoamiResponse] (``user_urn`` from ``sub``, ``email``, ``org_urn`` from
+        ``org_id``). The signature is NOT verified: this only reads what the credential claims.
+
+        The Future fails with RuntimeError when the API key is a plain ``tml-`` key, not a JWT:
+        tinker_sync does not do the server's JWT exchange, so it has no identity token to read.
+        """
+        fut: Future[types.WhoamiResponse] = Future()
+        try:
+            fut.set_result(whoami_from_jwt(self._runtime.config.api_key))
+        except RuntimeError as exc:
+            fut.set_exception(exc)
+        return fut
+
+    def get_audit_log(
+        self, event_type: str = "all", day: str | _dt.date | None = None
+    ) -> Future[types.AuditLogResponse]:
+        """Audit log entries of one UTC day (admin only). Returns Future[AuditLogResponse]."""
+        if event_type not in _AUDIT_EVENT_TYPES:
+            raise ValueError(f"event_type must be one of {_AUDIT_EVENT_TYPES}, got {event_type!r}")
         params: dict[str, Any] = {"event_type": event_type}
         if day is not None:
+            if isinstance(day, _dt.datetime):
+                day = day.astimezone(_UTC).date() if day.tzinfo is not None else day.date()
             if isinstance(day, _dt.date):
                 day = day.isoformat()
             try:
@@ -445,15 +475,46 @@ class RestClient:
             except ValueError as exc:
                 raise ValueError(f"day must be a date or 'YYYY-MM-DD', got {day!r}") from exc
             params["day"] = day
-        return self._get("/api/v1/audit", None, params)
+        return self._get("/api/v1/audit", types.AuditLogResponse, params)
 
-    def get_billing_usage(self, starting_on: str | _dt.datetime, ending_before: str | _dt.datetime) -> Future[Any]:
+    def get_billing_usage(
+        self, starting_on: str | _dt.datetime, ending_before: str | _dt.datetime
+    ) -> Future[types.BillingUsageResponse]:
         """Billing usage events in [starting_on, ending_before) (hour-aligned UTC, <= 14 days).
 
-        Returns Future[dict] (``{"data": [...], "sessions": {...}}``).
+        Returns Future[BillingUsageResponse] (``data``: events, ``sessions``: their user metadata).
         """
         params = {
             "starting_on": _utc_hour(starting_on, "starting_on"),
             "ending_before": _utc_hour(ending_before, "ending_before"),
         }
-        return self._get("/api/v1/billing/usage/events", None, params)
+        return self._get("/api/v1/billing/usage/events", types.BillingUsageResponse, params)
+
+
+def whoami_from_jwt(token: str) -> types.WhoamiResponse:
+    """Read ``sub`` / ``email`` / ``org_id`` from a JWT's payload (unverified; PROTOCOL §1.2).
+
+    Raises:
+        RuntimeError: ``token`` is not a JWT (e.g. a ``tml-`` API key) or has no ``sub`` claim.
+    """
+    parts = token.split(".")
+    if not token.startswith("eyJ") or len(parts) != 3:
+        raise RuntimeError(
+            "whoami needs a JWT credential, but the API key is a plain 'tml-' key; tinker_sync does not "
+            "exchange keys for JWTs. Pass a JWT (eyJ...) as api_key to use whoami"
+        )
+    try:
+        payload = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
+    except (ValueError, UnicodeError):
+        # from None: the decoding error may hold the token's payload
+        raise RuntimeError("whoami: the JWT credential's payload is not base64url-encoded JSON") from None
+    if not isinstance(claims, dict) or not isinstance(claims.get("sub"), str) or not claims["sub"]:
+        raise RuntimeError("whoami: the JWT credential carries no 'sub' (subject) claim")
+    email = claims.get("email")
+    org_id = claims.get("org_id")
+    return types.WhoamiResponse(
+        user_urn=claims["sub"],
+        email=email if isinstance(email, str) and email else None,
+        org_urn=f"tml:organization:{org_id}" if isinstance(org_id, str) and org_id else None,
+    )

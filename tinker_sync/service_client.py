@@ -11,10 +11,13 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from . import types
 from ._config import ClientConfig, redact_url
 from ._exceptions import APIStatusError, ClientClosedError, NotFoundError
 from ._executor import chain
+from ._retry import RetryPolicy
 from ._runtime import Runtime
 from .training_client import TrainingClient, _check_tinker_path, _flatten
 
@@ -31,6 +34,26 @@ _HEARTBEAT_TIMEOUT_S = 10.0
 _HEARTBEAT_WARN_AFTER_S = 120.0
 
 
+_CONFIG_FIELDS = frozenset(a.name for a in attrs.fields(ClientConfig) if a.init and a.name not in ("api_key", "base_url"))
+
+
+def _timeouts_from(timeout: Any) -> dict[str, float]:
+    """Map the official SDK's ``timeout=`` (seconds, or an httpx.Timeout-like object) onto our timeouts."""
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        return {"read_timeout_s": float(timeout), "connect_timeout_s": min(5.0, float(timeout))}
+    read, connect = getattr(timeout, "read", None), getattr(timeout, "connect", None)
+    if read is None and connect is None:
+        raise TypeError(f"timeout must be a number of seconds or an httpx.Timeout, got {type(timeout).__name__}")
+    out: dict[str, float] = {}
+    if read is not None:
+        out["read_timeout_s"] = float(read)
+    if connect is not None:
+        out["connect_timeout_s"] = float(connect)
+    return out
+
+
 def _tags_from_env() -> list[str]:
     raw = os.environ.get("TINKER_TAGS", "")
     return sorted({t.strip() for t in raw.split(",") if t.strip()})
@@ -43,6 +66,10 @@ class ServiceClient:
     (``/client/config``), creates a session and starts a heartbeat thread. Use it as a context manager
     or call ``close()``.
 
+    Porting note: the first two POSITIONAL parameters are ``api_key, base_url``; the official SDK's are
+    ``user_metadata, project_id``. Pass those two by keyword (a dict given positionally is refused with
+    a TypeError that says so).
+
     Args:
         api_key: overrides ``TINKER_API_KEY`` (must start with ``tml-``).
         base_url: overrides ``TINKER_BASE_URL`` (e.g. a LocalTinkerServer's ``url``).
@@ -51,7 +78,17 @@ class ServiceClient:
         user_metadata: sent with ``create_session``.
         tags: session tags (default: comma-separated ``TINKER_TAGS``).
         config: a ready ClientConfig (then api_key/base_url/overrides must not be given).
-        **config_overrides: other ClientConfig fields (timeouts, ``retry``, ``max_pollers``...).
+        timeout: official-SDK compatible: seconds (float) for ``read_timeout_s`` (and
+            ``connect_timeout_s`` if smaller than 5 s), or an object with ``read``/``connect``
+            attributes (an ``httpx.Timeout``).
+        max_retries: official-SDK compatible: retries after the first attempt
+            (``RetryPolicy.max_attempts = max_retries + 1``).
+        default_headers: extra headers on every request (also ``default_headers_overrides``, 0.38).
+        **config_overrides: other ClientConfig fields (``read_timeout_s``, ``retry``, ``max_pollers``...).
+
+    Raises:
+        TypeError: an unknown keyword argument (named in the message).
+        InvalidConfigError: no usable API key, or a bad base URL / knob.
     """
 
     def __init__(
@@ -65,8 +102,33 @@ class ServiceClient:
         tags: Sequence[str] | None = None,
         config: ClientConfig | None = None,
         heartbeat_interval_s: float = _HEARTBEAT_INTERVAL_S,
+        timeout: Any = None,
+        max_retries: int | None = None,
+        default_headers_overrides: Mapping[str, str] | None = None,
         **config_overrides: Any,
     ) -> None:
+        if isinstance(api_key, Mapping):
+            raise TypeError(
+                "ServiceClient's first positional parameter is api_key; the official SDK's is user_metadata. "
+                "Pass user_metadata=... (and project_id=...) by keyword"
+            )
+        unknown = sorted(set(config_overrides) - _CONFIG_FIELDS)
+        if unknown:
+            raise TypeError(
+                f"ServiceClient() got unknown keyword argument(s): {', '.join(unknown)}. Accepted besides the "
+                f"named ones: the ClientConfig fields {', '.join(sorted(_CONFIG_FIELDS))}"
+            )
+        if default_headers_overrides is not None:
+            config_overrides["default_headers"] = {
+                **dict(config_overrides.get("default_headers") or {}), **dict(default_headers_overrides)
+            }
+        if timeout is not None:
+            config_overrides.update(_timeouts_from(timeout))
+        if max_retries is not None:
+            if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+                raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+            base = config_overrides.get("retry") or RetryPolicy()
+            config_overrides["retry"] = attrs.evolve(base, max_attempts=max_retries + 1)
         if config is not None:
             if api_key is not None or base_url is not None or config_overrides or max_workers is not None:
                 raise ValueError("pass either config= or api_key/base_url/overrides, not both")
@@ -284,20 +346,40 @@ class ServiceClient:
         ).result()
 
     def _from_state_future(
-        self, path: str, optimizer: bool, base_model: str | None, user_metadata: dict[str, Any] | None
+        self,
+        path: str,
+        optimizer: bool,
+        base_model: str | None,
+        user_metadata: dict[str, Any] | None,
+        weights_access_token: str | None,
     ) -> Future[TrainingClient]:
         self._check_open()
-        _check_tinker_path(path, "create_training_client_from_state")
+        where = "create_training_client_from_state" + ("_with_optimizer" if optimizer else "")
+        _check_tinker_path(path, where)
         parsed = types.ParsedCheckpointTinkerPath.from_tinker_path(path)
         if parsed.checkpoint_type != "training":
-            raise ValueError(
-                f"create_training_client_from_state needs a training checkpoint (tinker://RUN/weights/NAME), got {path!r}"
+            raise ValueError(f"{where} needs a training checkpoint (tinker://RUN/weights/NAME), got {path!r}")
+        if base_model is not None and (not isinstance(base_model, str) or not base_model):
+            raise ValueError(f"{where}: base_model must be a non-empty model name or None, got {base_model!r}")
+        if user_metadata is not None and not isinstance(user_metadata, Mapping):
+            raise TypeError(
+                f"{where}: user_metadata must be a dict, got {type(user_metadata).__name__} "
+                "(the second positional parameter is base_model, as in the official SDK)"
             )
+        if weights_access_token is not None and (
+            not isinstance(weights_access_token, str)
+            or not weights_access_token.strip()
+            or any(c in weights_access_token for c in "\r\n\0")
+        ):
+            raise ValueError(f"{where}: weights_access_token must be a non-empty single-line str or None")
+        # A token for another account's checkpoint authenticates the weights_info lookup (as the
+        # official SDK does with a client on that token) and travels in the LoadWeightsRequest.
+        info_headers = {"X-API-Key": weights_access_token} if weights_access_token is not None else None
 
         def start() -> Future[TrainingClient]:
             info = self._runtime.request(
                 "POST", "/api/v1/weights_info", body=types.WeightsInfoRequest(tinker_path=path),
-                response_type=types.WeightsInfoResponse,
+                response_type=types.WeightsInfoResponse, headers=info_headers,
             )
             flags = {
                 k: v
@@ -311,7 +393,10 @@ class ServiceClient:
             )
 
             def load(client: TrainingClient) -> Future[TrainingClient]:
-                loaded = client.load_state_with_optimizer(path) if optimizer else client.load_state(path)
+                if optimizer:
+                    loaded = client.load_state_with_optimizer(path, weights_access_token=weights_access_token)
+                else:
+                    loaded = client.load_state(path, weights_access_token=weights_access_token)
                 return chain(loaded, lambda _resp: client)
 
             return _flatten(chain(created, load))
@@ -319,42 +404,66 @@ class ServiceClient:
         return self._in_background(start)
 
     def create_training_client_from_state_future(
-        self, path: str, base_model: str | None = None, user_metadata: dict[str, Any] | None = None
+        self,
+        path: str,
+        base_model: str | None = None,
+        user_metadata: dict[str, Any] | None = None,
+        weights_access_token: str | None = None,
     ) -> Future[TrainingClient]:
         """Future twin of ``create_training_client_from_state``."""
-        return self._from_state_future(path, False, base_model, user_metadata)
+        return self._from_state_future(path, False, base_model, user_metadata, weights_access_token)
 
     def create_training_client_from_state(
-        self, path: str, base_model: str | None = None, user_metadata: dict[str, Any] | None = None
+        self,
+        path: str,
+        base_model: str | None = None,
+        user_metadata: dict[str, Any] | None = None,
+        weights_access_token: str | None = None,
     ) -> TrainingClient:
-        """A new TrainingClient with the weights (not the optimizer state) of ``tinker://RUN/weights/NAME``."""
-        return self._from_state_future(path, False, base_model, user_metadata).result()
+        """A new TrainingClient with the weights (not the optimizer state) of ``tinker://RUN/weights/NAME``.
+
+        Args:
+            base_model: overrides the checkpoint's base model.
+            user_metadata: attached to the new training run.
+            weights_access_token: a credential for a checkpoint owned by another account; it
+                authenticates the ``weights_info`` lookup and is sent in the LoadWeightsRequest.
+        """
+        return self._from_state_future(path, False, base_model, user_metadata, weights_access_token).result()
 
     def create_training_client_from_state_with_optimizer_future(
-        self, path: str, base_model: str | None = None, user_metadata: dict[str, Any] | None = None
+        self,
+        path: str,
+        base_model: str | None = None,
+        user_metadata: dict[str, Any] | None = None,
+        weights_access_token: str | None = None,
     ) -> Future[TrainingClient]:
         """Future twin of ``create_training_client_from_state_with_optimizer``."""
-        return self._from_state_future(path, True, base_model, user_metadata)
+        return self._from_state_future(path, True, base_model, user_metadata, weights_access_token)
 
     def create_training_client_from_state_with_optimizer(
-        self, path: str, base_model: str | None = None, user_metadata: dict[str, Any] | None = None
+        self,
+        path: str,
+        base_model: str | None = None,
+        user_metadata: dict[str, Any] | None = None,
+        weights_access_token: str | None = None,
     ) -> TrainingClient:
         """Like ``create_training_client_from_state`` but also restores the Adam state."""
-        return self._from_state_future(path, True, base_model, user_metadata).result()
+        return self._from_state_future(path, True, base_model, user_metadata, weights_access_token).result()
 
     # ---- sampling clients ---------------------------------------------------------------
     def create_sampling_client_future(
-        self, model_path: str | None = None, base_model: str | None = None
+        self, model_path: str | None = None, base_model: str | None = None, retry_config: Any = None
     ) -> Future[SamplingClient]:
         """Future twin of ``create_sampling_client``."""
         from .sampling_client import SamplingClient
 
         self._check_open()
-        if (model_path is None) == (base_model is None):
-            raise ValueError("create_sampling_client needs exactly one of model_path (tinker://...) or base_model")
+        del retry_config  # accepted for porting; see create_sampling_client
+        if model_path is None and base_model is None:
+            raise ValueError("create_sampling_client needs model_path (tinker://...) or base_model")
         if model_path is not None:
             _check_tinker_path(model_path, "create_sampling_client")
-        elif not isinstance(base_model, str) or not base_model:
+        if base_model is not None and (not isinstance(base_model, str) or not base_model):
             raise ValueError(f"base_model must be a non-empty model name, got {base_model!r}")
         seq = self._next_sampling_session_seq_id()
 
@@ -371,13 +480,22 @@ class ServiceClient:
                 response_type=types.CreateSamplingSessionResponse,
             )
             done: Future[SamplingClient] = Future()
-            done.set_result(SamplingClient(self, resp.sampling_session_id, base_model=base_model))
+            # With a model_path the sampler's base model is the checkpoint's (asked lazily if needed).
+            known_base = base_model if model_path is None else None
+            done.set_result(SamplingClient(self, resp.sampling_session_id, base_model=known_base))
             return done
 
         return self._in_background(start)
 
-    def create_sampling_client(self, model_path: str | None = None, base_model: str | None = None) -> SamplingClient:
-        """A SamplingClient on saved sampler weights (``model_path``) or a base model (blocking)."""
+    def create_sampling_client(
+        self, model_path: str | None = None, base_model: str | None = None, retry_config: Any = None
+    ) -> SamplingClient:
+        """A SamplingClient on saved sampler weights (``model_path``) or a base model (blocking).
+
+        Given both, ``model_path`` decides what is sampled (official semantics); ``base_model`` is still
+        sent. ``retry_config`` (the official SDK's RetryConfig) is accepted and ignored: retries follow
+        ``ClientConfig.retry`` and the runtime's sampling back-off.
+        """
         return self.create_sampling_client_future(model_path=model_path, base_model=base_model).result()
 
     def create_rest_client(self) -> RestClient:

@@ -23,6 +23,12 @@ from ._model_input import (
 )
 from ._rest import (
     AssignSessionProjectRequest,
+    AuditLogEntry,
+    AuditLogResponse,
+    BillingEventInfo,
+    BillingUsageEvent,
+    BillingUsageResponse,
+    BillingUsageSession,
     Checkpoint,
     CheckpointArchiveUrlResponse,
     CheckpointsListResponse,
@@ -41,6 +47,7 @@ from ._rest import (
     TrainingRunsResponse,
     WeightsInfoRequest,
     WeightsInfoResponse,
+    WhoamiResponse,
 )
 from ._sampling import (
     CreateSamplingSessionRequest,
@@ -99,7 +106,13 @@ from ._training import (
 __all__ = [
     "AdamParams",
     "AssignSessionProjectRequest",
+    "AuditLogEntry",
+    "AuditLogResponse",
     "AuthTokenResponse",
+    "BillingEventInfo",
+    "BillingUsageEvent",
+    "BillingUsageResponse",
+    "BillingUsageSession",
     "Checkpoint",
     "CheckpointArchiveUrlResponse",
     "CheckpointType",
@@ -176,4 +189,5 @@ __all__ = [
     "UntypedAPIFuture",
     "WeightsInfoRequest",
     "WeightsInfoResponse",
+    "WhoamiResponse",
 ]

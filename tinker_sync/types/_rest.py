@@ -17,6 +17,7 @@ from ._common import (
     choice_field,
     converted_field,
     datetime_field,
+    float_field,
     instance_field,
     int_field,
     json_dict_field,
@@ -27,6 +28,12 @@ from ._common import (
 
 __all__ = [
     "AssignSessionProjectRequest",
+    "AuditLogEntry",
+    "AuditLogResponse",
+    "BillingEventInfo",
+    "BillingUsageEvent",
+    "BillingUsageResponse",
+    "BillingUsageSession",
     "Checkpoint",
     "CheckpointArchiveUrlResponse",
     "CheckpointType",
@@ -45,6 +52,7 @@ __all__ = [
     "TrainingRunsResponse",
     "WeightsInfoRequest",
     "WeightsInfoResponse",
+    "WhoamiResponse",
 ]
 
 CheckpointType = Literal["training", "sampler", "external"]
@@ -253,3 +261,90 @@ class HealthResponse:
     """Answer of ``GET /api/v1/healthz``."""
 
     status: str = str_field(default="ok")
+
+
+@attrs.frozen
+class WhoamiResponse:
+    """The calling principal, read from the claims of a JWT credential (no request is made)."""
+
+    user_urn: str = str_field()
+    email: str | None = str_field(default=None)
+    org_urn: str | None = str_field(default=None)
+
+
+@attrs.frozen
+class AuditLogEntry:
+    """One audit log event (``GET /api/v1/audit``)."""
+
+    timestamp: datetime = datetime_field()
+    event: str = str_field()
+    model_id: str | None = str_field(default=None)
+    tinker_path: str | None = str_field(default=None)
+    purpose: str | None = str_field(default=None)
+    event_details: dict[str, Any] | None = json_dict_field(default=None)
+
+
+@attrs.frozen
+class AuditLogResponse:
+    """Audit log entries, sorted by timestamp."""
+
+    entries: list[AuditLogEntry] = list_of_field(AuditLogEntry)
+
+
+@attrs.frozen
+class BillingEventInfo:
+    """What one billing bucket counts; which fields are set depends on ``type``.
+
+    ``training`` / ``sampling_sample``: ``token_count``; ``sampling_prefill``: ``token_count`` and
+    ``cached``; ``checkpoint``: ``count``; ``storage``: ``gigabyte_hours`` (0.38 also ``free``).
+    One lenient class instead of the official SDK's five (same attribute names), so an event type the
+    server adds later still parses instead of failing the whole listing.
+    """
+
+    token_count: int | None = int_field(default=None, minimum=0)
+    cached: bool | None = bool_field(default=None)
+    count: int | None = int_field(default=None, minimum=0)
+    gigabyte_hours: float | None = float_field(default=None)
+    free: bool | None = bool_field(default=None)
+    type: str = str_field(default="training")
+
+
+@attrs.frozen
+class BillingUsageEvent:
+    """Usage of one kind in one hour bucket."""
+
+    bucket_start: datetime = datetime_field()
+    bucket_end: datetime = datetime_field()
+    event_info: BillingEventInfo = instance_field(BillingEventInfo)
+    base_model: str | None = str_field(default=None)
+    user_id: str | None = str_field(default=None)
+    user_name: str | None = str_field(default=None)
+    session_id: str | None = str_field(default=None)
+    project_id: str | None = str_field(default=None)
+
+
+@attrs.frozen
+class BillingUsageSession:
+    """Per-session facts attached to a billing report."""
+
+    user_metadata: dict[str, str] | None = json_dict_field(default=None)
+
+
+def _sessions(value: Any, self_: Any, field: Any) -> dict[str, BillingUsageSession]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"{_where(self_, field)} must be a dict of session id -> BillingUsageSession")
+    for key, item in value.items():
+        check_str(key, f"{_where(self_, field)} key")
+        if not isinstance(item, BillingUsageSession):
+            raise TypeError(f"{_where(self_, field)}[{key!r}] must be a BillingUsageSession, got {type(item).__name__}")
+    return dict(value)
+
+
+@attrs.frozen
+class BillingUsageResponse:
+    """Billing usage events of a time range and the sessions they belong to."""
+
+    data: list[BillingUsageEvent] = list_of_field(BillingUsageEvent)
+    sessions: dict[str, BillingUsageSession] = converted_field(_conv(_sessions), factory=dict)
