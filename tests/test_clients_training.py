@@ -183,7 +183,7 @@ def test_custom_loss_then_pipelined_optim_step_applies_the_custom_gradient(
         pipelined, sequential, untouched = (service.create_lora_training_client(MODEL, rank=4, seed=5)
                                             for _ in range(3))
         # pipelined: optim_step submitted right after forward_backward_custom, without waiting
-        fb = pipelined.forward_backward_custom(data, _nll, backend="numpy")
+        fb = pipelined.forward_backward_custom(data, _nll, loss_type_input="logprobs", backend="numpy")
         opt = pipelined.optim_step(ADAM)
         scored = [types.Datum(model_input=d.model_input, loss_fn_inputs={
             "target_tokens": d.loss_fn_inputs["target_tokens"],

@@ -529,7 +529,8 @@ class TrainingClient:
         return self._fwd(data, loss_fn, config, False, "forward_backward")
 
     def forward_backward_custom(
-        self, data: list[types.Datum], loss_fn: Callable[..., Any], *, backend: str = "auto"
+        self, data: list[types.Datum], loss_fn: Callable[..., Any], *, loss_type_input: str = "logprobs",
+        backend: str = "auto",
     ) -> Future[types.ForwardBackwardOutput]:
         """Train on a loss computed client-side from the model's logprobs (PROTOCOL §6.5).
 
@@ -552,6 +553,7 @@ class TrainingClient:
             where ``grads[i]`` is ``dLoss/dlogprobs[i]`` (same shape as ``logprobs[i]``).
           ``loss_fn`` runs on a client worker thread.
 
+        ``loss_type_input`` is the official SDK's parameter; only ``"logprobs"`` exists.
         Each datum must carry ``target_tokens`` (and optionally ``weights``) only. Returns
         Future[ForwardBackwardOutput] whose metrics include the user's metrics and ``loss:sum`` replaced by
         the custom loss value (the surrogate is kept as ``surrogate_loss:sum``).
@@ -560,6 +562,8 @@ class TrainingClient:
         data = _check_data(data, where)
         if not callable(loss_fn):
             raise TypeError(f"{where}: loss_fn must be callable (data, logprobs) -> (loss, metrics[, grads])")
+        if loss_type_input != "logprobs":
+            raise ValueError(f"{where}: loss_type_input must be 'logprobs' (the only kind), got {loss_type_input!r}")
         if backend not in ("auto", "torch", "numpy"):
             raise ValueError(f"{where}: backend must be 'auto', 'torch' or 'numpy', got {backend!r}")
         try:
@@ -752,8 +756,11 @@ class TrainingClient:
         return chain(fut, remember)
 
     def get_tokenizer(self) -> Tokenizer:
-        """The tokenizer of the base model (blocking: get_info on first use, then cached)."""
-        from .tokenizer import get_tokenizer
+        """The tokenizer of the base model (blocking: get_info on first use, then cached).
+
+        Names reported by the server resolve only to the packaged tokenizer or a hub id, never to a local path.
+        """
+        from .tokenizer import get_server_tokenizer
 
         info = self._info or self.get_info().result()
         data = info.model_data
@@ -763,7 +770,7 @@ class TrainingClient:
         tokenizer_id = getattr(data, "tokenizer_id", None)
         if tokenizer_id:
             tokenizer_id = tokenizer_id.split(":", 1)[0]
-        return get_tokenizer(model_name, tokenizer_id=tokenizer_id)
+        return get_server_tokenizer(model_name, tokenizer_id)
 
     def create_sampling_client(self, model_path: str, retry_config: Any = None) -> SamplingClient:
         """A SamplingClient on saved sampler weights (blocking).
