@@ -270,8 +270,24 @@ def test_sampling_request_headers_and_backpressure(server: ScriptedServer) -> No
         assert posts[0].header("X-Idempotency-Key") == posts[1].header("X-Idempotency-Key")
         assert rt.limiter.recently_limited  # a 429 with no hint opened a 1 s window
         poll = server.requests_to(RF)[0]
-        assert poll.header("Accept") == "application/x-protobuf, application/json"
+        assert poll.header("Accept") == "application/x-protobuf"  # as 0.25; a JSON answer is still decoded
         assert poll.header("X-Tinker-Request-Type") == "Sample"
+        assert poll.header("X-Stainless-Read-Timeout") == "45"
+    finally:
+        rt.close()
+
+
+def test_every_poll_carries_its_own_idempotency_key(server: ScriptedServer) -> None:
+    rt = make_runtime(server, key=KEY + "-pollkeys")
+    try:
+        server.default("/api/v1/optim_step", Reply(200, {"request_id": "r"}))
+        server.script(RF, *[Reply(200, {"type": "try_again", "request_id": "r"})] * 2)
+        server.default(RF, Reply(200, {"ok": 1}))
+        assert rt.submit_polled("/api/v1/optim_step", {}, None, request_type="OptimStep").result(timeout=T) == {"ok": 1}
+        polls = server.requests_to(RF)
+        keys = [p.header("X-Idempotency-Key") for p in polls]
+        assert len(polls) == 3 and all(keys) and len(set(keys)) == 3
+        assert polls[0].header("Accept") == "application/json"
     finally:
         rt.close()
 

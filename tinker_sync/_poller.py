@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RETRIEVE_PATH = "/api/v1/retrieve_future"
-PROTO_ACCEPT = "application/x-protobuf, application/json"
+# What a 0.25 client sends for sample / forward_backward results (PROTOCOL §1.3, §3.2): protobuf only.
+# The hosted service answers those in protobuf for a 0.25 client either way; listing JSON too (the
+# 0.18.1-0.24 form) would invite a server to pick JSON. decide() still accepts a JSON answer.
+PROTO_ACCEPT = "application/x-protobuf"
 _MAX_BAD_REQUESTS = 3  # a bare 400 may come from a proxy: retry 3 times before failing
 _MAX_RESUBMITS = 3  # 410 (future expired) -> re-POST at most this many times per call
 # 5xx on a poll: the official SDK polls again at once. We add a small capped backoff (50 ms doubling
@@ -329,6 +333,7 @@ class FuturePoller:
         self._idle_retire_s = idle_retire_s
         self._thread_ids = itertools.count(1)
         self._poll_timeout_s = poll_timeout_s
+        self._read_timeout_header = f"{poll_timeout_s:g}"
         self._billing = (billing_pause_s, billing_max_pause_s)
         self._clock = clock
         self._cond = threading.Condition()
@@ -477,6 +482,11 @@ class FuturePoller:
         headers = {
             "X-Tinker-Request-Type": call.request_type,
             "X-Tinker-Request-Iteration": str(state.iteration),
+            # As 0.25 on every non-GET: a fresh key per poll (each poll is its own call; one key for
+            # all polls of a call would let an idempotency cache replay a stale try_again).
+            "X-Idempotency-Key": f"tinker-sync-{uuid.uuid4().hex}",
+            # Lets the server end its long-poll hold before our read timeout fires.
+            "X-Stainless-Read-Timeout": self._read_timeout_header,
         }
         if state.iteration == 0 and call.round_trip_s is not None:
             headers["X-Tinker-Create-Promise-Roundtrip-Time"] = f"{call.round_trip_s:.6f}"
