@@ -198,6 +198,7 @@ def test_custom_loss_then_pipelined_optim_step_applies_the_custom_gradient(
 
         assert out.metrics["loss:sum"] == pytest.approx(seq_out.metrics["loss:sum"], rel=1e-6)
         assert out.metrics["custom:mean"] == 2.0
+        assert step.metrics is not None and seq_step.metrics is not None
         assert step.metrics["grad_norm"] > 0  # the step saw the custom gradient
         assert step.metrics["grad_norm"] == pytest.approx(seq_step.metrics["grad_norm"], rel=1e-5)
         assert loss_after == pytest.approx(seq_loss_after, rel=1e-5)
