@@ -74,7 +74,8 @@ def main() -> None:
             print(f"step {step + 1:3d}  loss per target token {loss:.4f}")
 
         print("saved", training.save_state("demo-final").result(timeout=600).path)
-        sampler = training.save_weights_and_get_sampling_client("demo-sampler")
+        sampler_path = training.save_weights_for_sampler("demo-sampler").result(timeout=600).path
+        sampler = training.create_sampling_client(sampler_path)
         params = types.SamplingParams(max_tokens=16, temperature=0.0, stop=["."])
         for prompt, expected in PAIRS:
             prompt_input = types.ModelInput.from_ints(tokenizer.encode(prompt, add_special_tokens=False))
