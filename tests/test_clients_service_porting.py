@@ -126,10 +126,6 @@ def test_from_state_refuses_metadata_in_the_base_model_slot(server: ScriptedServ
         sc.create_training_client_from_state("tinker://r/weights/x", {"k": "v"})  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True, raises=NotFoundError,
-    reason="local server: load_weights does not honour weights_access_token yet (REQUESTS.md, CLIENT-3B -> SERVER-2)",
-)
 def test_from_state_with_a_token_against_the_local_server(local_server: Any) -> None:
     # account A saves a checkpoint; account B restores it with A's credential as the access token
     with ServiceClient(api_key=TEST_API_KEY, base_url=local_server.url) as owner:
@@ -139,6 +135,10 @@ def test_from_state_with_a_token_against_the_local_server(local_server: Any) -> 
         assert restored.model_id.startswith(other.session_id)
     loads = [r for r in local_server.requests if r.path == "/api/v1/load_weights"]
     assert json.loads(loads[-1].body)["weights_access_token"] == TEST_API_KEY
+    # without the token the other account cannot see the private checkpoint
+    with ServiceClient(api_key="tml-other-account-key-01234", base_url=local_server.url) as other, \
+            pytest.raises(NotFoundError):
+        other.create_training_client_from_state(path)
 
 
 # ---- RestClient ---------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import attrs
 from ._faults import FaultInjector
 from ._jobs import FutureTable, JobError, ModelLane, ServerFuture, StepCallback, request_id_for
 from ._persist import LiveStateStore
-from ._store import CheckpointRow, RunRow, SessionRow, Store
+from ._store import CheckpointRow, RunRow, SessionRow, Store, owner_of_key
 
 logger = logging.getLogger(__name__)
 
@@ -692,15 +692,21 @@ class Api:
             return None
         return self.futures.get(rid)
 
-    def _visible_checkpoint(self, call: Call, run_id: str, ckpt_id: str, *, need_owner: bool = False) -> CheckpointRow:
+    def _visible_checkpoint(self, call: Call, run_id: str, ckpt_id: str, *, need_owner: bool = False,
+                            access_token: str | None = None) -> CheckpointRow:
+        """The checkpoint if this caller may read it: its owner, anyone when public, or a holder of the
+        owner's credential passed as ``weights_access_token`` (this server's stand-in for the hosted
+        service's cross-account access tokens)."""
         row = self.store.get_checkpoint(run_id, ckpt_id)
-        if row is None or (row.owner != call.owner and (need_owner or not row.public)):
+        granted = bool(access_token) and row is not None and owner_of_key(str(access_token)) == row.owner
+        if row is None or (row.owner != call.owner and (need_owner or not (row.public or granted))):
             raise HTTPError(404, f"checkpoint tinker://{run_id}/{ckpt_id} not found")
         return row
 
-    def _checkpoint_by_path(self, call: Call, path: Any) -> tuple[CheckpointRow, RunRow]:
+    def _checkpoint_by_path(self, call: Call, path: Any, *, access_token: str | None = None,
+                            ) -> tuple[CheckpointRow, RunRow]:
         run_id, ckpt_id = parse_tinker_path(path)
-        row = self._visible_checkpoint(call, run_id, ckpt_id)
+        row = self._visible_checkpoint(call, run_id, ckpt_id, access_token=access_token)
         run = self.store.get_run(run_id)
         if run is None:
             raise HTTPError(404, f"training run {run_id!r} of checkpoint {path} not found")
@@ -1153,7 +1159,10 @@ class Api:
         def resolve() -> tuple[str, bool, RunRow, Path]:
             path = _str(body, "path", where=w)
             with_opt = _bool(body, "optimizer", where=w, default=False)
-            ckpt, run = self._checkpoint_by_path(call, path)
+            token = body.get("weights_access_token")
+            if token is not None and not isinstance(token, str):
+                raise HTTPError(400, f"{w}: weights_access_token must be a string")
+            ckpt, run = self._checkpoint_by_path(call, path, access_token=token)
             if with_opt and ckpt.kind != "weights":
                 raise HTTPError(400, f"{w}: {path} is a sampler checkpoint without optimizer state; load a "
                                      f"tinker://.../weights/... checkpoint or pass optimizer=false")

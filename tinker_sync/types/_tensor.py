@@ -15,7 +15,7 @@ from ._common import check_choice, choice_field, converted_field, float_list, in
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
-    import torch  # type: ignore[import-not-found]
+    import torch  # type: ignore[import-not-found,unused-ignore]  # torch is optional
 
 __all__ = ["TensorData", "TensorDtype"]
 
