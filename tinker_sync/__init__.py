@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from . import types
+from ._config import ClientConfig
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -24,6 +25,7 @@ from ._exceptions import (
     TinkerError,
     UnprocessableEntityError,
 )
+from ._retry import RetryPolicy
 from ._version import __version__
 from .rest_client import RestClient
 from .sampling_client import SamplingClient
@@ -73,6 +75,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointType",
     "ClientClosedError",
+    "ClientConfig",
     "ConflictError",
     "Datum",
     "DmelChunk",
@@ -92,6 +95,7 @@ __all__ = [
     "RateLimitError",
     "RequestFailedError",
     "RestClient",
+    "RetryPolicy",
     "SampleRequest",
     "SampleResponse",
     "SampledSequence",
