@@ -6,6 +6,7 @@ pool of daemon threads that poll the tracked calls round-robin and resolve their
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import json
@@ -279,6 +280,7 @@ class PolledCall:
         future: Future[Any],
         resubmit: Callable[[], str] | None = None,
         started_at: float | None = None,
+        lane: object | None = None,
     ) -> None:
         self.request_id = request_id
         self.expected_type = expected_type
@@ -289,6 +291,10 @@ class PolledCall:
         self.resubmits = 0
         self.started_at = started_at if started_at is not None else time.monotonic()
         self.round_trip_s: float | None = None
+        # Calls with the same (hashable) lane key finish in track() order on the server (one model's
+        # seq_id order), so only the oldest unresolved one of a lane is polled.
+        self.lane = lane
+        self.polling_thread: threading.Thread | None = None  # set while a poller thread polls it
 
     def __repr__(self) -> str:
         return f"PolledCall({self.request_type} request_id={self.request_id!r} iteration={self.state.iteration})"
@@ -311,6 +317,12 @@ class FuturePoller:
     ``max_pollers``; threads beyond ``warm_pollers`` retire after ``idle_retire_s`` without work, the
     warm ones once nothing is tracked for 5 s. A first poll is queued ahead of re-polls
     (``_FRESH_BOOST_S``): a re-polled call was just found unfinished, a new one may be done already.
+
+    Calls tracked with the same ``PolledCall.lane`` (one training model: the server runs its requests
+    strictly in seq_id order, and they are tracked in that order) cannot finish before the older
+    ones, so only the oldest unresolved call of a lane is polled; the others wait in a per-lane queue
+    (no thread, no request). When the head's Future resolves (result, error or cancel) the next one
+    is queued for polling at once.
     """
 
     def __init__(
@@ -340,6 +352,7 @@ class FuturePoller:
         self._ready: list[tuple[float, int, PolledCall]] = []  # heap by due time (FIFO on ties)
         self._seq = itertools.count()
         self._tracked: set[PolledCall] = set()
+        self._lanes: dict[object, collections.deque[PolledCall]] = {}  # lane -> unresolved calls, oldest first
         self._threads: list[threading.Thread] = []  # threads currently serving (retired ones leave)
         self._started: list[threading.Thread] = []  # every thread started and maybe not exited (close joins)
         self._busy = 0
@@ -356,9 +369,23 @@ class FuturePoller:
                 set_exception(call.future, ClientClosedError("the client was closed; the result was not fetched"))
                 return
             self._tracked.add(call)
-            self._push(call, -_FRESH_BOOST_S)
-            self._ensure_threads()
-            self._cond.notify()
+            if call.lane is not None:
+                queue = self._lanes.setdefault(call.lane, collections.deque())
+                queue.append(call)
+                if len(queue) > 1:  # an older call of this lane is unresolved: wait behind it
+                    waiting = True
+                else:
+                    waiting = False
+                    self._push(call, -_FRESH_BOOST_S)
+            else:
+                waiting = False
+                self._push(call, -_FRESH_BOOST_S)
+            if not waiting:
+                self._ensure_threads()
+                self._cond.notify()
+        if call.lane is not None:
+            # Outside the lock: runs at once if the Future is already done (e.g. cancelled meanwhile).
+            call.future.add_done_callback(lambda _f: self._lane_call_done(call))
 
     def tracked(self) -> int:
         with self._cond:
@@ -378,6 +405,7 @@ class FuturePoller:
             calls = list(self._tracked)
             self._tracked.clear()
             self._ready.clear()
+            self._lanes.clear()
             self._cond.notify_all()
         self._stop.set()
         for call in calls:
@@ -391,6 +419,36 @@ class FuturePoller:
                 t.join(join_timeout_s)
 
     # -- internals -----------------------------------------------------------------------------
+    def _lane_call_done(self, call: PolledCall) -> None:
+        """A lane call's Future resolved: forget it and queue the lane's next unresolved call for polling."""
+        with self._cond:
+            queue = self._lanes.get(call.lane)
+            if queue is None or self._closing:
+                return
+            if not queue or queue[0] is not call:
+                # Not the head (cancelled while waiting): it was never queued for polling, drop it now.
+                try:
+                    queue.remove(call)
+                except ValueError:
+                    pass
+                else:
+                    self._tracked.discard(call)
+                    self._cond.notify_all()
+                return
+            queue.popleft()
+            while queue and queue[0].future.done():  # resolved while waiting (cancelled): never polled
+                self._tracked.discard(queue.popleft())
+            if not queue:
+                del self._lanes[call.lane]
+                self._cond.notify_all()
+                return
+            self._push(queue[0], -_FRESH_BOOST_S)
+            # The thread that resolved the head takes the next call itself once its poll is done;
+            # otherwise (a cancel from another thread, the head's poll still held) start one if needed.
+            if call.polling_thread is not threading.current_thread():
+                self._ensure_threads()
+            self._cond.notify_all()
+
     def _push(self, call: PolledCall, delay_s: float) -> None:
         heapq.heappush(self._ready, (self._clock() + delay_s, next(self._seq), call))
 
@@ -435,6 +493,7 @@ class FuturePoller:
                             self._cond.notify_all()
                             continue
                         self._busy += 1
+                        call.polling_thread = threading.current_thread()
                         if self._ready and self._ready[0][0] <= now:
                             self._ensure_threads()  # more calls are due than threads are free
                         return call
@@ -469,6 +528,7 @@ class FuturePoller:
                 delay, finished = 0.0, True
             with self._cond:
                 self._busy -= 1
+                call.polling_thread = None
                 if finished or call.future.done() or self._closing:
                     self._tracked.discard(call)
                     self._cond.notify_all()

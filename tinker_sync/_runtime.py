@@ -380,6 +380,10 @@ class Runtime:
         else:
             payload, ctype = body, content_type
         key = f"tinker-sync-{uuid.uuid4().hex}"
+        # The lane runs start() one call at a time in seq_id order, so the poller sees a lane's calls in
+        # the order the server finishes them and polls only the oldest unresolved one. A LaneSlot (a
+        # place reserved in a lane) belongs to its lane.
+        poll_lane: object | None = None if lane is None else getattr(lane, "_lane", lane)
         outer: Future[T] = Future()
         self._register(outer)
         started = self._clock()
@@ -402,7 +406,7 @@ class Runtime:
             request_id = post(payload, ctype, key)
             call = PolledCall(
                 request_id=request_id, expected_type=response_type, request_type=request_type,
-                future=outer, resubmit=resubmit, started_at=started,
+                future=outer, resubmit=resubmit, started_at=started, lane=poll_lane,
             )
             call.round_trip_s = self._clock() - started
             self.poller.track(call)
