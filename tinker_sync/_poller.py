@@ -413,10 +413,16 @@ class FuturePoller:
         if calls:
             self._transport.abort_inflight()  # unblock long polls held by the server
         with self._cond:
-            started = list(self._started)
+            started = [t for t in self._started if t is not threading.current_thread()]
+        deadline = time.monotonic() + join_timeout_s
         for t in started:
-            if t is not threading.current_thread():
-                t.join(join_timeout_s)
+            while t.is_alive() and time.monotonic() < deadline:
+                t.join(0.05)
+                if calls and t.is_alive():
+                    # A poll thread may have taken a connection (or started its request) just after
+                    # the first abort; its socket is connected now, so shut it down too rather than
+                    # wait out the server's long-poll hold.
+                    self._transport.abort_inflight()
 
     # -- internals -----------------------------------------------------------------------------
     def _lane_call_done(self, call: PolledCall) -> None:
