@@ -8,11 +8,12 @@ recorded (method, path, headers, body) and TCP connections are counted.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Union
@@ -165,3 +166,42 @@ class ScriptedServer:
     def requests_to(self, path: str) -> list[RecordedRequest]:
         with self._lock:
             return [r for r in self.requests if r.path.split("?", 1)[0] == path]
+
+
+_RETRIEVE_FUTURE = "/api/v1/retrieve_future"
+
+
+@contextlib.contextmanager
+def held_polls(hold_s: float) -> Iterator[tuple[ScriptedServer, dict[str, threading.Event]]]:
+    """A server that holds each retrieve_future poll until its request id's event is set (a long poll).
+
+    A poll whose event is not set within ``hold_s`` answers ``try_again``; every event is set on exit.
+    """
+    events: dict[str, threading.Event] = {}
+    lock = threading.Lock()
+
+    def retrieve(rec: RecordedRequest) -> Reply:
+        rid = rec.json()["request_id"]
+        with lock:
+            ev = events.setdefault(rid, threading.Event())
+        if ev.wait(hold_s):
+            return Reply(200, {"rid": rid})
+        return Reply(200, {"type": "try_again", "request_id": rid})
+
+    with ScriptedServer() as srv:
+        srv.default(_RETRIEVE_FUTURE, retrieve)
+        try:
+            yield srv, events
+        finally:
+            for ev in list(events.values()):
+                ev.set()
+
+
+def wait_for(pred: Callable[[], object], timeout_s: float = 10.0) -> bool:
+    """Poll ``pred`` every 10 ms until it is truthy (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False

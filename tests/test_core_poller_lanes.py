@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.scripted_server import RecordedRequest, Reply, ScriptedServer
+from tests.scripted_server import RecordedRequest, Reply, ScriptedServer, held_polls, wait_for
 from tinker_sync._config import ClientConfig
 from tinker_sync._exceptions import ClientClosedError, RequestFailedError
 from tinker_sync._poller import FuturePoller, PolledCall
@@ -214,35 +214,13 @@ def test_a_410_on_the_head_resubmits_and_keeps_the_order(sim: tuple[ScriptedServ
 
 @pytest.fixture
 def held() -> Iterator[tuple[ScriptedServer, dict[str, threading.Event]]]:
-    events: dict[str, threading.Event] = {}
-    lock = threading.Lock()
-
-    def retrieve(rec: RecordedRequest) -> Reply:
-        rid = rec.json()["request_id"]
-        with lock:
-            ev = events.setdefault(rid, threading.Event())
-        if ev.wait(0.5):
-            return Reply(200, {"rid": rid})
-        return Reply(200, {"type": "try_again", "request_id": rid})
-
-    with ScriptedServer() as srv:
-        srv.default(RF, retrieve)
-        yield srv, events
-        for ev in list(events.values()):
-            ev.set()
+    with held_polls(0.5) as server_and_events:
+        yield server_and_events
 
 
 def _event(events: dict[str, threading.Event], rid: str) -> threading.Event:
     return events.setdefault(rid, threading.Event())
 
-
-def _wait_for(pred: Any, timeout_s: float = T) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _polled(srv: ScriptedServer) -> set[str]:
@@ -272,10 +250,10 @@ def test_cancelling_the_head_releases_the_next_at_once(
 ) -> None:
     srv, events = held
     futs = [_track(poller, f"r{i}", "L") for i in range(3)]
-    assert _wait_for(lambda: "r0" in _polled(srv))
+    assert wait_for(lambda: "r0" in _polled(srv))
     assert _polled(srv) == {"r0"} and poller.tracked() == 3
     futs[0].cancel()  # its poll is still held by the server; r1 must not wait for it
-    assert _wait_for(lambda: "r1" in _polled(srv))
+    assert wait_for(lambda: "r1" in _polled(srv))
     assert "r2" not in _polled(srv)
     _event(events, "r1").set()
     assert futs[1].result(timeout=T) == {"rid": "r1"}
@@ -283,7 +261,7 @@ def test_cancelling_the_head_releases_the_next_at_once(
     assert futs[2].result(timeout=T) == {"rid": "r2"}
     with pytest.raises(CancelledError):
         futs[0].result(timeout=T)
-    assert _wait_for(lambda: poller.tracked() == 0)
+    assert wait_for(lambda: poller.tracked() == 0)
 
 
 def test_a_cancelled_waiting_call_is_dropped_without_a_poll(
@@ -291,7 +269,7 @@ def test_a_cancelled_waiting_call_is_dropped_without_a_poll(
 ) -> None:
     srv, events = held
     futs = [_track(poller, f"w{i}", "L") for i in range(3)]
-    assert _wait_for(lambda: "w0" in _polled(srv))
+    assert wait_for(lambda: "w0" in _polled(srv))
     futs[1].cancel()
     assert poller.tracked() == 2  # forgotten at once, not when its turn comes
     _event(events, "w0").set()
@@ -299,14 +277,14 @@ def test_a_cancelled_waiting_call_is_dropped_without_a_poll(
     assert futs[0].result(timeout=T) == {"rid": "w0"}
     assert futs[2].result(timeout=T) == {"rid": "w2"}
     assert "w1" not in _polled(srv)
-    assert _wait_for(lambda: poller.tracked() == 0)
+    assert wait_for(lambda: poller.tracked() == 0)
 
 
 def test_close_fails_waiting_lane_calls(held: tuple[ScriptedServer, dict[str, threading.Event]], poller: FuturePoller) -> None:
     srv, _ = held
     futs = [_track(poller, f"c{i}", "L") for i in range(4)]
     other = _track(poller, "x0", "M")
-    assert _wait_for(lambda: {"c0", "x0"} <= _polled(srv))
+    assert wait_for(lambda: {"c0", "x0"} <= _polled(srv))
     poller.close(cancel_pending=True, join_timeout_s=5.0)
     for f in [*futs, other]:
         with pytest.raises(ClientClosedError):

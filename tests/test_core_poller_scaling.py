@@ -9,7 +9,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from tests.scripted_server import RecordedRequest, Reply, ScriptedServer
+from tests.scripted_server import ScriptedServer, held_polls, wait_for
 from tinker_sync._config import ClientConfig
 from tinker_sync._poller import FuturePoller, PolledCall
 from tinker_sync._transport import Transport
@@ -21,35 +21,13 @@ T = 10
 @pytest.fixture
 def held() -> Iterator[tuple[ScriptedServer, dict[str, threading.Event]]]:
     """A server that holds every poll until its request id is released (like a long poll)."""
-    events: dict[str, threading.Event] = {}
-    lock = threading.Lock()
-
-    def retrieve(rec: RecordedRequest) -> Reply:
-        rid = rec.json()["request_id"]
-        with lock:
-            ev = events.setdefault(rid, threading.Event())
-        if ev.wait(8.0):
-            return Reply(200, {"rid": rid})
-        return Reply(200, {"type": "try_again", "request_id": rid})
-
-    with ScriptedServer() as srv:
-        srv.default(RF, retrieve)
-        yield srv, events
-        for ev in list(events.values()):
-            ev.set()
+    with held_polls(8.0) as server_and_events:
+        yield server_and_events
 
 
 def _event(events: dict[str, threading.Event], rid: str) -> threading.Event:
     return events.setdefault(rid, threading.Event())
 
-
-def _wait_for(pred: object, timeout_s: float = T) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _poller(srv: ScriptedServer, **kw: object) -> tuple[FuturePoller, Transport]:
@@ -68,7 +46,7 @@ def test_a_finished_result_is_not_stuck_behind_held_polls(held: tuple[ScriptedSe
     poller, transport = _poller(srv, max_pollers=8, warm_pollers=1, idle_retire_s=0.1)
     try:
         futs = [_track(poller, f"r{i}") for i in range(8)]
-        assert _wait_for(lambda: len(srv.requests_to(RF)) == 8)  # every call holds its own poll
+        assert wait_for(lambda: len(srv.requests_to(RF)) == 8)  # every call holds its own poll
         _event(events, "r7").set()  # the LAST submitted finishes first
         assert futs[7].result(timeout=T) == {"rid": "r7"}
         assert not any(f.done() for f in futs[:7])
@@ -76,7 +54,7 @@ def test_a_finished_result_is_not_stuck_behind_held_polls(held: tuple[ScriptedSe
             _event(events, f"r{i}").set()
         assert [f.result(timeout=T) for f in futs[:7]] == [{"rid": f"r{i}"} for i in range(7)]
         # surplus threads retire when idle, down to the warm one (which exits once nothing is tracked)
-        assert _wait_for(lambda: poller.threads() <= 1)
+        assert wait_for(lambda: poller.threads() <= 1)
     finally:
         poller.close(cancel_pending=True)
         transport.close()
@@ -87,7 +65,7 @@ def test_poll_threads_never_exceed_max_pollers(held: tuple[ScriptedServer, dict[
     poller, transport = _poller(srv, max_pollers=3, warm_pollers=1, idle_retire_s=0.1)
     try:
         futs = [_track(poller, f"q{i}") for i in range(10)]
-        assert _wait_for(lambda: len(srv.requests_to(RF)) == 3)
+        assert wait_for(lambda: len(srv.requests_to(RF)) == 3)
         time.sleep(0.1)  # would show a 4th poll if the bound were broken
         assert len(srv.requests_to(RF)) == 3 and poller.threads() == 3
         for i in range(10):
