@@ -169,6 +169,36 @@ class Executor:
         self._pool.shutdown(wait=not in_worker_thread(), cancel_futures=cancel_pending)
 
 
+def propagate_failure(src: Future[Any], dst: Future[Any]) -> bool:
+    """If the finished ``src`` was cancelled or failed, cancel or fail ``dst`` the same way; True if so."""
+    if src.cancelled():
+        dst.cancel()
+        return True
+    exc = src.exception()
+    if exc is not None:
+        set_exception(dst, exc)
+        return True
+    return False
+
+
+def copy_outcome(src: Future[T], dst: Future[T]) -> None:
+    """Give ``dst`` the outcome of the finished ``src``: its result, its exception or its cancellation."""
+    if not propagate_failure(src, dst):
+        set_result(dst, src.result())
+
+
+def flatten(outer: Future[Future[T]]) -> Future[T]:
+    """Future[Future[T]] -> Future[T] without blocking a thread."""
+    result: Future[T] = Future()
+
+    def outer_done(f: Future[Future[T]]) -> None:
+        if not propagate_failure(f, result):
+            f.result().add_done_callback(lambda inner: copy_outcome(inner, result))
+
+    outer.add_done_callback(outer_done)
+    return result
+
+
 def chain(fut: Future[A], fn: Callable[[A], B]) -> Future[B]:
     """A Future of ``fn(fut.result())``; no thread blocks, exceptions and cancellation propagate.
 
@@ -177,12 +207,7 @@ def chain(fut: Future[A], fn: Callable[[A], B]) -> Future[B]:
     outer: Future[B] = Future()
 
     def done(f: Future[A]) -> None:
-        if f.cancelled():
-            outer.cancel()
-            return
-        exc = f.exception()
-        if exc is not None:
-            set_exception(outer, exc)
+        if propagate_failure(f, outer):
             return
         try:
             value = fn(f.result())

@@ -27,7 +27,7 @@ from ._exceptions import (
     RateLimitError,
     from_response,
 )
-from ._executor import Activity, Executor, SequencedLane, set_exception
+from ._executor import Activity, Executor, SequencedLane, propagate_failure, set_exception
 from ._poller import FuturePoller, PolledCall
 from ._ratelimit import RateLimiter, get_shared_limiter
 from ._retry import parse_retry_after
@@ -411,14 +411,6 @@ class Runtime:
             call.round_trip_s = self._clock() - started
             self.poller.track(call)
 
-        def on_inner(f: Future[Any]) -> None:
-            if f.cancelled():
-                outer.cancel()
-                return
-            exc = f.exception()
-            if exc is not None:
-                set_exception(outer, exc)
-
         try:
             if lane is not None:
                 inner = lane.submit(start, label=label or request_type)
@@ -427,7 +419,8 @@ class Runtime:
         except ClientClosedError as exc:
             set_exception(outer, exc)
             return outer
-        inner.add_done_callback(on_inner)
+        # The POST's own outcome reaches the caller only when it fails; success hands over to the poller.
+        inner.add_done_callback(lambda f: propagate_failure(f, outer))
         return outer
 
     def _post_future(

@@ -16,10 +16,10 @@ import attrs
 from . import types
 from ._config import ClientConfig, redact_url
 from ._exceptions import APIStatusError, ClientClosedError, NotFoundError
-from ._executor import chain
+from ._executor import chain, flatten
 from ._retry import RetryPolicy
 from ._runtime import Runtime
-from .training_client import TrainingClient, _check_tinker_path, _flatten
+from .training_client import TrainingClient, _check_tinker_path
 
 if TYPE_CHECKING:
     from .rest_client import RestClient
@@ -280,7 +280,7 @@ class ServiceClient:
 
     def _in_background(self, fn: Callable[[], Future[Any]]) -> Future[Any]:
         """Run ``fn`` (which may block on bootstrap, then returns a Future) on a worker; flatten."""
-        return _flatten(self._runtime.executor.submit(fn))
+        return flatten(self._runtime.executor.submit(fn))
 
     # ---- server info ------------------------------------------------------------------------
     def get_server_capabilities(self) -> types.GetServerCapabilitiesResponse:
@@ -399,7 +399,7 @@ class ServiceClient:
                     loaded = client.load_state(path, weights_access_token=weights_access_token)
                 return chain(loaded, lambda _resp: client)
 
-            return _flatten(chain(created, load))
+            return flatten(chain(created, load))
 
         return self._in_background(start)
 

@@ -16,7 +16,7 @@ import attrs
 
 from . import types
 from ._exceptions import TinkerError
-from ._executor import LaneSlot, chain, gather, set_exception, set_result
+from ._executor import LaneSlot, chain, copy_outcome, gather, set_exception
 from ._proto import _varint
 
 if TYPE_CHECKING:
@@ -304,34 +304,6 @@ def _check_tinker_path(path: Any, where: str) -> str:
     if not isinstance(path, str) or not path.startswith("tinker://"):
         raise ValueError(f"{where}: path must be a tinker:// URI (e.g. tinker://RUN/weights/NAME), got {path!r}")
     return path
-
-
-def _flatten(outer: Future[Future[Any]]) -> Future[Any]:
-    """Future[Future[T]] -> Future[T] without blocking a thread."""
-    result: Future[Any] = Future()
-
-    def inner_done(inner: Future[Any]) -> None:
-        if inner.cancelled():
-            result.cancel()
-            return
-        exc = inner.exception()
-        if exc is not None:
-            set_exception(result, exc)
-        else:
-            set_result(result, inner.result())
-
-    def outer_done(f: Future[Future[Any]]) -> None:
-        if f.cancelled():
-            result.cancel()
-            return
-        exc = f.exception()
-        if exc is not None:
-            set_exception(result, exc)
-            return
-        f.result().add_done_callback(inner_done)
-
-    outer.add_done_callback(outer_done)
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -863,15 +835,7 @@ class _CustomCall:
             metrics.update(user_metrics)
             return attrs.evolve(merged, metrics=metrics)
 
-        def done(f: Future[types.ForwardBackwardOutput]) -> None:
-            if f.cancelled():
-                self.result.cancel()
-            elif f.exception() is not None:
-                set_exception(self.result, f.exception() or RuntimeError("unreachable"))
-            else:
-                set_result(self.result, f.result())
-
-        chain(gather(futures), merge).add_done_callback(done)
+        chain(gather(futures), merge).add_done_callback(lambda f: copy_outcome(f, self.result))
 
 
 def _custom_gradients(
