@@ -251,7 +251,7 @@ class Runtime:
                     raise
                 logger.debug("%s %s: %s; retry %d in %.2f s", method, path, exc, attempt + 1, delay)
                 maybe_applied = maybe_applied or exc.request_sent
-                self._pause(delay)
+                self.pause(delay)
                 attempt += 1
                 continue
             if 200 <= resp.status < 300 or (return_response and 300 <= resp.status < 400):
@@ -271,7 +271,7 @@ class Runtime:
                 if policy.should_retry(attempt, self._clock() - start, delay):
                     logger.debug("%s %s -> bare 400 (proxy?); retry %d in %.2f s", method, path, attempt + 1, delay)
                     maybe_applied = True
-                    self._pause(delay)
+                    self.pause(delay)
                     attempt += 1
                     continue
             retry_after = parse_retry_after(resp.headers)
@@ -296,7 +296,7 @@ class Runtime:
                 if policy.should_retry(attempt, self._clock() - start, delay):
                     logger.debug("%s %s -> %d; retry %d in %.2f s", method, path, resp.status, attempt + 1, delay)
                     maybe_applied = maybe_applied or resp.status == 408 or resp.status >= 500
-                    self._pause(delay)
+                    self.pause(delay)
                     attempt += 1
                     continue
                 logger.warning("%s %s: giving up after %d attempts (last status %d)", method, path, attempt + 1, resp.status)
@@ -307,14 +307,16 @@ class Runtime:
             resp.status, _error_body(resp), method=method, path=path, request_id=resp.request_id, headers=resp.headers
         )
 
-    def _pause(self, seconds: float) -> None:
+    def pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` unless the runtime closes first (then raise ClientClosedError)."""
         if seconds >= 1.0:
             logger.info("pausing %.1f s before retrying", seconds)
         if self._closed.wait(seconds):
             raise ClientClosedError("the client was closed while waiting to retry")
 
     # -- futures -------------------------------------------------------------------------------
-    def _register(self, fut: Future[Any]) -> None:
+    def register(self, fut: Future[Any]) -> None:
+        """Count ``fut`` as outstanding work: close() waits for (or cancels) it."""
         with self._lock:
             if self._closing:
                 raise ClientClosedError("the client is closed; no new requests can be submitted")
@@ -336,7 +338,7 @@ class Runtime:
             if self._closing:
                 raise ClientClosedError("the client is closed; no new requests can be submitted")
         fut = self.executor.submit(self.request, method, path, **kw)
-        self._register(fut)
+        self.register(fut)
         return fut
 
     def submit_polled(
@@ -385,7 +387,7 @@ class Runtime:
         # place reserved in a lane) belongs to its lane.
         poll_lane: object | None = None if lane is None else getattr(lane, "_lane", lane)
         outer: Future[T] = Future()
-        self._register(outer)
+        self.register(outer)
         started = self._clock()
 
         def post(data: bytes, ctype: str, key: str) -> str:

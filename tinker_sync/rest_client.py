@@ -345,7 +345,7 @@ class RestClient:
                     if not warned and time.monotonic() - started >= _ARCHIVE_STILL_RUNNING_S:
                         warned = True
                         logger.info("Creating checkpoint archive for %s: still running", label)
-                    runtime._pause(building_retry_s)  # interrupted (ClientClosedError) by close()
+                    runtime.pause(building_retry_s)  # interrupted (ClientClosedError) by close()
                     continue
                 return archive_url_from_response(resp, runtime.transport.url(path))
             raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
@@ -437,7 +437,7 @@ class RestClient:
                     raise RuntimeError(f"trace export of session {session_id} failed: {resp.error or 'unknown error'}")
                 if time.monotonic() + poll_interval_s > deadline:
                     raise TimeoutError(f"trace export of session {session_id} not ready after {timeout_s:.0f} s")
-                runtime._pause(poll_interval_s)  # interrupted (ClientClosedError) by close()
+                runtime.pause(poll_interval_s)  # interrupted (ClientClosedError) by close()
 
         return runtime.executor.submit(poll)
 

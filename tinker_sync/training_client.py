@@ -585,7 +585,7 @@ class TrainingClient:
         fwd_requests = self._prepare_fwd(prepared, "cross_entropy", None, True, f"{where} forward")
         result: Future[types.ForwardBackwardOutput] = Future()
         # counted as outstanding work, so a clean close() waits for the backward too (ClientClosedError if closed)
-        self._runtime._register(result)
+        self._runtime.register(result)
         fwd_futures, slots = self._enqueue(fwd_requests, n_slots=len(bwd_groups))
         return _CustomCall(self, prepared, loss_fn, backend, bwd_groups, slots, result).start(gather(fwd_futures))
 
