@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _nn, _safetensors
+from ._losses import CONFIG_DEFAULTS, LOSS_FUNCTIONS, check_config, loss_and_grad
 from ._tokenizer import (
     EOS_TOKEN_ID,
     PAD_TOKEN_ID,
@@ -50,6 +51,7 @@ from ._tokenizer import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CONFIG_DEFAULTS",
     "EOS_TOKEN_ID",
     "LORA_ALPHA",
     "LOSS_FUNCTIONS",
@@ -104,58 +106,6 @@ SPECS: dict[str, ModelSpec] = {
     )
 }
 MODEL_NAMES: list[str] = list(SPECS)
-
-
-# ---------------------------------------------------------------------------------------------- losses
-# loss_fn -> (required loss_fn_inputs keys, optional keys)
-LOSS_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "cross_entropy": (("target_tokens", "weights"), ()),
-    "importance_sampling": (("target_tokens", "logprobs", "advantages"), ()),
-    "ppo": (("target_tokens", "logprobs", "advantages"), ("clip_low_threshold", "clip_high_threshold")),
-    "cispo": (("target_tokens", "logprobs", "advantages"), ("clip_low_threshold", "clip_high_threshold")),
-    "dro": (("target_tokens", "logprobs", "advantages"), ()),
-}
-# loss_fn -> {config key: default}; defaults follow the Tinker docs (PPO ratio bounds 0.8/1.2, CISPO 0/4).
-_CONFIG_DEFAULTS: dict[str, dict[str, float]] = {
-    "cross_entropy": {},
-    "importance_sampling": {},
-    "ppo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
-    "cispo": {"clip_low_threshold": 0.0, "clip_high_threshold": 4.0},
-    "dro": {"beta": 0.05},
-}
-
-
-def _loss_and_grad(
-    loss_fn: str, lp: np.ndarray, inputs: Mapping[str, np.ndarray], config: Mapping[str, float]
-) -> tuple[float, np.ndarray]:
-    """Summed loss of one datum and dLoss/dlogprobs (same shape as ``lp``), computed in float64."""
-    if loss_fn == "cross_entropy":
-        w = inputs["weights"]
-        return float(-np.sum(lp * w)), -w
-    old = inputs["logprobs"]
-    adv = inputs["advantages"]
-    if loss_fn == "dro":
-        beta = config["beta"]
-        diff = lp - old
-        return float(-np.sum(lp * adv - 0.5 * beta * diff * diff)), -adv + beta * diff
-    ratio = np.exp(lp - old)
-    if loss_fn == "importance_sampling":
-        return float(-np.sum(ratio * adv)), -ratio * adv
-    low = inputs.get("clip_low_threshold", config["clip_low_threshold"])
-    high = inputs.get("clip_high_threshold", config["clip_high_threshold"])
-    clipped = np.clip(ratio, low, high)
-    if loss_fn == "ppo":
-        unclipped_obj = ratio * adv
-        clipped_obj = clipped * adv
-        obj = np.minimum(unclipped_obj, clipped_obj)
-        # d obj/d lp = ratio * adv where the unclipped branch is the minimum or the ratio is inside the
-        # bounds (both branches equal there); 0 where the clipped constant wins.
-        inside = (ratio >= low) & (ratio <= high)
-        active = inside | (unclipped_obj < clipped_obj)
-        return float(-np.sum(obj)), np.where(active, -ratio * adv, 0.0)
-    if loss_fn == "cispo":
-        return float(-np.sum(clipped * lp * adv)), -clipped * adv
-    raise AssertionError(loss_fn)  # pragma: no cover - validated before
 
 
 # ---------------------------------------------------------------------------------------------- data types
@@ -469,24 +419,11 @@ class Engine:
         return arr.astype(np.int64)
 
     def _prepare(
-        self, data: Sequence[EngineDatum], loss_fn: str, loss_fn_config: Mapping[str, float] | None
+        self, data: Sequence[EngineDatum], loss_fn: str, loss_fn_config: Mapping[str, float | str] | None
     ) -> tuple[list[tuple[np.ndarray, dict[str, np.ndarray]]], dict[str, float]]:
-        if loss_fn not in LOSS_FUNCTIONS:
-            raise ValueError(f"unknown loss_fn {loss_fn!r}; supported: {', '.join(LOSS_FUNCTIONS)}")
+        config = check_config(loss_fn, loss_fn_config)
         if not data:
             raise ValueError("no data: forward_backward needs at least one Datum")
-        defaults = _CONFIG_DEFAULTS[loss_fn]
-        config = dict(defaults)
-        for key, value in (loss_fn_config or {}).items():
-            if key not in defaults:
-                allowed = ", ".join(defaults) or "none"
-                raise ValueError(f"loss_fn_config key {key!r} is not used by {loss_fn!r} (allowed: {allowed})")
-            v = float(value)
-            if not np.isfinite(v):
-                raise ValueError(f"loss_fn_config[{key!r}] must be finite, got {value!r}")
-            config[key] = v
-        if loss_fn in ("ppo", "cispo") and config["clip_low_threshold"] > config["clip_high_threshold"]:
-            raise ValueError("clip_low_threshold must not exceed clip_high_threshold")
         required, optional = LOSS_FUNCTIONS[loss_fn]
         prepared: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         for i, datum in enumerate(data):
@@ -542,7 +479,7 @@ class Engine:
         adapter: Adapter,
         data: Sequence[EngineDatum],
         loss_fn: str,
-        loss_fn_config: Mapping[str, float] | None = None,
+        loss_fn_config: Mapping[str, float | str] | None = None,
         *,
         forward_only: bool = False,
     ) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
@@ -589,7 +526,7 @@ class Engine:
                 t2 = targets.reshape(n, -1)
                 lp2 = np.take_along_axis(lsm[row, :n], t2, axis=1).astype(np.float64)
                 lp = lp2.reshape(targets.shape)
-                loss, dlp = _loss_and_grad(loss_fn, lp, inputs, config)
+                loss, dlp = loss_and_grad(loss_fn, lp, inputs, config)
                 total_loss += loss
                 outputs[i] = {"logprobs": lp.astype(np.float32)}
                 if dlogits is not None:
