@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinker_sync.local import _engine as E
-from tinker_sync.local import _nn, _safetensors, _tokenizer
+from tinker_sync.local import _nn, _optim, _safetensors, _tokenizer
 from tinker_sync.local._tokenizer import decode, encode
 
 TINY = "tinker-sync/tiny-byte"
@@ -381,6 +381,83 @@ def test_optim_step_rejects_bad_hyperparameters(engine: E.Engine) -> None:
         engine.optim_step(adapter, learning_rate=1e-3, beta2=1.0)
     with pytest.raises(ValueError, match="learning_rate"):
         engine.optim_step(adapter, learning_rate=float("nan"))
+
+
+# ---------------------------------------------------------------------------------------------- Dimuon
+def test_matrix_sign_is_the_polar_factor() -> None:
+    rng = np.random.default_rng(0)
+    for shape in ((40, 4), (3, 30), (8, 8)):
+        m = rng.standard_normal(shape) * np.geomspace(1e-3, 10, shape[1])  # ill-conditioned columns
+        u, _, vt = np.linalg.svd(m, full_matrices=False)
+        np.testing.assert_allclose(_optim.matrix_sign(m), u @ vt, atol=1e-9)
+    low_rank = rng.standard_normal((20, 1)) @ rng.standard_normal((1, 6))
+    sign = _optim.matrix_sign(low_rank)
+    assert np.linalg.norm(sign) == pytest.approx(1.0)  # one nonzero singular value, driven to 1
+    assert not _optim.matrix_sign(np.zeros((5, 3))).any()
+
+
+def test_dimuon_matches_reference_implementation(engine64: E.Engine) -> None:
+    adapter = engine64.new_adapter(rank=3, seed=3, train_mlp=False, optimizer="dimuon")
+    _randomize(adapter, 4)
+    lr, beta1 = 0.02, 0.8
+    ref_p = {m: [p.copy() for p in pair] for m, pair in adapter.params.items()}
+    ref_mom = {m: [np.zeros_like(p) for p in pair] for m, pair in adapter.params.items()}
+    for t in (1, 2, 3):
+        engine64.forward_backward(adapter, _ce_data(t), "cross_entropy")
+        grads = {m: [g.copy() for g in pair] for m, pair in adapter.grads.items()}
+        norm = float(np.sqrt(sum(np.sum(g**2) for pair in grads.values() for g in pair)))
+        clip = norm / 3 if t == 2 else 0.0
+        coef = clip / (norm + 1e-6) if clip else 1.0
+        for m, pair in grads.items():
+            for i in (0, 1):
+                ref_mom[m][i] = beta1 * ref_mom[m][i] + (1 - beta1) * pair[i] * coef
+                u, _, vt = np.linalg.svd(ref_mom[m][i], full_matrices=False)
+                direction = u @ vt
+                ref_p[m][i] = ref_p[m][i] - lr * np.sqrt(3) / np.linalg.norm(direction) * direction
+        metrics = engine64.step(adapter, {"type": "dimuon", "learning_rate": lr, "beta1": beta1,
+                                          "grad_clip_norm": clip})
+        assert metrics == {"grad_norm": pytest.approx(norm), "learning_rate": lr, "step": float(t)}
+        for m, pair in adapter.params.items():
+            for i in (0, 1):
+                np.testing.assert_allclose(pair[i], ref_p[m][i], rtol=1e-8, atol=1e-10)
+                assert not adapter.grads[m][i].any()
+    # every matrix moved by exactly lr * sqrt(rank) in Frobenius norm on a step where its momentum is nonzero
+    before = {m: [p.copy() for p in pair] for m, pair in adapter.params.items()}
+    engine64.forward_backward(adapter, _ce_data(9), "cross_entropy")
+    engine64.dimuon_step(adapter, learning_rate=lr)
+    for m, pair in adapter.params.items():
+        for i in (0, 1):
+            assert np.linalg.norm(pair[i] - before[m][i]) == pytest.approx(lr * np.sqrt(3), rel=1e-9)
+
+
+def test_dimuon_trains_and_optimizers_are_never_mixed(engine: E.Engine, tmp_path: Path) -> None:
+    adapter = engine.new_adapter(rank=4, seed=0, optimizer="dimuon")
+    data = [sft_datum(p, c) for p, c in PAIRS[:2]]
+    losses = []
+    for _ in range(8):
+        losses.append(engine.forward_backward(adapter, data, "cross_entropy")[1]["loss:sum"])
+        engine.step(adapter, {"type": "dimuon", "learning_rate": 0.01})
+    assert losses[-1] < 0.75 * losses[0]
+    with pytest.raises(ValueError, match="created with the 'dimuon' optimizer; AdamParams"):
+        engine.optim_step(adapter, learning_rate=1e-3)
+    with pytest.raises(ValueError, match="created with the 'adamw' optimizer; DimuonParams"):
+        engine.step(engine.new_adapter(rank=2, seed=0), {"type": "dimuon", "learning_rate": 1e-3})
+    with pytest.raises(ValueError, match="optimizer type 'lion' is not supported"):
+        engine.step(adapter, {"type": "lion", "learning_rate": 1e-3})
+    with pytest.raises(ValueError, match=r"DimuonParams: unknown field\(s\) \['damping'\]"):
+        engine.step(adapter, {"type": "dimuon", "learning_rate": 1e-3, "damping": 0.1})
+    with pytest.raises(ValueError, match="learning_rate is required"):
+        engine.step(adapter, {"type": "dimuon"})
+    with pytest.raises(ValueError, match="DimuonParams.beta1"):
+        engine.dimuon_step(adapter, learning_rate=1e-3, beta1=1.0)
+    with pytest.raises(ValueError, match="optimizer 'sgd' is not supported"):
+        engine.new_adapter(rank=2, seed=0, optimizer="sgd")
+    # the optimizer's identity and momentum come back with a full-state resume only
+    adapter.save(tmp_path / "ck", with_optimizer=True)
+    resumed = E.Adapter.load(engine, tmp_path / "ck", with_optimizer=True)
+    assert resumed.optimizer == "dimuon" and resumed.step == 8
+    np.testing.assert_array_equal(resumed.exp_avg["layers.0.q"][1], adapter.exp_avg["layers.0.q"][1])
+    assert E.Adapter.load(engine, tmp_path / "ck", with_optimizer=False).optimizer == "adamw"
 
 
 # ---------------------------------------------------------------------------------------------- validation

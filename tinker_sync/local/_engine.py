@@ -11,7 +11,9 @@ q, k, v, o projections; ``train_mlp`` = up, down; ``train_unembed`` = the (untie
 
 Training: losses are sums over tokens (``loss:sum``), gradients accumulate across ``forward_backward`` calls
 and :meth:`Engine.optim_step` applies AdamW (bias-corrected, decoupled weight decay as in torch.optim.AdamW,
-optional global-norm clipping) and zeroes them. Recommended learning rate: 1e-2 for ``tiny-byte`` and
+optional global-norm clipping) and zeroes them; an adapter created with ``optimizer="dimuon"`` steps with
+:meth:`Engine.dimuon_step` instead (see :mod:`._optim`), and :meth:`Engine.step` takes either from the wire
+params, refusing the other optimizer's params (a request never runs as another optimizer). Recommended learning rate: 1e-2 for ``tiny-byte`` and
 5e-3 for ``small-byte`` (any rank 4-32): 30 steps on five short prompt/completion pairs drive the loss
 below 2% of its start and greedy sampling then reproduces every completion. 5e-2 is too high (diverges),
 and the API default of 1e-4 barely moves these tiny random-weight models.
@@ -27,18 +29,19 @@ the returned tokens, and ``stop_reason`` is ``"stop"``; running out of ``max_tok
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _nn, _safetensors
+from . import _nn, _optim
+from ._adapter import (
+    LORA_ALPHA,
+    Adapter,
+)
 from ._losses import CONFIG_DEFAULTS, LOSS_FUNCTIONS, check_config, loss_and_grad
 from ._tokenizer import (
     EOS_TOKEN_ID,
@@ -68,11 +71,7 @@ __all__ = [
     "SampledSequence",
 ]
 
-LORA_ALPHA = 32.0
 RECOMMENDED_LEARNING_RATES: dict[str, float] = {"tinker-sync/tiny-byte": 1e-2, "tinker-sync/small-byte": 5e-3}
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-OPTIMIZER_STATE_FILE = "optimizer_state.safetensors"
 
 # Attention score elements (batch * heads * T * T) per micro-batch; bounds peak memory of forward_backward.
 _MAX_ATTN_ELEMENTS = 1 << 23
@@ -130,197 +129,6 @@ class SampleResult:
     topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
 
 
-# PEFT-style tensor names for our module names.
-def _peft_module_name(module: str) -> str:
-    if module == _nn.UNEMBED_MODULE:
-        return "base_model.model.lm_head"
-    _, idx, kind = module.split(".")
-    block = "self_attn" if kind in _nn.ATTN_MODULES else "mlp"
-    return f"base_model.model.model.layers.{idx}.{block}.{kind}_proj"
-
-
-def _target_modules(train_attn: bool, train_mlp: bool, train_unembed: bool) -> list[str]:
-    out: list[str] = []
-    if train_attn:
-        out += [f"{m}_proj" for m in _nn.ATTN_MODULES]
-    if train_mlp:
-        out += [f"{m}_proj" for m in _nn.MLP_MODULES]
-    if train_unembed:
-        out.append("lm_head")
-    return out
-
-
-class Adapter:
-    """LoRA weights of one model + AdamW state + accumulated gradients.
-
-    ``params`` maps a module name (``layers.0.q`` ... ``unembed``) to ``(A, B)``. Mutations go through
-    the engine under :attr:`lock`; :meth:`snapshot` gives an immutable copy for samplers.
-    """
-
-    def __init__(
-        self, *, model_name: str, rank: int, seed: int, train_attn: bool, train_mlp: bool, train_unembed: bool,
-        params: dict[str, tuple[np.ndarray, np.ndarray]],
-    ) -> None:
-        self.model_name = model_name
-        self.rank = rank
-        self.seed = seed
-        self.train_attn = train_attn
-        self.train_mlp = train_mlp
-        self.train_unembed = train_unembed
-        self.params = params
-        self.grads: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            k: (np.zeros_like(a), np.zeros_like(b)) for k, (a, b) in params.items()
-        }
-        self.exp_avg: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            k: (np.zeros_like(a), np.zeros_like(b)) for k, (a, b) in params.items()
-        }
-        self.exp_avg_sq: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            k: (np.zeros_like(a), np.zeros_like(b)) for k, (a, b) in params.items()
-        }
-        self.step = 0
-        self.pending_grad_calls = 0
-        self.frozen = False
-        self.lock = threading.RLock()
-        self._merged: dict[str, np.ndarray] | None = None  # cache of W + s*A@B (invalidated on update)
-
-    @property
-    def scale(self) -> float:
-        return LORA_ALPHA / self.rank
-
-    @property
-    def lora_config(self) -> dict[str, Any]:
-        """PEFT-like adapter config (also written as adapter_config.json)."""
-        return {
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": self.model_name,
-            "r": self.rank,
-            "lora_alpha": LORA_ALPHA,
-            "lora_dropout": 0.0,
-            "bias": "none",
-            "target_modules": _target_modules(self.train_attn, self.train_mlp, self.train_unembed),
-            "train_attn": self.train_attn,
-            "train_mlp": self.train_mlp,
-            "train_unembed": self.train_unembed,
-            "seed": self.seed,
-        }
-
-    def snapshot(self) -> Adapter:
-        """A frozen copy of the weights (no gradients or optimizer state needed) for a sampler."""
-        with self.lock:
-            snap = Adapter(
-                model_name=self.model_name, rank=self.rank, seed=self.seed, train_attn=self.train_attn,
-                train_mlp=self.train_mlp, train_unembed=self.train_unembed,
-                params={k: (a.copy(), b.copy()) for k, (a, b) in self.params.items()},
-            )
-            snap.step = self.step
-        snap.grads = {}
-        snap.exp_avg = {}
-        snap.exp_avg_sq = {}
-        for a, b in snap.params.values():
-            a.setflags(write=False)
-            b.setflags(write=False)
-        snap.frozen = True
-        return snap
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, directory: Path, *, with_optimizer: bool) -> None:
-        """Write adapter_config.json + adapter_model.safetensors (+ optimizer_state.safetensors)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with self.lock:
-            weights: dict[str, np.ndarray] = {}
-            for module, (a, b) in self.params.items():
-                peft = _peft_module_name(module)
-                weights[f"{peft}.lora_A.weight"] = a.T.astype(np.float32)
-                weights[f"{peft}.lora_B.weight"] = b.T.astype(np.float32)
-            meta = {"format": "pt", "base_model": self.model_name}
-            _safetensors.save_file(weights, directory / ADAPTER_WEIGHTS_FILE, meta)
-            if with_optimizer and not self.frozen:
-                state: dict[str, np.ndarray] = {}
-                for module in self.params:
-                    peft = _peft_module_name(module)
-                    for part, idx in (("lora_A", 0), ("lora_B", 1)):
-                        state[f"{peft}.{part}.exp_avg"] = self.exp_avg[module][idx].T.astype(np.float32)
-                        state[f"{peft}.{part}.exp_avg_sq"] = self.exp_avg_sq[module][idx].T.astype(np.float32)
-                _safetensors.save_file(
-                    state, directory / OPTIMIZER_STATE_FILE, {"step": str(self.step), "base_model": self.model_name}
-                )
-            config_text = json.dumps(self.lora_config, indent=2, sort_keys=True) + "\n"
-        (directory / ADAPTER_CONFIG_FILE).write_text(config_text, encoding="utf-8")
-
-    @classmethod
-    def load(cls, engine: Engine, directory: Path, *, with_optimizer: bool) -> Adapter:
-        """Load an adapter saved by :meth:`save`, validating base model, modules and shapes.
-
-        Raises:
-            ValueError: missing files, a different base model, or tensors that do not fit this model.
-        """
-        directory = Path(directory)
-        config_path = directory / ADAPTER_CONFIG_FILE
-        weights_path = directory / ADAPTER_WEIGHTS_FILE
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise ValueError(f"checkpoint is incomplete: {path.name} not found in {directory}")
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            base = str(config["base_model_name_or_path"])
-            rank = int(config["r"])
-            flags = {k: bool(config.get(k, True)) for k in ("train_attn", "train_mlp", "train_unembed")}
-            seed = int(config.get("seed") or 0)
-            alpha = float(config.get("lora_alpha", LORA_ALPHA))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{ADAPTER_CONFIG_FILE} is invalid: {exc!r}") from exc
-        if base != engine.spec.name:
-            raise ValueError(
-                f"checkpoint was trained on base model {base!r}; it cannot be loaded into {engine.spec.name!r}"
-            )
-        if alpha != LORA_ALPHA:
-            raise ValueError(f"checkpoint lora_alpha {alpha} is not supported (this server uses {LORA_ALPHA})")
-        adapter = engine.new_adapter(rank=rank, seed=seed, **flags)
-        try:
-            tensors, _ = _safetensors.load_file(weights_path)
-        except _safetensors.SafetensorsError as exc:
-            raise ValueError(f"{ADAPTER_WEIGHTS_FILE} is invalid: {exc}") from exc
-        expected = {
-            f"{_peft_module_name(m)}.{part}.weight": (m, idx)
-            for m in adapter.params
-            for part, idx in (("lora_A", 0), ("lora_B", 1))
-        }
-        if set(tensors) != set(expected):
-            missing = sorted(set(expected) - set(tensors))[:3]
-            extra = sorted(set(tensors) - set(expected))[:3]
-            raise ValueError(f"{ADAPTER_WEIGHTS_FILE} does not match its config: missing {missing}, unexpected {extra}")
-        for name, (module, idx) in expected.items():
-            target = adapter.params[module][idx]
-            value = tensors[name].T
-            if value.shape != target.shape:
-                raise ValueError(f"tensor {name} has shape {list(tensors[name].shape)}, expected {list(target.T.shape)}")
-            if not np.all(np.isfinite(value)):
-                raise ValueError(f"tensor {name} contains non-finite values")
-            target[...] = value
-        if with_optimizer:
-            opt_path = directory / OPTIMIZER_STATE_FILE
-            if not opt_path.is_file():
-                raise ValueError(f"checkpoint has no optimizer state ({OPTIMIZER_STATE_FILE} not found in {directory})")
-            try:
-                state, meta = _safetensors.load_file(opt_path)
-                adapter.step = int(meta.get("step", "0"))
-            except (_safetensors.SafetensorsError, ValueError) as exc:
-                raise ValueError(f"{OPTIMIZER_STATE_FILE} is invalid: {exc}") from exc
-            for module in adapter.params:
-                peft = _peft_module_name(module)
-                for part, idx in (("lora_A", 0), ("lora_B", 1)):
-                    for kind, store in (("exp_avg", adapter.exp_avg), ("exp_avg_sq", adapter.exp_avg_sq)):
-                        key = f"{peft}.{part}.{kind}"
-                        target = store[module][idx]
-                        if key not in state or state[key].T.shape != target.shape:
-                            raise ValueError(f"{OPTIMIZER_STATE_FILE}: tensor {key} missing or of the wrong shape")
-                        target[...] = state[key].T
-        adapter._merged = None
-        return adapter
-
-
 # ---------------------------------------------------------------------------------------------- engine
 def _as_float(arr: Any, key: str, where: str, dtype: type = np.float64) -> np.ndarray:
     try:
@@ -354,7 +162,7 @@ class Engine:
     # ------------------------------------------------------------------ adapters
     def new_adapter(
         self, *, rank: int, seed: int | None, train_attn: bool = True, train_mlp: bool = True,
-        train_unembed: bool = True,
+        train_unembed: bool = True, optimizer: str = "adamw",
     ) -> Adapter:
         """A fresh LoRA adapter (B = 0, so it reproduces the base model); ``seed=None`` picks one at random."""
         if not isinstance(rank, int) or rank < 1:
@@ -378,7 +186,7 @@ class Engine:
                 params[module] = (a.astype(self.dtype), np.zeros((rank, n_out), dtype=self.dtype))
         return Adapter(
             model_name=self.spec.name, rank=rank, seed=int(seed), train_attn=train_attn, train_mlp=train_mlp,
-            train_unembed=train_unembed, params=params,
+            train_unembed=train_unembed, params=params, optimizer=optimizer,
         )
 
     def _effective(self, adapter: Adapter | None) -> Mapping[str, np.ndarray]:
@@ -593,9 +401,10 @@ class Engine:
         """One AdamW step on the accumulated gradients, then zero them.
 
         Returns plain-float metrics: ``grad_norm`` (before clipping), ``learning_rate``, ``step``.
+
+        Raises:
+            ValueError: out-of-range hyperparameters, or an adapter created for another optimizer.
         """
-        if adapter.frozen:
-            raise ValueError("this adapter is a read-only snapshot; it cannot be optimized")
         for name, value, ok in (
             ("learning_rate", learning_rate, learning_rate >= 0),
             ("beta1", beta1, 0 <= beta1 < 1),
@@ -606,34 +415,75 @@ class Engine:
         ):
             if not (np.isfinite(value) and ok):
                 raise ValueError(f"AdamParams.{name} = {value!r} is out of range")
+
+        def update(p: np.ndarray, g: np.ndarray, module: str, idx: int) -> None:
+            _optim.adamw_update(
+                p, g, adapter.exp_avg[module][idx], adapter.exp_avg_sq[module][idx], step=adapter.step,
+                learning_rate=learning_rate, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+            )
+
+        return self._apply_step(adapter, "adamw", grad_clip_norm, learning_rate, update)
+
+    def dimuon_step(
+        self, adapter: Adapter, *, learning_rate: float, grad_clip_norm: float = 0.0, beta1: float = 0.9
+    ) -> dict[str, float]:
+        """One Dimuon step (see :mod:`._optim`) on the accumulated gradients, then zero them.
+
+        Returns the same metrics as :meth:`optim_step`. ``grad_clip_norm <= 0`` disables clipping.
+
+        Raises:
+            ValueError: out-of-range hyperparameters, or an adapter created for another optimizer.
+        """
+        for name, value, ok in (
+            ("learning_rate", learning_rate, learning_rate >= 0),
+            ("beta1", beta1, 0 <= beta1 < 1),
+            ("grad_clip_norm", grad_clip_norm, True),
+        ):
+            if not (np.isfinite(value) and ok):
+                raise ValueError(f"DimuonParams.{name} = {value!r} is out of range")
+
+        def update(p: np.ndarray, g: np.ndarray, module: str, idx: int) -> None:
+            _optim.dimuon_update(
+                p, g, adapter.exp_avg[module][idx], rank=adapter.rank, learning_rate=learning_rate, beta1=beta1
+            )
+
+        return self._apply_step(adapter, "dimuon", grad_clip_norm, learning_rate, update)
+
+    def step(self, adapter: Adapter, optim_params: Mapping[str, Any]) -> dict[str, float]:
+        """:meth:`optim_step` or :meth:`dimuon_step` from a wire AdamParams / DimuonParams object (``type`` picks).
+
+        Raises:
+            ValueError: an unknown optimizer type or field (named in the message), bad values, or params of
+                another optimizer than the one the adapter was created with.
+        """
+        kind, params = _optim.parse_optim_params(optim_params)
+        if kind == "dimuon":
+            return self.dimuon_step(adapter, **params)
+        return self.optim_step(adapter, **params)
+
+    def _apply_step(
+        self, adapter: Adapter, optimizer: str, grad_clip_norm: float, learning_rate: float,
+        update: Callable[[np.ndarray, np.ndarray, str, int], None],
+    ) -> dict[str, float]:
+        if adapter.frozen:
+            raise ValueError("this adapter is a read-only snapshot; it cannot be optimized")
+        if adapter.optimizer != optimizer:
+            given = "AdamParams" if optimizer == "adamw" else "DimuonParams"
+            raise ValueError(
+                f"this model was created with the {adapter.optimizer!r} optimizer; {given} ({optimizer!r}) cannot "
+                f"step it (pass the params of the optimizer chosen at creation)"
+            )
         with adapter.lock:
-            sq = 0.0
-            for ga, gb in adapter.grads.values():
-                sq += float(np.sum(ga.astype(np.float64) ** 2) + np.sum(gb.astype(np.float64) ** 2))
-            norm = float(np.sqrt(sq))
-            coef = 1.0
-            if grad_clip_norm > 0 and norm > grad_clip_norm:
-                coef = grad_clip_norm / (norm + 1e-6)
+            norm = _optim.global_grad_norm(g for pair in adapter.grads.values() for g in pair)
+            coef = _optim.clip_coefficient(norm, grad_clip_norm)
             adapter.step += 1
-            t = adapter.step
-            bc1 = 1.0 - beta1**t
-            bc2 = 1.0 - beta2**t
             for module, pair in adapter.params.items():
                 for idx in (0, 1):
-                    p = pair[idx]
-                    g = adapter.grads[module][idx] * coef
-                    m = adapter.exp_avg[module][idx]
-                    v = adapter.exp_avg_sq[module][idx]
-                    m *= beta1
-                    m += (1.0 - beta1) * g
-                    v *= beta2
-                    v += (1.0 - beta2) * g * g
-                    if weight_decay:
-                        p *= 1.0 - learning_rate * weight_decay
-                    p -= learning_rate * (m / bc1) / (np.sqrt(v / bc2) + eps)
+                    update(pair[idx], adapter.grads[module][idx] * coef, module, idx)
                     adapter.grads[module][idx][...] = 0.0
             adapter.pending_grad_calls = 0
             adapter._merged = None
+            t = adapter.step
         return {"grad_norm": norm, "learning_rate": float(learning_rate), "step": float(t)}
 
     # ------------------------------------------------------------------ sampling
