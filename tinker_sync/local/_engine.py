@@ -37,12 +37,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _nn, _optim
+from . import _nn, _optim, _sampling
 from ._adapter import (
     LORA_ALPHA,
     Adapter,
 )
 from ._losses import CONFIG_DEFAULTS, LOSS_FUNCTIONS, check_config, loss_and_grad
+from ._sampling import StabilityRecord, behaviour_logprobs
 from ._tokenizer import (
     EOS_TOKEN_ID,
     PAD_TOKEN_ID,
@@ -67,8 +68,11 @@ __all__ = [
     "Engine",
     "EngineDatum",
     "ModelSpec",
+    "SampleOptions",
     "SampleResult",
     "SampledSequence",
+    "StabilityRecord",
+    "behaviour_logprobs",
 ]
 
 RECOMMENDED_LEARNING_RATES: dict[str, float] = {"tinker-sync/tiny-byte": 1e-2, "tinker-sync/small-byte": 5e-3}
@@ -120,13 +124,35 @@ class SampledSequence(NamedTuple):
     tokens: list[int]
     logprobs: list[float]
     stop_reason: str  # "stop" | "length"
+    topk_logprobs: list[list[tuple[int, float]]] | None = None  # per generated token, with topk_sample_logprobs
 
 
 @dataclass
 class SampleResult:
+    """What :meth:`Engine.sample` returns; the optional parts are None unless asked for."""
+
     sequences: list[SampledSequence]
     prompt_logprobs: list[float | None] | None = None
     topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
+    target_prompt_logprobs: np.ndarray | None = None  # float32 [len(prompt) - 1, K]
+    prompt_alt_tokens: tuple[np.ndarray, np.ndarray] | None = None  # int64 / float32 [len(prompt) - 1, k]
+    stability: list[StabilityRecord] | None = None  # one per sequence, with record_stability_info
+
+
+class SampleOptions(NamedTuple):
+    """A validated sample request (see :meth:`Engine.validate_sample`)."""
+
+    prompt: np.ndarray
+    max_tokens: int
+    stop: tuple[set[int], list[bytes]]
+    targets: np.ndarray | None
+
+
+def _stability_record(prompt: np.ndarray, prompt_logprobs: np.ndarray, seq: SampledSequence) -> StabilityRecord:
+    arrays = (prompt, prompt_logprobs, np.asarray(seq.tokens, dtype=np.int64), np.asarray(seq.logprobs))
+    for arr in arrays:
+        arr.setflags(write=False)
+    return StabilityRecord(*arrays)
 
 
 # ---------------------------------------------------------------------------------------------- engine
@@ -501,11 +527,75 @@ class Engine:
         seed: int | None = None,
         prompt_logprobs: bool = False,
         topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: Any = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: int | None = None,
+        record_stability_info: bool = False,
     ) -> SampleResult:
         """Generate ``num_samples`` continuations of ``prompt`` in one batched KV-cache pass.
 
+        The prompt-side options are described in :mod:`._sampling`; ``topk_sample_logprobs = k`` gives every
+        sequence the ``k`` most likely ``(token, logprob)`` at each generated position, and
+        ``record_stability_info`` one :class:`~._sampling.StabilityRecord` per sequence.
+
         Raises:
-            ValueError: bad prompt tokens, prompt + max_tokens beyond the context, bad sampling params.
+            ValueError: bad prompt tokens, prompt + max_tokens beyond the context, bad sampling params or
+                options (the message names the parameter).
+        """
+        s = self.spec
+        opts = self.validate_sample(
+            prompt, num_samples=num_samples, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            stop=stop, seed=seed, prompt_logprobs=prompt_logprobs, topk_prompt_logprobs=topk_prompt_logprobs,
+            topk_sample_logprobs=topk_sample_logprobs, target_prompt_logprobs=target_prompt_logprobs,
+            prompt_alt_tokens_k=prompt_alt_tokens_k, prompt_logprobs_last_n=prompt_logprobs_last_n,
+        )
+        prompt_arr, max_tokens = opts.prompt, opts.max_tokens
+        rng = np.random.default_rng(seed)
+        # The alternative prompt tokens draw from their own stream: asking for them changes no sequence.
+        alt_rng = np.random.default_rng(None if seed is None else [seed, 1])
+        eff = self._effective(adapter)
+        result = SampleResult(sequences=[])
+        extras = _sampling.PromptExtras()
+        for first in range(0, num_samples, _MAX_SAMPLE_ROWS):
+            rows = min(_MAX_SAMPLE_ROWS, num_samples - first)
+            decoder = _nn.KVDecoder(
+                self.base, eff, n_layers=s.n_layers, n_heads=s.n_heads, batch=rows,
+                max_len=prompt_arr.size + max(max_tokens, 1),
+            )
+            prompt_logits = decoder.prefill(prompt_arr)
+            if first == 0:
+                extras = _sampling.prompt_extras(
+                    prompt_arr, prompt_logits, prompt_logprobs=prompt_logprobs,
+                    topk_prompt_logprobs=topk_prompt_logprobs, target_prompt_logprobs=opts.targets,
+                    prompt_alt_tokens_k=prompt_alt_tokens_k, prompt_logprobs_last_n=prompt_logprobs_last_n,
+                    record_stability_info=record_stability_info, temperature=temperature, alt_rng=alt_rng,
+                )
+            result.sequences += self._decode(
+                decoder, prompt_logits[-1], rows, max_tokens, (temperature, top_k, top_p), opts.stop, rng,
+                topk_sample_logprobs,
+            )
+        result.prompt_logprobs = extras.prompt_logprobs
+        result.topk_prompt_logprobs = extras.topk_prompt_logprobs
+        result.target_prompt_logprobs = extras.target_prompt_logprobs
+        result.prompt_alt_tokens = extras.prompt_alt_tokens
+        if extras.all_prompt_logprobs is not None:
+            result.stability = [_stability_record(prompt_arr, extras.all_prompt_logprobs, q) for q in result.sequences]
+        return result
+
+    def validate_sample(
+        self, prompt: Sequence[int], *, num_samples: int = 1, max_tokens: int | None = None,
+        temperature: float = 1.0, top_k: int = -1, top_p: float = 1.0,
+        stop: str | Sequence[str] | Sequence[int] | None = None, seed: int | None = None,
+        prompt_logprobs: bool = False, topk_prompt_logprobs: int = 0, topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: Any = None, prompt_alt_tokens_k: int = 0, prompt_logprobs_last_n: int | None = None,
+    ) -> SampleOptions:
+        """Check a sample request without running it (same arguments as :meth:`sample`).
+
+        The server calls this on the request thread so a bad request is a 400 at once, not a failed future.
+
+        Raises:
+            ValueError: the message names the bad parameter.
         """
         s = self.spec
         prompt_arr = self._check_tokens(prompt, "prompt")
@@ -528,49 +618,25 @@ class Engine:
             raise ValueError(f"top_k must be -1 (no limit) or a positive integer, got {top_k!r}")
         if not (0.0 < top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        if not isinstance(topk_prompt_logprobs, int) or topk_prompt_logprobs < 0:
-            raise ValueError(f"topk_prompt_logprobs must be a non-negative integer, got {topk_prompt_logprobs!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-        stop_ids, stop_strings = self._parse_stop(stop)
-        rng = np.random.default_rng(seed)
-        eff = self._effective(adapter)
-        result = SampleResult(sequences=[])
-        for first in range(0, num_samples, _MAX_SAMPLE_ROWS):
-            rows = min(_MAX_SAMPLE_ROWS, num_samples - first)
-            decoder = _nn.KVDecoder(
-                self.base, eff, n_layers=s.n_layers, n_heads=s.n_heads, batch=rows, max_len=p_len + max(max_tokens, 1)
-            )
-            prompt_logits = decoder.prefill(prompt_arr)
-            if first == 0 and (prompt_logprobs or topk_prompt_logprobs):
-                self._prompt_logprobs(result, prompt_arr, prompt_logits, prompt_logprobs, topk_prompt_logprobs)
-            result.sequences += self._decode(
-                decoder, prompt_logits[-1], rows, max_tokens, temperature, top_k, top_p, stop_ids, stop_strings, rng
-            )
-        return result
-
-    def _prompt_logprobs(
-        self, result: SampleResult, prompt: np.ndarray, logits: np.ndarray, plain: bool, top: int
-    ) -> None:
-        lsm = _nn.log_softmax(logits[:-1].astype(np.float64))
-        if plain:
-            lps = lsm[np.arange(prompt.size - 1), prompt[1:]]
-            result.prompt_logprobs = [None] + [float(x) for x in lps]
-        if top:
-            k = min(top, self.spec.vocab_size)
-            order = np.argsort(-lsm, axis=1, kind="stable")[:, :k]
-            rows: list[list[tuple[int, float]] | None] = [None]
-            for pos in range(prompt.size - 1):
-                rows.append([(int(t), float(lsm[pos, t])) for t in order[pos]])
-            result.topk_prompt_logprobs = rows
+        targets = _sampling.check_prompt_options(
+            p_len, s.vocab_size, prompt_logprobs=prompt_logprobs, topk_prompt_logprobs=topk_prompt_logprobs,
+            target_prompt_logprobs=target_prompt_logprobs, prompt_alt_tokens_k=prompt_alt_tokens_k,
+            prompt_logprobs_last_n=prompt_logprobs_last_n, topk_sample_logprobs=topk_sample_logprobs,
+        )
+        return SampleOptions(prompt_arr, max_tokens, self._parse_stop(stop), targets)
 
     def _decode(
-        self, decoder: _nn.KVDecoder, last_logits: np.ndarray, rows: int, max_tokens: int, temperature: float,
-        top_k: int, top_p: float, stop_ids: set[int], stop_strings: list[bytes], rng: np.random.Generator,
+        self, decoder: _nn.KVDecoder, last_logits: np.ndarray, rows: int, max_tokens: int,
+        params: tuple[float, int, float], stop: tuple[set[int], list[bytes]], rng: np.random.Generator, topk: int,
     ) -> list[SampledSequence]:
         """Sample ``rows`` sequences from a prefilled decoder; finished rows are dropped from the batch."""
+        temperature, top_k, top_p = params
+        stop_ids, stop_strings = stop
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logprobs: list[list[float]] = [[] for _ in range(rows)]
+        tops: list[list[list[tuple[int, float]]]] = [[] for _ in range(rows)]
         texts = [bytearray() for _ in range(rows)]
         reasons = ["length"] * rows
         active = np.arange(rows)  # batch position -> output row
@@ -578,11 +644,14 @@ class Engine:
         for step in range(max_tokens):
             lsm = _nn.log_softmax(logits.astype(np.float64))
             chosen = self._choose(lsm, temperature, top_k, top_p, rng)
+            step_tops = _sampling.topk_rows(lsm, topk) if topk else None
             keep = np.ones(active.size, dtype=bool)
             for pos, row in enumerate(active):
                 tok = int(chosen[pos])
                 tokens[row].append(tok)
                 logprobs[row].append(float(lsm[pos, tok]))
+                if step_tops is not None:
+                    tops[row].append(step_tops[pos])
                 if tok in stop_ids:
                     keep[pos], reasons[row] = False, "stop"
                 elif stop_strings:
@@ -599,7 +668,7 @@ class Engine:
                 decoder.select(np.flatnonzero(keep))
                 active, chosen = active[keep], chosen[keep]
             logits = decoder.step(chosen)
-        return [SampledSequence(tokens[i], logprobs[i], reasons[i]) for i in range(rows)]
+        return [SampledSequence(tokens[i], logprobs[i], reasons[i], tops[i] if topk else None) for i in range(rows)]
 
     def _parse_stop(self, stop: str | Sequence[str] | Sequence[int] | None) -> tuple[set[int], list[bytes]]:
         if stop is None:
