@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -81,6 +84,71 @@ def test_tokenizer_round_trips_any_text(text: str) -> None:
     assert ids == list(text.replace("<|", "<").encode("utf-8"))
     assert _tokenizer.load_tokenizer().decode(ids) == text.replace("<|", "<")
     assert decode(ids) == text.replace("<|", "<")
+
+
+def test_hub_cache_layout_is_idempotent(tmp_path: Path) -> None:
+    cache = _tokenizer.install_hub_cache(tmp_path / "hub")
+    assert cache == tmp_path / "hub"
+    for name, context in (("tiny-byte", 512), ("small-byte", 1024)):
+        repo = cache / f"models--tinker-sync--{name}"
+        rev = (repo / "refs" / "main").read_text(encoding="ascii")
+        assert len(rev) == 40 and all(c in "0123456789abcdef" for c in rev)
+        snapshot = repo / "snapshots" / rev
+        assert sorted(p.name for p in snapshot.iterdir()) == [
+            "config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+        assert (snapshot / "tokenizer.json").read_bytes() == _tokenizer.TOKENIZER_PATH.read_bytes()
+        config = json.loads((snapshot / "tokenizer_config.json").read_text(encoding="utf-8"))
+        assert config["chat_template"] == _tokenizer.CHAT_TEMPLATE and config["model_max_length"] == context
+        assert (config["eos_token"], config["pad_token"]) == ("<|endoftext|>", "<|pad|>")
+        assert config["added_tokens_decoder"]["256"]["content"] == "<|endoftext|>"
+    stamp = (snapshot / "tokenizer.json").stat().st_mtime_ns
+    _tokenizer.install_hub_cache(cache)  # again: same revision, nothing rewritten
+    assert [p.name for p in (repo / "snapshots").iterdir()] == [rev]
+    assert (snapshot / "tokenizer.json").stat().st_mtime_ns == stamp
+    assert not list(cache.rglob("*.tmp"))
+
+
+def test_default_hub_cache_follows_huggingface_hub() -> None:
+    home = Path("~").expanduser()
+    assert _tokenizer.default_hub_cache({}) == home / ".cache" / "huggingface" / "hub"
+    assert _tokenizer.default_hub_cache({"XDG_CACHE_HOME": "/x"}) == Path("/x/huggingface/hub")
+    assert _tokenizer.default_hub_cache({"HF_HOME": "/h", "XDG_CACHE_HOME": "/x"}) == Path("/h/hub")
+    assert _tokenizer.default_hub_cache({"HUGGINGFACE_HUB_CACHE": "/old", "HF_HOME": "/h"}) == Path("/old")
+    assert _tokenizer.default_hub_cache({"HF_HUB_CACHE": "/c", "HUGGINGFACE_HUB_CACHE": "/old"}) == Path("/c")
+
+
+_AUTO_TOKENIZER_CHECK = """
+import json, sys
+from transformers import AutoTokenizer
+out = {}
+for name in ("tinker-sync/tiny-byte", "tinker-sync/small-byte"):
+    tok = AutoTokenizer.from_pretrained(name)
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    prompt = tok.apply_chat_template(chat[:1], tokenize=True, add_generation_prompt=True)
+    prompt = prompt["input_ids"] if hasattr(prompt, "keys") else prompt  # transformers 5: a BatchEncoding
+    out[name] = {
+        "ids": tok.encode("h\u00e9llo"), "eos": tok.eos_token_id, "pad": tok.pad_token_id,
+        "text": tok.apply_chat_template(chat, tokenize=False), "prompt": [int(t) for t in prompt],
+    }
+json.dump(out, sys.stdout)
+"""
+
+
+def test_auto_tokenizer_loads_the_local_models_offline(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("jinja2")
+    cache = _tokenizer.install_hub_cache(tmp_path / "hub")
+    # A child process: huggingface_hub reads HF_HUB_CACHE / HF_HUB_OFFLINE once, at import.
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home")}
+    env.pop("HUGGINGFACE_HUB_CACHE", None)
+    proc = subprocess.run([sys.executable, "-c", _AUTO_TOKENIZER_CHECK], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for info in json.loads(proc.stdout).values():
+        assert info["ids"] == encode("héllo")
+        assert (info["eos"], info["pad"]) == (E.EOS_TOKEN_ID, E.PAD_TOKEN_ID)
+        assert info["text"] == "user: hi<|endoftext|>assistant: yo<|endoftext|>"
+        assert info["prompt"] == encode("user: hi") + [E.EOS_TOKEN_ID] + encode("assistant: ")
 
 
 # ---------------------------------------------------------------------------------------------- safetensors
