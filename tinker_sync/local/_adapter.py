@@ -152,41 +152,34 @@ class Adapter:
     def load(cls, engine: Engine, directory: Path, *, with_optimizer: bool) -> Adapter:
         """Load an adapter saved by :meth:`save`, validating base model, modules and shapes.
 
+        The optimizer's identity comes back with its state (a full-state resume); weights alone start with
+        AdamW, and the caller sets :attr:`optimizer` when the new model asked for another one.
+
         Raises:
             ValueError: missing files, a different base model, or tensors that do not fit this model.
         """
         directory = Path(directory)
-        config_path = directory / ADAPTER_CONFIG_FILE
-        weights_path = directory / ADAPTER_WEIGHTS_FILE
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise ValueError(f"checkpoint is incomplete: {path.name} not found in {directory}")
+        for name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise ValueError(f"checkpoint is incomplete: {name} not found in {directory}")
+        kwargs = _read_config(directory / ADAPTER_CONFIG_FILE, engine.spec.name)
+        if not with_optimizer:
+            kwargs["optimizer"] = "adamw"
+        adapter = engine.new_adapter(**kwargs)
+        adapter._load_weights(directory / ADAPTER_WEIGHTS_FILE)
+        if with_optimizer:
+            adapter._load_optimizer_state(directory)
+        adapter._merged = None
+        return adapter
+
+    def _load_weights(self, path: Path) -> None:
         try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            base = str(config["base_model_name_or_path"])
-            rank = int(config["r"])
-            flags = {k: bool(config.get(k, True)) for k in ("train_attn", "train_mlp", "train_unembed")}
-            # The optimizer's identity comes back with its state (a full-state resume); weights alone start
-            # with AdamW, and the caller sets ``adapter.optimizer`` when the new model asked for another one.
-            optimizer = str(config.get("optimizer") or "adamw") if with_optimizer else "adamw"
-            seed = int(config.get("seed") or 0)
-            alpha = float(config.get("lora_alpha", LORA_ALPHA))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{ADAPTER_CONFIG_FILE} is invalid: {exc!r}") from exc
-        if base != engine.spec.name:
-            raise ValueError(
-                f"checkpoint was trained on base model {base!r}; it cannot be loaded into {engine.spec.name!r}"
-            )
-        if alpha != LORA_ALPHA:
-            raise ValueError(f"checkpoint lora_alpha {alpha} is not supported (this server uses {LORA_ALPHA})")
-        adapter = engine.new_adapter(rank=rank, seed=seed, optimizer=optimizer, **flags)
-        try:
-            tensors, _ = _safetensors.load_file(weights_path)
+            tensors, _ = _safetensors.load_file(path)
         except _safetensors.SafetensorsError as exc:
             raise ValueError(f"{ADAPTER_WEIGHTS_FILE} is invalid: {exc}") from exc
         expected = {
             f"{_peft_module_name(m)}.{part}.weight": (m, idx)
-            for m in adapter.params
+            for m in self.params
             for part, idx in (("lora_A", 0), ("lora_B", 1))
         }
         if set(tensors) != set(expected):
@@ -194,30 +187,47 @@ class Adapter:
             extra = sorted(set(tensors) - set(expected))[:3]
             raise ValueError(f"{ADAPTER_WEIGHTS_FILE} does not match its config: missing {missing}, unexpected {extra}")
         for name, (module, idx) in expected.items():
-            target = adapter.params[module][idx]
+            target = self.params[module][idx]
             value = tensors[name].T
             if value.shape != target.shape:
                 raise ValueError(f"tensor {name} has shape {list(tensors[name].shape)}, expected {list(target.T.shape)}")
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"tensor {name} contains non-finite values")
             target[...] = value
-        if with_optimizer:
-            opt_path = directory / OPTIMIZER_STATE_FILE
-            if not opt_path.is_file():
-                raise ValueError(f"checkpoint has no optimizer state ({OPTIMIZER_STATE_FILE} not found in {directory})")
-            try:
-                state, meta = _safetensors.load_file(opt_path)
-                adapter.step = int(meta.get("step", "0"))
-            except (_safetensors.SafetensorsError, ValueError) as exc:
-                raise ValueError(f"{OPTIMIZER_STATE_FILE} is invalid: {exc}") from exc
-            for module in adapter.params:
-                peft = _peft_module_name(module)
-                for part, idx in (("lora_A", 0), ("lora_B", 1)):
-                    for kind, store in (("exp_avg", adapter.exp_avg), ("exp_avg_sq", adapter.exp_avg_sq)):
-                        key = f"{peft}.{part}.{kind}"
-                        target = store[module][idx]
-                        if key not in state or state[key].T.shape != target.shape:
-                            raise ValueError(f"{OPTIMIZER_STATE_FILE}: tensor {key} missing or of the wrong shape")
-                        target[...] = state[key].T
-        adapter._merged = None
-        return adapter
+
+    def _load_optimizer_state(self, directory: Path) -> None:
+        opt_path = directory / OPTIMIZER_STATE_FILE
+        if not opt_path.is_file():
+            raise ValueError(f"checkpoint has no optimizer state ({OPTIMIZER_STATE_FILE} not found in {directory})")
+        try:
+            state, meta = _safetensors.load_file(opt_path)
+            self.step = int(meta.get("step", "0"))
+        except (_safetensors.SafetensorsError, ValueError) as exc:
+            raise ValueError(f"{OPTIMIZER_STATE_FILE} is invalid: {exc}") from exc
+        for module in self.params:
+            peft = _peft_module_name(module)
+            for part, idx in (("lora_A", 0), ("lora_B", 1)):
+                for kind, store in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+                    key = f"{peft}.{part}.{kind}"
+                    target = store[module][idx]
+                    if key not in state or state[key].T.shape != target.shape:
+                        raise ValueError(f"{OPTIMIZER_STATE_FILE}: tensor {key} missing or of the wrong shape")
+                    target[...] = state[key].T
+
+
+def _read_config(path: Path, model_name: str) -> dict[str, Any]:
+    """``new_adapter`` keyword arguments from adapter_config.json, checked against the engine's model."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        base = str(config["base_model_name_or_path"])
+        kwargs: dict[str, Any] = {k: bool(config.get(k, True)) for k in ("train_attn", "train_mlp", "train_unembed")}
+        kwargs.update(rank=int(config["r"]), seed=int(config.get("seed") or 0),
+                      optimizer=str(config.get("optimizer") or "adamw"))
+        alpha = float(config.get("lora_alpha", LORA_ALPHA))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{ADAPTER_CONFIG_FILE} is invalid: {exc!r}") from exc
+    if base != model_name:
+        raise ValueError(f"checkpoint was trained on base model {base!r}; it cannot be loaded into {model_name!r}")
+    if alpha != LORA_ALPHA:
+        raise ValueError(f"checkpoint lora_alpha {alpha} is not supported (this server uses {LORA_ALPHA})")
+    return kwargs

@@ -166,6 +166,18 @@ def _as_float(arr: Any, key: str, where: str, dtype: type = np.float64) -> np.nd
     return out
 
 
+def _accumulate(adapter: Adapter, grads: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Add one call's gradients to the adapter's, all or nothing."""
+    for ga, gb in grads.values():
+        if not (np.all(np.isfinite(ga)) and np.all(np.isfinite(gb))):
+            raise ValueError("gradients are not finite (check loss inputs for extreme values); nothing was accumulated")
+    with adapter.lock:
+        for k, (ga, gb) in grads.items():
+            adapter.grads[k][0][...] += ga
+            adapter.grads[k][1][...] += gb
+        adapter.pending_grad_calls += 1
+
+
 class Engine:
     """One base model: deterministic weights, LoRA adapters, training and sampling.
 
@@ -258,54 +270,59 @@ class Engine:
         config = check_config(loss_fn, loss_fn_config)
         if not data:
             raise ValueError("no data: forward_backward needs at least one Datum")
+        return [self._prepare_datum(datum, loss_fn, f"data[{i}]") for i, datum in enumerate(data)], config
+
+    def _prepare_datum(
+        self, datum: EngineDatum, loss_fn: str, where: str
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         required, optional = LOSS_FUNCTIONS[loss_fn]
-        prepared: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
-        for i, datum in enumerate(data):
-            where = f"data[{i}]"
-            tokens = self._check_tokens(datum.tokens, where)
-            n = tokens.size
-            given = datum.loss_fn_inputs
-            missing = [k for k in required if k not in given]
-            if missing:
-                raise ValueError(f"{where}: loss_fn {loss_fn!r} needs loss_fn_inputs {list(required)}; missing {missing}")
-            extra = [k for k in given if k not in required and k not in optional]
-            if extra:
+        tokens = self._check_tokens(datum.tokens, where)
+        n = tokens.size
+        given = datum.loss_fn_inputs
+        missing = [k for k in required if k not in given]
+        if missing:
+            raise ValueError(f"{where}: loss_fn {loss_fn!r} needs loss_fn_inputs {list(required)}; missing {missing}")
+        extra = [k for k in given if k not in required and k not in optional]
+        if extra:
+            raise ValueError(
+                f"{where}: loss_fn_inputs {extra} are not used by loss_fn {loss_fn!r} "
+                f"(it takes {list(required + optional)})"
+            )
+        targets = self._check_targets(given["target_tokens"], n, 2 if loss_fn == "cross_entropy" else 1, where)
+        inputs: dict[str, np.ndarray] = {"target_tokens": targets}
+        for key in list(required[1:]) + [k for k in optional if k in given]:
+            arr = _as_float(given[key], key, where)
+            expect = targets.shape if key == "weights" else (n,)
+            if arr.shape != expect:
                 raise ValueError(
-                    f"{where}: loss_fn_inputs {extra} are not used by loss_fn {loss_fn!r} "
-                    f"(it takes {list(required + optional)})"
+                    f"{where}: loss_fn_inputs[{key!r}] has shape {list(arr.shape)}, expected {list(expect)} "
+                    f"(same as target_tokens / the model_input length)"
                 )
-            targets = np.asarray(given["target_tokens"])
-            if targets.dtype.kind == "f":
-                if not np.all(np.isfinite(targets)) or not np.all(targets == np.round(targets)):
-                    raise ValueError(f"{where}: target_tokens must be integer token ids")
-                targets = targets.astype(np.int64)
-            elif targets.dtype.kind not in "iu":
-                raise ValueError(f"{where}: target_tokens must be integer token ids, got dtype {targets.dtype}")
-            max_dims = 2 if loss_fn == "cross_entropy" else 1
-            if targets.ndim < 1 or targets.ndim > max_dims or targets.shape[0] != n:
-                shape = "(N,) or (N, K)" if max_dims == 2 else "(N,)"
-                raise ValueError(
-                    f"{where}: target_tokens has shape {list(targets.shape)} but must be {shape} with N = {n}, "
-                    f"the model_input length (position i holds the token that follows model_input[:i+1])"
-                )
-            bad = (targets < 0) | (targets >= self.spec.vocab_size)
-            if np.any(bad):
-                raise ValueError(
-                    f"{where}: target token id {int(targets[bad].flat[0])} is out of range "
-                    f"(vocabulary size {self.spec.vocab_size})"
-                )
-            inputs: dict[str, np.ndarray] = {"target_tokens": targets.astype(np.int64)}
-            for key in list(required[1:]) + [k for k in optional if k in given]:
-                arr = _as_float(given[key], key, where)
-                expect = targets.shape if key == "weights" else (n,)
-                if arr.shape != expect:
-                    raise ValueError(
-                        f"{where}: loss_fn_inputs[{key!r}] has shape {list(arr.shape)}, expected {list(expect)} "
-                        f"(same as target_tokens / the model_input length)"
-                    )
-                inputs[key] = arr
-            prepared.append((tokens, inputs))
-        return prepared, config
+            inputs[key] = arr
+        return tokens, inputs
+
+    def _check_targets(self, given: Any, n: int, max_dims: int, where: str) -> np.ndarray:
+        targets = np.asarray(given)
+        if targets.dtype.kind == "f":
+            if not np.all(np.isfinite(targets)) or not np.all(targets == np.round(targets)):
+                raise ValueError(f"{where}: target_tokens must be integer token ids")
+            targets = targets.astype(np.int64)
+        elif targets.dtype.kind not in "iu":
+            raise ValueError(f"{where}: target_tokens must be integer token ids, got dtype {targets.dtype}")
+        if targets.ndim < 1 or targets.ndim > max_dims or targets.shape[0] != n:
+            shape = "(N,) or (N, K)" if max_dims == 2 else "(N,)"
+            raise ValueError(
+                f"{where}: target_tokens has shape {list(targets.shape)} but must be {shape} with N = {n}, "
+                f"the model_input length (position i holds the token that follows model_input[:i+1])"
+            )
+        bad = (targets < 0) | (targets >= self.spec.vocab_size)
+        if np.any(bad):
+            raise ValueError(
+                f"{where}: target token id {int(targets[bad].flat[0])} is out of range "
+                f"(vocabulary size {self.spec.vocab_size})"
+            )
+        out: np.ndarray = targets.astype(np.int64)
+        return out
 
     # ------------------------------------------------------------------ training
     def forward_backward(
@@ -382,14 +399,7 @@ class Engine:
         if not np.isfinite(total_loss):
             raise ValueError("the loss is not finite (check logprobs/advantages inputs for extreme values)")
         if not forward_only:
-            for k, (ga, gb) in local_grads.items():
-                if not (np.all(np.isfinite(ga)) and np.all(np.isfinite(gb))):
-                    raise ValueError("gradients are not finite (check loss inputs for extreme values); nothing was accumulated")
-            with adapter.lock:
-                for k, (ga, gb) in local_grads.items():
-                    adapter.grads[k][0][...] += ga
-                    adapter.grads[k][1][...] += gb
-                adapter.pending_grad_calls += 1
+            _accumulate(adapter, local_grads)
         metrics = {
             "loss:sum": float(total_loss),
             "num_tokens:sum": float(sum(t.size for t, _ in prepared)),
