@@ -315,14 +315,9 @@ class Engine:
                 f"{where}: target_tokens has shape {list(targets.shape)} but must be {shape} with N = {n}, "
                 f"the model_input length (position i holds the token that follows model_input[:i+1])"
             )
-        bad = (targets < 0) | (targets >= self.spec.vocab_size)
-        if np.any(bad):
-            raise ValueError(
-                f"{where}: target token id {int(targets[bad].flat[0])} is out of range "
-                f"(vocabulary size {self.spec.vocab_size})"
-            )
-        out: np.ndarray = targets.astype(np.int64)
-        return out
+        return _sampling.int_ids(
+            targets, self.spec.vocab_size, f"{where}: target token id", f"vocabulary size {self.spec.vocab_size}"
+        )
 
     # ------------------------------------------------------------------ training
     def forward_backward(

@@ -33,6 +33,7 @@ __all__ = [
     "StabilityRecord",
     "behaviour_logprobs",
     "check_prompt_options",
+    "int_ids",
     "prompt_extras",
     "topk_rows",
 ]
@@ -101,13 +102,15 @@ def check_prompt_options(
             f"target_prompt_logprobs has shape {list(targets.shape)}; it must be [len(prompt) - 1, K] = "
             f"[{prompt_len - 1}, K] (row i is scored at prompt position i + 1)"
         )
-    bad = (targets < -1) | (targets >= vocab_size)
+    return int_ids(targets, vocab_size, "target_prompt_logprobs: token id", "or -1 for no request", allow_none=True)
+
+
+def int_ids(ids: np.ndarray, vocab_size: int, what: str, hint: str, *, allow_none: bool = False) -> np.ndarray:
+    """``ids`` as int64 when every id is in the vocabulary (or -1 where ``allow_none``); else ValueError."""
+    bad = (ids < (-1 if allow_none else 0)) | (ids >= vocab_size)
     if np.any(bad):
-        raise ValueError(
-            f"target_prompt_logprobs: token id {int(targets[bad].flat[0])} is out of range (ids 0..{vocab_size - 1}, "
-            f"or -1 for no request)"
-        )
-    out: np.ndarray = targets.astype(np.int64)
+        raise ValueError(f"{what} {int(ids[bad].flat[0])} is out of range ({hint})")
+    out: np.ndarray = ids.astype(np.int64)
     return out
 
 
