@@ -520,6 +520,12 @@ def test_dimuon_trains_and_optimizers_are_never_mixed(engine: E.Engine, tmp_path
         engine.dimuon_step(adapter, learning_rate=1e-3, beta1=1.0)
     with pytest.raises(ValueError, match="optimizer 'sgd' is not supported"):
         engine.new_adapter(rank=2, seed=0, optimizer="sgd")
+    assert [_optim.parse_optimizer_config(c) for c in (None, {}, {"type": "adamw"}, {"type": "dimuon", "version": 1})] \
+        == ["adamw", "adamw", "adamw", "dimuon"]
+    for bad, match in (({"type": "dimuon", "version": 2}, "version 2"), ({"type": "lion"}, "'lion' is not supported"),
+                       ({"type": "adamw", "beta1": 0.9}, r"unknown field\(s\) \['beta1'\]")):
+        with pytest.raises(ValueError, match=match):
+            _optim.parse_optimizer_config(bad)
     # the optimizer's identity and momentum come back with a full-state resume only
     adapter.save(tmp_path / "ck", with_optimizer=True)
     resumed = E.Adapter.load(engine, tmp_path / "ck", with_optimizer=True)

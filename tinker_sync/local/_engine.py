@@ -43,6 +43,7 @@ from ._adapter import (
     Adapter,
 )
 from ._losses import CONFIG_DEFAULTS, LOSS_FUNCTIONS, check_config, loss_and_grad
+from ._optim import parse_optimizer_config
 from ._sampling import StabilityRecord, behaviour_logprobs
 from ._tokenizer import (
     EOS_TOKEN_ID,
@@ -73,6 +74,7 @@ __all__ = [
     "SampledSequence",
     "StabilityRecord",
     "behaviour_logprobs",
+    "parse_optimizer_config",
 ]
 
 RECOMMENDED_LEARNING_RATES: dict[str, float] = {"tinker-sync/tiny-byte": 1e-2, "tinker-sync/small-byte": 5e-3}

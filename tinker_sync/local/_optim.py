@@ -18,7 +18,15 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OPTIMIZERS", "adamw_update", "dimuon_update", "global_grad_norm", "matrix_sign", "parse_optim_params"]
+__all__ = [
+    "OPTIMIZERS",
+    "adamw_update",
+    "dimuon_update",
+    "global_grad_norm",
+    "matrix_sign",
+    "parse_optim_params",
+    "parse_optimizer_config",
+]
 
 OPTIMIZERS = ("adamw", "dimuon")
 # Newton-Schulz steps: the cubic iteration grows a tiny singular value by 1.5x a step, so 60 steps bring
@@ -120,3 +128,23 @@ def parse_optim_params(params: Mapping[str, Any]) -> tuple[str, dict[str, float]
     if kind == "dimuon":
         return "dimuon", _fields(params, _DIMUON_DEFAULTS, ("learning_rate",), "DimuonParams")
     raise ValueError(f"optimizer type {kind!r} is not supported by this server (supported: {', '.join(OPTIMIZERS)})")
+
+
+def parse_optimizer_config(config: Mapping[str, Any] | None) -> str:
+    """The optimizer a CreateModelRequest's ``optimizer_config`` selects: ``"adamw"`` (also for None) or ``"dimuon"``.
+
+    Raises:
+        ValueError: an unknown type, a Dimuon ``version`` other than 1, or unknown fields (named).
+    """
+    if config is None:
+        return "adamw"
+    kind = config.get("type") or "adamw"
+    allowed = {"adamw": {"type"}, "dimuon": {"type", "version"}}.get(kind)
+    if allowed is None:
+        raise ValueError(f"optimizer_config type {kind!r} is not supported (supported: {', '.join(OPTIMIZERS)})")
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise ValueError(f"optimizer_config ({kind}): unknown field(s) {unknown}")
+    if kind == "dimuon" and config.get("version", 1) != 1:
+        raise ValueError(f"optimizer_config: Dimuon version {config.get('version')!r} is not supported (only 1)")
+    return str(kind)
