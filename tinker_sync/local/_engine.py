@@ -9,12 +9,13 @@ LoRA: ``W + (alpha / rank) * A @ B`` with ``alpha`` = :data:`LORA_ALPHA` (32), `
 adapter seed and ``B`` = 0, so a fresh adapter reproduces the base model exactly. Targets: ``train_attn`` =
 q, k, v, o projections; ``train_mlp`` = up, down; ``train_unembed`` = the (untied) unembedding.
 
-Training: losses are sums over tokens (``loss:sum``), gradients accumulate across ``forward_backward`` calls
-and :meth:`Engine.optim_step` applies AdamW (bias-corrected, decoupled weight decay as in torch.optim.AdamW,
-optional global-norm clipping) and zeroes them; an adapter created with ``optimizer="dimuon"`` steps with
-:meth:`Engine.dimuon_step` instead (see :mod:`._optim`), and :meth:`Engine.step` takes either from the wire
-params, refusing the other optimizer's params (a request never runs as another optimizer). Recommended learning rate: 1e-2 for ``tiny-byte`` and
-5e-3 for ``small-byte`` (any rank 4-32): 30 steps on five short prompt/completion pairs drive the loss
+Training: losses (:mod:`._losses`) are sums over tokens (``loss:sum``), gradients accumulate across
+``forward_backward`` calls and :meth:`Engine.optim_step` applies AdamW (bias-corrected, decoupled weight decay
+as in torch.optim.AdamW, optional global-norm clipping) and zeroes them; an adapter created with
+``optimizer="dimuon"`` steps with :meth:`Engine.dimuon_step` instead (see :mod:`._optim`), and
+:meth:`Engine.step` takes either from the wire params, refusing the other optimizer's params (a request never
+runs as another optimizer). Recommended AdamW learning rate: 1e-2 for ``tiny-byte`` and 5e-3 for
+``small-byte`` (any rank 4-32): 30 steps on five short prompt/completion pairs drive the loss
 below 2% of its start and greedy sampling then reproduces every completion. 5e-2 is too high (diverges),
 and the API default of 1e-4 barely moves these tiny random-weight models.
 
@@ -24,6 +25,8 @@ can be fed straight back as ``logprobs`` of the importance-sampling losses. Stop
 at EOS; ``stop=[]`` never stops early; a list of token ids or of strings (or one string) stops at any of
 them *and* at EOS (vLLM semantics). The stop token / the tokens completing a stop string are included in
 the returned tokens, and ``stop_reason`` is ``"stop"``; running out of ``max_tokens`` gives ``"length"``.
+The 0.38 options (top-k logprobs of sampled tokens, prompt scoring of the last N tokens, target prompt
+logprobs, alternative prompt tokens, stability records) are described in :mod:`._sampling`.
 """
 
 from __future__ import annotations
