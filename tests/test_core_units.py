@@ -465,3 +465,17 @@ def test_sample_gate_tightens_to_10_while_recently_limited() -> None:
     gate.__exit__(None, None, None)
     assert entered.wait(5)
     t.join(5)
+
+
+def test_parse_http_date_is_aware_and_lenient() -> None:
+    import datetime as dt
+
+    from tinker_sync._retry import parse_http_date
+
+    when = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT")
+    assert when == dt.datetime(1994, 11, 6, 8, 49, 37, tzinfo=dt.timezone.utc)
+    naive_zone = parse_http_date("Sun, 06 Nov 1994 08:49:37 -0000")  # "-0000": no zone given, read as UTC
+    assert naive_zone is not None and naive_zone.utcoffset() == dt.timedelta(0)
+    assert parse_http_date(None) is None and parse_http_date("") is None and parse_http_date("soon") is None
+    # parse_retry_after reads the same date form
+    assert parse_retry_after({"Retry-After": "Sun, 06 Nov 1994 08:49:47 GMT"}, now=lambda: when.timestamp()) == 10.0
