@@ -6,11 +6,14 @@ return real ``concurrent.futures.Future`` objects.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import logging
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
@@ -52,6 +55,10 @@ T = TypeVar("T")
 _SAMPLE_PATH = "/api/v1/asample"
 _SAMPLE_INFLIGHT = 400  # concurrent sample dispatches at most (official SDK) ...
 _SAMPLE_INFLIGHT_LIMITED = 10  # ... and while a rate-limit back-off is recent (PROTOCOL §7.4)
+
+
+_EXIT_WAIT_S = 5.0  # at a clean interpreter exit, pending calls of an unclosed client get this long
+_STOP_GRACE_S = 2.0  # after close() cancelled them, running calls get this long to notice and return
 
 
 class _SampleGate:
@@ -176,6 +183,7 @@ class Runtime:
         self._outstanding: set[Future[Any]] = set()
         self._lanes: list[SequencedLane] = []
         self._sample_gate = _SampleGate(self.limiter, self._closed, config.max_sample_dispatchers)
+        _live_runtimes.add(self)
 
     def __repr__(self) -> str:
         return f"Runtime(base_url={redact_url(self.config.base_url)!r}, closed={self._closing})"
@@ -558,8 +566,14 @@ class Runtime:
             for fut in outstanding:
                 set_exception(fut, ClientClosedError("the client was closed before this call finished"))
             self.transport.abort_inflight()
-        self.executor.close(cancel_pending=cancel_pending)
-        self.sample_executor.close(cancel_pending=cancel_pending)
+        # Interrupted calls end within a moment (their sockets are shut, their pauses raise); a call
+        # that does not is left to finish on its own rather than stretching close() past its bound.
+        if deadline is None and not cancel_pending:
+            stop_s: float | None = None
+        else:
+            stop_s = _STOP_GRACE_S + (0.0 if deadline is None else max(0.0, deadline - self._clock()))
+        self.executor.close(cancel_pending=cancel_pending, timeout_s=stop_s)
+        self.sample_executor.close(cancel_pending=cancel_pending, timeout_s=stop_s)
         self.poller.close(cancel_pending=True)
         self._closed.set()
         self.transport.close()
@@ -569,3 +583,31 @@ class Runtime:
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self.close(cancel_pending=exc_type is not None)
+
+
+# -- interpreter exit ------------------------------------------------------------------------------
+_live_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+def _close_live_runtimes() -> None:
+    """Close every runtime its script did not close, before the interpreter joins the worker threads.
+
+    After an uncaught exception (Ctrl-C's KeyboardInterrupt included) pending calls are cancelled at
+    once; after a clean exit they get ``_EXIT_WAIT_S``. Either way nothing already sent is taken back:
+    the server keeps what it accepted, only calls that were still queued here are dropped.
+    """
+    interrupted = getattr(sys, "last_value", None) is not None
+    for runtime in list(_live_runtimes):
+        if runtime.closed:
+            continue
+        try:
+            runtime.close(cancel_pending=interrupted, timeout_s=0.0 if interrupted else _EXIT_WAIT_S)
+        except Exception:
+            logger.exception("closing a tinker_sync client at interpreter exit failed")
+
+
+# Worker threads are joined by concurrent.futures' own exit hook, which runs at interpreter exit BEFORE
+# atexit functions; threading's (private, but the one concurrent.futures itself uses) hook list runs in
+# reverse order of registration, so registering after concurrent.futures was imported puts this first.
+_register_exit_hook = getattr(threading, "_register_atexit", atexit.register)
+_register_exit_hook(_close_live_runtimes)
