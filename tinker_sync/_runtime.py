@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from . import _serde
 from ._config import ClientConfig, redact_url
 from ._decide import (
     AttemptState,
@@ -54,7 +55,7 @@ T = TypeVar("T")
 
 _SAMPLE_PATH = "/api/v1/asample"
 _SAMPLE_INFLIGHT = 400  # concurrent sample dispatches at most (official SDK) ...
-_SAMPLE_INFLIGHT_LIMITED = 10  # ... and while a rate-limit back-off is recent (PROTOCOL §7.4)
+_SAMPLE_INFLIGHT_LIMITED = 10  # ... and while a rate-limit back-off is recent (docs/protocol.rst §7.4)
 
 
 _EXIT_WAIT_S = 5.0  # at a clean interpreter exit, pending calls of an unclosed client get this long
@@ -105,8 +106,6 @@ def _encode_body(body: Any) -> tuple[bytes | None, str | None]:
     if isinstance(body, (bytes, bytearray, memoryview)):
         return bytes(body), "application/json"
     if attrs.has(type(body)):
-        from . import _serde  # lazy: written by the TYPES stream
-
         return _serde.dumps(body), "application/json"
     return json.dumps(body, separators=(",", ":")).encode("utf-8"), "application/json"
 
@@ -121,8 +120,6 @@ def _parse(resp: HTTPResponse, response_type: type[T] | None, method: str, path:
             raise APIResponseValidationError(
                 f"{method} {path}: the response is not JSON", body=resp.content[:1000]
             ) from exc
-    from . import _serde  # lazy: written by the TYPES stream
-
     return _serde.loads(resp.content, response_type)
 
 
@@ -389,7 +386,7 @@ class Runtime:
 
         A 410 on a poll (the server dropped the result) re-submits the call. With ``rebuild`` the
         re-submission is a NEW call: ``rebuild()`` returns a fresh request (e.g. a sample with a new
-        seq_id, PROTOCOL §5.4), encoded anew and sent with a new idempotency key. Without it the same
+        seq_id, docs/protocol.rst §5.4), encoded anew and sent with a new idempotency key. Without it the same
         body is re-sent under the same idempotency key: right for sequenced training ops, whose
         seq_id is their slot in the model's order (a new one would leave a gap the server waits for
         forever, and the server de-duplicates on (model_id, seq_id) if the first run did happen).
