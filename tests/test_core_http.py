@@ -170,7 +170,8 @@ def test_connection_refused_is_retried_then_raises_not_sent() -> None:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
-    rt = Runtime(ClientConfig(base_url=f"http://127.0.0.1:{port}", api_key=KEY, retry=attrs.evolve(FAST, max_attempts=1)))
+    cfg = ClientConfig(base_url=f"http://127.0.0.1:{port}", api_key=KEY, retry=attrs.evolve(FAST, max_attempts=1))
+    rt = Runtime(cfg)
     try:
         with pytest.raises(APIConnectionError) as info:
             rt.request("POST", "/api/v1/mutate", body={})
@@ -416,7 +417,9 @@ def test_lane_orders_posts_and_poisons_after_failure(server: ScriptedServer, rt:
 def test_futures_work_with_wait_and_as_completed(server: ScriptedServer, rt: Runtime) -> None:
     server.default("/api/v1/asample", lambda rec: Reply(200, {"request_id": str(rec.json()["i"])}))
     server.default(RF, lambda rec: Reply(200, {"i": int(rec.json()["request_id"])}))
-    futs = [rt.submit_polled("/api/v1/asample", {"i": i}, None, request_type="Sample", sampling=True) for i in range(30)]
+    futs = [
+        rt.submit_polled("/api/v1/asample", {"i": i}, None, request_type="Sample", sampling=True) for i in range(30)
+    ]
     got = sorted(f.result(timeout=T)["i"] for f in as_completed(futs, timeout=T))
     assert got == list(range(30))
     done, not_done = wait(futs, timeout=T)

@@ -65,7 +65,9 @@ def assert_clean(err: BaseException) -> None:
 
 
 @pytest.mark.parametrize("text", [False, True])
-def test_echoed_request_headers_are_redacted_from_status_errors(server: ScriptedServer, rt: Runtime, text: bool) -> None:
+def test_echoed_request_headers_are_redacted_from_status_errors(
+    server: ScriptedServer, rt: Runtime, text: bool
+) -> None:
     server.default("/api/v1/echo", echo(400, text=text))
     with pytest.raises(BadRequestError) as info:
         rt.request("POST", "/api/v1/echo", body={"x": 1})

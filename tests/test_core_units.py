@@ -219,7 +219,9 @@ def _d(status: int, body: object = None, headers: dict[str, str] | None = None, 
 def test_decide_success_try_again_and_error_payloads() -> None:
     d = _d(200, {"a": 1})
     assert isinstance(d, Done) and d.value == {"a": 1} and d.state.iteration == 1
-    d = _d(200, {"type": "try_again", "request_id": "r", "queue_state": "paused_capacity", "queue_state_reason": "busy"})
+    d = _d(
+        200, {"type": "try_again", "request_id": "r", "queue_state": "paused_capacity", "queue_state_reason": "busy"}
+    )
     assert isinstance(d, PollAgain) and d.queue_state == "paused_capacity" and d.reason == "busy" and d.delay_s == 0
     d = _d(200, {"error": "bad tokens", "category": "User"})
     assert isinstance(d, Fail) and isinstance(d.exc, RequestFailedError)
@@ -286,7 +288,8 @@ def test_decide_protobuf_and_typed_json() -> None:
     from tinker_sync import _proto
     from tinker_sync.types import SampledSequence, SampleResponse
 
-    resp = SampleResponse(sequences=[SampledSequence(stop_reason="length", tokens=[1, 2, 3], logprobs=[-0.5, -0.25, -1.0])])
+    seq = SampledSequence(stop_reason="length", tokens=[1, 2, 3], logprobs=[-0.5, -0.25, -1.0])
+    resp = SampleResponse(sequences=[seq])
     data = _proto.encode_sample_response(resp)
     d = decide(200, {"content-type": "application/x-protobuf"}, data, SampleResponse, PollState())
     assert isinstance(d, Done) and d.value.sequences[0].tokens == [1, 2, 3]

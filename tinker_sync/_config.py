@@ -63,7 +63,9 @@ def _with_userinfo(url: str, userinfo: str) -> str:
 
 def _check_ca_bundle(_inst: Any, _attr: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None and not os.path.isfile(value):
-        raise InvalidConfigError(f"ClientConfig.ca_bundle must be the path of a PEM file of CA certificates; {value!r} is not a file")
+        raise InvalidConfigError(
+            f"ClientConfig.ca_bundle must be the path of a PEM file of CA certificates; {value!r} is not a file"
+        )
 
 
 def _normalize_base_url(url: str) -> str:
@@ -102,7 +104,9 @@ def _freeze_headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
     headers = dict(value or {})
     for name, val in headers.items():
         if not isinstance(name, str) or not isinstance(val, str):
-            raise InvalidConfigError(f"default_headers must map str to str; header {name!r} has a {type(val).__name__} value")
+            raise InvalidConfigError(
+                f"default_headers must map str to str; header {name!r} has a {type(val).__name__} value"
+            )
         # requests would refuse these later with an error quoting the value (often a secret)
         if val != val.strip() or any(c in val for c in "\r\n\0"):
             raise InvalidConfigError(
@@ -211,7 +215,10 @@ class ClientConfig:
         object.__setattr__(self, "_credential", _remember_credentials(self.api_key, self.default_headers, userinfo))
 
 
-_CF_ENV = {"CF-Access-Client-Id": "CLOUDFLARE_ACCESS_CLIENT_ID", "CF-Access-Client-Secret": "CLOUDFLARE_ACCESS_CLIENT_SECRET"}
+_CF_ENV = {
+    "CF-Access-Client-Id": "CLOUDFLARE_ACCESS_CLIENT_ID",
+    "CF-Access-Client-Secret": "CLOUDFLARE_ACCESS_CLIENT_SECRET",
+}
 _credentials_lock = threading.Lock()
 
 

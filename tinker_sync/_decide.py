@@ -116,7 +116,9 @@ class CallPolicy:
     rate_limit_max_wait_s: float = 300.0
 
     @classmethod
-    def of(cls, method: str, path: str, options: CallOptions, retry: RetryPolicy, rate_limit_max_wait_s: float) -> CallPolicy:
+    def of(
+        cls, method: str, path: str, options: CallOptions, retry: RetryPolicy, rate_limit_max_wait_s: float
+    ) -> CallPolicy:
         """The policy of a call with ``options`` under the client's ``retry`` policy."""
         if options.retry_statuses is not None:
             retry = retry.only_statuses(options.retry_statuses)
@@ -254,7 +256,8 @@ def _decide_no_answer(
         return Raise(exc)  # the same certificate fails the same way every time
     resendable = not exc.request_sent or policy.resendable
     delay = policy.retry.delay_for(state.attempt, rng=rng)
-    if not (policy.retry_enabled and resendable and policy.retry.should_retry(state.attempt, now - state.started_at, delay)):
+    fits = policy.retry.should_retry(state.attempt, now - state.started_at, delay)
+    if not (policy.retry_enabled and resendable and fits):
         return Raise(exc, gave_up=policy.retry_enabled and state.attempt > 0)
     return Sleep(delay, _next(state, maybe_applied=state.maybe_applied or exc.request_sent), str(exc))
 

@@ -276,8 +276,9 @@ class RequestFailedError(TinkerError):
         self.category = category if category in ("user", "server", "unknown") else "unknown"
 
     def __str__(self) -> str:
-        rid = f" (request_id={self.request_id}, category={self.category})" if self.request_id else f" (category={self.category})"
-        return f"{self.message}{rid}"
+        if self.request_id:
+            return f"{self.message} (request_id={self.request_id}, category={self.category})"
+        return f"{self.message} (category={self.category})"
 
     def __reduce__(self) -> Any:
         return (_rebuild, (type(self), self.__dict__.copy(), self.args))

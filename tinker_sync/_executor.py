@@ -21,7 +21,18 @@ from typing import Any, TypeVar
 
 from ._exceptions import ClientClosedError, TinkerError
 
-__all__ = ["Activity", "Executor", "LanePoisonedError", "LaneSlot", "SequencedLane", "chain", "gather", "mark_internal_thread", "set_exception", "set_result"]
+__all__ = [
+    "Activity",
+    "Executor",
+    "LanePoisonedError",
+    "LaneSlot",
+    "SequencedLane",
+    "chain",
+    "gather",
+    "mark_internal_thread",
+    "set_exception",
+    "set_result",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +101,9 @@ class Executor:
     ``submit()`` returns a fresh pending Future; the pool's own futures never escape.
     """
 
-    def __init__(self, max_workers: int, *, max_queued: int = _DEFAULT_MAX_QUEUED, activity: Activity | None = None) -> None:
+    def __init__(
+        self, max_workers: int, *, max_queued: int = _DEFAULT_MAX_QUEUED, activity: Activity | None = None
+    ) -> None:
         self.activity = activity or Activity()
         self._numbers = itertools.count(1)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, initializer=self._init_thread)
@@ -403,7 +416,9 @@ class SequencedLane:
                 self._queue.append(entry)
         return LaneSlot(self, entry)
 
-    def _fill(self, entry: _LaneEntry, fn: Callable[[], Any] | None, error: BaseException | None, label: str) -> Future[Any]:
+    def _fill(
+        self, entry: _LaneEntry, fn: Callable[[], Any] | None, error: BaseException | None, label: str
+    ) -> Future[Any]:
         with self._lock:
             if entry.ready:
                 raise RuntimeError(f"lane slot {entry.label!r} was already filled")

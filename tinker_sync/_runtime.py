@@ -396,7 +396,11 @@ class Runtime:
         """
         def encode(req: Any) -> tuple[bytes, str]:
             data, ctype = _encode_body(req)
-            return (b"{}" if data is None else data), (content_type if content_type != "application/json" else (ctype or content_type))
+            if content_type == "application/json":
+                content_type_of_body = ctype or content_type
+            else:
+                content_type_of_body = content_type
+            return (b"{}" if data is None else data), content_type_of_body
 
         if body is None:
             payload, ctype = encode(request)
@@ -527,7 +531,9 @@ class Runtime:
             "(pass a larger timeout_s to close() to wait longer)",
             len(outstanding), timeout_s,
         )
-        err = ClientClosedError(f"the client was closed; this call did not finish within close()'s {timeout_s:g} s timeout")
+        err = ClientClosedError(
+            f"the client was closed; this call did not finish within close()'s {timeout_s:g} s timeout"
+        )
         for lane in lanes:
             lane.fail_pending(err)
         for fut in outstanding:
@@ -554,7 +560,9 @@ class Runtime:
             left = None if deadline is None else max(0.0, deadline - self._clock())
             if futures_wait(outstanding, timeout=left).not_done:
                 cancel_pending = True
-                logger.warning("closing: calls still pending after %.1f s; failing them with ClientClosedError", timeout_s)
+                logger.warning(
+                    "closing: calls still pending after %.1f s; failing them with ClientClosedError", timeout_s
+                )
         if cancel_pending:
             self._closed.set()
             err = ClientClosedError("the client was closed before this call finished")

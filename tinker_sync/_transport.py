@@ -265,7 +265,8 @@ def _request_may_have_been_sent(reason: BaseException) -> bool:
 
 def _ca_bundle(config: ClientConfig) -> str:
     """The CA file to trust: the config's, else the environment's (as requests and OpenSSL read it), else certifi's."""
-    for value in (config.ca_bundle, *(os.environ.get(v) for v in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"))):
+    env = (os.environ.get(name) for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"))
+    for value in (config.ca_bundle, *env):
         if value:
             return value
     return certifi.where()
