@@ -221,16 +221,9 @@ def decide_attempt(
         return _decide_no_answer(outcome, state, policy, now, rng)
     resp = outcome
     status = resp.status
-    if 200 <= status < 300 or (policy.return_response and 300 <= status < 400):
-        return Return(resp, note_success=policy.rate_limited)
-    if state.maybe_applied and status in policy.already_done:
-        return Return(resp, parse=False, already_done=True)
-    if status == 400 and not resp.content and policy.retry_enabled and policy.resendable:
-        # A bare 400 without a body comes from a proxy that killed the connection, not from the API
-        # (docs/protocol.rst §4.4): treat it like a dropped connection after sending.
-        delay = policy.retry.delay_for(state.attempt, rng=rng)
-        if policy.retry.should_retry(state.attempt, now - state.started_at, delay):
-            return Sleep(delay, _next(state, maybe_applied=True), "bare 400 (proxy?)")
+    early = _decide_done_or_dropped(resp, state, policy, now, rng)
+    if early is not None:
+        return early
     retry_after = parse_retry_after(resp.headers, now=wall_clock)
     if status == 429:
         return _decide_429(resp, state, policy, now, retry_after)
@@ -243,6 +236,24 @@ def decide_attempt(
         return Raise(error, block_for_s=block, gave_up=True)
     applied = state.maybe_applied or status == 408 or status >= 500
     return Sleep(delay, _next(state, maybe_applied=applied), f"-> {status}", block_for_s=block)
+
+
+def _decide_done_or_dropped(
+    resp: HTTPResponse, state: AttemptState, policy: CallPolicy, now: float, rng: Callable[[], float]
+) -> Decision | None:
+    """A success, an "already done" answer to a resend, or a proxy's bare 400; None for anything else."""
+    status = resp.status
+    if 200 <= status < 300 or (policy.return_response and 300 <= status < 400):
+        return Return(resp, note_success=policy.rate_limited)
+    if state.maybe_applied and status in policy.already_done:
+        return Return(resp, parse=False, already_done=True)
+    if status == 400 and not resp.content and policy.retry_enabled and policy.resendable:
+        # A bare 400 without a body comes from a proxy that killed the connection, not from the API
+        # (docs/protocol.rst §4.4): treat it like a dropped connection after sending.
+        delay = policy.retry.delay_for(state.attempt, rng=rng)
+        if policy.retry.should_retry(state.attempt, now - state.started_at, delay):
+            return Sleep(delay, _next(state, maybe_applied=True), "bare 400 (proxy?)")
+    return None
 
 
 def _next(state: AttemptState, *, maybe_applied: bool) -> AttemptState:
