@@ -582,3 +582,16 @@ def test_bare_400_is_treated_as_a_dropped_connection(server: ScriptedServer, rt:
     with pytest.raises(BadRequestError):
         rt.request("POST", "/api/v1/mutate", body={})  # not known to be idempotent: not resent
     assert len(server.requests_to("/api/v1/mutate")) == 1
+
+
+def test_call_takes_a_call_options_value(server: ScriptedServer, rt: Runtime) -> None:
+    from tinker_sync._decide import CallOptions
+
+    server.script("/api/v1/thing", Reply(409, {"detail": "busy"}), Reply(200, {"ok": 1}))
+    opts = CallOptions(body={"a": 1}, headers={"X-Extra": "1"}, idempotency_key="tinker-sync-fixed-key")
+    assert rt.call("POST", "/api/v1/thing", opts) == {"ok": 1}
+    reqs = server.requests_to("/api/v1/thing")
+    assert [r.header("X-Idempotency-Key") for r in reqs] == ["tinker-sync-fixed-key"] * 2
+    assert all(r.header("X-Extra") == "1" and r.json() == {"a": 1} for r in reqs)
+    with pytest.raises(TypeError):
+        rt.submit_request("GET", "/api/v1/thing", no_such_option=True)  # refused in the caller's thread

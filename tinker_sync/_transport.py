@@ -212,20 +212,20 @@ class Transport:
         """The APIConnectionError for a urllib3 failure, classified by what happened."""
         # NewConnectionError (refused, DNS) subclasses ConnectTimeoutError: check it first.
         if isinstance(reason, NewConnectionError):
-            return APIConnectionError(f"Connection error: {redact(_describe(reason))}", request_sent=False)
+            return APIConnectionError(f"Connection error: {_describe(reason)}", request_sent=False)
         if isinstance(reason, ConnectTimeoutError):
             return APITimeoutError("Request timed out (connecting).", request_sent=False)
         if isinstance(reason, (ReadTimeoutError, urllib3.exceptions.TimeoutError)):
             return APITimeoutError("Request timed out.", request_sent=True)
         if _is_certificate_error(reason):
             return APICertificateError(
-                f"TLS certificate verification failed for {redact_url(self._base_url)}: {redact(_describe(reason))}. "
+                f"TLS certificate verification failed for {redact_url(self._base_url)}: {_describe(reason)}. "
                 f"The trusted CAs come from ClientConfig.ca_bundle, else the REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE or "
                 f"SSL_CERT_FILE environment variable, else certifi (in use now: {self._ca_bundle}); point one of them "
                 "at the CA file that signed the server's certificate (e.g. your company's TLS proxy CA)."
             )
         return APIConnectionError(
-            f"Connection error: {redact(_describe(reason))}", request_sent=_request_may_have_been_sent(reason)
+            f"Connection error: {_describe(reason)}", request_sent=_request_may_have_been_sent(reason)
         )
 
     def _log(self, method: str, path: str, what: str, start: float) -> None:
@@ -288,5 +288,5 @@ def _is_certificate_error(reason: BaseException) -> bool:
 
 
 def _describe(reason: BaseException) -> str:
-    text = f"{type(reason).__name__}: {reason}"
+    text = str(redact(f"{type(reason).__name__}: {reason}"))  # before truncating, which could cut a secret
     return text if len(text) <= 300 else text[:300] + "..."
