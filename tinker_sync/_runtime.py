@@ -1,7 +1,8 @@
 """Runtime: config + transport + rate limiter + executor + poller, shared by all clients of a ServiceClient.
 
-``request()`` is one logical call with retries (blocking); ``submit_request()``/``submit_polled()``
-return real ``concurrent.futures.Future`` objects.
+``call()`` (``request()`` with keywords) is one logical call with retries, decided by ``_decide``
+(blocking); ``submit_request()``/``submit_polled()`` return real ``concurrent.futures.Future`` objects;
+``spawn()`` is the one way to start background work that close() sees, interrupts and bounds.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ._exceptions import (
     APIResponseValidationError,
     ClientClosedError,
     RateLimitError,
+    redact,
     register_secret,
     unregister_secret,
 )
@@ -118,7 +120,7 @@ def _parse(resp: HTTPResponse, response_type: type[T] | None, method: str, path:
             return resp.json()
         except ValueError as exc:
             raise APIResponseValidationError(
-                f"{method} {path}: the response is not JSON", body=resp.content[:1000]
+                f"{method} {path}: the response is not JSON", body=redact(resp.content)[:1000]
             ) from exc
     return _serde.loads(resp.content, response_type)
 
