@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import email.utils
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ from urllib.parse import urljoin
 from . import types
 from ._exceptions import APIResponseValidationError, APIStatusError
 from ._executor import chain
-from ._retry import SERVER_ERRORS
+from ._retry import SERVER_ERRORS, parse_http_date
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -79,7 +78,7 @@ def archive_url_from_response(resp: HTTPResponse, request_url: str) -> types.Che
                 f"the archive endpoint answered {resp.status} without a Location header", body=resp.content[:1000],
                 expected_type="CheckpointArchiveUrlResponse",
             )
-        expires = _http_date(resp.headers.get("expires"))
+        expires = parse_http_date(resp.headers.get("expires"))
         if expires is None:
             expires = _dt.datetime.now(_UTC) + _dt.timedelta(seconds=_ARCHIVE_DEFAULT_EXPIRY_S)
         return types.CheckpointArchiveUrlResponse(url=urljoin(request_url, location), expires=expires)
@@ -107,18 +106,6 @@ def download_signed_url(url: str, target: str | os.PathLike[str], *, timeout_s: 
             fh.write(block)
             size += len(block)
     return size
-
-
-def _http_date(value: str | None) -> _dt.datetime | None:
-    if not value:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=_UTC)
 
 
 def _check_str(value: Any, name: str) -> str:
