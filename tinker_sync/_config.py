@@ -1,6 +1,6 @@
 """ClientConfig: where to connect, with which credential, and the timeouts / pool / retry knobs.
 
-``ClientConfig.from_env()`` applies the official SDK's rules (PROTOCOL §1.1-1.2). The API key (and the
+``ClientConfig.from_env()`` applies the official SDK's rules (docs/protocol.rst §1.1-1.2). The API key (and the
 default header values) are never part of a repr, a log line, an error message or a pickle.
 """
 
@@ -122,7 +122,7 @@ class ClientConfig:
     # Sent on every request; may hold secrets (Cloudflare Access), so it is never logged or repr'd.
     default_headers: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze_headers, repr=False)
     sdk_version: str = WIRE_SDK_VERSION
-    # 402 on a poll: pause billing_pause_s between polls for at most billing_max_pause_s (PROTOCOL §3.4).
+    # 402 on a poll: pause billing_pause_s between polls for at most billing_max_pause_s (docs/protocol.rst §3.4).
     billing_pause_s: float = 5.0
     billing_max_pause_s: float = 3600.0
     # Keeps this config's entry in the in-process credential registry alive (see _remember_credentials).

@@ -23,7 +23,7 @@ _MAX_RETRY_AFTER_S = 60.0
 
 # POST endpoints that are safe to send again after the first attempt may have reached the server
 # (a read timeout or a dropped connection after sending). Each is a read, is keyed by a seq_id the
-# server de-duplicates on (PROTOCOL §5.3/5.4), or is keyed by a session counter (§5.2). Every attempt
+# server de-duplicates on (docs/protocol.rst §5.3/5.4), or is keyed by a session counter (§5.2). Every attempt
 # also carries the same X-Idempotency-Key. Anything else is only retried when the request certainly
 # never left (connect errors), so a non-idempotent call is never silently doubled.
 IDEMPOTENT_POST_PATHS: frozenset[str] = frozenset(

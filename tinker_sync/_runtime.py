@@ -42,7 +42,7 @@ T = TypeVar("T")
 _SAMPLE_PATH = "/api/v1/asample"
 _LARGE_PROMPT_BYTES = 128 * 1024  # prompts above this back off 5 s instead of 1 s after a 429
 _SAMPLE_INFLIGHT = 400  # concurrent sample dispatches at most (official SDK) ...
-_SAMPLE_INFLIGHT_LIMITED = 10  # ... and while a rate-limit back-off is recent (PROTOCOL §7.4)
+_SAMPLE_INFLIGHT_LIMITED = 10  # ... and while a rate-limit back-off is recent (docs/protocol.rst §7.4)
 
 
 class _SampleGate:
@@ -89,7 +89,7 @@ def _encode_body(body: Any) -> tuple[bytes | None, str | None]:
     if isinstance(body, (bytes, bytearray, memoryview)):
         return bytes(body), "application/json"
     if attrs.has(type(body)):
-        from . import _serde  # lazy: written by the TYPES stream
+        from . import _serde
 
         return _serde.dumps(body), "application/json"
     return json.dumps(body, separators=(",", ":")).encode("utf-8"), "application/json"
@@ -105,7 +105,7 @@ def _parse(resp: HTTPResponse, response_type: type[T] | None, method: str, path:
             raise APIResponseValidationError(
                 f"{method} {path}: the response is not JSON", body=resp.content[:1000]
             ) from exc
-    from . import _serde  # lazy: written by the TYPES stream
+    from . import _serde
 
     return _serde.loads(resp.content, response_type)
 
@@ -266,7 +266,7 @@ class Runtime:
                 return resp if return_response else None
             if resp.status == 400 and not resp.content and retry and resendable_call:
                 # A bare 400 without a body comes from a proxy that killed the connection, not from
-                # the API (PROTOCOL §4.4): treat it like a dropped connection.
+                # the API (docs/protocol.rst §4.4): treat it like a dropped connection.
                 delay = policy.delay_for(attempt)
                 if policy.should_retry(attempt, self._clock() - start, delay):
                     logger.debug("%s %s -> bare 400 (proxy?); retry %d in %.2f s", method, path, attempt + 1, delay)
@@ -365,7 +365,7 @@ class Runtime:
 
         A 410 on a poll (the server dropped the result) re-submits the call. With ``rebuild`` the
         re-submission is a NEW call: ``rebuild()`` returns a fresh request (e.g. a sample with a new
-        seq_id, PROTOCOL §5.4), encoded anew and sent with a new idempotency key. Without it the same
+        seq_id, docs/protocol.rst §5.4), encoded anew and sent with a new idempotency key. Without it the same
         body is re-sent under the same idempotency key: right for sequenced training ops, whose
         seq_id is their slot in the model's order (a new one would leave a gap the server waits for
         forever, and the server de-duplicates on (model_id, seq_id) if the first run did happen).

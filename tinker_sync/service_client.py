@@ -527,7 +527,7 @@ class ServiceClient:
         start = self._clock()
         if not cancel_pending:
             # Heartbeats still run here: a long but legitimate wait (a queued save) must not let the
-            # server expire the session whose work we are waiting for (PROTOCOL §5.1).
+            # server expire the session whose work we are waiting for (docs/protocol.rst §5.1).
             self._runtime.drain(timeout_s)
         self._stop.set()
         thread = self._heartbeat_thread

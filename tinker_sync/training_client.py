@@ -39,7 +39,7 @@ _DTYPE_BYTES = {"int64": 8, "float32": 4}
 _U64 = (1 << 64) - 1
 
 # --------------------------------------------------------------------------------------------
-# Pure helpers: size estimate, chunking (PROTOCOL §6.3), metric reduction (§6.4)
+# Pure helpers: size estimate, chunking (docs/protocol.rst §6.3), metric reduction (§6.4)
 # --------------------------------------------------------------------------------------------
 
 
@@ -121,7 +121,7 @@ def _hash_unordered(values: Sequence[float]) -> float:
 
 
 def reduce_metrics(metrics: Sequence[Mapping[str, float]], weights: Sequence[float]) -> dict[str, float]:
-    """Merge per-chunk metrics named ``"<name>:<reduction>"`` (PROTOCOL §6.4).
+    """Merge per-chunk metrics named ``"<name>:<reduction>"`` (docs/protocol.rst §6.4).
 
     Keys come from the first chunk; a key missing in any chunk is dropped, as is an unknown reduction.
     ``mean`` and ``slack`` are weighted by ``weights`` (each chunk's number of outputs).
@@ -179,7 +179,7 @@ def combine_forward_backward_outputs(results: Sequence[types.ForwardBackwardOutp
 # --------------------------------------------------------------------------------------------
 
 
-# loss_fn -> loss_fn_inputs keys the server needs (PROTOCOL §6.1 / the Tinker loss-function docs).
+# loss_fn -> loss_fn_inputs keys the server needs (docs/protocol.rst §6.1 / the Tinker loss-function docs).
 _REQUIRED_INPUTS: dict[str, tuple[str, ...]] = {
     "cross_entropy": ("target_tokens", "weights"),
     "importance_sampling": ("target_tokens", "logprobs", "advantages"),
@@ -504,7 +504,7 @@ class TrainingClient:
         self, data: list[types.Datum], loss_fn: Callable[..., Any], *, loss_type_input: str = "logprobs",
         backend: str = "auto",
     ) -> Future[types.ForwardBackwardOutput]:
-        """Train on a loss computed client-side from the model's logprobs (PROTOCOL §6.5).
+        """Train on a loss computed client-side from the model's logprobs (docs/protocol.rst §6.5).
 
         The client runs ``forward`` (cross_entropy), calls ``loss_fn`` on the logprobs, and sends a
         cross_entropy ``forward_backward`` whose weights are ``-dLoss/dlogprob``, so the server-side
