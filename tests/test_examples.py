@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -53,3 +54,29 @@ def test_rl_loop_reward_rises_with_ppo() -> None:
     rewards = _rewards(stdout)
     assert len(rewards) == 8, stdout
     assert max(rewards[-2:]) > rewards[0] + 0.3, rewards
+
+
+def test_batch_sampling_streams_every_prompt_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "samples.jsonl"
+    stdout = _run("batch_sampling.py", "--prompts", "60", "--max-in-flight", "8", "--max-tokens", "4", "--output", str(out))
+    assert "0 already in" in stdout and re.search(r"sampled 60 prompts in .* prompts/s", stdout), stdout
+    first = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in first) == list(range(60))
+    assert all(r["prompt"] == f"Story {r['id']}:" and len(r["tokens"]) <= 4 for r in first)
+
+    with out.open("a") as f:  # an interrupted write: a partial last line must be discarded and redone
+        f.write('{"id": 61, "prom')
+    stdout = _run("batch_sampling.py", "--prompts", "100", "--max-in-flight", "8", "--max-tokens", "4",
+                  "--output", str(out))
+    assert "60 already in" in stdout and "40 to sample" in stdout and "holds 100 results" in stdout, stdout
+    lines = out.read_text().splitlines()
+    assert [json.loads(line) for line in lines[:60]] == first  # earlier results untouched
+    assert sorted(json.loads(line)["id"] for line in lines) == list(range(100))
+
+
+def test_batch_sampling_refuses_an_output_written_for_other_prompts(tmp_path: Path) -> None:
+    out = tmp_path / "samples.jsonl"
+    out.write_text(json.dumps({"id": 0, "prompt": "something else"}) + "\n")
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "batch_sampling.py"), "--prompts", "3", "--output", str(out)],
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "other prompts" in proc.stderr
