@@ -80,3 +80,16 @@ def test_batch_sampling_refuses_an_output_written_for_other_prompts(tmp_path: Pa
     proc = subprocess.run([sys.executable, str(EXAMPLES / "batch_sampling.py"), "--prompts", "3", "--output", str(out)],
                           check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "other prompts" in proc.stderr
+
+
+def test_checkpoints_walkthrough(tmp_path: Path) -> None:
+    stdout = _run("checkpoints.py", "--steps", "3", "--download-dir", str(tmp_path))
+    assert re.search(r"kept: expiry set to one week\n.*/weights/kept  public=False  expires=\d{4}-", stdout), stdout
+    assert re.search(r"/weights/kept  public=True  expires=never", stdout), stdout
+    after_delete = stdout.split("scratch deleted")[1].split("downloaded")[0]
+    assert "/weights/kept" in after_delete and "/weights/scratch" not in after_delete
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "checkpoint_complete"]
+    assert "resumed with optimizer: " in stdout and "(same as the uninterrupted run's" in stdout.split(
+        "resumed with optimizer: ")[1].splitlines()[0]
+    assert "(differs from the uninterrupted run's" in stdout.split("resumed without optimizer: ")[1].splitlines()[0]
