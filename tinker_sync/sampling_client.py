@@ -26,7 +26,7 @@ _MAX_NUM_SAMPLES = 10_000
 class SamplingClient:
     """Samples from one sampling session (a base model or saved sampler weights). Thread-safe.
 
-    ``sample``/``compute_logprobs`` return ``concurrent.futures.Future``s; many may be in flight at once
+    ``sample``/``compute_logprobs`` return ``concurrent.futures.Future`` objects; many may be in flight at once
     (the runtime bounds concurrent submissions and shares the 429 backoff window across threads).
 
     A SamplingClient pickles to (config, session ids): an unpickled copy opens its own runtime (no new

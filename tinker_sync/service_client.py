@@ -191,7 +191,7 @@ class ServiceClient:
 
     @property
     def session_id(self) -> str:
-        """The session id (created on first access: client config, create_session, heartbeat start)."""
+        """The session id, created on first access (client config, create_session, heartbeat start)."""
         return self._ensure_session()
 
     def _ensure_session(self) -> str:

@@ -372,7 +372,7 @@ class TrainingClient:
 
     Sequenced operations (forward/forward_backward chunks, optim_step, save/load) are built and encoded
     in the caller's thread first; then, in one short critical section that cannot fail, they reserve
-    consecutive ``seq_id``s and are queued on one SequencedLane, so the server sees them in the order the
+    consecutive ``seq_id`` values and are queued on one SequencedLane, so the server sees them in the order the
     calls were made, even from several threads. Bad arguments raise ValueError/TypeError immediately and
     send nothing (no seq_id is used). Server-side failures come through the Future.
 
@@ -516,14 +516,14 @@ class TrainingClient:
         that error and the client is poisoned (later calls raise LanePoisonedError) rather than leave a
         gap in the seq_id order or step without the gradient. Cancelling the Future only stops waiting.
 
-        ``loss_fn`` contract:
-          * torch backend (``"torch"``, or ``"auto"`` when torch is importable):
-            ``loss_fn(data, logprobs: list[torch.Tensor]) -> (loss: torch.Tensor, metrics: dict)``;
-            the gradient comes from autograd.
-          * numpy backend (``"numpy"``, or ``"auto"`` without torch):
-            ``loss_fn(data, logprobs: list[numpy.ndarray]) -> (loss: float, metrics: dict, grads)``
-            where ``grads[i]`` is ``dLoss/dlogprobs[i]`` (same shape as ``logprobs[i]``).
-          ``loss_fn`` runs on a client worker thread.
+        ``loss_fn`` contract (it runs on a client worker thread):
+
+        * torch backend (``"torch"``, or ``"auto"`` when torch is importable):
+          ``loss_fn(data, logprobs: list[torch.Tensor]) -> (loss: torch.Tensor, metrics: dict)``;
+          the gradient comes from autograd.
+        * numpy backend (``"numpy"``, or ``"auto"`` without torch):
+          ``loss_fn(data, logprobs: list[numpy.ndarray]) -> (loss: float, metrics: dict, grads)``
+          where ``grads[i]`` is ``dLoss/dlogprobs[i]`` (same shape as ``logprobs[i]``).
 
         ``loss_type_input`` is the official SDK's parameter; only ``"logprobs"`` exists.
         Each datum must carry ``target_tokens`` (and optionally ``weights``) only. Returns
