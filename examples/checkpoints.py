@@ -85,7 +85,7 @@ def main() -> None:
         if base_url is None:
             from tinker_sync.local import LocalTinkerServer
 
-            server = stack.enter_context(LocalTinkerServer(data_dir=stack.enter_context(tempfile.TemporaryDirectory())))
+            server = stack.enter_context(LocalTinkerServer())  # data in a temporary directory
             base_url, api_key = server.url, api_key or "tml-local-demo"
             print(f"embedded Tinker server at {base_url}")
         service = stack.enter_context(tinker_sync.ServiceClient(api_key=api_key, base_url=base_url))

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -93,3 +95,10 @@ def test_checkpoints_walkthrough(tmp_path: Path) -> None:
     assert "resumed with optimizer: " in stdout and "(same as the uninterrupted run's" in stdout.split(
         "resumed with optimizer: ")[1].splitlines()[0]
     assert "(differs from the uninterrupted run's" in stdout.split("resumed without optimizer: ")[1].splitlines()[0]
+
+
+def test_rl_loop_draws_its_curves(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "rewards.png"
+    stdout = _run("rl_loop.py", "--steps", "2", "--prompts", "2", "--group", "4", "--max-tokens", "4", "--plot", str(png))
+    assert "plot written to" in stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
