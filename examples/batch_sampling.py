@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import IO
+
+from _connect import add_server_args, open_service  # examples/_connect.py: --base-url, or an embedded server
 
 import tinker_sync
 from tinker_sync import types
@@ -110,9 +111,7 @@ def sample_all(sampler: tinker_sync.SamplingClient, tokenizer: tinker_sync.Token
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-url", default=os.environ.get("TINKER_BASE_URL") or None,
-                        help="Tinker server; omitted = start the embedded local server")
-    parser.add_argument("--base-model", default="tinker-sync/tiny-byte")
+    add_server_args(parser)
     parser.add_argument("--input", help="text file with one prompt per line (default: generated prompts)")
     parser.add_argument("--prompts", type=int, default=2000, help="how many prompts to generate without --input")
     parser.add_argument("--output", default="samples.jsonl")
@@ -133,13 +132,7 @@ def main() -> None:
     print(f"{len(prompts)} prompts, {len(prompts) - len(todo)} already in {output}, {len(todo)} to sample")
 
     with contextlib.ExitStack() as stack:
-        base_url, api_key = args.base_url, os.environ.get("TINKER_API_KEY")
-        if base_url is None:
-            from tinker_sync.local import LocalTinkerServer
-
-            server = stack.enter_context(LocalTinkerServer())
-            base_url, api_key = server.url, api_key or "tml-local-demo"
-        service = stack.enter_context(tinker_sync.ServiceClient(api_key=api_key, base_url=base_url))
+        service = open_service(stack, args, announce=False)
         sampler = service.create_sampling_client(base_model=args.base_model)
         tokenizer = sampler.get_tokenizer()
         params = types.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import tarfile
 import tempfile
 import urllib.request
 from pathlib import Path
+
+from _connect import add_server_args, open_service  # examples/_connect.py: --base-url, or an embedded server
 
 import tinker_sync
 from tinker_sync import types
@@ -72,23 +73,14 @@ def show_checkpoints(rest: tinker_sync.RestClient, run_id: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-url", default=os.environ.get("TINKER_BASE_URL") or None,
-                        help="Tinker server; omitted = start the embedded local server")
-    parser.add_argument("--base-model", default="tinker-sync/tiny-byte")
+    add_server_args(parser)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--download-dir", help="where to unpack the archive (default: a temporary directory)")
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
-        base_url, api_key = args.base_url, os.environ.get("TINKER_API_KEY")
-        if base_url is None:
-            from tinker_sync.local import LocalTinkerServer
-
-            server = stack.enter_context(LocalTinkerServer())  # data in a temporary directory
-            base_url, api_key = server.url, api_key or "tml-local-demo"
-            print(f"embedded Tinker server at {base_url}")
-        service = stack.enter_context(tinker_sync.ServiceClient(api_key=api_key, base_url=base_url))
+        service = open_service(stack, args)
         rest = service.create_rest_client()
 
         # ---- train and save ------------------------------------------------------------------------

@@ -28,10 +28,11 @@ import argparse
 import contextlib
 import functools
 import importlib.util
-import os
 import statistics
 import string
 from concurrent.futures import ThreadPoolExecutor
+
+from _connect import add_server_args, open_service  # examples/_connect.py: --base-url, or an embedded server
 
 import tinker_sync
 from tinker_sync import types
@@ -112,9 +113,7 @@ def plot(path: str, rewards: list[float], losses: list[float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-url", default=os.environ.get("TINKER_BASE_URL") or None,
-                        help="Tinker server; omitted = start the embedded local server")
-    parser.add_argument("--base-model", default="tinker-sync/tiny-byte")
+    add_server_args(parser)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step (cycled from a fixed list)")
     parser.add_argument("--group", type=int, default=8, help="completions sampled per prompt")
@@ -129,14 +128,7 @@ def main() -> None:
         parser.error("--plot needs matplotlib (pip install matplotlib)")
 
     with contextlib.ExitStack() as stack:
-        base_url, api_key = args.base_url, os.environ.get("TINKER_API_KEY")
-        if base_url is None:
-            from tinker_sync.local import LocalTinkerServer
-
-            server = stack.enter_context(LocalTinkerServer())
-            base_url, api_key = server.url, api_key or "tml-local-demo"
-            print(f"embedded Tinker server at {base_url}")
-        service = stack.enter_context(tinker_sync.ServiceClient(api_key=api_key, base_url=base_url))
+        service = open_service(stack, args)
         training = service.create_lora_training_client(base_model=args.base_model, rank=args.rank, seed=args.seed)
         tokenizer = training.get_tokenizer()
         sampler = training.save_weights_and_get_sampling_client()
