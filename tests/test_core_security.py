@@ -94,7 +94,7 @@ def test_redirect_to_another_host_is_not_followed(
 
 
 # ---------------------------------------------------------------------------------------------
-# checkpoint archive URL (PROTOCOL §8.3)
+# checkpoint archive URL (docs/protocol.rst §8.3)
 
 
 def test_archive_url_from_302_with_and_without_expires(

@@ -176,7 +176,7 @@ class ClientConfig:
 
     @property
     def rate_limit_key(self) -> tuple[str, str]:
-        """(base_url, sha256(api_key)): clients sharing it share one rate-limit window."""
+        """``(base_url, sha256(api_key))``; clients sharing it share one rate-limit window."""
         return (self.base_url, hashlib.sha256(self.api_key.encode("utf-8")).hexdigest())
 
     def __attrs_post_init__(self) -> None:

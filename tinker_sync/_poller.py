@@ -1,6 +1,6 @@
 """Result polling (``POST /api/v1/retrieve_future``): the pure ``decide()`` and the FuturePoller threads.
 
-``decide()`` maps one poll outcome to what happens next (PROTOCOL §3.3-3.4); FuturePoller runs a small
+``decide()`` maps one poll outcome to what happens next (docs/protocol.rst §3.3-3.4); FuturePoller runs a small
 pool of daemon threads that poll the tracked calls round-robin and resolve their Futures.
 """
 
@@ -51,7 +51,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RETRIEVE_PATH = "/api/v1/retrieve_future"
-# What a 0.25 client sends for sample / forward_backward results (PROTOCOL §1.3, §3.2): protobuf only.
+# What a 0.25 client sends for sample / forward_backward results (docs/protocol.rst §1.3, §3.2): protobuf only.
 # The hosted service answers those in protobuf for a 0.25 client either way; listing JSON too (the
 # 0.18.1-0.24 form) would invite a server to pick JSON. decide() still accepts a JSON answer.
 PROTO_ACCEPT = "application/x-protobuf"
@@ -200,7 +200,7 @@ def _decide_ok(
     name = getattr(expected_type, "__name__", "dict")
     nxt = _reset(state, bad_requests=0, server_errors=0)
     if "application/x-protobuf" in hdrs.get("content-type", ""):
-        from ._proto import PROTO_DECODERS  # lazy: written by the TYPES stream
+        from ._proto import PROTO_DECODERS
 
         decoder = PROTO_DECODERS.get(expected_type) if expected_type is not None else None
         if decoder is None:
@@ -250,7 +250,7 @@ def _decide_ok(
             return Fail(RequestFailedError(str(body["error"]), request_id=request_id, category=category), nxt)
     if expected_type is None or expected_type is dict or expected_type is Any:
         return Done(body, nxt)
-    from . import _serde  # lazy: written by the TYPES stream
+    from . import _serde
 
     try:
         return Done(_serde.loads(body if body is not None else content, expected_type), nxt)

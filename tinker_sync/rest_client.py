@@ -1,4 +1,4 @@
-"""RestClient: training runs, checkpoints, sessions and other direct REST resources (PROTOCOL §8)."""
+"""RestClient: training runs, checkpoints, sessions and other direct REST resources (docs/protocol.rst §8)."""
 
 from __future__ import annotations
 
@@ -302,7 +302,7 @@ class RestClient:
     ) -> Future[types.CheckpointArchiveUrlResponse]:
         """Signed download URL of a checkpoint archive. Returns Future[CheckpointArchiveUrlResponse].
 
-        Accepts both answers of PROTOCOL §8.3: a 302 redirect (``Location`` = the signed URL, optional
+        Accepts both answers of docs/protocol.rst §8.3: a 302 redirect (``Location`` = the signed URL, optional
         ``Expires``, default now + 15 min), which is never followed, so the API key stays with the API
         host, and a 200 ``{"url", "expires"}``. A 503 means "still building": asked again every
         ``building_retry_s`` up to ``building_attempts`` times, then the ordinary retry policy applies.
@@ -479,7 +479,7 @@ class RestClient:
 
 
 def whoami_from_jwt(token: str) -> types.WhoamiResponse:
-    """Read ``sub`` / ``email`` / ``org_id`` from a JWT's payload (unverified; PROTOCOL §1.2).
+    """Read ``sub`` / ``email`` / ``org_id`` from a JWT's payload (unverified; docs/protocol.rst §1.2).
 
     Raises:
         RuntimeError: ``token`` is not a JWT (e.g. a ``tml-`` API key) or has no ``sub`` claim.
