@@ -1,0 +1,87 @@
+"""``python -m tests.soak <mode> [options]``: the reliability suite (see ``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+# Before numpy loads (the in-process server of the faults mode): single-threaded BLAS keeps every run
+# bit-reproducible and leaves the shared cores to the server.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+_DESCRIPTION = """\
+Reliability soak of tinker_sync against the local server (all traffic stays on 127.0.0.1).
+Every mode is bounded in count and time, prints its figures at the end and exits 1 if a check failed.
+
+modes:
+  faults   N samples from a thread fan-out plus M pipelined forward_backward+optim_step pairs through a
+           faulting proxy (dropped connections, answers lost after the server applied the request,
+           429/503/500 with Retry-After, delays; >= 20%% of requests). Checks every sample resolved once
+           and matches the fault-free answer, and the losses and final weights are bit-identical to a
+           fault-free run with the same seed.
+  restart  SIGKILLs `python -m tinker_sync.local` at random points while >= 8 training pairs are in flight,
+           restarts it on the same port and data dir, and checks the same client finishes the run exactly
+           once (losses and final weights equal to a fault-free run). A hang is detected with a bound.
+  fuzz     malformed requests to every endpoint of the local server (wrong types, deep nesting, huge
+           numbers, lone surrogates, huge sparse shapes, oversized and random bodies, protobuf garbage).
+           Requires zero 500s and a server that stays alive; lists every 500 with its input.
+  all      the three in turn.
+
+--quick shrinks every mode to a few seconds (what tests/test_soak_quick.py runs).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the soak suite."""
+    parser = argparse.ArgumentParser(prog="python -m tests.soak", description=_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["faults", "restart", "fuzz", "all"])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds), for CI")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the workload and of every fault draw")
+    parser.add_argument("--samples", type=int, help="faults: samples to run (default 10000; quick 200)")
+    parser.add_argument("--steps", type=int, help="faults/restart: training pairs (default 200 / 40; quick 20 / 24)")
+    parser.add_argument("--threads", type=int, default=32, help="faults: sampling threads (default 32)")
+    parser.add_argument("--fault-rate", type=float, default=0.25,
+                        help="faults: share of requests that meet a fault (default 0.25)")
+    parser.add_argument("--kills", type=int, help="restart: SIGKILLs per run (default 3; quick 1)")
+    parser.add_argument("--runs", type=int, help="restart: independent runs (default 4; quick 1)")
+    parser.add_argument("--hang-timeout", type=float, default=60.0,
+                        help="restart: seconds after which an unresolved step counts as a hang (default 60)")
+    parser.add_argument("--cases", type=int, help="fuzz: cap on cases per endpoint (default 400; quick 25)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="overall bound per mode in seconds")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log tinker_sync warnings to stderr")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the chosen mode(s); exit code 0 when every check held."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.verbose else logging.CRITICAL,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tests.soak import faults, fuzz, restart
+
+    modes = ["faults", "restart", "fuzz"] if args.mode == "all" else [args.mode]
+    code = 0
+    for mode in modes:
+        if mode == "faults":
+            code |= faults.main(faults.FaultsOptions(
+                samples=args.samples or (200 if args.quick else 10_000), steps=args.steps or (20 if args.quick else 200),
+                threads=args.threads, check_samples=50 if args.quick else 500, fault_rate=args.fault_rate,
+                seed=args.seed, timeout_s=args.timeout))
+        elif mode == "restart":
+            code |= restart.main(restart.RestartOptions(
+                steps=args.steps or (24 if args.quick else 40), kills=args.kills or (1 if args.quick else 3),
+                runs=args.runs or (1 if args.quick else 4), hang_timeout_s=args.hang_timeout, seed=args.seed,
+                timeout_s=args.timeout))
+        else:
+            code |= fuzz.main(fuzz.FuzzOptions(cases_per_endpoint=args.cases or (25 if args.quick else 400),
+                                               big_bodies=not args.quick, seed=args.seed, timeout_s=args.timeout))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
