@@ -57,18 +57,25 @@ class TrainOutcome:
 
     losses: list[float] = attrs.field(factory=list)
     fingerprint: list[float] = attrs.field(factory=list)  # forward logprobs of PROBE after the last step
-    error: str | None = None
-    hung: bool = False
+    error: str | None = None  # the first failure
+    failed: int = 0  # futures that raised
+    unresolved: int = 0  # futures still pending at the deadline
+
+    @property
+    def hung(self) -> bool:
+        """Whether some future never resolved within the bound."""
+        return self.unresolved > 0
 
 
 def _result(fut: Future[Any], what: str, deadline: float, outcome: TrainOutcome) -> Any:
     try:
         return fut.result(timeout=max(0.0, deadline - time.monotonic()))
     except concurrent.futures.TimeoutError:
-        outcome.hung = True
-        outcome.error = f"{what}: no result before the deadline (hang)"
+        outcome.unresolved += 1
+        outcome.error = outcome.error or f"{what}: no result before the deadline (hang)"
     except Exception as exc:  # noqa: BLE001 - reported, not handled
-        outcome.error = f"{what}: {type(exc).__name__}: {str(exc)[:300]}"
+        outcome.failed += 1
+        outcome.error = outcome.error or f"{what}: {type(exc).__name__}: {str(exc)[:300]}"
     return None
 
 
@@ -76,35 +83,36 @@ def train(client: TrainingClient, steps: int, *, seed: int, window: int, timeout
           on_submitted: Callable[[int, list[Future[Any]]], None] | None = None) -> TrainOutcome:
     """Run ``steps`` pipelined forward_backward + optim_step pairs, at most ``window`` pairs unresolved.
 
-    ``on_submitted(step, unresolved futures)`` runs after each pair is submitted. Every wait is bounded by
-    ``timeout_s`` from the start of the run; running out is reported as a hang.
+    ``on_submitted(step, unresolved futures)`` runs after each pair is submitted. After a failure nothing
+    more is submitted, and what is pending is still awaited, so the outcome says how many later futures
+    failed or hung. Every wait is bounded by ``timeout_s`` from the start of the run.
     """
     outcome = TrainOutcome()
     deadline = time.monotonic() + timeout_s
     pending: deque[tuple[int, Future[Any], Future[Any]]] = deque()
 
-    def collect_oldest() -> bool:
+    def collect_oldest() -> None:
         step, fb, opt = pending.popleft()
         out = _result(fb, f"forward_backward of step {step}", deadline, outcome)
-        if out is None or _result(opt, f"optim_step of step {step}", deadline, outcome) is None:
-            return False
-        outcome.losses.append(float(out.metrics["loss:sum"]))
-        return True
+        done = _result(opt, f"optim_step of step {step}", deadline, outcome)
+        if out is not None and done is not None and outcome.error is None:
+            outcome.losses.append(float(out.metrics["loss:sum"]))
 
     adam = types.AdamParams(learning_rate=LEARNING_RATE)
     for step in range(steps):
+        if outcome.error is not None:
+            break
         pending.append((step, client.forward_backward(batch_for(step, seed), "cross_entropy"), client.optim_step(adam)))
         if on_submitted is not None:
             on_submitted(step, [f for _, fb, opt in pending for f in (fb, opt) if not f.done()])
         while len(pending) >= window:
-            if not collect_oldest():
-                return outcome
+            collect_oldest()
     while pending:
-        if not collect_oldest():
-            return outcome
-    fwd = _result(client.forward(PROBE, "cross_entropy"), "forward of the probe", deadline, outcome)
-    if fwd is not None:
-        outcome.fingerprint = [float(x) for out in fwd.loss_fn_outputs for x in out["logprobs"].data]
+        collect_oldest()
+    if outcome.error is None:
+        fwd = _result(client.forward(PROBE, "cross_entropy"), "forward of the probe", deadline, outcome)
+        if fwd is not None:
+            outcome.fingerprint = [float(x) for out in fwd.loss_fn_outputs for x in out["logprobs"].data]
     return outcome
 
 
@@ -114,7 +122,7 @@ def compare_runs(reference: TrainOutcome, run: TrainOutcome) -> list[str]:
     if reference.error:
         problems.append(f"the fault-free reference failed: {reference.error}")
     if run.error:
-        problems.append(run.error)
+        problems.append(f"{run.error} (futures failed in all: {run.failed}, never resolved: {run.unresolved})")
     if run.losses != reference.losses[:len(run.losses)]:
         first = next(i for i, (a, b) in enumerate(zip(run.losses, reference.losses)) if a != b)
         problems.append(f"loss of step {first} differs: {run.losses[first]!r} != reference {reference.losses[first]!r}")
