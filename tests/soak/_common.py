@@ -36,11 +36,11 @@ def soak_client(base_url: str, **overrides: Any) -> ServiceClient:
     return ServiceClient(api_key=API_KEY, base_url=base_url, **overrides)
 
 
-def batch_for(step: int, seed: int) -> list[types.Datum]:
-    """The deterministic training batch of ``step`` (two byte-level sequences)."""
+def batch_for(step: int, seed: int, datums: int = 2) -> list[types.Datum]:
+    """The deterministic training batch of ``step`` (``datums`` byte-level sequences)."""
     rng = random.Random(seed * 1_000_003 + step)
     data = []
-    for _ in range(2):
+    for _ in range(datums):
         ids = [rng.randrange(97, 123) for _ in range(rng.randint(6, 14))]
         data.append(types.Datum(model_input=types.ModelInput.from_ints(ids[:-1]),
                                 loss_fn_inputs={"target_tokens": ids[1:], "weights": [1.0] * (len(ids) - 1)}))
@@ -79,7 +79,7 @@ def _result(fut: Future[Any], what: str, deadline: float, outcome: TrainOutcome)
     return None
 
 
-def train(client: TrainingClient, steps: int, *, seed: int, window: int, timeout_s: float,
+def train(client: TrainingClient, steps: int, *, seed: int, window: int, timeout_s: float, datums: int = 2,
           on_submitted: Callable[[int, list[Future[Any]]], None] | None = None) -> TrainOutcome:
     """Run ``steps`` pipelined forward_backward + optim_step pairs, at most ``window`` pairs unresolved.
 
@@ -102,7 +102,7 @@ def train(client: TrainingClient, steps: int, *, seed: int, window: int, timeout
     for step in range(steps):
         if outcome.error is not None:
             break
-        pending.append((step, client.forward_backward(batch_for(step, seed), "cross_entropy"), client.optim_step(adam)))
+        pending.append((step, client.forward_backward(batch_for(step, seed, datums), "cross_entropy"), client.optim_step(adam)))
         if on_submitted is not None:
             on_submitted(step, [f for _, fb, opt in pending for f in (fb, opt) if not f.done()])
         while len(pending) >= window:

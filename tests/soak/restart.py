@@ -35,6 +35,7 @@ class RestartOptions:
     runs: int = 4
     window: int = 10  # > 8, so 8 pairs can be unresolved when the kill comes
     hang_timeout_s: float = 60.0
+    datums: int = 8  # per forward_backward; more makes each step slower, so more work is queued at a kill
     seed: int = 0
     timeout_s: float = 1800.0
 
@@ -51,16 +52,16 @@ class _Killer:
     restart_error: str | None = None
 
     def __call__(self, step: int, unresolved: list[Future[Any]]) -> None:
-        if step not in self.kill_after or len(unresolved) < 2 * _MIN_IN_FLIGHT:
-            if step in self.kill_after:
-                self.kill_after.add(step + 1)  # not enough in flight yet: try after the next pair
+        if step not in self.kill_after:
             return
         self.kill_after.discard(step)
-        time.sleep(self.rng.uniform(0.0, 0.03))  # a random point inside the queued work
         in_flight = sum(1 for f in unresolved if not f.done())
+        if in_flight < 2 * _MIN_IN_FLIGHT:  # not enough in flight yet: try after the next pair
+            self.kill_after.add(step + 1)
+            return
         down = time.monotonic()
         self.server.kill()
-        self.in_flight_at_kill.append(in_flight // 2)
+        self.in_flight_at_kill.append((in_flight + 1) // 2)
         time.sleep(self.rng.uniform(0.0, 0.5))
         try:
             self.server.start()
@@ -75,14 +76,15 @@ def _one_run(opts: RestartOptions, run: int, workdir: Path, reference: TrainOutc
     server.start()
     client = soak_client(server.url)
     # Kill points: after a burst of pairs has been queued (the pipeline window keeps them unresolved).
-    kill_after = set(rng.sample(range(_MIN_IN_FLIGHT, max(_MIN_IN_FLIGHT + 1, opts.steps - 1)),
-                                min(opts.kills, max(1, opts.steps - _MIN_IN_FLIGHT - 1))))
+    # Kill points: random steps once the pipeline window is full (the window keeps >= 8 pairs unresolved).
+    points = range(opts.window, max(opts.window + 1, opts.steps - opts.window))
+    kill_after = set(rng.sample(points, min(opts.kills, len(points))))
     killer = _Killer(server, kill_after, rng)
     started = time.monotonic()
     try:
         training = client.create_lora_training_client(MODEL, rank=4, seed=opts.seed)
         outcome = train(training, opts.steps, seed=opts.seed, window=opts.window,
-                        timeout_s=opts.hang_timeout_s, on_submitted=killer)
+                        timeout_s=opts.hang_timeout_s, datums=opts.datums, on_submitted=killer)
     finally:
         close_problem = close_bounded(client)
         server.stop()
@@ -107,7 +109,7 @@ def run(opts: RestartOptions) -> dict[str, Any]:
         ref_client = soak_client(ref_server.url)
         try:
             reference = train(ref_client.create_lora_training_client(MODEL, rank=4, seed=opts.seed), opts.steps,
-                              seed=opts.seed, window=opts.window, timeout_s=opts.hang_timeout_s)
+                              seed=opts.seed, window=opts.window, timeout_s=opts.hang_timeout_s, datums=opts.datums)
         finally:
             close_bounded(ref_client)
             ref_server.stop()

@@ -1,0 +1,108 @@
+"""Each soak mode (tests/soak, ``python -m tests.soak``) run with tiny sizes, so the suite cannot rot.
+
+Checks that fail today because of known bugs in the local server / client are strict xfails: they flip to
+XPASS (a failure) once the bug is fixed, and the marker must then go.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.soak import faults, fuzz, restart
+from tests.soak.proxy import FAULT_KINDS, FaultPlan, may_resend
+
+
+def test_help_documents_every_mode() -> None:
+    out = subprocess.run([sys.executable, "-m", "tests.soak", "--help"], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    for mode in ("faults", "restart", "fuzz", "all", "--quick"):
+        assert mode in out
+
+
+def test_fault_plan_draws_each_kind_at_its_rate() -> None:
+    plan = faults.plan_for(0.3)
+    rng = random.Random(1)
+    drawn = Counter(plan.draw(rng) for _ in range(20_000))
+    assert drawn[None] / 20_000 == pytest.approx(0.7, abs=0.02)
+    for kind in FAULT_KINDS:
+        assert drawn[kind] / 20_000 == pytest.approx(getattr(plan, kind), abs=0.01)
+    with pytest.raises(ValueError):
+        FaultPlan(drop_before=0.9, drop_after=0.9)
+
+
+def test_only_resendable_requests_are_faulted() -> None:
+    assert may_resend("POST", "/api/v1/forward_backward") and may_resend("GET", "/api/v1/training_runs")
+    assert not may_resend("POST", "/api/v1/telemetry")
+
+
+def test_faults_mode_is_exactly_once_under_thirty_percent_faults() -> None:
+    figures = faults.run(faults.FaultsOptions(samples=120, steps=12, threads=8, check_samples=30, fault_rate=0.3,
+                                              timeout_s=240.0))
+    assert figures["problems"] == []
+    assert figures["samples ok / failed / unresolved"] == "120 / 0 / 0"
+    assert figures["losses + final weights bit-identical"] is True
+    assert float(figures["fault rate (all requests)"].rstrip("%")) >= 20.0
+    counts = dict(item.split("=") for item in figures["faults"].split(", "))
+    assert all(int(counts[k]) > 0 for k in FAULT_KINDS), counts
+
+
+def _restart(**kwargs: Any) -> dict[str, Any]:
+    return restart.run(restart.RestartOptions(steps=30, window=10, hang_timeout_s=8.0, timeout_s=120.0, **kwargs))
+
+
+def test_restart_mode_kills_with_eight_pairs_in_flight_and_never_hangs_itself() -> None:
+    figures = _restart(kills=1, runs=1)
+    assert figures["SIGKILLs"] == 1
+    assert all(n >= 8 for run in figures["pairs in flight at each kill"] for n in run)
+    assert float(figures["time (s)"]) < 120.0 + 60.0  # bounded: a hang is reported, not waited out
+
+
+@pytest.mark.xfail(strict=True, reason="issue 10: after SIGKILL + restart on the same data dir the accepted, unrun "
+                   "requests are gone; their polls answer 404 (retrieve_future: unknown request_id) and the "
+                   "later steps never resolve (server waits for the missing seq_id)")
+def test_restart_training_continues_exactly_once() -> None:
+    # 3 runs x 3 kills: one run of today's code survives all of its kills rarely (a few % per run).
+    figures = _restart(kills=3, runs=3)
+    assert figures["problems"] == []
+
+
+@pytest.fixture(scope="module")
+def fuzz_figures() -> dict[str, Any]:
+    return fuzz.run(fuzz.FuzzOptions(cases_per_endpoint=30, big_bodies=False, timeout_s=240.0))
+
+
+def test_fuzz_reaches_every_endpoint_and_the_server_survives(fuzz_figures: dict[str, Any]) -> None:
+    assert fuzz_figures["endpoints fuzzed"] == f"{len(fuzz.ENDPOINTS)} of {len(fuzz.ENDPOINTS)}"
+    assert fuzz_figures["no answer"] == 0 and fuzz_figures["server deaths"] == 0
+    assert not [p for p in fuzz_figures["problems"] if not p.startswith("500: ")]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 10: the local server answers 500 to deeply nested JSON (RecursionError) "
+                   "and to a lone surrogate in ids (UnicodeEncodeError), e.g. POST /api/v1/create_model")
+def test_fuzz_finds_no_500(fuzz_figures: dict[str, Any]) -> None:
+    assert fuzz_figures["500s"] == 0, fuzz_figures["500s by cause"]
+
+
+def test_fuzz_endpoint_list_is_routed_by_the_server(local_server: Any) -> None:
+    import http.client
+
+    for method, pattern, name in fuzz.ENDPOINTS:
+        path = "/api/v1/" + re.sub(r"\[[^]]*\]\+", "x", pattern)
+        conn = http.client.HTTPConnection("127.0.0.1", local_server.port, timeout=30)
+        try:
+            conn.request(method, path, body=b"{}", headers={"X-API-Key": "tml-soak-0000",
+                                                            "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        detail = json.loads(body or b"{}").get("detail", "") if resp.status >= 400 else ""
+        assert "unknown endpoint" not in str(detail) and resp.status != 405, (name, method, path, resp.status, body)
