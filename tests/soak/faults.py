@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from tests.soak._common import MODEL, compare_runs, close_bounded, print_figures, soak_client, train
+from tests.soak._common import MODEL, close_bounded, compare_runs, print_figures, soak_client, train
 from tests.soak.proxy import FAULT_KINDS, FaultPlan, FaultProxy
 from tinker_sync import SamplingClient, types
 from tinker_sync.local import LocalTinkerServer

@@ -175,7 +175,7 @@ class FaultProxy:
             _shutdown(conn)
         self._thread.join(5)
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> FaultProxy:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -123,7 +123,7 @@ def run(opts: RestartOptions) -> dict[str, Any]:
         problems.insert(0, f"fault-free reference failed: {reference.error}")
     return {
         "runs completed exactly once": f"{sum(not r['problems'] for r in runs)} of {len(runs)}",
-        "runs that hung (bound {:.0f} s)".format(opts.hang_timeout_s): sum(r["hung"] for r in runs),
+        f"runs that hung (bound {opts.hang_timeout_s:.0f} s)": sum(r["hung"] for r in runs),
         "futures failed / unresolved": f"{sum(r['failed'] for r in runs)} / {sum(r['unresolved'] for r in runs)}",
         "SIGKILLs": sum(r["kills"] for r in runs),
         "pairs in flight at each kill": [r["in_flight_at_kill"] for r in runs],
