@@ -224,8 +224,13 @@ def close_bounded(client: ServiceClient, timeout_s: float = 10.0) -> str | None:
 
 
 def print_figures(title: str, figures: dict[str, Any]) -> None:
-    """The end-of-run figures, one per line."""
+    """The end-of-run figures, one per line, then the problems found (one per line)."""
+    figures = dict(figures)
+    problems = figures.pop("problems", [])
     print(f"== {title}")
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         print(f"  {key:<{width}}  {value}")
+    print(f"  problems ({len(problems)}){':' if problems else ''}")
+    for problem in problems:
+        print(f"    {problem}")
