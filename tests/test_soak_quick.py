@@ -85,8 +85,8 @@ def test_fuzz_reaches_every_endpoint_and_the_server_survives(fuzz_figures: dict[
     assert not [p for p in fuzz_figures["problems"] if not p.startswith("500: ")]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10: the local server answers 500 to deeply nested JSON (RecursionError) "
-                   "and to a lone surrogate in ids (UnicodeEncodeError), e.g. POST /api/v1/create_model")
+@pytest.mark.xfail(strict=True, reason="issue 10: the local server answers 500 to deeply nested JSON on every JSON "
+                   "endpoint (RecursionError), e.g. POST /api/v1/create_session with [[[...]]] 100000 deep")
 def test_fuzz_finds_no_500(fuzz_figures: dict[str, Any]) -> None:
     assert fuzz_figures["500s"] == 0, fuzz_figures["500s by cause"]
 

@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="faults: share of requests that meet a fault (default 0.25)")
     parser.add_argument("--kills", type=int, help="restart: SIGKILLs per run (default 3; quick 1)")
     parser.add_argument("--runs", type=int, help="restart: independent runs (default 4; quick 1)")
-    parser.add_argument("--hang-timeout", type=float, default=60.0,
-                        help="restart: seconds after which an unresolved step counts as a hang (default 60)")
+    parser.add_argument("--hang-timeout", type=float,
+                        help="restart: seconds after which an unresolved step counts as a hang (default 60; quick 10)")
     parser.add_argument("--cases", type=int, help="fuzz: cap on cases per endpoint (default 400; quick 25)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="overall bound per mode in seconds")
     parser.add_argument("-v", "--verbose", action="store_true", help="log tinker_sync warnings to stderr")
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif mode == "restart":
             code |= restart.main(restart.RestartOptions(
                 steps=args.steps or (24 if args.quick else 40), kills=args.kills or (1 if args.quick else 3),
-                runs=args.runs or (1 if args.quick else 4), hang_timeout_s=args.hang_timeout, seed=args.seed,
+                runs=args.runs or (1 if args.quick else 4), hang_timeout_s=args.hang_timeout or (10.0 if args.quick else 60.0), seed=args.seed,
                 timeout_s=args.timeout))
         else:
             code |= fuzz.main(fuzz.FuzzOptions(cases_per_endpoint=args.cases or (25 if args.quick else 400),

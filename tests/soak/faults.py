@@ -47,12 +47,14 @@ def _params(i: int) -> types.SamplingParams:
 @attrs.define
 class _Samples:
     results: dict[int, tuple[int, ...]] = attrs.field(factory=dict)
+    latencies_s: list[float] = attrs.field(factory=list)
     errors: dict[int, str] = attrs.field(factory=dict)
     duplicates: int = 0
     lock: threading.Lock = attrs.field(factory=threading.Lock)
 
-    def put(self, i: int, tokens: tuple[int, ...] | None, error: str | None) -> None:
+    def put(self, i: int, tokens: tuple[int, ...] | None, error: str | None, latency_s: float) -> None:
         with self.lock:
+            self.latencies_s.append(latency_s)
             if i in self.results or i in self.errors:
                 self.duplicates += 1
             elif error is not None:
@@ -64,11 +66,12 @@ class _Samples:
 
 def _sample_worker(sampler: SamplingClient, indices: range, out: _Samples, deadline: float) -> None:
     for i in indices:
+        start = time.monotonic()
         try:
             resp = sampler.sample(_prompt(i), 1, _params(i)).result(timeout=max(0.0, deadline - time.monotonic()))
-            out.put(i, tuple(resp.sequences[0].tokens), None)
+            out.put(i, tuple(resp.sequences[0].tokens), None, time.monotonic() - start)
         except Exception as exc:  # noqa: BLE001 - reported
-            out.put(i, None, f"{type(exc).__name__}: {str(exc)[:200]}")
+            out.put(i, None, f"{type(exc).__name__}: {str(exc)[:200]}", time.monotonic() - start)
 
 
 def _fan_out(sampler: SamplingClient, opts: FaultsOptions, deadline: float) -> _Samples:
@@ -80,6 +83,14 @@ def _fan_out(sampler: SamplingClient, opts: FaultsOptions, deadline: float) -> _
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()) + 5)
     return out
+
+
+def _percentiles(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return f"{pick(0.5):.2f} / {pick(0.99):.2f} / {ordered[-1]:.2f}"
 
 
 def run(opts: FaultsOptions) -> dict[str, Any]:
@@ -107,11 +118,15 @@ def run(opts: FaultsOptions) -> dict[str, Any]:
             training = faulted.create_lora_training_client(MODEL, rank=4, seed=opts.seed)
             sampler = faulted.create_sampling_client(base_model=MODEL)
             box: dict[str, Any] = {}
-            trainer = threading.Thread(target=lambda: box.update(run=train(
-                training, opts.steps, seed=opts.seed, window=opts.window, timeout_s=deadline - time.monotonic())),
-                name="soak-trainer", daemon=True)
+            def train_timed() -> None:
+                box["run"] = train(training, opts.steps, seed=opts.seed, window=opts.window,
+                                   timeout_s=deadline - time.monotonic())
+                box["seconds"] = time.monotonic() - soak_started
+
+            trainer = threading.Thread(target=train_timed, name="soak-trainer", daemon=True)
             trainer.start()
             samples = _fan_out(sampler, opts, deadline)
+            sampling_s = time.monotonic() - soak_started
             trainer.join(max(0.0, deadline - time.monotonic()) + 10)
             outcome = box.get("run")
         finally:
@@ -146,7 +161,9 @@ def run(opts: FaultsOptions) -> dict[str, Any]:
         "fault rate (all requests)": f"{proxy.fault_rate():.1%}",
         "faults": ", ".join(f"{k}={counts[k]}" for k in FAULT_KINDS),
         "time reference / soak (s)": f"{reference_s:.1f} / {soak_s:.1f}",
-        "samples per second under faults": f"{opts.samples / soak_s:.0f}",
+        "time sampling / training under faults (s)": f"{sampling_s:.1f} / {box.get('seconds', float('nan')):.1f}",
+        "samples per second under faults": f"{opts.samples / sampling_s:.0f}",
+        "sample latency p50 / p99 / max (s)": _percentiles(samples.latencies_s),
         "problems": problems,
     }
 
