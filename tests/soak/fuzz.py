@@ -21,7 +21,7 @@ import attrs
 
 from tests.soak._common import MODEL, ServerProcess, close_bounded, print_figures, soak_client
 from tests.soak.proxy import FaultProxy, ProxiedRequest
-from tinker_sync import ServiceClient, types
+from tinker_sync import RetryPolicy, ServiceClient, types
 
 _CKPT = r"training_runs/[^/]+/checkpoints/[^/]+/[^/]+"
 # Every endpoint of the local server: (method, path pattern after /api/v1/, name). Kept in step with the
@@ -140,9 +140,35 @@ def _quietly(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return None
 
 
-def record_templates(server: ServerProcess) -> tuple[list[ProxiedRequest], ServiceClient]:
-    """Drive every client call once through a recording proxy; returns what was sent and the client, whose
-    session stays open (close it after fuzzing)."""
+def _client_built_cases(proxy: FaultProxy) -> tuple[list[Case], ServiceClient]:
+    """Requests the client itself builds from bad values it accepts (its TensorData takes any sparse shape).
+
+    Sent once with a no-retry client (the recording is the case); its session stays open for the fuzzing.
+    """
+    client = soak_client(proxy.url, retry=RetryPolicy.no_retries())
+    cases: list[Case] = []
+    try:
+        training = client.create_lora_training_client(MODEL, rank=4, seed=0)
+        for shape in ([2, 2**40], [2, 10**9]):
+            tensor = types.TensorData(data=[1.0], dtype="float32", shape=shape, sparse_crow_indices=[0, 1, 1],
+                                      sparse_col_indices=[0])
+            datum = types.Datum(model_input=types.ModelInput.from_ints([104, 101]),
+                                loss_fn_inputs={"target_tokens": [101, 108], "weights": tensor})
+            mark = len(proxy.recorded)
+            _quietly(training.forward_backward, [datum], "cross_entropy")
+            for req in proxy.recorded[mark:]:
+                if req.path == "/api/v1/forward_backward":
+                    cases.append(Case("forward_backward", f"client-built sparse weights of shape {shape} (protobuf)",
+                                      req.method, req.path, req.body, req.headers))
+    except BaseException:
+        close_bounded(client)
+        raise
+    return cases, client
+
+
+def record_templates(server: ServerProcess) -> tuple[list[ProxiedRequest], list[Case], list[ServiceClient]]:
+    """Drive every client call once through a recording proxy; returns what was sent, the cases built by the
+    client itself and the clients, whose sessions stay open (close them after fuzzing)."""
     with FaultProxy(server.port, record=True) as proxy:
         client = soak_client(proxy.url)
         try:
@@ -178,10 +204,12 @@ def record_templates(server: ServerProcess) -> tuple[list[ProxiedRequest], Servi
             if sampler_path:
                 _quietly(client.create_sampling_client, model_path=sampler_path)
             _quietly(rest.export_session_trace, client.session_id)
+            recorded = list(proxy.recorded)
+            extra, other = _client_built_cases(proxy)
         except BaseException:
             close_bounded(client)
             raise
-        return list(proxy.recorded), client
+        return recorded, extra, [client, other]
 
 
 def _fill_missing(templates: dict[str, list[ProxiedRequest]], session_id: str, model_id: str) -> None:
@@ -422,23 +450,25 @@ def _valid_statuses(port: int, templates: dict[str, list[ProxiedRequest]], opts:
             for name, t in templates.items() if t[0].method == "GET"}
 
 
-def _fuzz_all(server: ServerProcess, templates: dict[str, list[ProxiedRequest]], opts: FuzzOptions,
-              rng: random.Random, tally: _Tally, started: float) -> tuple[int, list[str]]:
+def _fuzz_all(server: ServerProcess, templates: dict[str, list[ProxiedRequest]], extra: list[Case],
+              opts: FuzzOptions, rng: random.Random, tally: _Tally, started: float) -> tuple[int, list[str]]:
     """Send every case, endpoint by endpoint; returns the count sent and the read endpoints each batch broke."""
     known = _valid_statuses(server.port, templates, opts)
     poisoned: list[str] = []
     sent = 0
     for name in FUZZ_ORDER:
+        batch = [c for c in extra if c.endpoint == name]
         for tpl in templates[name]:
-            for case in cases_for(name, tpl, opts, rng):
-                if time.monotonic() - started > opts.timeout_s:
-                    break
-                status, body = send(server.port, case, opts.case_timeout_s)
-                tally.add(case, status, body)
-                sent += 1
-                if status == 0 and not server.alive():
-                    tally.deaths.append(f"{case.method} {case.path[:120]} [{case.label}]")
-                    server.start()
+            batch += cases_for(name, tpl, opts, rng)
+        for case in batch:
+            if time.monotonic() - started > opts.timeout_s:
+                break
+            status, body = send(server.port, case, opts.case_timeout_s)
+            tally.add(case, status, body)
+            sent += 1
+            if status == 0 and not server.alive():
+                tally.deaths.append(f"{case.method} {case.path[:120]} [{case.label}]")
+                server.start()
         # A case may leave state behind that breaks later, valid requests: name the batch that did it.
         now = _valid_statuses(server.port, templates, opts)
         for other, status in now.items():
@@ -458,16 +488,17 @@ def run(opts: FuzzOptions) -> dict[str, Any]:
         server = ServerProcess(Path(tmp) / "data", long_poll_s=1.0, max_memory_bytes=4 * 1024**3)
         server.start()
         try:
-            recorded, client = record_templates(server)
+            recorded, extra, clients = record_templates(server)
             templates: dict[str, list[ProxiedRequest]] = {}
             for req in recorded:
                 name = endpoint_of(req.method, req.path)
                 if name is not None and name not in templates:
                     templates[name] = [req]
             _fill_missing(templates, *_ids_of(recorded))
-            sent, poisoned = _fuzz_all(server, templates, opts, rng, tally, started)
+            sent, poisoned = _fuzz_all(server, templates, extra, opts, rng, tally, started)
             alive = server.alive() and server.healthy()
-            close_bounded(client)
+            for client in clients:
+                close_bounded(client)
         finally:
             server.stop()
     problems = [f"500: {e}" for e in tally.errors_500] + [f"no answer: {e}" for e in tally.no_answer]
