@@ -156,9 +156,9 @@ def _params_problem(official: list[dict[str, Any]], sig: inspect.Signature, *, d
             continue  # required there; optional or required here, every official call still works
         if mine.default is inspect.Parameter.empty:
             return f"parameter {p['name']!r} is required here but defaults to {official_default!r} officially"
-        if isinstance(official_default, (bool, int, float, str)) or official_default is None:
-            if mine.default != official_default or type(mine.default) is not type(official_default):
-                return f"parameter {p['name']!r} defaults to {mine.default!r}, officially {official_default!r}"
+        scalar = isinstance(official_default, (bool, int, float, str)) or official_default is None
+        if scalar and (mine.default != official_default or type(mine.default) is not type(official_default)):
+            return f"parameter {p['name']!r} defaults to {mine.default!r}, officially {official_default!r}"
     known = {p["name"] for p in official}
     for p in ours:
         if p.name not in known and p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
