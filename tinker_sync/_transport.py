@@ -33,6 +33,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util.retry import Retry
 
+from ._auth import Credentials, StaticKey
 from ._config import ClientConfig, redact_url
 from ._exceptions import APIConnectionError, APITimeoutError
 from ._version import __version__
@@ -143,9 +144,11 @@ class Transport:
             raise_on_status=False,
         )
         self._timeouts: dict[float, urllib3.Timeout] = {}
+        # X-API-Key comes from the credential provider on each request: the key, or a JWT once the
+        # server enables the exchange (Runtime swaps the provider; see _auth).
+        self.credentials: Credentials = StaticKey(config.api_key)
         headers = {
             "User-Agent": USER_AGENT,
-            "X-API-Key": config.api_key,
             "Accept-Encoding": "gzip, deflate",
             **dict(config.default_headers),
         }
@@ -163,7 +166,8 @@ class Transport:
 
     def _redact(self, text: str) -> str:
         """Remove every credential (API key, secret header values, URL userinfo) from an error text."""
-        for secret in self._secrets:
+        current = self.credentials.current()
+        for secret in self._secrets if current is None or len(current) < 4 else [current, *self._secrets]:
             text = text.replace(secret, "<redacted>")
         return text
 
@@ -190,6 +194,10 @@ class Transport:
                 certainly never reached the server.
         """
         hdrs = self._headers.copy()
+        # A caller that names X-API-Key itself (the JWT exchange) bypasses the credential provider.
+        own_key = any(k.lower() == "x-api-key" for k in (headers or {}))
+        if not own_key:
+            hdrs["X-API-Key"] = self.credentials.header_value()
         hdrs["Accept"] = accept
         if content_type is not None and body is not None:
             hdrs["Content-Type"] = content_type
@@ -204,6 +212,15 @@ class Transport:
             query = urlencode([(k, v) for k, v in params.items() if v is not None], doseq=True)
             if query:
                 url += ("&" if "?" in url else "?") + query
+        resp = self._attempt(method, path, url, body, hdrs, timeout)
+        if resp.status == 401 and not own_key and self.credentials.on_unauthorized(resp.headers, hdrs["X-API-Key"]):
+            hdrs["X-API-Key"] = self.credentials.header_value()  # the token was replaced: replay once
+            resp = self._attempt(method, path, url, body, hdrs, timeout)
+        return resp
+
+    def _attempt(
+        self, method: str, path: str, url: str, body: bytes | None, hdrs: dict[str, str], timeout: urllib3.Timeout
+    ) -> HTTPResponse:
         start = time.monotonic()
         try:
             resp = self._manager.urlopen(
