@@ -55,6 +55,9 @@ _5XX_MAX_S = 2.0
 _BILLING_RESET_S = 300.0
 _IDLE_EXIT_S = 5.0  # a session poller thread exits after this long with nothing to poll or ack
 _EARLY_KEEP_S = 300.0  # a completion seen before its call registered is kept this long
+# With nothing to wait for, acknowledgements (cursor, fetched ids) are gathered this long before an
+# ack-only poll, so fetches finishing one by one do not each cost a request.
+_ACK_LINGER_S = 1.0
 # Statuses that say this server has no (usable) retrieve_futures: fall back to per-future polling.
 _UNSUPPORTED = frozenset({404, 405, 501})
 
@@ -345,14 +348,22 @@ class SessionPoller:
     def _next_poll(self) -> tuple[dict[str, Any], list[str], bool] | None:
         """Wait for something to poll for; return (body, retrieved ids, ack_only), or None to exit."""
         idle_since = self._clock()
+        linger_until: float | None = None
         with self._cond:
             while True:
                 if self.disabled is not None or self._stop.is_set():
                     self._thread = None
                     return None
-                if self._has_work():
+                now = self._clock()
+                if self._waiting:
                     break
-                left = _IDLE_EXIT_S - (self._clock() - idle_since)
+                if self._has_work():  # only acknowledgements: gather them for a moment
+                    linger_until = now + _ACK_LINGER_S if linger_until is None else linger_until
+                    if now >= linger_until:
+                        break
+                    self._cond.wait(linger_until - now)
+                    continue
+                left = _IDLE_EXIT_S - (now - idle_since)
                 if left <= 0:
                     self._thread = None
                     return None
