@@ -110,14 +110,13 @@ def plan_refresh(claims: Mapping[str, Any], received_at: float, jitter: float) -
 
     Both claims come from the server, so the plan measures the lifetime on the server's clock and
     applies it to the local one: clock skew cannot shorten or stretch it. Without a usable lifetime
-    the token is used until ``exp`` (if present) and a refresh is tried in 60 s.
+    (``exp`` alone is a time on the server's clock) a refresh is tried in 60 s and required in 120 s.
     """
     exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
     if exp is not None and iat is not None and exp > iat:
         lifetime = exp - iat
         return TokenTimes(received_at + lifetime * jitter, received_at + lifetime)
-    expires_at = exp if exp is not None else received_at + _RETRY_DELAY_S + _REFRESH_ON_DEMAND_S
-    return TokenTimes(received_at + _RETRY_DELAY_S, expires_at)
+    return TokenTimes(received_at + _RETRY_DELAY_S, received_at + _RETRY_DELAY_S + _REFRESH_ON_DEMAND_S)
 
 
 def token_action(now: float, times: TokenTimes | None) -> Literal["use", "refresh", "must_refresh"]:
