@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backoff", "Decision", "Done", "Fail", "FetchPayload", "FuturePoller", "PollAgain", "PollState", "PolledCall",
-    "Resubmit", "SequenceGapError", "decide", "decide_connection_error",
+    "Resubmit", "SequenceGapError", "SessionTarget", "decide", "decide_connection_error",
 ]
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from ._exceptions import (
     from_response,
 )
 from ._executor import Activity, Executor, SequencedLane, propagate_failure, set_exception
-from ._poller import FuturePoller, PolledCall
+from ._poller import FuturePoller, PolledCall, SessionTarget
 from ._ratelimit import RateLimiter, get_shared_limiter
 from ._retry import parse_retry_after
 from ._transport import HTTPResponse, Transport
@@ -409,6 +409,7 @@ class Runtime:
             call = PolledCall(
                 request_id=request_id, expected_type=response_type, request_type=request_type,
                 future=outer, resubmit=resubmit, started_at=started, lane=poll_lane,
+                batch=SessionTarget.of_request(request) if sampling else None, label=label or request_type,
             )
             call.round_trip_s = self._clock() - started
             self.poller.track(call)
