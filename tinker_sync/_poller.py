@@ -168,6 +168,10 @@ def decide(
             lost the accepted request (e.g. it restarted): re-send it with the same seq_id instead of
             failing and leaving a gap the server would wait on forever.
     """
+    if status == 404 and sequenced:
+        lost = decide(status, headers, content, expected_type, state, request_id=request_id)
+        assert isinstance(lost, Fail)
+        return Resubmit(attrs.evolve(lost.state, metadata_seen=False), lost.exc)
     hdrs = _lower(headers)
     if status != 402 and state.billing_last is not None and now - state.billing_last > _BILLING_RESET_S:
         state = attrs.evolve(state, billing_since=None, billing_last=None)
@@ -189,9 +193,6 @@ def decide(
         return PollAgain(_reset(state, bad_requests=state.bad_requests + 1))
     if status == 410:
         return Resubmit(_reset(state, metadata_seen=False))
-    if status == 404 and sequenced:
-        exc404 = from_response(404, _json_or_text(content), method="POST", path=RETRIEVE_PATH, request_id=request_id, headers=hdrs)
-        return Resubmit(_reset(state, metadata_seen=False), exc404)
     if status == 402:
         since = state.billing_since if state.billing_since is not None else now
         if now - since < billing_max_pause_s:

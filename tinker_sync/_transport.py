@@ -144,11 +144,12 @@ class Transport:
             raise_on_status=False,
         )
         self._timeouts: dict[float, urllib3.Timeout] = {}
-        # X-API-Key comes from the credential provider on each request: the key, or a JWT once the
-        # server enables the exchange (Runtime swaps the provider; see _auth).
+        # X-API-Key is set from this provider on each request: the key, or a server-minted JWT once the
+        # client config enables the exchange (see _auth).
         self.credentials: Credentials = StaticKey(config.api_key)
         headers = {
             "User-Agent": USER_AGENT,
+            "X-API-Key": config.api_key,
             "Accept-Encoding": "gzip, deflate",
             **dict(config.default_headers),
         }
@@ -166,8 +167,7 @@ class Transport:
 
     def _redact(self, text: str) -> str:
         """Remove every credential (API key, secret header values, URL userinfo) from an error text."""
-        current = self.credentials.current()
-        for secret in self._secrets if current is None or len(current) < 4 else [current, *self._secrets]:
+        for secret in self._secrets:
             text = text.replace(secret, "<redacted>")
         return text
 
@@ -194,8 +194,7 @@ class Transport:
                 certainly never reached the server.
         """
         hdrs = self._headers.copy()
-        # A caller that names X-API-Key itself (the JWT exchange) bypasses the credential provider.
-        own_key = any(k.lower() == "x-api-key" for k in (headers or {}))
+        own_key = any(k.lower() == "x-api-key" for k in (headers or {}))  # the JWT exchange sends the key itself
         if not own_key:
             hdrs["X-API-Key"] = self.credentials.header_value()
         hdrs["Accept"] = accept
@@ -212,15 +211,6 @@ class Transport:
             query = urlencode([(k, v) for k, v in params.items() if v is not None], doseq=True)
             if query:
                 url += ("&" if "?" in url else "?") + query
-        resp = self._attempt(method, path, url, body, hdrs, timeout)
-        if resp.status == 401 and not own_key and self.credentials.on_unauthorized(resp.headers, hdrs["X-API-Key"]):
-            hdrs["X-API-Key"] = self.credentials.header_value()  # the token was replaced: replay once
-            resp = self._attempt(method, path, url, body, hdrs, timeout)
-        return resp
-
-    def _attempt(
-        self, method: str, path: str, url: str, body: bytes | None, hdrs: dict[str, str], timeout: urllib3.Timeout
-    ) -> HTTPResponse:
         start = time.monotonic()
         try:
             resp = self._manager.urlopen(
@@ -243,6 +233,11 @@ class Transport:
         out = HTTPResponse(resp.status, resp.headers, resp.data, elapsed_ms)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d in %.1f ms (request_id=%s)", method, path, out.status, elapsed_ms, out.request_id)
+        if out.status == 401 and not own_key and self.credentials.on_unauthorized(out.headers, hdrs["X-API-Key"]):
+            # The server rejected the token itself and the provider replaced it: replay once.
+            replay = {**(headers or {}), "X-API-Key": self.credentials.header_value()}
+            return self.send(method, path, body=body, content_type=content_type, params=params, headers=replay,
+                             timeout_s=timeout_s, accept=accept)
         return out
 
     def _log(self, method: str, path: str, what: str, start: float) -> None:
