@@ -221,10 +221,15 @@ class SessionSim:
     ``retrieve_futures`` answers the completions after ``prev_cursor`` (holding up to ``hold_s`` while
     there are none, unless ``timeout`` is 0); ``retrieve_future`` answers a completed request at once
     and holds a pending one up to ``hold_s`` (then try_again). ``cancel_future`` records the id.
-    ``batch=False`` makes retrieve_futures answer 404 (a server without it).
+    ``batch=False`` makes retrieve_futures answer 404 (a server without it). ``result(rid)`` builds a
+    finished request's payload (default ``{"rid": rid}``).
     """
 
-    def __init__(self, *, hold_s: float = 2.0, batch: bool = True, session_id: str = "sess-1") -> None:
+    def __init__(
+        self, *, hold_s: float = 2.0, batch: bool = True, session_id: str = "sess-1",
+        result: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.result = result or (lambda rid: {"rid": rid})
         self.hold_s = hold_s
         self.batch = batch
         self.session_id = session_id
@@ -255,6 +260,7 @@ class SessionSim:
             self._ids += 1
             rid = f"{body.get('sampling_session_id')}-{body.get('seq_id')}-{self._ids}"
             self.pending.add(rid)
+            self.cond.notify_all()
         return Reply(200, {"request_id": rid})
 
     def complete(self, rids: list[str], *, failed: bool = False) -> None:
@@ -299,7 +305,7 @@ class SessionSim:
                 return Reply(200, {"type": "try_again", "request_id": rid, "queue_state": "active"})
             if self.done[rid]:
                 return Reply(200, {"error": f"{rid} failed", "category": "user"})
-            return Reply(200, {"rid": rid})
+            return Reply(200, self.result(rid))
 
     def cancel_future(self, rec: RecordedRequest) -> Reply:
         with self.cond:

@@ -6,6 +6,7 @@ The scripted SessionSim keeps a sampling session's completion log the way a 0.38
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -191,3 +192,33 @@ def test_close_fails_calls_waiting_on_the_batch(sim: SessionSim, srv: ScriptedSe
         with pytest.raises(ClientClosedError):
             f.result(timeout=T)
     assert not [t for t in threading.enumerate() if t.name.startswith("tinker-sync-poller") and t.is_alive()]
+
+
+def test_sampling_client_samples_ride_the_session_poll() -> None:
+    """End to end through Runtime.submit_polled: sample calls are tagged with their session and clone."""
+    from tinker_sync import types
+    from tinker_sync._runtime import Runtime
+    from tinker_sync.sampling_client import SamplingClient
+
+    def sample_result(rid: str) -> dict[str, Any]:
+        seq = int(rid.split("-")[2])
+        return {"type": "sample", "sequences": [{"tokens": [seq], "logprobs": [-0.5], "stop_reason": "length"}]}
+
+    sim = SessionSim(hold_s=2.0, result=sample_result)
+    with _serve(sim) as srv:
+        rt = Runtime(ClientConfig(base_url=srv.url, api_key=KEY))
+        rt.poller.set_features(PollFeatures(batched=True))
+        client = SamplingClient(None, "sess-1", runtime=rt, seq_start=3_000_000_000)  # a clone: id 3
+        try:
+            params = types.SamplingParams(max_tokens=1)
+            futs = [client.sample(types.ModelInput.from_ints([1, 2]), 1, params) for _ in range(40)]
+            assert wait_for(lambda: len(sim.pending) == 40 and sim.batch_inflight == 1, T)
+            sim.complete(sorted(sim.pending))
+            tokens = sorted(f.result(timeout=T).sequences[0].tokens[0] for f in futs)
+            assert tokens == [3_000_000_000 + i for i in range(40)]
+            targets = {json.dumps(r.json()["target"], sort_keys=True) for r in srv.requests_to(RFS)}
+            assert targets == {json.dumps({"type": "sampling_session", "sampling_session_id": "sess-1",
+                                           "cloned_sampler_id": 3}, sort_keys=True)}
+            assert len(srv.requests_to(RF)) == 40
+        finally:
+            client.close()
