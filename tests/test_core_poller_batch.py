@@ -48,11 +48,17 @@ def srv(sim: SessionSim) -> Iterator[ScriptedServer]:
         yield server
 
 
-def _poller(srv: ScriptedServer, features: PollFeatures, **kw: Any) -> tuple[FuturePoller, Transport]:
+@contextlib.contextmanager
+def _polling(srv: ScriptedServer, features: PollFeatures) -> Iterator[FuturePoller]:
+    """A FuturePoller using ``features``, closed (pending calls failed) on exit."""
     transport = Transport(ClientConfig(base_url=srv.url, api_key=KEY))
-    poller = FuturePoller(transport, max_pollers=kw.pop("max_pollers", 16), **kw)
+    poller = FuturePoller(transport, max_pollers=16)
     poller.set_features(features)
-    return poller, transport
+    try:
+        yield poller
+    finally:
+        poller.close(cancel_pending=True, join_timeout_s=5.0)
+        transport.close()
 
 
 def _track(poller: FuturePoller, sim: SessionSim, rid: str, target: SessionTarget | None = TARGET) -> Future[Any]:
@@ -76,8 +82,7 @@ def test_fan_out_costs_one_long_poll_per_session_not_per_future(n: int) -> None:
 
 
 def test_batched_body_and_failed_completions(sim: SessionSim, srv: ScriptedServer) -> None:
-    poller, transport = _poller(srv, PollFeatures(batched=True))
-    try:
+    with _polling(srv, PollFeatures(batched=True)) as poller:
         ok, bad = _track(poller, sim, "ok-1"), _track(poller, sim, "bad-1")
         assert wait_for(lambda: sim.batch_inflight == 1)
         sim.complete(["bad-1"], failed=True)
@@ -92,46 +97,33 @@ def test_batched_body_and_failed_completions(sim: SessionSim, srv: ScriptedServe
         assert wait_for(lambda: sim.retrieved == {"ok-1", "bad-1"}, T)
         ack = srv.requests_to(RFS)[-1].json()
         assert ack["timeout"] == 0 and ack["prev_cursor"] == 2
-    finally:
-        poller.close(cancel_pending=True, join_timeout_s=5.0)
-        transport.close()
 
 
 def test_server_without_retrieve_futures_falls_back_to_per_future_polls() -> None:
     sim = SessionSim(hold_s=2.0, batch=False)
-    with _serve(sim) as srv:
-        poller, transport = _poller(srv, PollFeatures(batched=True))
-        try:
-            futs = [_track(poller, sim, f"f{i}") for i in range(3)]
-            assert wait_for(lambda: len({r.json()["request_id"] for r in srv.requests_to(RF)}) == 3)
-            sim.complete(["f0", "f1", "f2"])
-            assert [f.result(timeout=T) for f in futs] == [{"rid": f"f{i}"} for i in range(3)]
-            assert len(srv.requests_to(RFS)) == 1  # tried once, then per-future polling for good
-            later = _track(poller, sim, "f3")
-            sim.complete(["f3"])
-            assert later.result(timeout=T) == {"rid": "f3"}
-            assert len(srv.requests_to(RFS)) == 1
-        finally:
-            poller.close(cancel_pending=True, join_timeout_s=5.0)
-            transport.close()
+    with _serve(sim) as srv, _polling(srv, PollFeatures(batched=True)) as poller:
+        futs = [_track(poller, sim, f"f{i}") for i in range(3)]
+        assert wait_for(lambda: len({r.json()["request_id"] for r in srv.requests_to(RF)}) == 3)
+        sim.complete(["f0", "f1", "f2"])
+        assert [f.result(timeout=T) for f in futs] == [{"rid": f"f{i}"} for i in range(3)]
+        assert len(srv.requests_to(RFS)) == 1  # tried once, then per-future polling for good
+        later = _track(poller, sim, "f3")
+        sim.complete(["f3"])
+        assert later.result(timeout=T) == {"rid": "f3"}
+        assert len(srv.requests_to(RFS)) == 1
 
 
 def test_without_the_flag_samples_are_polled_one_by_one(sim: SessionSim, srv: ScriptedServer) -> None:
-    poller, transport = _poller(srv, PollFeatures(batched=False))
-    try:
+    with _polling(srv, PollFeatures(batched=False)) as poller:
         fut = _track(poller, sim, "p0")
         assert wait_for(lambda: len(srv.requests_to(RF)) == 1)
         sim.complete(["p0"])
         assert fut.result(timeout=T) == {"rid": "p0"}
         assert srv.requests_to(RFS) == []
-    finally:
-        poller.close(cancel_pending=True, join_timeout_s=5.0)
-        transport.close()
 
 
 def test_a_completion_reported_before_its_call_registers_is_kept(sim: SessionSim, srv: ScriptedServer) -> None:
-    poller, transport = _poller(srv, PollFeatures(batched=True))
-    try:
+    with _polling(srv, PollFeatures(batched=True)) as poller:
         first = _track(poller, sim, "e0")
         assert wait_for(lambda: sim.batch_inflight == 1)
         sim.add("e1")
@@ -139,14 +131,10 @@ def test_a_completion_reported_before_its_call_registers_is_kept(sim: SessionSim
         assert first.result(timeout=T) == {"rid": "e0"}
         late = _track(poller, sim, "e1")
         assert late.result(timeout=T) == {"rid": "e1"}
-    finally:
-        poller.close(cancel_pending=True, join_timeout_s=5.0)
-        transport.close()
 
 
 def test_cancel_tells_the_server_only_when_the_flag_is_on(sim: SessionSim, srv: ScriptedServer) -> None:
-    poller, transport = _poller(srv, PollFeatures(batched=True, cancel=False))
-    try:
+    with _polling(srv, PollFeatures(batched=True, cancel=False)) as poller:
         quiet = _track(poller, sim, "c-off")
         assert wait_for(lambda: sim.batch_inflight == 1)
         assert quiet.cancel()
@@ -159,14 +147,10 @@ def test_cancel_tells_the_server_only_when_the_flag_is_on(sim: SessionSim, srv: 
         assert poller.batch_stats()["cancels_sent"] == 2
         assert wait_for(lambda: poller.tracked() == 0)
         assert all(r.json() == {"request_id": r.json()["request_id"]} for r in srv.requests_to(CANCEL))
-    finally:
-        poller.close(cancel_pending=True, join_timeout_s=5.0)
-        transport.close()
 
 
 def test_a_training_call_is_never_batched(sim: SessionSim, srv: ScriptedServer) -> None:
-    poller, transport = _poller(srv, PollFeatures(batched=True, cancel=True))
-    try:
+    with _polling(srv, PollFeatures(batched=True, cancel=True)) as poller:
         sim.add("t0")
         fut: Future[Any] = Future()
         poller.track(PolledCall(request_id="t0", expected_type=None, request_type="ForwardBackward", future=fut,
@@ -175,19 +159,14 @@ def test_a_training_call_is_never_batched(sim: SessionSim, srv: ScriptedServer) 
         sim.complete(["t0"])
         assert fut.result(timeout=T) == {"rid": "t0"}
         assert srv.requests_to(RFS) == []
-    finally:
-        poller.close(cancel_pending=True, join_timeout_s=5.0)
-        transport.close()
 
 
 def test_close_fails_calls_waiting_on_the_batch(sim: SessionSim, srv: ScriptedServer) -> None:
     from tinker_sync._exceptions import ClientClosedError
 
-    poller, transport = _poller(srv, PollFeatures(batched=True))
-    futs = [_track(poller, sim, f"z{i}") for i in range(5)]
-    assert wait_for(lambda: sim.batch_inflight == 1)
-    poller.close(cancel_pending=True, join_timeout_s=5.0)
-    transport.close()
+    with _polling(srv, PollFeatures(batched=True)) as poller:
+        futs = [_track(poller, sim, f"z{i}") for i in range(5)]
+        assert wait_for(lambda: sim.batch_inflight == 1)
     for f in futs:
         with pytest.raises(ClientClosedError):
             f.result(timeout=T)
