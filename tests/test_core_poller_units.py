@@ -292,3 +292,22 @@ def test_missing_zstandard_sends_uncompressed_and_names_the_extra(monkeypatch: p
     assert _compress.explain_refusal(other, headers_sent={}, server_asks=True) is other
     assert _compress.explain_refusal(refused, headers_sent={"Content-Encoding": "zstd"}, server_asks=True) is refused
     assert _compress.explain_refusal(refused, headers_sent={}, server_asks=False) is refused
+
+
+def test_exchange_credential_sources() -> None:
+    import sys
+
+    from tinker_sync._auth import exchange_credential
+    from tinker_sync._config import InvalidConfigError
+    from tinker_sync._exceptions import TinkerError
+
+    assert exchange_credential("tml-k", "api_key", {})() == "tml-k"
+    jwt = make_jwt({"sub": "u"})
+    assert exchange_credential(jwt, "credential_cmd", {})() == jwt  # a JWT key is used as is
+    with pytest.raises(InvalidConfigError, match="TINKER_CREDENTIAL_CMD"):
+        exchange_credential("tml-k", "credential_cmd", {})
+    cmd = f"{sys.executable} -c \"print('  dyn-credential-1  ')\""
+    assert exchange_credential("tml-k", "credential_cmd", {"TINKER_CREDENTIAL_CMD": cmd})() == "dyn-credential-1"
+    silent = exchange_credential("tml-k", "credential_cmd", {"TINKER_CREDENTIAL_CMD": f"{sys.executable} -c pass"})
+    with pytest.raises(TinkerError, match="printed no credential"):
+        silent()

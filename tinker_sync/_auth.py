@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,7 +21,8 @@ from typing import Any, Literal, Protocol
 
 import attrs
 
-from ._exceptions import APIResponseValidationError, AuthenticationError
+from ._config import InvalidConfigError
+from ._exceptions import APIResponseValidationError, AuthenticationError, TinkerError
 
 __all__ = [
     "AUTH_TOKEN_PATH",
@@ -27,6 +30,7 @@ __all__ = [
     "JwtCredentials",
     "StaticKey",
     "TokenTimes",
+    "exchange_credential",
     "is_invalid_token",
     "jwt_claims",
     "plan_refresh",
@@ -40,6 +44,7 @@ AUTH_TOKEN_PATH = "/api/v1/auth/token"
 _REFRESH_ON_DEMAND_S = 60.0  # a token this close to expiry is replaced before use
 _RETRY_DELAY_S = 60.0  # after a failed refresh (or an unreadable lifetime), try again this much later
 _JITTER = (0.45, 0.55)  # refresh at 50% of the lifetime +-10%
+_CREDENTIAL_CMD_TIMEOUT_S = 60.0
 
 
 class Credentials(Protocol):
@@ -139,6 +144,42 @@ def is_invalid_token(status: int, headers: Mapping[str, str]) -> bool:
         return False
     value = next((v for k, v in headers.items() if k.lower() == "www-authenticate"), "")
     return 'error="invalid_token"' in value
+
+
+def exchange_credential(
+    api_key: str, source: str, env: Mapping[str, str] | None = None
+) -> Callable[[], str]:
+    """What the JWT exchange authenticates with, per the client config's ``credential_default_source``.
+
+    ``"credential_cmd"``: the output of ``TINKER_CREDENTIAL_CMD`` (a shell command run for each exchange),
+    unless the key is itself a JWT (used as is, like the official SDK); anything else: the API key.
+
+    Raises:
+        InvalidConfigError: the server requires a credential command and TINKER_CREDENTIAL_CMD is unset.
+    """
+    if source != "credential_cmd" or api_key.startswith("eyJ"):
+        return lambda: api_key
+    cmd = (os.environ if env is None else env).get("TINKER_CREDENTIAL_CMD", "")
+    if not cmd:
+        raise InvalidConfigError(
+            "the server requires dynamic credentials (credential_default_source='credential_cmd'): set "
+            "TINKER_CREDENTIAL_CMD to a command that prints a valid credential"
+        )
+
+    def run() -> str:
+        try:
+            # the user's own command, run by their shell as the official SDK does
+            done = subprocess.run(
+                cmd, shell=True, capture_output=True, text=True, timeout=_CREDENTIAL_CMD_TIMEOUT_S, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise TinkerError(f"TINKER_CREDENTIAL_CMD could not run: {type(exc).__name__}") from None
+        credential = done.stdout.strip()
+        if done.returncode != 0 or not credential:
+            raise TinkerError(f"TINKER_CREDENTIAL_CMD exited with status {done.returncode} and printed no credential")
+        return credential
+
+    return run
 
 
 def token_exchange(request: Callable[..., Any], credential: Callable[[], str]) -> Callable[[], str]:
