@@ -274,6 +274,14 @@ class SessionSim:
                 self.log.append(event)
             self.cond.notify_all()
 
+    def restart(self) -> None:
+        """Forget everything, as a server restarted without persisting its sampling work."""
+        with self.cond:
+            self.pending.clear()
+            self.log.clear()
+            self.done.clear()
+            self.cond.notify_all()
+
     def retrieve_futures(self, rec: RecordedRequest) -> Reply:
         if not self.batch:
             return Reply(404, {"detail": "Not Found"})

@@ -113,6 +113,20 @@ def test_server_without_retrieve_futures_falls_back_to_per_future_polls() -> Non
         assert len(srv.requests_to(RFS)) == 1
 
 
+def test_a_restarted_server_fails_waiting_samples_instead_of_hanging(sim: SessionSim, srv: ScriptedServer) -> None:
+    from tinker_sync._exceptions import NotFoundError
+
+    with _polling(srv, PollFeatures(batched=True)) as poller:
+        first, lost = _track(poller, sim, "a0"), _track(poller, sim, "a1")
+        assert wait_for(lambda: sim.batch_inflight == 1)
+        sim.complete(["a0"])
+        assert first.result(timeout=T) == {"rid": "a0"}
+        assert wait_for(lambda: sim.batch_inflight == 1)
+        sim.restart()  # the completion log starts over: a1 will never be reported
+        with pytest.raises(NotFoundError, match="a1"):
+            lost.result(timeout=T)
+
+
 def test_without_the_flag_samples_are_polled_one_by_one(sim: SessionSim, srv: ScriptedServer) -> None:
     with _polling(srv, PollFeatures(batched=False)) as poller:
         fut = _track(poller, sim, "p0")

@@ -66,6 +66,11 @@ def test_decide_batch_completions_move_the_cursor() -> None:
     assert isinstance(empty, Completed) and empty.completions == () and empty.state.cursor == 9
 
 
+def test_decide_batch_cursor_going_back_ends_batching() -> None:
+    d = _b(200, {"completions": [], "cursor": 2}, BatchState(cursor=7))
+    assert isinstance(d, BatchGiveUp) and "from 7 to 2" in str(d.exc) and not d.unsupported
+
+
 def test_decide_batch_malformed_answers_retry_three_times() -> None:
     s = BatchState()
     for body in (b"not json", {"completions": "x", "cursor": 1}, {"completions": [], "cursor": True}):

@@ -192,7 +192,8 @@ def decide_batch(
     """Decide what one retrieve_futures response means (pure; no I/O).
 
     200 with completions moves the cursor; 408/5xx poll again (5xx after a short capped backoff);
-    429 backs off min(2**n, 30) s; a bare 400 or a malformed answer is retried 3 times, 1 s apart;
+    429 backs off min(2**n, 30) s; a bare 400 or a malformed answer is retried 3 times, 1 s apart; a
+    cursor that goes back (the server lost its completion log) ends batching for the target;
     402 pauses like a per-future poll; 404/405/501 mean the server has no retrieve_futures, every
     other status ends batching for the target (per-future polling then reports the real error).
     """
@@ -200,19 +201,7 @@ def decide_batch(
         state = attrs.evolve(state, billing_since=None, billing_last=None)
     fresh = attrs.evolve(state, backoffs=0)
     if status == 200:
-        try:
-            parsed = _parse_completions(json.loads(content) if content else None)
-        except ValueError:
-            parsed = None
-        if parsed is not None:
-            completions, cursor = parsed
-            return Completed(completions, attrs.evolve(fresh, cursor=cursor, bad_answers=0, server_errors=0))
-        err = APIResponseValidationError(
-            "retrieve_futures answered without a {'completions': [...], 'cursor': int} body",
-            body=content[:1000],
-            expected_type="FuturesRetrieveResponse",
-        )
-        return _bad_answer(err, fresh)
+        return _decide_batch_ok(content, state, fresh)
     if status == 408:
         return BatchRetry(0.0, attrs.evolve(fresh, server_errors=0))
     if status >= 500 and status not in _UNSUPPORTED:
@@ -234,6 +223,34 @@ def decide_batch(
     if status == 400:
         return _bad_answer(exc, fresh)
     return BatchGiveUp(exc, fresh, unsupported=status in _UNSUPPORTED)
+
+
+def _decide_batch_ok(content: bytes, state: BatchState, fresh: BatchState) -> BatchDecision:
+    """A 200 answer: completions, a lost log (the cursor went back) or a malformed body."""
+    try:
+        parsed = _parse_completions(json.loads(content) if content else None)
+    except ValueError:
+        parsed = None
+    if parsed is not None and parsed[1] < state.cursor:
+        # The completion log starts over (a restarted server lost it): completions we wait for may
+        # never be reported, so every waiting call asks for its own result (found, or a 404).
+        return BatchGiveUp(
+            APIResponseValidationError(
+                f"retrieve_futures cursor went back from {state.cursor} to {parsed[1]} (the server lost the log)",
+                body=content[:1000],
+                expected_type="FuturesRetrieveResponse",
+            ),
+            fresh,
+        )
+    if parsed is not None:
+        completions, cursor = parsed
+        return Completed(completions, attrs.evolve(fresh, cursor=cursor, bad_answers=0, server_errors=0))
+    err = APIResponseValidationError(
+        "retrieve_futures answered without a {'completions': [...], 'cursor': int} body",
+        body=content[:1000],
+        expected_type="FuturesRetrieveResponse",
+    )
+    return _bad_answer(err, fresh)
 
 
 def _bad_answer(exc: BaseException, state: BatchState) -> BatchDecision:
