@@ -127,6 +127,24 @@ def test_a_restarted_server_fails_waiting_samples_instead_of_hanging(sim: Sessio
             lost.result(timeout=T)
 
 
+def test_a_restart_before_any_completion_is_found_by_the_probe(
+    sim: SessionSim, srv: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tinker_sync import _batch_poller
+    from tinker_sync._exceptions import NotFoundError
+
+    monkeypatch.setattr(_batch_poller, "_PROBE_EVERY_S", 0.2)  # a minute in production
+    with _polling(srv, PollFeatures(batched=True)) as poller:
+        futs = [_track(poller, sim, f"b{i}") for i in range(3)]
+        assert wait_for(lambda: sim.batch_inflight == 1)
+        sim.restart()  # nothing was ever reported: the cursor stays 0, only the probe can tell
+        for i, fut in enumerate(futs):
+            with pytest.raises(NotFoundError, match=f"b{i}"):
+                fut.result(timeout=T)
+        probes = [r for r in srv.requests_to(RF) if r.json().get("allow_metadata_only") is True]
+        assert probes and probes[0].json()["request_id"] == "b0"
+
+
 def test_without_the_flag_samples_are_polled_one_by_one(sim: SessionSim, srv: ScriptedServer) -> None:
     with _polling(srv, PollFeatures(batched=False)) as poller:
         fut = _track(poller, sim, "p0")

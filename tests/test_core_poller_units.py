@@ -316,3 +316,13 @@ def test_exchange_credential_sources() -> None:
     silent = exchange_credential("tml-k", "credential_cmd", {"TINKER_CREDENTIAL_CMD": f"{sys.executable} -c pass"})
     with pytest.raises(TinkerError, match="printed no credential"):
         silent()
+
+
+def test_decide_probe_table() -> None:
+    from tinker_sync._batch_poller import decide_probe
+
+    assert decide_probe(None, b"") == "pending"  # held past the short timeout
+    assert decide_probe(200, b'{"type": "try_again", "request_id": "r"}') == "pending"
+    assert decide_probe(503, b"") == "pending" and decide_probe(429, b"") == "pending"
+    assert decide_probe(404, b'{"detail": "gone"}') == "lost" and decide_probe(410, b"") == "lost"
+    assert decide_probe(200, b'{"status": "complete_metadata", "response_payload_size": 3}') == "reported-late"

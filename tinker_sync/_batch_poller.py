@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -38,6 +38,7 @@ __all__ = [
     "SessionTarget",
     "decide_batch",
     "decide_batch_connection_error",
+    "decide_probe",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ _EARLY_KEEP_S = 300.0  # a completion seen before its call registered is kept th
 # With nothing to wait for, acknowledgements (cursor, fetched ids) are gathered this long before an
 # ack-only poll, so fetches finishing one by one do not each cost a request.
 _ACK_LINGER_S = 1.0
+# Every minute with calls waiting, the oldest is checked with its own short retrieve_future: a server
+# that lost it (restarted before reporting anything) answers 404, and batching stops for the session.
+_PROBE_EVERY_S = 60.0
+_PROBE_TIMEOUT_S = 2.0
+RETRIEVE_PATH = "/api/v1/retrieve_future"
 # Statuses that say this server has no (usable) retrieve_futures: fall back to per-future polling.
 _UNSUPPORTED = frozenset({404, 405, 501})
 
@@ -265,6 +271,24 @@ def decide_batch_connection_error(state: BatchState) -> BatchDecision:
     return BatchRetry(min(2.0 ** min(n, 16), _BACKOFF_MAX_S), attrs.evolve(state, backoffs=n + 1))
 
 
+def decide_probe(status: int | None, content: bytes) -> Literal["pending", "lost", "reported-late"]:
+    """What a short retrieve_future check of the oldest waiting call says (pure).
+
+    ``status`` None: no answer within the short timeout (still running). 404/410: the server lost the
+    request. A 200 that is not ``try_again``: it finished and the batched poll will report it.
+    """
+    if status in (404, 410):
+        return "lost"
+    if status == 200:
+        try:
+            body = json.loads(content) if content else None
+        except ValueError:
+            body = None
+        if not (isinstance(body, dict) and body.get("type") == "try_again"):
+            return "reported-late"
+    return "pending"
+
+
 class SessionPoller:
     """Long-polls ``retrieve_futures`` for one SessionTarget on a daemon thread ``tinker-sync-poller-batch-N``.
 
@@ -307,6 +331,7 @@ class SessionPoller:
         self._state = BatchState()
         self._acked_cursor = 0
         self._thread: threading.Thread | None = None
+        self._last_probe = clock()
         self.disabled: BaseException | None = None
         self.polls = 0  # retrieve_futures requests sent (for tests and the benchmark)
 
@@ -320,6 +345,8 @@ class SessionPoller:
                 return False
             early = self._early.pop(request_id, None)
             if early is None:
+                if not self._waiting:
+                    self._last_probe = self._clock()
                 self._waiting[request_id] = key
                 self._ensure_thread()
                 self._cond.notify_all()
@@ -403,10 +430,37 @@ class SessionPoller:
             if nxt is None:
                 return
             body, retrieved, ack_only = nxt
+            if not ack_only and self._probe_lost():
+                continue  # batching ended: the next turn exits
             decision = self._poll(body, ack_only)
             delay = self._apply(decision, body["prev_cursor"], retrieved)
             if delay > 0 and self._stop.wait(delay):
                 return
+
+    def _probe_lost(self) -> bool:
+        """Once a minute, check the oldest waiting call on its own; True if the server lost it."""
+        with self._cond:
+            if not self._waiting or self._clock() - self._last_probe < _PROBE_EVERY_S:
+                return False
+            self._last_probe = self._clock()
+            request_id = next(iter(self._waiting))
+        status: int | None = None
+        content = b""
+        try:
+            resp = self._transport.send(
+                "POST", RETRIEVE_PATH, body=json.dumps({"request_id": request_id, "allow_metadata_only": True}).encode(),
+                content_type="application/json", timeout_s=_PROBE_TIMEOUT_S,
+                headers={"X-Tinker-Request-Type": "Sample", "X-Stainless-Read-Timeout": f"{_PROBE_TIMEOUT_S:g}",
+                         "X-Idempotency-Key": f"tinker-sync-{uuid.uuid4().hex}"},
+            )
+            status, content = resp.status, resp.content
+        except APIConnectionError:
+            pass  # held past the short timeout: still running
+        if decide_probe(status, content) != "lost":
+            return False
+        exc = from_response(404, f"the server no longer knows request {request_id}", method="POST", path=RETRIEVE_PATH)
+        self._apply(BatchGiveUp(exc, self._state), self._state.cursor, [])
+        return True
 
     def _poll(self, body: dict[str, Any], ack_only: bool) -> BatchDecision:
         headers = {
