@@ -107,3 +107,19 @@ def test_polls_use_the_jwt_too(served: tuple[ScriptedServer, TokenMinter, Runtim
     released.set()
     assert fut.result(timeout=T) == {"done": True}
     assert {r.header("X-API-Key") for r in srv.requests_to("/api/v1/retrieve_future")} == {minter.minted[0]}
+
+
+def test_the_jwt_never_appears_in_an_error(served: tuple[ScriptedServer, TokenMinter, Runtime, JwtCredentials]) -> None:
+    from tests.scripted_server import RecordedRequest
+    from tinker_sync._exceptions import BadRequestError
+
+    srv, minter, rt, _ = served
+
+    def echo(rec: RecordedRequest) -> Reply:  # a proxy that echoes the request headers back
+        return Reply(400, {"detail": f"bad request, headers were {rec.headers}"})
+
+    minter.protect(srv, "/api/v1/echo", echo)
+    with pytest.raises(BadRequestError) as info:
+        rt.request("POST", "/api/v1/echo", body={})
+    token = minter.minted[0]
+    assert token not in str(info.value) and token not in repr(info.value.body)

@@ -22,7 +22,13 @@ from typing import Any, Literal, Protocol
 import attrs
 
 from ._config import InvalidConfigError
-from ._exceptions import APIResponseValidationError, AuthenticationError, TinkerError
+from ._exceptions import (
+    APIResponseValidationError,
+    AuthenticationError,
+    TinkerError,
+    register_secret,
+    unregister_secret,
+)
 
 __all__ = [
     "AUTH_TOKEN_PATH",
@@ -232,6 +238,7 @@ class JwtCredentials:
         self._lock = threading.Lock()  # guards the cached token and its times
         self._fetch_lock = threading.Lock()  # one exchange at a time
         self._token: str | None = None
+        self._previous: str | None = None  # still redacted: requests sent with it may still fail
         self._times: TokenTimes | None = None
         self.exchanges = 0  # successful exchanges (tests)
 
@@ -292,9 +299,12 @@ class JwtCredentials:
             times = plan_refresh(jwt_claims(token), received, self._jitter())
         except ValueError:
             times = plan_refresh({}, received, 0.5)
+        register_secret(token)  # never shown in an error, like the API key
         with self._lock:
+            retired, self._previous = self._previous, self._token
             self._token, self._times = token, times
             self.exchanges += 1
+        unregister_secret(retired)
         logger.debug("got a JWT; refresh in %.0f s", times.refresh_at - received)
         return token
 

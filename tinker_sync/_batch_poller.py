@@ -13,13 +13,13 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from ._exceptions import APIConnectionError, APIResponseValidationError, from_response
+from ._decide import new_idempotency_key
+from ._exceptions import APIConnectionError, APIResponseValidationError, from_response, parse_error_body
 from ._executor import mark_internal_thread
 
 if TYPE_CHECKING:
@@ -220,12 +220,7 @@ def decide_batch(
         since = state.billing_since if state.billing_since is not None else now
         if now - since < billing_max_pause_s:
             return BatchRetry(billing_pause_s, attrs.evolve(fresh, billing_since=since, billing_last=now))
-    body: Any
-    try:
-        body = json.loads(content) if content else None
-    except ValueError:
-        body = content.decode("utf-8", "replace")
-    exc = from_response(status, body, method="POST", path=RETRIEVE_FUTURES_PATH, headers=headers)
+    exc = from_response(status, parse_error_body(content), method="POST", path=RETRIEVE_FUTURES_PATH, headers=headers)
     if status == 400:
         return _bad_answer(exc, fresh)
     return BatchGiveUp(exc, fresh, unsupported=status in _UNSUPPORTED)
@@ -451,7 +446,7 @@ class SessionPoller:
                 "POST", RETRIEVE_PATH, body=json.dumps({"request_id": request_id, "allow_metadata_only": True}).encode(),
                 content_type="application/json", timeout_s=_PROBE_TIMEOUT_S,
                 headers={"X-Tinker-Request-Type": "Sample", "X-Stainless-Read-Timeout": f"{_PROBE_TIMEOUT_S:g}",
-                         "X-Idempotency-Key": f"tinker-sync-{uuid.uuid4().hex}"},
+                         "X-Idempotency-Key": new_idempotency_key()},
             )
             status, content = resp.status, resp.content
         except APIConnectionError:
@@ -464,7 +459,7 @@ class SessionPoller:
 
     def _poll(self, body: dict[str, Any], ack_only: bool) -> BatchDecision:
         headers = {
-            "X-Idempotency-Key": f"tinker-sync-{uuid.uuid4().hex}",
+            "X-Idempotency-Key": new_idempotency_key(),
             "X-Stainless-Read-Timeout": f"{_ACK_TIMEOUT_S if ack_only else self._poll_timeout_s:g}",
         }
         self.polls += 1
@@ -565,7 +560,7 @@ class CancelSender:
             try:
                 resp = self._transport.send(
                     "POST", CANCEL_FUTURE_PATH, body=body, content_type="application/json",
-                    headers={"X-Idempotency-Key": f"tinker-sync-{uuid.uuid4().hex}"}, timeout_s=_CANCEL_TIMEOUT_S,
+                    headers={"X-Idempotency-Key": new_idempotency_key()}, timeout_s=_CANCEL_TIMEOUT_S,
                 )
             except APIConnectionError as exc:
                 last = exc
