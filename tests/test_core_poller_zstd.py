@@ -78,3 +78,29 @@ def test_without_zstandard_a_server_that_requires_it_gets_a_named_refusal(
     srv.default(FB, _receiver(require_zstd=True))
     with pytest.raises(_compress.CompressionUnavailableError, match=r"pip install 'tinker_sync\[zstd\]'"):
         _send(rt, server_asks=True)
+
+
+def _submit(rt: Runtime, server_asks: bool) -> object:
+    data, headers = _compress.encode_fwdbwd(BODY, server_asks=server_asks)
+    fut = rt.submit_polled(
+        FB, None, None, request_type="ForwardBackward", body=data, content_type="application/x-protobuf",
+        headers=headers,
+    )
+    return _compress.explain_refusals(fut, headers_sent=headers, server_asks=server_asks).result(timeout=10)
+
+
+def test_submit_polled_sends_the_encoding_header(runtime: tuple[ScriptedServer, Runtime]) -> None:
+    pytest.importorskip("zstandard")
+    srv, rt = runtime
+    srv.default(FB, _receiver(require_zstd=True))
+    srv.default("/api/v1/retrieve_future", Reply(200, {"loss": 1.0}))
+    assert _submit(rt, server_asks=True) == {"loss": 1.0}
+    assert srv.requests_to(FB)[0].header("Content-Encoding") == "zstd"
+
+
+def test_submit_polled_refusal_names_the_extra(runtime: tuple[ScriptedServer, Runtime], monkeypatch: pytest.MonkeyPatch) -> None:
+    srv, rt = runtime
+    monkeypatch.setattr(_compress, "_zstd", lambda: None)
+    srv.default(FB, _receiver(require_zstd=True))
+    with pytest.raises(_compress.CompressionUnavailableError, match="zstandard"):
+        _submit(rt, server_asks=True)

@@ -1,8 +1,9 @@
 """zstd-compressed forward_backward bodies (server flag ``proto_compress_fwdbwd``), via the optional ``zstandard``.
 
-The submit path calls ``encode_fwdbwd()`` on the serialized body and sends the headers it returns; when
-the body went uncompressed (the module is missing) and the server refuses it, ``explain_refusal()``
-turns the HTTP error into one that names the extra to install.
+The submit path calls ``encode_fwdbwd()`` on the serialized body and sends the headers it returns
+(``Runtime.submit_polled(headers=...)``); when the body went uncompressed (the module is missing) and the
+server refuses it, ``explain_refusal()`` (or ``explain_refusals()`` on the call's Future) turns the HTTP
+error into one that names the extra to install.
 """
 
 from __future__ import annotations
@@ -10,20 +11,26 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from typing import Any, Literal
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any, Literal, TypeVar
 
 from ._exceptions import APIStatusError, TinkerError
+from ._executor import set_exception, set_result
 
 __all__ = [
     "ZSTD_INSTALL_HINT",
     "CompressionUnavailableError",
     "encode_fwdbwd",
     "explain_refusal",
+    "explain_refusals",
     "fwdbwd_encoding",
     "zstd_available",
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ZSTD_INSTALL_HINT = "pip install 'tinker_sync[zstd]'"
 _HINTS = ("zstd", "compress", "content-encoding")  # a 400 that names one of these refused the encoding
@@ -74,7 +81,7 @@ def encode_fwdbwd(body: bytes, *, server_asks: bool) -> tuple[bytes, dict[str, s
     return compressor.compress(body), {"Content-Encoding": "zstd"}
 
 
-def explain_refusal(exc: BaseException, *, headers_sent: dict[str, str], server_asks: bool) -> BaseException:
+def explain_refusal(exc: BaseException, *, headers_sent: Mapping[str, str], server_asks: bool) -> BaseException:
     """The error to report for a failed forward_backward POST.
 
     If the body went uncompressed although the server asked for zstd and the server refused it, this
@@ -93,3 +100,25 @@ def explain_refusal(exc: BaseException, *, headers_sent: dict[str, str], server_
         err.__cause__ = exc
         return err
     return exc
+
+
+def explain_refusals(fut: Future[T], *, headers_sent: Mapping[str, str], server_asks: bool) -> Future[T]:
+    """``fut``, or (when the body went uncompressed although the server asked) a Future whose error is
+    passed through ``explain_refusal``. Cancelling the returned Future cancels ``fut``."""
+    if not server_asks or "Content-Encoding" in headers_sent:
+        return fut
+    out: Future[T] = Future()
+
+    def done(f: Future[T]) -> None:
+        if f.cancelled():
+            out.cancel()
+            return
+        exc = f.exception()
+        if exc is None:
+            set_result(out, f.result())
+        else:
+            set_exception(out, explain_refusal(exc, headers_sent=headers_sent, server_asks=server_asks))
+
+    out.add_done_callback(lambda o: fut.cancel() if o.cancelled() else None)
+    fut.add_done_callback(done)
+    return out
