@@ -123,3 +123,11 @@ def test_the_jwt_never_appears_in_an_error(served: tuple[ScriptedServer, TokenMi
         rt.request("POST", "/api/v1/echo", body={})
     token = minter.minted[0]
     assert token not in str(info.value) and token not in repr(info.value.body)
+
+
+def test_identity_token_for_whoami(served: tuple[ScriptedServer, TokenMinter, Runtime, JwtCredentials]) -> None:
+    from tinker_sync._auth import StaticKey, identity_token
+
+    _, minter, rt, creds = served
+    assert identity_token(rt.transport.credentials, KEY) == creds.token() == minter.minted[0]
+    assert identity_token(StaticKey(KEY), KEY) == KEY

@@ -326,3 +326,13 @@ def test_decide_probe_table() -> None:
     assert decide_probe(503, b"") == "pending" and decide_probe(429, b"") == "pending"
     assert decide_probe(404, b'{"detail": "gone"}') == "lost" and decide_probe(410, b"") == "lost"
     assert decide_probe(200, b'{"status": "complete_metadata", "response_payload_size": 3}') == "reported-late"
+
+
+def test_poll_features_from_the_wire_types() -> None:
+    from tinker_sync import _serde, types
+
+    cfg = _serde.loads(b'{"sample_use_retrieve_futures": true, "pjwt_auth_enabled": false}', types.ClientConfigResponse)
+    dyn = _serde.loads(b'{"sample_cancel_enabled": true, "sample_cancel_max_batch_size": 16}',
+                       types.ClientDynamicConfigResponse)
+    assert PollFeatures.from_config(cfg, dyn) == PollFeatures(batched=True, cancel=True, cancel_batch=16)
+    assert PollFeatures.from_config(types.ClientConfigResponse(), None) == PollFeatures()

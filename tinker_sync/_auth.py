@@ -37,6 +37,7 @@ __all__ = [
     "StaticKey",
     "TokenTimes",
     "exchange_credential",
+    "identity_token",
     "is_invalid_token",
     "jwt_claims",
     "plan_refresh",
@@ -150,6 +151,11 @@ def is_invalid_token(status: int, headers: Mapping[str, str]) -> bool:
         return False
     value = next((v for k, v in headers.items() if k.lower() == "www-authenticate"), "")
     return 'error="invalid_token"' in value
+
+
+def identity_token(credentials: Credentials, api_key: str) -> str:
+    """The token whose claims ``whoami`` reports: the exchanged JWT when JWT auth is on, else the key itself."""
+    return credentials.token() if isinstance(credentials, JwtCredentials) else api_key
 
 
 def exchange_credential(
