@@ -59,7 +59,7 @@ class TrainOutcome:
     fingerprint: list[float] = attrs.field(factory=list)  # forward logprobs of PROBE after the last step
     error: str | None = None  # the first failure
     failed: int = 0  # futures that raised
-    unresolved: int = 0  # futures still pending at the deadline
+    unresolved: int = 0  # futures still pending when their wait ran out
 
     @property
     def hung(self) -> bool:
@@ -67,12 +67,13 @@ class TrainOutcome:
         return self.unresolved > 0
 
 
-def _result(fut: Future[Any], what: str, deadline: float, outcome: TrainOutcome) -> Any:
+def _result(fut: Future[Any], what: str, timeout_s: float, outcome: TrainOutcome) -> Any:
     try:
-        return fut.result(timeout=max(0.0, deadline - time.monotonic()))
+        # once one wait ran out, the rest are only checked: the run is already reported as hung
+        return fut.result(timeout=0.0 if outcome.unresolved else timeout_s)
     except concurrent.futures.TimeoutError:
         outcome.unresolved += 1
-        outcome.error = outcome.error or f"{what}: no result before the deadline (hang)"
+        outcome.error = outcome.error or f"{what}: no result within {timeout_s:.0f} s (hang)"
     except Exception as exc:  # noqa: BLE001 - reported, not handled
         outcome.failed += 1
         outcome.error = outcome.error or f"{what}: {type(exc).__name__}: {str(exc)[:300]}"
@@ -85,16 +86,16 @@ def train(client: TrainingClient, steps: int, *, seed: int, window: int, timeout
 
     ``on_submitted(step, unresolved futures)`` runs after each pair is submitted. After a failure nothing
     more is submitted, and what is pending is still awaited, so the outcome says how many later futures
-    failed or hung. Every wait is bounded by ``timeout_s`` from the start of the run.
+    failed or hung. Each wait for a result is bounded by ``timeout_s``; after one ran out, the remaining
+    futures are not waited for.
     """
     outcome = TrainOutcome()
-    deadline = time.monotonic() + timeout_s
     pending: deque[tuple[int, Future[Any], Future[Any]]] = deque()
 
     def collect_oldest() -> None:
         step, fb, opt = pending.popleft()
-        out = _result(fb, f"forward_backward of step {step}", deadline, outcome)
-        done = _result(opt, f"optim_step of step {step}", deadline, outcome)
+        out = _result(fb, f"forward_backward of step {step}", timeout_s, outcome)
+        done = _result(opt, f"optim_step of step {step}", timeout_s, outcome)
         if out is not None and done is not None and outcome.error is None:
             outcome.losses.append(float(out.metrics["loss:sum"]))
 
@@ -110,7 +111,7 @@ def train(client: TrainingClient, steps: int, *, seed: int, window: int, timeout
     while pending:
         collect_oldest()
     if outcome.error is None:
-        fwd = _result(client.forward(PROBE, "cross_entropy"), "forward of the probe", deadline, outcome)
+        fwd = _result(client.forward(PROBE, "cross_entropy"), "forward of the probe", timeout_s, outcome)
         if fwd is not None:
             outcome.fingerprint = [float(x) for out in fwd.loss_fn_outputs for x in out["logprobs"].data]
     return outcome

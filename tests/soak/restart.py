@@ -55,6 +55,7 @@ class _Killer:
         if step not in self.kill_after:
             return
         self.kill_after.discard(step)
+        time.sleep(self.rng.uniform(0.0, 0.02))  # a random point inside the server's work on the queue
         in_flight = sum(1 for f in unresolved if not f.done())
         if in_flight < 2 * _MIN_IN_FLIGHT:  # not enough in flight yet: try after the next pair
             self.kill_after.add(step + 1)
