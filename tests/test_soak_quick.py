@@ -58,17 +58,12 @@ def _restart(**kwargs: Any) -> dict[str, Any]:
     return restart.run(restart.RestartOptions(steps=30, window=10, hang_timeout_s=8.0, timeout_s=120.0, **kwargs))
 
 
-def test_restart_mode_kills_with_eight_pairs_in_flight_and_never_hangs_itself() -> None:
-    figures = _restart(kills=1, runs=1)
-    assert figures["SIGKILLs"] == 1
-    assert all(n >= 8 for run in figures["pairs in flight at each kill"] for n in run)
-    assert float(figures["time (s)"]) < 120.0 + 60.0  # bounded: a hang is reported, not waited out
-
-
-def test_restart_training_continues_exactly_once() -> None:
+def test_restart_mode_sigkills_with_eight_pairs_in_flight_and_training_continues_exactly_once() -> None:
     figures = _restart(kills=3, runs=2)
+    assert figures["SIGKILLs"] == 6
+    assert all(n >= 8 for run in figures["pairs in flight at each kill"] for n in run)
     assert figures["problems"] == [], figures
-    assert figures["SIGKILLs"] == 6 and figures["runs completed exactly once"] == "2 of 2"
+    assert figures["runs completed exactly once"] == "2 of 2"
 
 
 @pytest.fixture(scope="module")

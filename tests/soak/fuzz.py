@@ -193,12 +193,13 @@ def record_templates(server: ServerProcess) -> tuple[list[ProxiedRequest], list[
                          lambda: rest.list_checkpoints(run_id), lambda: rest.list_user_checkpoints(),
                          lambda: rest.list_sessions(), lambda: rest.get_session(client.session_id),
                          lambda: rest.assign_session_project(client.session_id, "fuzz"),
-                         lambda: rest.get_audit_log(), lambda: rest.get_billing_usage(), lambda: rest.whoami()):
+                         lambda: rest.get_audit_log(), lambda: rest.get_billing_usage("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
+                         lambda: rest.whoami()):
                 _quietly(call)
             if state is not None:
-                for call in (rest.publish_checkpoint_from_tinker_path, rest.unpublish_checkpoint_from_tinker_path,
-                             rest.get_checkpoint_archive_url_from_tinker_path, rest.get_weights_info_by_tinker_path):
-                    _quietly(call, state.path)
+                for by_path in (rest.publish_checkpoint_from_tinker_path, rest.unpublish_checkpoint_from_tinker_path,
+                                rest.get_checkpoint_archive_url_from_tinker_path, rest.get_weights_info_by_tinker_path):
+                    _quietly(by_path, state.path)
                 _quietly(rest.set_checkpoint_ttl_from_tinker_path, state.path, 3600)
                 _quietly(rest.delete_checkpoint_from_tinker_path, state.path.replace("fuzz-a", "fuzz-b"))
             if sampler_path:
@@ -337,10 +338,10 @@ def _body_cases(name: str, tpl: ProxiedRequest, rng: random.Random, big: bool) -
             yield Case(name, f"protobuf garbage #{i}", m, p, rng.randbytes(rng.randint(1, 256)), proto)
         if tpl.body and _PROTO in dict(tpl.headers).get("Content-Type", ""):
             for i in range(10):
-                body = bytearray(tpl.body)
+                flipped = bytearray(tpl.body)
                 for _ in range(rng.randint(1, 4)):
-                    body[rng.randrange(len(body))] = rng.randrange(256)
-                yield Case(name, f"protobuf with flipped bytes #{i}", m, p, bytes(body), proto)
+                    flipped[rng.randrange(len(flipped))] = rng.randrange(256)
+                yield Case(name, f"protobuf with flipped bytes #{i}", m, p, bytes(flipped), proto)
             for cut in (1, len(tpl.body) // 2, len(tpl.body) - 1):
                 yield Case(name, f"protobuf truncated to {cut} bytes", m, p, tpl.body[:cut], proto)
             yield Case(name, "protobuf with a huge length prefix", m, p, b"\x0a\xff\xff\xff\xff\x0f" + tpl.body, proto)

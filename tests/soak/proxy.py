@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import BinaryIO
 
 import attrs
 
@@ -81,9 +82,8 @@ class _Closed(Exception):
     """The client closed its connection (or sent something that is not HTTP)."""
 
 
-def _read_request(rfile: socket.SocketIO | object) -> ProxiedRequest:
-    readline: Callable[[int], bytes] = rfile.readline  # type: ignore[attr-defined]
-    read: Callable[[int], bytes] = rfile.read  # type: ignore[attr-defined]
+def _read_request(rfile: BinaryIO) -> ProxiedRequest:
+    readline, read = rfile.readline, rfile.read
     line = readline(_MAX_HEAD_BYTES)
     if not line or not line.strip():
         raise _Closed
