@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 # Before numpy loads (the in-process server of the faults mode): single-threaded BLAS keeps every run
 # bit-reproducible and leaves the shared cores to the server.
@@ -20,7 +21,7 @@ Every mode is bounded in count and time, prints its figures at the end and exits
 modes:
   faults   N samples from a thread fan-out plus M pipelined forward_backward+optim_step pairs through a
            faulting proxy (dropped connections, answers lost after the server applied the request,
-           429/503/500 with Retry-After, delays; >= 20%% of requests). Checks every sample resolved once
+           429/503/500 with Retry-After, delays; >= 20% of requests). Checks every sample resolved once
            and matches the fault-free answer, and the losses and final weights are bit-identical to a
            fault-free run with the same seed.
   restart  SIGKILLs `python -m tinker_sync.local` at random points while >= 8 training pairs are in flight,
@@ -31,7 +32,8 @@ modes:
            Requires zero 500s and a server that stays alive; lists every 500 with its input.
   all      the three in turn.
 
---quick shrinks every mode to a few seconds (what tests/test_soak_quick.py runs).
+--quick shrinks every mode to seconds (tests/test_soak_quick.py runs similar sizes).
+Run from the repository root: python -m tests.soak all --quick
 """
 
 
@@ -57,29 +59,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _size(value: Any, quick: bool, quick_default: Any, default: Any) -> Any:
+    """An option's value: given on the command line, else the quick or the full default."""
+    if value is not None:
+        return value
+    return quick_default if quick else default
+
+
+def _faults(args: argparse.Namespace) -> int:
+    from tests.soak import faults
+
+    return faults.main(faults.FaultsOptions(
+        samples=_size(args.samples, args.quick, 200, 10_000), steps=_size(args.steps, args.quick, 20, 200),
+        threads=args.threads, check_samples=_size(None, args.quick, 50, 500), fault_rate=args.fault_rate,
+        seed=args.seed, timeout_s=args.timeout))
+
+
+def _restart(args: argparse.Namespace) -> int:
+    from tests.soak import restart
+
+    return restart.main(restart.RestartOptions(
+        steps=_size(args.steps, args.quick, 24, 40), kills=_size(args.kills, args.quick, 1, 3),
+        runs=_size(args.runs, args.quick, 1, 4), hang_timeout_s=_size(args.hang_timeout, args.quick, 10.0, 60.0),
+        seed=args.seed, timeout_s=args.timeout))
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    from tests.soak import fuzz
+
+    return fuzz.main(fuzz.FuzzOptions(cases_per_endpoint=_size(args.cases, args.quick, 25, 400),
+                                      big_bodies=not args.quick, seed=args.seed, timeout_s=args.timeout))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the chosen mode(s); exit code 0 when every check held."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.CRITICAL,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tests.soak import faults, fuzz, restart
-
     modes = ["faults", "restart", "fuzz"] if args.mode == "all" else [args.mode]
     code = 0
     for mode in modes:
-        if mode == "faults":
-            code |= faults.main(faults.FaultsOptions(
-                samples=args.samples or (200 if args.quick else 10_000), steps=args.steps or (20 if args.quick else 200),
-                threads=args.threads, check_samples=50 if args.quick else 500, fault_rate=args.fault_rate,
-                seed=args.seed, timeout_s=args.timeout))
-        elif mode == "restart":
-            code |= restart.main(restart.RestartOptions(
-                steps=args.steps or (24 if args.quick else 40), kills=args.kills or (1 if args.quick else 3),
-                runs=args.runs or (1 if args.quick else 4), hang_timeout_s=args.hang_timeout or (10.0 if args.quick else 60.0), seed=args.seed,
-                timeout_s=args.timeout))
-        else:
-            code |= fuzz.main(fuzz.FuzzOptions(cases_per_endpoint=args.cases or (25 if args.quick else 400),
-                                               big_bodies=not args.quick, seed=args.seed, timeout_s=args.timeout))
+        code |= {"faults": _faults, "restart": _restart, "fuzz": _fuzz}[mode](args)
     return code
 
 

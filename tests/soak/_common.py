@@ -235,3 +235,9 @@ def print_figures(title: str, figures: dict[str, Any]) -> None:
     print(f"  problems ({len(problems)}){':' if problems else ''}")
     for problem in problems:
         print(f"    {problem}")
+
+
+def report(title: str, figures: dict[str, Any]) -> int:
+    """Print a mode's figures; the exit code: 1 when it found problems."""
+    print_figures(title, figures)
+    return 1 if figures["problems"] else 0

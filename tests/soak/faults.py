@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from tests.soak._common import MODEL, close_bounded, compare_runs, print_figures, soak_client, train
+from tests.soak._common import MODEL, close_bounded, compare_runs, report, soak_client, train
 from tests.soak.proxy import FAULT_KINDS, FaultPlan, FaultProxy
 from tinker_sync import SamplingClient, types
 from tinker_sync.local import LocalTinkerServer
@@ -170,7 +170,5 @@ def run(opts: FaultsOptions) -> dict[str, Any]:
 
 def main(opts: FaultsOptions) -> int:
     """Run, print the figures, return the exit code."""
-    figures = run(opts)
-    print_figures(f"faults: {opts.samples} samples + {opts.steps} training steps, fault rate {opts.fault_rate:.0%}",
-                  figures)
-    return 1 if figures["problems"] else 0
+    title = f"faults: {opts.samples} samples + {opts.steps} training steps, fault rate {opts.fault_rate:.0%}"
+    return report(title, run(opts))

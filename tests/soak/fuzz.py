@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from tests.soak._common import MODEL, ServerProcess, close_bounded, print_figures, soak_client
+from tests.soak._common import MODEL, ServerProcess, close_bounded, report, soak_client
 from tests.soak.proxy import FaultProxy, ProxiedRequest
 from tinker_sync import RetryPolicy, ServiceClient, types
 
@@ -522,6 +522,4 @@ def run(opts: FuzzOptions) -> dict[str, Any]:
 
 def main(opts: FuzzOptions) -> int:
     """Run, print the figures, return the exit code."""
-    figures = run(opts)
-    print_figures(f"fuzz: up to {opts.cases_per_endpoint} cases per endpoint", figures)
-    return 1 if figures["problems"] else 0
+    return report(f"fuzz: up to {opts.cases_per_endpoint} cases per endpoint", run(opts))

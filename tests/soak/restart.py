@@ -18,7 +18,7 @@ from tests.soak._common import (
     TrainOutcome,
     close_bounded,
     compare_runs,
-    print_figures,
+    report,
     soak_client,
     train,
 )
@@ -136,6 +136,4 @@ def run(opts: RestartOptions) -> dict[str, Any]:
 
 def main(opts: RestartOptions) -> int:
     """Run, print the figures, return the exit code."""
-    figures = run(opts)
-    print_figures(f"restart: {opts.runs} runs x {opts.steps} steps, {opts.kills} SIGKILLs each", figures)
-    return 1 if figures["problems"] else 0
+    return report(f"restart: {opts.runs} runs x {opts.steps} steps, {opts.kills} SIGKILLs each", run(opts))
