@@ -38,6 +38,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9._\-=+@,]{1,200}$")
 TTL_MIN_S = 3600
 TTL_MAX_S = 10 * 365 * 24 * 3600
 _TRACE_EVENTS_PER_SESSION = 10_000
+_LONG_NUMBER = re.compile(rb"\d{19}")  # an integer that may not fit in 64 bits
 # A lone UTF-16 surrogate can only arrive as a \\uD800-\\uDFFF escape (raw UTF-8 cannot encode one).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
@@ -80,6 +81,7 @@ class Call:
     owner: str  # owner id of the API key ("" for unauthenticated routes)
     api_key: str = attrs.field(repr=False, default="")
     _json: dict[str, Any] | None = attrs.field(default=None, init=False, repr=False)
+    _peeked: Any = attrs.field(default=None, init=False, repr=False)  # json.loads of the body, unchecked
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object (``{}`` when empty); 400 with the reason otherwise."""
@@ -88,7 +90,7 @@ class Call:
         if not self.body.strip():
             return {}
         try:
-            value = json.loads(self.body)
+            value = self._peeked if self._peeked is not None else json.loads(self.body)
         except RecursionError:
             raise HTTPError(400, f"{self.op}: the JSON body is nested too deeply; flatten it") from None
         except (ValueError, UnicodeDecodeError) as exc:
@@ -97,8 +99,19 @@ class Call:
             raise HTTPError(400, f"{self.op}: request body must be a JSON object, got {type(value).__name__}")
         if _SURROGATE_ESCAPE.search(self.body):
             _check_encodable(value, self.op)
+        if _LONG_NUMBER.search(self.body):
+            _check_int_range(value, self.op, "$")
         self._json = value
         return dict(value)
+
+    def peek(self) -> dict[str, Any]:
+        """The body as JSON without any check ({} when it is not a JSON object): for the ids a refusal needs."""
+        if self._peeked is None:
+            try:
+                self._peeked = json.loads(self.body) if self.body.strip() else {}
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                self._peeked = {}
+        return self._peeked if isinstance(self._peeked, dict) else {}
 
     def parse(self, cls: type[T], *, extras: Collection[str] = ()) -> tuple[T, dict[str, Any]]:
         """The body as ``cls`` (unknown fields refused), plus the ``extras`` the endpoint handles itself.
@@ -124,6 +137,23 @@ def parse_body(body: dict[str, Any], cls: type[T], where: str, *, extras: Collec
         raise HTTPError(400, f"{where}: {str(exc).removesuffix(' @ $')}") from None
     except RecursionError:
         raise HTTPError(400, f"{where}: the body is nested too deeply; flatten it") from None
+
+
+def _check_int_range(value: Any, where: str, path: str) -> None:
+    """No JSON integer of the protocol exceeds 64 bits; a bigger one (which would also overflow a float
+    field) is refused with its path."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise HTTPError(400, f"{where}: the number at {path} ({len(str(abs(value)))} digits) is out of range; "
+                                 f"integers must fit in 64 bits and floats in a double")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_int_range(v, where, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_int_range(v, where, f"{path}[{i}]")
 
 
 def _check_encodable(value: Any, where: str) -> None:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._api_common import ApiBase, Call, HTTPError
+from ._api_common import PROTO_CONTENT_TYPE, ApiBase, Call, HTTPError
 from ._jobs import JobError, ServerFuture, request_id_for
 from ._live import LiveModel, adapter_tensors, decode_result, encode_result
 
@@ -276,6 +276,8 @@ class LiveApi(ApiBase):
         body after a restart.
         """
         where = call.op
+        if not isinstance(model_id, str) and PROTO_CONTENT_TYPE not in (call.headers.get("Content-Type") or ""):
+            call.json()  # an unreadable body: say so (no model, so no seq_id to consume)
         model = self.model(call, model_id, where)
         seq = seq_of(seq_id, where)
         if seq is None:

@@ -101,7 +101,7 @@ class TrainingApi(LiveApi):
                    build: Callable[[LiveModel, R, dict[str, Any]], Callable[[], Any]],
                    extras: Collection[str] = ()) -> dict[str, Any]:
         """Parse a JSON body into ``cls`` on the model's lane path; a refused body consumes its seq_id."""
-        raw = call.json()
+        raw = call.peek()
 
         def prepare(model: LiveModel) -> Callable[[], Any]:
             req, extra = call.parse(cls, extras=extras)
@@ -199,7 +199,7 @@ class TrainingApi(LiveApi):
                 raise HTTPError(400, f"forward_backward: could not decode the protobuf body: {exc}") from None
             rtype = "Forward" if req.forward_only else "ForwardBackward"
             return self._submit_fwdbwd(call, req.model_id, req.seq_id or None, lambda: req, rtype)
-        raw = call.json()
+        raw = call.peek()
 
         def parse() -> ForwardBackwardRequest:
             if "forward_backward_input" in raw:
@@ -217,7 +217,7 @@ class TrainingApi(LiveApi):
         return self._submit_fwdbwd(call, raw.get("model_id"), raw.get("seq_id"), parse, rtype)
 
     def forward(self, call: Call) -> Any:
-        raw = call.json()
+        raw = call.peek()
 
         def parse() -> ForwardBackwardRequest:
             req, _ = call.parse(ForwardRequest)
@@ -268,7 +268,7 @@ class TrainingApi(LiveApi):
                 return {"type": "optim_step", "metrics": {k: float(v) for k, v in metrics.items()}}
             return job
 
-        raw = call.json()
+        raw = call.peek()
         if "optimizer_params" in raw:
             kind = raw["optimizer_params"].get("type") if isinstance(raw["optimizer_params"], dict) else None
 
@@ -381,8 +381,7 @@ class TrainingApi(LiveApi):
 
     def load_weights(self, call: Call) -> Any:
         w = "load_weights"
-        raw = call.json()
-        if raw.get("session_id") is not None:  # create-via-load: this request creates the model (seq 0)
+        if call.peek().get("session_id") is not None:  # create-via-load: this request creates the model (seq 0)
             return self._create_via_load(call)
 
         def build(model: LiveModel, req: LoadWeightsRequest, extra: dict[str, Any]) -> Callable[[], Any]:

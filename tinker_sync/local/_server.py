@@ -523,6 +523,10 @@ class LocalTinkerServer:
         logger.info("local Tinker server listening on %s (data in %s)", self.url, self.data_dir)
         return self
 
+    def active_connections(self) -> int:
+        """Open client connections right now (each holds one handler thread; see ``max_connections``)."""
+        return 0 if self._httpd is None else self._httpd.active_connections()
+
     def serve_forever(self) -> None:
         """Block until :meth:`stop` is called (from another thread or a signal handler)."""
         if self._thread is None:
