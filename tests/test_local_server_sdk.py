@@ -128,8 +128,8 @@ def test_official_sdk_train_and_sample(server: LocalTinkerServer, tmp_path: Path
 def test_official_038_sdk_new_endpoints(tmp_path: Path) -> None:
     """0.38 paths with the server flags on: retrieve_futures, join, external weights, copy, search, JWT, trace."""
     assert SDK_PYTHON is not None
-    check = subprocess.run([SDK_PYTHON, "-c", "import tinker, sys; sys.exit(0 if hasattr(tinker.types, "
-                            "'SessionSearchRequest') else 1)"], capture_output=True, check=False, timeout=60)
+    probe = "import sys, tinker; sys.exit(0 if hasattr(tinker.types, 'SessionSearchRequest') else 1)"
+    check = subprocess.run([SDK_PYTHON, "-c", probe], capture_output=True, check=False, timeout=60)
     if check.returncode != 0:
         pytest.skip("the SDK at TINKER_SDK_PYTHON predates 0.38")
     script = tmp_path / "flow038.py"
