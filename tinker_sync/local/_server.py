@@ -31,7 +31,7 @@ from ._store import Store, owner_of_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalTinkerServer", "default_data_dir"]
+__all__ = ["LocalTinkerServer", "default_data_dir", "route_table"]
 
 _PREFIX = "/api/v1/"
 _SEG = r"([^/]+)"
@@ -95,6 +95,11 @@ _BIG_BODIES = 4
 _LINGER_S = 2.0  # how long an unread request body is drained after an error answer
 _LINGER_MAX_BYTES = 256 * 1024 * 1024
 _COMPILED = [(m, re.compile(f"^{p}$"), op, fn, auth) for m, p, op, fn, auth in _ROUTES]
+
+
+def route_table() -> list[tuple[str, str]]:
+    """(HTTP method, path regex after ``/api/v1/``) of every endpoint (for fuzzers and docs)."""
+    return [(m, p) for m, p, _, _, _ in _ROUTES]
 
 
 def default_data_dir() -> Path:
