@@ -80,6 +80,8 @@ class LiveApi(ApiBase):
     def find_model(self, call: Call, model_id: Any, where: str) -> LiveModel:
         if not isinstance(model_id, str):
             raise HTTPError(400, f"{where}: field 'model_id' must be a string, got {type(model_id).__name__}")
+        if not model_id.isascii():  # ids are ASCII; this one (maybe from an unchecked peek) names no model
+            raise HTTPError(404, f"{where}: unknown model_id {model_id!r}")
         with self.lock:
             model = self.models.get(model_id)
         if model is None:

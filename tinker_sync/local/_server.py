@@ -310,6 +310,9 @@ class _Handler(BaseHTTPRequestHandler):
             answer = _json_answer(exc.status, {"detail": exc.detail}, exc.headers)
         except RecursionError:
             answer = _json_answer(400, {"detail": f"{path}: the request is nested too deeply; flatten it"})
+        except UnicodeEncodeError:
+            answer = _json_answer(400, {"detail": f"{path}: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff "
+                                                  f"without its pair); send valid Unicode text"})
         except MemoryError:
             answer = _json_answer(413, {"detail": f"{path}: the request needs more memory than this server allows; "
                                                   f"send less data per request"})
