@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .. import _serde
+from ..types import ModelInput
 from ._faults import FaultInjector
 from ._jobs import FutureTable, ServerFuture
 from ._live import LiveModel, LiveSampler
@@ -197,6 +198,17 @@ def parse_tinker_path(path: Any, kinds: Collection[str] = CHECKPOINT_KINDS) -> t
     if len(parts) != 3 or parts[1] not in kinds or not parts[0] or not parts[2]:
         raise HTTPError(400, f"Invalid tinker path {path!r}: expected exactly {shape}")
     return parts[0], f"{parts[1]}/{parts[2]}"
+
+
+def text_tokens(model_input: ModelInput, where: str) -> list[int]:
+    """The token ids of a model input; other chunk kinds are refused (the local models are text-only)."""
+    tokens: list[int] = []
+    for i, chunk in enumerate(model_input.chunks):
+        if chunk.type != "encoded_text":
+            raise HTTPError(400, f"{where}.chunks[{i}]: chunk type {chunk.type!r} is not supported by the local "
+                                 f"server's text-only models; send encoded_text chunks")
+        tokens.extend(chunk.tokens)
+    return tokens
 
 
 def check_name(name: str, where: str) -> str:

@@ -22,7 +22,7 @@ import attrs
 
 from ..types import CreateSamplingSessionRequest, FutureRetrieveRequest, SampleRequest
 from ..types._common import float_field, int_field, str_field, str_list_field, tag_field
-from ._api_common import PROTO_CONTENT_TYPE, Answer, Call, HTTPError, parse_body, parse_tinker_path
+from ._api_common import PROTO_CONTENT_TYPE, Answer, Call, HTTPError, parse_body, parse_tinker_path, text_tokens
 from ._api_live import LiveApi
 from ._jobs import JobError, ServerFuture, request_id_for
 from ._live import FwdBwdResult, LiveSampler, SampleOut
@@ -213,7 +213,7 @@ class SamplingApi(LiveApi):
         if req.num_samples > MAX_SAMPLES_PER_REQUEST:
             raise HTTPError(400, f"{w}: num_samples {req.num_samples} is too large (max {MAX_SAMPLES_PER_REQUEST} "
                                  f"per request)")
-        prompt = self._prompt_tokens(req)
+        prompt = text_tokens(req.prompt, f"{w}.prompt")
         sp = req.sampling_params
         self.check_tokens(prompt, sampler.base_model, f"{w}.prompt", extra=sp.max_tokens or 0)
         with self.lock:
@@ -238,16 +238,6 @@ class SamplingApi(LiveApi):
                 log_key = (req.sampling_session_id, (req.seq_id or 0) // _CLONE_STRIDE)
             self._start_sample(fut, job, log_key)
         return self.handle(fut)
-
-    @staticmethod
-    def _prompt_tokens(req: SampleRequest) -> list[int]:
-        tokens: list[int] = []
-        for i, chunk in enumerate(req.prompt.chunks):
-            if chunk.type != "encoded_text":
-                raise HTTPError(400, f"asample.prompt.chunks[{i}]: chunk type {chunk.type!r} is not supported by the "
-                                     f"local server's text-only models; send encoded_text chunks")
-            tokens.extend(chunk.tokens)
-        return tokens
 
     def _start_sample(self, fut: ServerFuture, job: Callable[[], Any], log_key: tuple[str, int] | None) -> None:
         def run() -> None:

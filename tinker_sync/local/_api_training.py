@@ -43,6 +43,7 @@ from ._api_common import (
     check_name,
     check_ttl,
     check_user_metadata,
+    text_tokens,
 )
 from ._api_live import LiveApi
 from ._jobs import JobError, ServerFuture, request_id_for
@@ -111,12 +112,7 @@ class TrainingApi(LiveApi):
                                      prepare=prepare)
 
     def _engine_datum(self, datum: Datum, where: str, base_model: str) -> tuple[list[int], dict[str, Any]]:
-        tokens: list[int] = []
-        for i, chunk in enumerate(datum.model_input.chunks):
-            if chunk.type != "encoded_text":
-                raise HTTPError(400, f"{where}.model_input.chunks[{i}]: chunk type {chunk.type!r} is not supported "
-                                     f"by the local server's text-only models; send encoded_text chunks")
-            tokens.extend(chunk.tokens)
+        tokens = text_tokens(datum.model_input, f"{where}.model_input")
         self.check_tokens(tokens, base_model, where)
         inputs: dict[str, Any] = {}
         for key, td in datum.loss_fn_inputs.items():
