@@ -227,8 +227,8 @@ class _KilledServer:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tinker_sync.local", "--port", str(self.port), "--data-dir", str(self.data_dir),
-             "--long-poll", "1", "--log-level", "error"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            text=True, env=env)
+             "--long-poll", "1", "--log-level", "error", "--no-tokenizer-install"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if "listening on" not in line:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -783,7 +784,8 @@ def test_rejected_requests_never_poison_the_connection(server: LocalTinkerServer
 def test_cli_main_prints_url_and_stops(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tinker_sync.local", "--port", "0", "--data-dir", str(tmp_path / "cli"),
-         "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": ""})
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -792,6 +794,8 @@ def test_cli_main_prints_url_and_stops(tmp_path: Path) -> None:
         assert requests.get(f"{url}/api/v1/healthz", timeout=5).json() == {"status": "ok"}
         proc.send_signal(2)  # Ctrl-C
         assert proc.wait(timeout=15) == 0
+        # serve made the local models' tokenizers loadable offline from the hub cache
+        assert (tmp_path / "hf" / "hub" / "models--tinker-sync--tiny-byte" / "refs" / "main").is_file()
     finally:
         if proc.poll() is None:
             proc.kill()

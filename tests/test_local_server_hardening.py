@@ -97,19 +97,28 @@ def test_unknown_fields_are_refused_by_name(api: Api) -> None:
     mid = api.model(sid)
     r = api.post("optim_step", {**optim(mid, 1), "momentum": 0.5})
     assert "'momentum'" in _detail(r, 400)
+    # an optimizer request never runs as another optimizer
     r = api.post("optim_step", {"model_id": mid, "seq_id": 2, "optimizer_params": {"type": "dimuon", "learning_rate": 1}})
-    assert "dimuon" in _detail(r, 400)
-    r = api.post("create_model", {"session_id": sid, "model_seq_id": 1, "base_model": BASE,
-                                  "optimizer_config": {"type": "dimuon", "version": 1}})
-    assert "AdamW" in _detail(r, 400)
+    assert "'adamw' optimizer" in _detail(r, 400)
+    r = api.post("optim_step", {"model_id": mid, "seq_id": 3, "optimizer_params": {"type": "lion", "learning_rate": 1}})
+    assert "lion" in _detail(r, 400)
+    dimuon = api.result(api.post("create_model", {"session_id": sid, "model_seq_id": 1, "base_model": BASE,
+                                                  "optimizer_config": {"type": "dimuon", "version": 1}}))["model_id"]
+    assert api.ok("POST", "get_info", {"model_id": dimuon})["optimizer_config"] == {"type": "dimuon", "version": 1}
+    api.result(api.post("forward_backward", fwdbwd(dimuon, 1)))
+    r = api.post("optim_step", {"model_id": dimuon, "seq_id": 2, "optimizer_params": {"type": "dimuon",
+                                                                                      "learning_rate": 1e-2}})
+    assert api.result(r)["metrics"]["step"] == 1.0
+    assert "'dimuon' optimizer" in _detail(api.post("optim_step", optim(dimuon, 3)), 400)
     sampler = api.ok("POST", "create_sampling_session", {"session_id": sid, "sampling_session_seq_id": 0,
                                                           "base_model": BASE})["sampling_session_id"]
     body = {"sampling_session_id": sampler, "seq_id": 0, "num_samples": 1, "prompt": {"chunks": [
         {"type": "encoded_text", "tokens": [1, 2]}]}, "sampling_params": {"max_tokens": 2}}
-    for name, value in (("topk_sample_logprobs", 3), ("prompt_alt_tokens_k", 2), ("record_stability_info", True)):
-        assert name in _detail(api.post("asample", {**body, name: value}), 400)
+    for name, value in (("topk_sample_logprobs", 3), ("prompt_alt_tokens_k", 2)):
+        assert name in _detail(api.post("asample", {**body, name: value}), 400)  # no protobuf field for them yet
+    assert "prompt_logprobs_last_n" in _detail(api.post("asample", {**body, "prompt_logprobs_last_n": 1}), 400)
     assert api.post("asample", {**body, "topk_sample_logprobs": 0, "prompt_alt_tokens_k": 0}).status_code == 200
-    assert api.result(api.post("forward_backward", fwdbwd(mid, 3)))["metrics"]["loss:sum"] > 0
+    assert api.result(api.post("forward_backward", fwdbwd(mid, 4)))["metrics"]["loss:sum"] > 0
 
 
 def test_refused_and_unparseable_sequenced_requests_never_block_the_lane(api: Api) -> None:

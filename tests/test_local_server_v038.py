@@ -130,3 +130,31 @@ def test_session_search_filters_and_pages(api: Api) -> None:
     assert api.ok("GET", f"sessions/{ids[1]}")["display_name"] == "run number 1"
     assert api.post("sessions/search", {"limit": 500}).status_code == 400
     assert api.post("sessions/search", {"owner": {"type": "user", "owner_urns": ["x"]}}).status_code == 400
+
+
+def test_stability_records_fill_stable_reinforce_logprobs(api: Api) -> None:
+    sid = api.session()
+    mid = api.model(sid)
+    sampler = _sampler(api, sid)
+    handle = api.post("asample", sample_body(sampler, 0, n=1, max_tokens=4, record_stability_info=True))
+    seq_id = handle.json()["sample_sequence_ids"][0]
+    sampled = api.result(handle)["sequences"][0]
+    prompt = list(b"Q: hi\nA:")
+    tokens = prompt + sampled["tokens"]
+    n = len(tokens) - 1
+    datum = {"model_input": {"chunks": [{"type": "encoded_text", "tokens": tokens[:-1]}]},
+             "loss_fn_inputs": {"target_tokens": {"data": tokens[1:], "dtype": "int64", "shape": [n]},
+                                "advantages": {"data": [1.0] * n, "dtype": "float32", "shape": [n]}},
+             "model_input_spans": [
+                 {"type": "prompt_tokens", "sequence_id": seq_id, "offset": 0, "length": len(prompt)},
+                 {"type": "sampled_tokens", "sequence_id": seq_id, "offset": 0, "length": len(sampled["tokens"]) - 1}],
+             "loss_fn_input_spans": [
+                 {"type": "prompt_tokens", "sequence_id": seq_id, "offset": 1, "length": len(prompt) - 1},
+                 {"type": "sampled_tokens", "sequence_id": seq_id, "offset": 0, "length": len(sampled["tokens"])}]}
+    body = {"model_id": mid, "seq_id": 1, "forward_backward_input": {"data": [datum], "loss_fn": "stable_reinforce"}}
+    out = api.result(api.post("forward_backward", body))
+    lp = out["loss_fn_outputs"][0]["logprobs"]["data"]
+    assert abs(lp[-1] - sampled["logprobs"][-1]) < 1e-4  # the fresh adapter is the sampling policy
+    other = {**datum, "loss_fn_input_spans": [{"type": "sampled_tokens", "sequence_id": "other", "length": n}]}
+    bad = {**body, "seq_id": 2, "forward_backward_input": {"data": [other], "loss_fn": "stable_reinforce"}}
+    assert "no stability info" in api.post("forward_backward", bad).json()["detail"]

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .. import _serde
-from ..types import ModelInput
+from ..types import ModelInput, OptimStepRequest
 from ._faults import FaultInjector
 from ._jobs import FutureTable, ServerFuture
 from ._live import LiveModel, LiveSampler
@@ -39,6 +39,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9._\-=+@,]{1,200}$")
 TTL_MIN_S = 3600
 TTL_MAX_S = 10 * 365 * 24 * 3600
 _TRACE_EVENTS_PER_SESSION = 10_000
+_STABILITY_RECORDS_PER_SESSION = 10_000
 _LONG_NUMBER = re.compile(rb"\d{19}")  # an integer that may not fit in 64 bits
 # A lone UTF-16 surrogate can only arrive as a \\uD800-\\uDFFF escape (raw UTF-8 cannot encode one).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -64,9 +65,13 @@ class Answer:
     headers: Mapping[str, str] = attrs.Factory(dict)
 
 
+# Wire names that differ from a request class's attribute names (the converter maps them).
+_WIRE_ALIASES: dict[type, frozenset[str]] = {OptimStepRequest: frozenset({"adam_params", "optimizer_params"})}
+
+
 def field_names(cls: type) -> frozenset[str]:
     """The wire field names of an attrs request class."""
-    return frozenset(a.name for a in attrs.fields(cls))
+    return frozenset(a.name for a in attrs.fields(cls)) | _WIRE_ALIASES.get(cls, frozenset())
 
 
 @attrs.define
@@ -268,6 +273,8 @@ class ApiBase:
         self.stopped = threading.Event()
         self.copies: dict[tuple[str, str], str] = {}  # (owner, idempotency key) -> tinker path of a copy_weights
         self.trace_events: dict[str, deque[dict[str, Any]]] = {}  # session id -> finished requests (trace export)
+        # session id -> sequence id -> engine StabilityRecord (record_stability_info), oldest first
+        self.stability: dict[str, OrderedDict[str, Any]] = {}
         self._engine_module = engine_module
         self._engines: dict[str, Any] = {}
         self._engine_lock = threading.Lock()
@@ -397,6 +404,19 @@ class ApiBase:
                  "pid": 1, "tid": lane, "args": {"request_id": request_id}}
         with self.lock:
             self.trace_events.setdefault(session_id, deque(maxlen=_TRACE_EVENTS_PER_SESSION)).append(event)
+
+    # -- stability records (record_stability_info -> stable_reinforce) ----------------------------
+    def keep_stability(self, session_id: str | None, records: dict[str, Any]) -> None:
+        """Remember the stability records of a session's samples (bounded, oldest dropped first)."""
+        with self.lock:
+            kept = self.stability.setdefault(session_id or "", OrderedDict())
+            kept.update(records)
+            while len(kept) > _STABILITY_RECORDS_PER_SESSION:
+                kept.popitem(last=False)
+
+    def stability_records(self, session_id: str) -> dict[str, Any]:
+        with self.lock:
+            return dict(self.stability.get(session_id, {}))
 
     # -- futures ----------------------------------------------------------------------------------
     @staticmethod

@@ -100,7 +100,13 @@ class LiveApi(ApiBase):
     @staticmethod
     def adapter_cfg(adapter: Any) -> dict[str, Any]:
         return {"rank": int(adapter.rank), "seed": int(adapter.seed), "train_attn": bool(adapter.train_attn),
-                "train_mlp": bool(adapter.train_mlp), "train_unembed": bool(adapter.train_unembed)}
+                "train_mlp": bool(adapter.train_mlp), "train_unembed": bool(adapter.train_unembed),
+                "optimizer": str(adapter.optimizer)}
+
+    @staticmethod
+    def optimizer_config_json(cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """The wire ``optimizer_config`` of a run from its stored adapter config."""
+        return {"type": "dimuon", "version": 1} if cfg.get("optimizer") == "dimuon" else {"type": "adamw"}
 
     @staticmethod
     def ready(model: LiveModel) -> Any:
@@ -187,7 +193,7 @@ class LiveApi(ApiBase):
         adapter = self.engine_module.Adapter(
             model_name=meta["base_model"], rank=int(lora["rank"]), seed=int(lora["seed"]),
             train_attn=bool(lora["train_attn"]), train_mlp=bool(lora["train_mlp"]),
-            train_unembed=bool(lora["train_unembed"]), params=params)
+            train_unembed=bool(lora["train_unembed"]), params=params, optimizer=str(lora.get("optimizer", "adamw")))
         if tables["g"]:  # missing groups are all zeros, as the constructor makes them
             adapter.grads = tables["g"]
         if tables["m"]:

@@ -17,10 +17,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import attrs
-
-from ..types import AssignSessionProjectRequest, SetCheckpointTtlRequest
-from ..types._common import int_field, str_field
+from ..types import AssignSessionProjectRequest, SessionSearchRequest, SetCheckpointTtlRequest
 from ._api_common import (
     CHECKPOINT_KINDS,
     Answer,
@@ -43,26 +40,6 @@ _CHECKPOINT_FILES = ("adapter_config.json", "adapter_model.safetensors", "checkp
 _JSON_MEDIA = "application/json"
 
 
-@attrs.frozen
-class SessionSearchCursor:
-    last_created_at: str = str_field()
-    last_session_id: str = str_field()
-
-
-@attrs.frozen
-class SessionSearchRequest:
-    """Body of ``POST /api/v1/sessions/search`` (JSON values checked by the endpoint)."""
-
-    session_id: str | None = str_field(default=None)
-    project_ids: list[str] | None = attrs.field(default=None)
-    user_metadata: dict[str, str] = attrs.field(factory=dict)
-    display_name: str | None = str_field(default=None)
-    owner: dict[str, Any] = attrs.field(factory=lambda: {"type": "own"})
-    statuses: list[dict[str, Any]] | None = attrs.field(default=None)
-    limit: int = int_field(default=50, minimum=1)
-    cursor: SessionSearchCursor | None = attrs.field(default=None)
-
-
 def _status(row: SessionRow) -> dict[str, Any]:
     if row.finished_reason is None:
         return {"type": "active"}
@@ -71,12 +48,12 @@ def _status(row: SessionRow) -> dict[str, Any]:
     return {"type": "client_finished", "reason": {"type": row.finished_reason}, "detail": row.finished_detail}
 
 
-def _status_matches(row: SessionRow, queries: list[dict[str, Any]]) -> bool:
+def _status_matches(row: SessionRow, queries: list[Any]) -> bool:
     status = _status(row)
     for q in queries:
-        if q.get("type") != status["type"]:
+        if q.type != status["type"]:
             continue
-        reasons = q.get("reasons")
+        reasons = getattr(q, "reasons", None)
         if status["type"] != "client_finished" or not reasons or status["reason"]["type"] in reasons:
             return True
     return False
@@ -293,20 +270,14 @@ class RestApi(ApiBase):
         return Answer(204)
 
     def search_sessions(self, call: Call) -> Any:
-        body = call.json()
-        for key in ("owner", "cursor"):
-            if key in body and body[key] is not None and not isinstance(body[key], dict):
-                raise HTTPError(400, f"sessions/search: {key!r} must be an object")
-        req, _ = parse_body(body, SessionSearchRequest, "sessions/search")
-        if req.limit > 200:
-            raise HTTPError(400, f"sessions/search: limit must be between 1 and 200, got {req.limit}")
-        if req.owner.get("type") not in ("own", "accessible"):
-            raise HTTPError(400, f"sessions/search: owner {req.owner!r} is not supported here; the local server "
+        req, _ = call.parse(SessionSearchRequest)
+        if req.owner.type not in ("own", "accessible"):
+            raise HTTPError(400, f"sessions/search: owner {req.owner.type!r} is not supported here; the local server "
                                  f"searches your own sessions ({{\"type\": \"own\"}})")
         rows = self.store.owner_sessions(call.owner)
         if req.cursor is not None:
-            after = (req.cursor.last_created_at, req.cursor.last_session_id)
-            rows = [r for r in rows if (iso(r.created_at) or "", r.session_id) < after]
+            after = (req.cursor.last_created_at.timestamp(), req.cursor.last_session_id)
+            rows = [r for r in rows if (r.created_at, r.session_id) < after]
         rows = [r for r in rows if self._search_match(r, req)]
         page = rows[:req.limit]
         out = [self._summary(r) for r in page]

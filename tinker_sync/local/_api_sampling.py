@@ -6,7 +6,6 @@ clone of it): completed sample request ids are appended to a per-(session, clone
 """
 
 # Request classes use the types package's validating field factories (str_field(), ...), as tinker_sync.types does.
-# ruff: noqa: RUF009
 from __future__ import annotations
 
 import logging
@@ -20,9 +19,15 @@ from typing import Any
 
 import attrs
 
-from ..types import CreateSamplingSessionRequest, FutureRetrieveRequest, SampleRequest
-from ..types._common import float_field, int_field, str_field, str_list_field, tag_field
-from ._api_common import PROTO_CONTENT_TYPE, Answer, Call, HTTPError, parse_body, parse_tinker_path, text_tokens
+from ..types import (
+    CreateSamplingSessionRequest,
+    FutureRetrieveRequest,
+    FuturesRetrieveRequest,
+    JoinSamplingSessionRequest,
+    SampleRequest,
+)
+from ..types._common import str_field
+from ._api_common import PROTO_CONTENT_TYPE, Answer, Call, HTTPError, parse_tinker_path, text_tokens
 from ._api_live import LiveApi
 from ._jobs import JobError, ServerFuture, request_id_for
 from ._live import FwdBwdResult, LiveSampler, SampleOut
@@ -32,31 +37,9 @@ logger = logging.getLogger(__name__)
 MAX_SAMPLES_PER_REQUEST = 256
 MAX_PENDING_SAMPLES = 512
 _CLONE_STRIDE = 1_000_000_000  # a cloned SamplingClient's seq_ids start at clone * 1e9
-# 0.38 SampleRequest fields the local engine does not compute: accepted only at their "off" value.
-_OFF_SAMPLE_FIELDS: dict[str, tuple[Any, ...]] = {
-    "topk_sample_logprobs": (0, None),
-    "target_prompt_logprobs": (None,),
-    "prompt_alt_tokens_k": (0, None),
-    "prompt_logprobs_last_n": (None,),
-    "record_stability_info": (None, False),
-}
-
-
-@attrs.frozen
-class SamplingSessionTarget:
-    sampling_session_id: str = str_field()
-    cloned_sampler_id: int = int_field(default=0, minimum=0)
-    type: str = tag_field("sampling_session")
-
-
-@attrs.frozen
-class FuturesRetrieveRequest:
-    """Body of ``POST /api/v1/retrieve_futures``."""
-
-    target: SamplingSessionTarget = attrs.field()
-    prev_cursor: int = int_field(default=0, minimum=0)
-    timeout: float | None = float_field(default=None, minimum=0.0)
-    retrieved_request_ids: list[str] = str_list_field(factory=list)
+# 0.38 sample options the engine computes but whose protobuf result fields (SampleResponse 5/6, SampledSequence 4)
+# tinker_sync's codec does not write yet; every SDK polls sample results as protobuf, so they are refused.
+_UNDELIVERABLE = ("topk_sample_logprobs", "target_prompt_logprobs", "prompt_alt_tokens_k")
 
 
 @attrs.frozen
@@ -64,14 +47,6 @@ class CancelFutureRequest:
     """Body of ``POST /api/v1/cancel_future``."""
 
     request_id: str = str_field()
-
-
-@attrs.frozen
-class JoinSamplingSessionRequest:
-    """Body of ``POST /api/v1/join_sampling_session``."""
-
-    sampling_session_id: str = str_field()
-    type: str = tag_field("join_sampling_session")
 
 
 class _CompletionLog:
@@ -197,11 +172,11 @@ class SamplingApi(LiveApi):
 
     def asample(self, call: Call) -> Any:
         w = "asample"
-        req, extra = call.parse(SampleRequest, extras=tuple(_OFF_SAMPLE_FIELDS))
-        for name, value in extra.items():
-            if value not in _OFF_SAMPLE_FIELDS[name]:
-                raise HTTPError(400, f"{w}: {name}={value!r} is not supported by the local server's engine; omit it "
-                                     f"(or send its default)")
+        req, _ = call.parse(SampleRequest)
+        asked = [name for name in _UNDELIVERABLE if getattr(req, name) not in (0, None)]
+        if asked:
+            raise HTTPError(400, f"{w}: {', '.join(asked)} cannot be returned by this server yet (its protobuf result "
+                                 f"fields are not encoded); omit {'them' if len(asked) > 1 else 'it'}")
         sampler = self._sampler_of(call, req)
         if req.seq_id is not None:
             rid = request_id_for(sampler.sampler_id, req.seq_id)
@@ -216,22 +191,31 @@ class SamplingApi(LiveApi):
         prompt = text_tokens(req.prompt, f"{w}.prompt")
         sp = req.sampling_params
         self.check_tokens(prompt, sampler.base_model, f"{w}.prompt", extra=sp.max_tokens or 0)
+        engine = self.engine(sampler.base_model)
+        options = {"num_samples": req.num_samples, "max_tokens": sp.max_tokens, "temperature": sp.temperature,
+                   "top_k": sp.top_k, "top_p": sp.top_p, "stop": sp.stop, "seed": sp.seed,
+                   "prompt_logprobs": bool(req.prompt_logprobs) or bool(req.topk_prompt_logprobs),
+                   "topk_prompt_logprobs": req.topk_prompt_logprobs,
+                   "prompt_logprobs_last_n": req.prompt_logprobs_last_n}
+        try:
+            engine.validate_sample(prompt, **options)
+        except ValueError as exc:
+            raise HTTPError(400, f"{w}: {exc}") from None
         with self.lock:
             if self.pending_samples >= MAX_PENDING_SAMPLES:
                 raise HTTPError(429, f"{w}: too many sample requests in flight ({self.pending_samples}); retry "
                                      f"shortly", {"Retry-After": "1"})
         fut, created = self.add_future(ServerFuture(rid, "Sample", call.op, call.owner))
         if created:
-            fut.extra["sample_sequence_ids"] = [f"{rid}-{i}" for i in range(req.num_samples)]
-            topk = req.topk_prompt_logprobs
+            seq_ids = [f"{rid}-{i}" for i in range(req.num_samples)]
+            fut.extra["sample_sequence_ids"] = seq_ids
+            record = bool(req.record_stability_info)
 
             def job() -> Any:
-                adapter = self._sampler_adapter(sampler)
-                engine = self.engine(sampler.base_model)
-                return SampleOut(engine.sample(
-                    adapter, prompt, num_samples=req.num_samples, max_tokens=sp.max_tokens, temperature=sp.temperature,
-                    top_k=sp.top_k, top_p=sp.top_p, stop=sp.stop, seed=sp.seed,
-                    prompt_logprobs=bool(req.prompt_logprobs) or bool(topk), topk_prompt_logprobs=topk))
+                result = engine.sample(self._sampler_adapter(sampler), prompt, record_stability_info=record, **options)
+                if record and result.stability is not None:
+                    self.keep_stability(sampler.session_id, dict(zip(seq_ids, result.stability, strict=True)))
+                return SampleOut(result)
 
             log_key = None
             if req.sampling_session_id is not None:
@@ -308,11 +292,7 @@ class SamplingApi(LiveApi):
         return result
 
     def retrieve_futures(self, call: Call) -> Any:
-        body = call.json()
-        if not isinstance(body.get("target"), dict):
-            raise HTTPError(400, "retrieve_futures: 'target' must be {\"type\": \"sampling_session\", "
-                                 "\"sampling_session_id\": ..., \"cloned_sampler_id\": ...}")
-        req, _ = parse_body(body, FuturesRetrieveRequest, "retrieve_futures")
+        req, _ = call.parse(FuturesRetrieveRequest)
         sid = req.target.sampling_session_id
         row = self.store.get_sampler(sid)
         if row is None or row.owner != call.owner:

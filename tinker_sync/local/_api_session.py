@@ -91,10 +91,9 @@ class SessionApi(ApiBase):
             for n in mod.MODEL_NAMES]}
 
     def create_session(self, call: Call) -> Any:
-        req, extra = call.parse(CreateSessionRequest, extras=("display_name",))
-        display_name = extra.get("display_name")
-        if display_name is not None and (not isinstance(display_name, str) or not display_name.strip()
-                                         or len(display_name) > 256):
+        req, _ = call.parse(CreateSessionRequest)
+        display_name = req.display_name
+        if display_name is not None and (not display_name.strip() or len(display_name) > 256):
             raise HTTPError(400, "create_session: display_name must be a non-empty string of at most 256 characters")
         session_id = uuid.uuid4().hex[:20]
         self.store.add_session(session_id, call.owner, project_id=req.project_id, tags=list(req.tags),

@@ -6,7 +6,6 @@ so both wire forms share one validation path.
 """
 
 # Request classes use the types package's validating field factories (str_field(), ...), as tinker_sync.types does.
-# ruff: noqa: RUF009
 from __future__ import annotations
 
 import logging
@@ -19,23 +18,22 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import attrs
-
+from .. import _serde
 from ..types import (
+    CopyWeightsRequest,
     CreateModelRequest,
     Datum,
     ForwardBackwardRequest,
     ForwardRequest,
     GetInfoRequest,
-    LegacyForwardBackwardRequest,
     LoadWeightsRequest,
     OptimStepRequest,
+    SaveWeightsExternalRequest,
     SaveWeightsForSamplerRequest,
     SaveWeightsRequest,
     UnloadModelRequest,
     WeightsInfoRequest,
 )
-from ..types._common import int_field, str_field, str_list_field, tag_field
 from ._api_common import (
     PROTO_CONTENT_TYPE,
     Call,
@@ -57,41 +55,11 @@ R = TypeVar("R")
 # A loss input may have trailing dimensions (e.g. [tokens, K]); its dense size is capped so a tiny body
 # declaring a huge sparse tensor is refused before anything is allocated.
 MAX_TENSOR_ELEMENTS = 1 << 22
-_OPTIMIZERS = ("adamw",)
 
 
-@attrs.frozen
-class SaveWeightsExternalRequest:
-    """Body of ``POST /api/v1/save_weights_external`` (a Hugging Face PEFT export)."""
-
-    model_id: str = str_field()
-    path: str = str_field()
-    seq_id: int | None = int_field(default=None, minimum=0)
-    ttl_seconds: int | None = int_field(default=None)
-    age_encryption_recipients: list[str] | None = str_list_field(default=None)
-    type: str = tag_field("save_weights_external")
-
-
-@attrs.frozen
-class CopyWeightsRequest:
-    """Body of ``POST /api/v1/copy_weights``."""
-
-    source_path: str = str_field()
-    session_id: str | None = str_field(default=None)
-    model_seq_id: int | None = int_field(default=None, minimum=0)
-    destination_project_id: str | None = str_field(default=None)
-    ttl_seconds: int | None = int_field(default=None)
-    weights_access_token: str | None = str_field(default=None, repr=False)
-
-
-def check_optimizer_config(value: Any, where: str) -> None:
-    """Only AdamW runs here: any other optimizer is refused, never trained as something else."""
-    if value is None:
-        return
-    kind = value.get("type") if isinstance(value, dict) else None
-    if kind not in _OPTIMIZERS or set(value) != {"type"}:
-        raise HTTPError(400, f"{where}: optimizer_config {value!r} is not supported by the local server; it trains "
-                             f"with AdamW only (omit optimizer_config or send {{\"type\": \"adamw\"}})")
+def optimizer_name(config: Any) -> str:
+    """The engine's optimizer name for a typed ``optimizer_config`` (None = AdamW)."""
+    return "adamw" if config is None else str(config.type)
 
 
 class TrainingApi(LiveApi):
@@ -126,11 +94,24 @@ class TrainingApi(LiveApi):
             inputs[key] = td.to_numpy()
         return tokens, inputs
 
+    def _behaviour_logprobs(self, model: LiveModel, datum: Datum, inputs: dict[str, Any], where: str) -> Any:
+        """Sampling-time logprobs of a datum's targets from its provenance spans (record_stability_info)."""
+        from ._sampling import behaviour_logprobs
+
+        spans = [("prompt" if span.type == "prompt_tokens" else "sampled", span.sequence_id, span.offset, span.length)
+                 for span in datum.loss_fn_input_spans or ()]
+        if "target_tokens" not in inputs:
+            raise HTTPError(400, f"{where}: loss_fn_input_spans need target_tokens")
+        try:
+            return behaviour_logprobs(spans, self.stability_records(model.session_id), inputs["target_tokens"])
+        except ValueError as exc:
+            raise HTTPError(400, f"{where}: {exc}") from None
+
     # -- models -----------------------------------------------------------------------------------
     def create_model(self, call: Call) -> Any:
-        req, extra = call.parse(CreateModelRequest, extras=("optimizer_config",))
+        req, _ = call.parse(CreateModelRequest)
         w = "create_model"
-        check_optimizer_config(extra.get("optimizer_config"), w)
+        optimizer = optimizer_name(req.optimizer_config)
         sess = self.session(call, req.session_id, w)
         self.use_session(sess, w)
         base = self.check_base_model(req.base_model, w)
@@ -144,7 +125,7 @@ class TrainingApi(LiveApi):
                 model.adapter = model.engine.new_adapter(
                     rank=lora.rank if lora else 32, seed=lora.seed if lora else None,
                     train_attn=lora.train_attn if lora else True, train_mlp=lora.train_mlp if lora else True,
-                    train_unembed=lora.train_unembed if lora else True)
+                    train_unembed=lora.train_unembed if lora else True, optimizer=optimizer)
                 self.store.add_run(model.model_id, sess.session_id, call.owner, base, self.adapter_cfg(model.adapter),
                                    req.user_metadata)
                 return {"model_id": model.model_id, "type": "create_model"}
@@ -161,7 +142,7 @@ class TrainingApi(LiveApi):
                 "model_data": {"arch": "tinker-sync-byte-transformer", "model_name": model.base_model,
                                "tokenizer_id": model.base_model},
                 "is_lora": True, "lora_rank": rank, "model_name": model.base_model,
-                "optimizer_config": {"type": "adamw"}}
+                "optimizer_config": self.optimizer_config_json(run.lora_config if run else {})}
 
     def unload_model(self, call: Call) -> Any:
         req, _ = call.parse(UnloadModelRequest)
@@ -198,16 +179,11 @@ class TrainingApi(LiveApi):
         raw = call.peek()
 
         def parse() -> ForwardBackwardRequest:
-            if "forward_backward_input" in raw:
-                legacy, extra = call.parse(LegacyForwardBackwardRequest, extras=("forward_only",))
-                if extra.get("forward_only", False) not in (True, False):
-                    raise HTTPError(400, "forward_backward: forward_only must be true or false")
-                return ForwardBackwardRequest.from_input(legacy.forward_backward_input, model_id=legacy.model_id,
-                                                         seq_id=legacy.seq_id, forward_only=bool(extra.get("forward_only")))
-            if "data" in raw:  # flat form mirroring the protobuf message
-                return call.parse(ForwardBackwardRequest)[0]
-            raise HTTPError(400, f"forward_backward: expected a protobuf body (Content-Type: {PROTO_CONTENT_TYPE}) or "
-                                 f"JSON {{\"forward_backward_input\": {{\"data\", \"loss_fn\"}}, \"model_id\", \"seq_id\"}}")
+            if "forward_backward_input" not in raw:
+                raise HTTPError(400, f"forward_backward: expected a protobuf body (Content-Type: {PROTO_CONTENT_TYPE}) "
+                                     f"or JSON {{\"forward_backward_input\": {{\"data\", \"loss_fn\"}}, \"model_id\", "
+                                     f"\"seq_id\"}}")
+            return call.parse(ForwardBackwardRequest)[0]
 
         rtype = "Forward" if raw.get("forward_only") is True else "ForwardBackward"
         return self._submit_fwdbwd(call, raw.get("model_id"), raw.get("seq_id"), parse, rtype)
@@ -238,6 +214,8 @@ class TrainingApi(LiveApi):
             data = []
             for i, datum in enumerate(req.data):
                 tokens, inputs = self._engine_datum(datum, f"{where}.data[{i}]", model.base_model)
+                if "logprobs" in required and "logprobs" not in inputs and datum.loss_fn_input_spans:
+                    inputs["logprobs"] = self._behaviour_logprobs(model, datum, inputs, f"{where}.data[{i}]")
                 missing = [k for k in required if k not in inputs]
                 if missing:
                     raise HTTPError(400, f"{where}.data[{i}]: loss_fn {req.loss_fn!r} needs loss_fn_inputs "
@@ -256,23 +234,19 @@ class TrainingApi(LiveApi):
 
     def optim_step(self, call: Call) -> Any:
         def build(model: LiveModel, req: OptimStepRequest, extra: dict[str, Any]) -> Callable[[], Any]:
-            params = attrs.asdict(req.adam_params)
+            params = _serde.unstructure(req.optim_params)
+            kind = "dimuon" if params.get("type") == "dimuon" else "adamw"
+            if model.adapter is not None and model.adapter.optimizer != kind:
+                raise HTTPError(400, f"optim_step: model {model.model_id} was created with the "
+                                     f"{model.adapter.optimizer!r} optimizer; {kind!r} params cannot step it (send "
+                                     f"the params of the optimizer chosen at creation)")
 
             def job() -> Any:
-                metrics = model.engine.optim_step(self.ready(model), **params)
+                metrics = model.engine.step(self.ready(model), params)
                 model.optim_steps += 1
                 return {"type": "optim_step", "metrics": {k: float(v) for k, v in metrics.items()}}
             return job
 
-        raw = call.peek()
-        if "optimizer_params" in raw:
-            kind = raw["optimizer_params"].get("type") if isinstance(raw["optimizer_params"], dict) else None
-
-            def refuse(model: LiveModel) -> Callable[[], Any]:
-                raise HTTPError(400, f"optim_step: optimizer_params of type {kind!r} are not supported by the local "
-                                     f"server; it trains with AdamW only (send adam_params)")
-            return self.submit_sequenced(call, raw.get("model_id"), raw.get("seq_id"), request_type="OptimStep",
-                                         fn="optim_step", prepare=refuse)
         return self._sequenced(call, OptimStepRequest, request_type="OptimStep", fn="optim_step", build=build)
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -303,7 +277,7 @@ class TrainingApi(LiveApi):
             if req.path is not None:
                 check_name(req.path, w)
             ttl = check_ttl(req.ttl_seconds, w)
-            meta = check_user_metadata(extra.get("user_metadata"), w)
+            meta = check_user_metadata(req.user_metadata, w)
 
             def job() -> Any:
                 nm = req.path or f"step-{model.optim_steps:06d}-{uuid.uuid4().hex[:6]}"
@@ -312,22 +286,21 @@ class TrainingApi(LiveApi):
                 return {"type": "save_weights", "path": row.tinker_path}
             return job
 
-        return self._sequenced(call, SaveWeightsRequest, request_type="SaveWeights", fn="save_weights", build=build,
-                               extras=("user_metadata",))
+        return self._sequenced(call, SaveWeightsRequest, request_type="SaveWeights", fn="save_weights", build=build)
 
     def save_weights_for_sampler(self, call: Call) -> Any:
         w = "save_weights_for_sampler"
 
         def build(model: LiveModel, req: SaveWeightsForSamplerRequest, extra: dict[str, Any]) -> Callable[[], Any]:
-            if extra.get("kind", "snapshot") != "snapshot":
-                raise HTTPError(400, f"{w}: kind {extra.get('kind')!r} is not supported by the local server; only "
+            if req.kind != "snapshot":
+                raise HTTPError(400, f"{w}: kind {req.kind!r} is not supported by the local server; only "
                                      f"'snapshot' sampler weights (omit kind)")
             if req.path is not None:
                 check_name(req.path, w)
             if req.path is None and req.sampling_session_seq_id is None:
                 raise HTTPError(400, f"{w}: give either 'path' (a checkpoint name) or 'sampling_session_seq_id'")
             ttl = check_ttl(req.ttl_seconds, w)
-            meta = check_user_metadata(extra.get("user_metadata"), w)
+            meta = check_user_metadata(req.user_metadata, w)
 
             def job() -> Any:
                 out: dict[str, Any] = {"type": "save_weights_for_sampler"}
@@ -342,7 +315,7 @@ class TrainingApi(LiveApi):
             return job
 
         return self._sequenced(call, SaveWeightsForSamplerRequest, request_type="SaveWeightsForSampler",
-                               fn="save_weights_for_sampler", build=build, extras=("kind", "user_metadata"))
+                               fn="save_weights_for_sampler", build=build)
 
     def _bind_sampler(self, model: LiveModel, sampling_seq: int, path: str | None) -> str:
         """A sampling session on a snapshot of ``model``'s weights (persisted when they are not saved)."""
@@ -381,8 +354,11 @@ class TrainingApi(LiveApi):
             return self._create_via_load(call)
 
         def build(model: LiveModel, req: LoadWeightsRequest, extra: dict[str, Any]) -> Callable[[], Any]:
-            check_optimizer_config(extra.get("optimizer_config"), w)
             directory, run_base = self._load_source(call, req)
+            if req.optimizer_config is not None and model.adapter is not None \
+                    and optimizer_name(req.optimizer_config) != model.adapter.optimizer:
+                raise HTTPError(400, f"{w}: optimizer_config {req.optimizer_config.type!r} differs from model "
+                                     f"{model.model_id}'s {model.adapter.optimizer!r} optimizer")
             if model.base_model != run_base:
                 raise HTTPError(400, f"{w}: checkpoint {req.path} was trained on {run_base!r}, but model "
                                      f"{model.model_id} uses {model.base_model!r}")
@@ -392,8 +368,7 @@ class TrainingApi(LiveApi):
                 return {"type": "load_weights", "path": req.path, "model_id": model.model_id}
             return job
 
-        return self._sequenced(call, LoadWeightsRequest, request_type="LoadWeights", fn="load_weights", build=build,
-                               extras=("optimizer_config",))
+        return self._sequenced(call, LoadWeightsRequest, request_type="LoadWeights", fn="load_weights", build=build)
 
     def _load_source(self, call: Call, req: LoadWeightsRequest) -> tuple[Path, str]:
         ckpt, run = self.checkpoint_by_path(call, req.path, access_token=req.weights_access_token)
@@ -411,8 +386,7 @@ class TrainingApi(LiveApi):
 
     def _create_via_load(self, call: Call) -> Any:
         w = "load_weights"
-        req, extra = call.parse(LoadWeightsRequest, extras=("optimizer_config",))
-        check_optimizer_config(extra.get("optimizer_config"), w)
+        req, _ = call.parse(LoadWeightsRequest)
         sess = self.session(call, req.session_id, w)
         self.use_session(sess, w)
         seq = int(req.model_seq_id or 0)
@@ -440,7 +414,7 @@ class TrainingApi(LiveApi):
         cfg = run.lora_config
         return {"base_model": run.base_model, "is_lora": True, "lora_rank": cfg.get("rank"),
                 "train_unembed": cfg.get("train_unembed", True), "train_mlp": cfg.get("train_mlp", True),
-                "train_attn": cfg.get("train_attn", True), "optimizer_config": {"type": "adamw"}}
+                "train_attn": cfg.get("train_attn", True), "optimizer_config": self.optimizer_config_json(cfg)}
 
     def copy_weights(self, call: Call) -> Any:
         """Copy a checkpoint into a new, untrainable training run (idempotent per X-Idempotency-Key)."""
