@@ -126,3 +126,34 @@ def test_graceful_stop_keeps_queued_work(tmp_path: Path) -> None:
         api.result(api.post("forward_backward", fwdbwd(mid, 1)))
         r = api.poll(queued, deadline_s=30)
         assert r.status_code == 200 and "metrics" in r.json(), r.text
+
+
+def test_journaled_creation_runs_after_a_restart(tmp_path: Path) -> None:
+    """A create_model accepted but not run before the crash (its journal entry is all that is left) runs on
+    restart, then the requests queued behind it."""
+    import base64
+    import json
+
+    from tinker_sync.local._persist import LiveStateStore
+    from tinker_sync.local._store import owner_of_key
+
+    from .test_local_server import BASE, KEY_A
+
+    with LocalTinkerServer(data_dir=tmp_path / "d") as srv:
+        sid = Api(srv.url).session()
+    mid = f"{sid}:train:0"
+    journal = LiveStateStore(tmp_path / "d")
+
+    def entry(fn: str, body: dict[str, object], request_type: str) -> dict[str, object]:
+        return {"fn": fn, "op": fn, "request_type": request_type, "owner": owner_of_key(KEY_A),
+                "content_type": "application/json", "body": base64.b64encode(json.dumps(body).encode()).decode()}
+
+    journal.save_pending(mid, 0, entry("create_model", {"session_id": sid, "model_seq_id": 0, "base_model": BASE,
+                                                        "lora_config": {"rank": 4, "seed": 7}}, "CreateModel"))
+    journal.save_pending(mid, 1, entry("forward_backward", fwdbwd(mid, 1), "ForwardBackward"))
+    with LocalTinkerServer(data_dir=tmp_path / "d", long_poll_s=0.5) as srv:
+        api = Api(srv.url)
+        # the resumed seq_id 1 is found by a retry of the same request
+        assert api.result(api.post("forward_backward", fwdbwd(mid, 1)))["metrics"]["loss:sum"] > 0
+        assert api.ok("POST", "get_info", {"model_id": mid})["model_id"] == mid
+    assert journal.load_pending(mid) == {}

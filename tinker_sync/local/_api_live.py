@@ -61,11 +61,11 @@ class LiveApi(ApiBase):
         try:
             for model_id in model_ids:
                 meta = self.live.load_model_meta(model_id)
-                if meta is None or not isinstance(meta.get("owner"), str):
+                if meta is not None and isinstance(meta.get("owner"), str):
+                    self.restore_model(model_id, meta["owner"])
+                elif not self._recreate(model_id):
                     logger.warning("journaled work of model %s has no model state; dropping it", model_id)
                     self.live.delete_pending(model_id)
-                    continue
-                self.restore_model(model_id, meta["owner"])
         except Exception:  # never leave the pollers waiting on a crashed recovery thread
             logger.exception("resuming journaled work failed")
         finally:
@@ -147,23 +147,45 @@ class LiveApi(ApiBase):
         logger.info("restored model %s at seq_id %s", model_id, meta["next_seq"])
         return model
 
-    def _replay_pending(self, model: LiveModel) -> None:
+    def _recreate(self, model_id: str) -> bool:
+        """Run again the journaled creation of a model the server accepted but never ran, then its queue."""
+        entry = self.live.load_pending(model_id).get(0)
+        if entry is None or not isinstance(entry.get("owner"), str):
+            return False
+        with self.lock:
+            self._replay(entry, 0, str(entry["owner"]), model_id)
+            model = self.models.get(model_id)
+            if model is None:
+                return False
+            self._replay_pending(model, first=1)
+        return True
+
+    def _replay(self, entry: Mapping[str, Any], seq: int, owner: str, model_id: str) -> str | None:
+        """Send a journaled request through its endpoint again; the refusal's reason, or None."""
+        call = Call(method="POST", op=str(entry["op"]), params={}, query={},
+                    headers={"Content-Type": str(entry.get("content_type") or "application/json")},
+                    body=base64.b64decode(str(entry["body"])), owner=owner)
+        try:
+            getattr(self, str(entry["fn"]))(call)
+        except (HTTPError, KeyError, AttributeError, TypeError, ValueError) as exc:
+            detail = exc.detail if isinstance(exc, HTTPError) else f"{type(exc).__name__}: {exc}"
+            logger.warning("journaled seq_id %s of model %s cannot run again: %s", seq, model_id, detail)
+            return detail
+        return None
+
+    def _replay_pending(self, model: LiveModel, *, first: int = 0) -> None:
         """Queue again the journaled requests of ``model`` that had not run when the server stopped."""
         for seq, entry in sorted(self.live.load_pending(model.model_id).items()):
+            if seq < first:
+                continue
             if seq < model.lane.next_seq:  # ran, but the journal entry was not removed yet
                 self.live.drop_pending(model.model_id, seq)
                 continue
             if entry.get("skip"):
                 model.lane.skip(seq)
                 continue
-            call = Call(method="POST", op=str(entry["op"]), params={}, query={},
-                        headers={"Content-Type": str(entry.get("content_type") or "application/json")},
-                        body=base64.b64decode(str(entry["body"])), owner=model.owner)
-            try:
-                getattr(self, str(entry["fn"]))(call)
-            except (HTTPError, KeyError, AttributeError, TypeError, ValueError) as exc:
-                detail = exc.detail if isinstance(exc, HTTPError) else f"{type(exc).__name__}: {exc}"
-                logger.warning("journaled seq_id %s of model %s cannot run again: %s", seq, model.model_id, detail)
+            detail = self._replay(entry, seq, model.owner, model.model_id)
+            if detail is not None:
                 self._fail_seq(model, seq, entry, detail)
         logger.info("model %s: journaled work resumed", model.model_id)
 
@@ -354,8 +376,11 @@ class LiveApi(ApiBase):
         model.lane.skip(seq)
 
     def new_model(self, call: Call, session_id: str, model_seq_id: int, base_model: str,
-                  request_type: str, make: Callable[[LiveModel], Callable[[], Any]]) -> dict[str, Any]:
-        """Create a model whose first lane job (seq 0) is ``make(model)``; a retry gets the first handle."""
+                  request_type: str, make: Callable[[LiveModel], Callable[[], Any]], *, fn: str) -> dict[str, Any]:
+        """Create a model whose first lane job (seq 0) is ``make(model)``; a retry gets the first handle.
+
+        The creation is journaled (as seq 0) before the handle is returned, like every sequenced request.
+        """
         model_id = f"{session_id}:train:{model_seq_id}"
         rid = request_id_for(model_id, "create")
         with self.lock:
@@ -368,8 +393,11 @@ class LiveApi(ApiBase):
                 raise HTTPError(409, f"model {model_id} already exists (model_seq_id {model_seq_id} was used); "
                                      f"use the next model_seq_id")
             model = LiveModel(model_id, session_id, call.owner, base_model, first_seq=0, on_step=self.after_step)
-            fn = make(model)
+            job = make(model)
+            self.live.save_pending(model_id, 0, {
+                "fn": fn, "op": call.op, "request_type": request_type, "owner": call.owner,
+                "body": base64.b64encode(call.body).decode(), "content_type": call.headers.get("Content-Type") or ""})
             fut, _ = self.add_future(ServerFuture(rid, request_type, call.op, call.owner, model_id=model_id))
             self.models[model_id] = model
-        model.lane.submit(0, fut, fn)
+        model.lane.submit(0, fut, job)
         return self.handle(fut)

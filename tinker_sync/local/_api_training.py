@@ -131,7 +131,7 @@ class TrainingApi(LiveApi):
                 return {"model_id": model.model_id, "type": "create_model"}
             return job
 
-        return self.new_model(call, sess.session_id, req.model_seq_id, base, "CreateModel", make)
+        return self.new_model(call, sess.session_id, req.model_seq_id, base, "CreateModel", make, fn="create_model")
 
     def get_info(self, call: Call) -> Any:
         req, _ = call.parse(GetInfoRequest)
@@ -406,7 +406,7 @@ class TrainingApi(LiveApi):
                 return {"type": "load_weights", "path": req.path, "model_id": model.model_id}
             return job
 
-        return self.new_model(call, sess.session_id, seq, run_base, "LoadWeights", make)
+        return self.new_model(call, sess.session_id, seq, run_base, "LoadWeights", make, fn="load_weights")
 
     def weights_info(self, call: Call) -> Any:
         req, _ = call.parse(WeightsInfoRequest)
