@@ -269,59 +269,26 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch_bounded(self, method: str) -> None:
         owner = self.server.owner
         split = urlsplit(self.path)
-        path = split.path
-        headers = self.headers
-        recorded_headers = {k: v for k, v in headers.items() if k.lower() != "x-api-key"}
         body = b""
         unread_body = False
-        drop = False
-        # (status, body, content type, headers) of the answer; decided completely before anything is written
-        answer: tuple[int, bytes, str, Mapping[str, str]]
+        # (status, body, content type, headers) of the answer, None = drop the connection; decided completely
+        # before anything is written
+        answer: tuple[int, bytes, str, Mapping[str, str]] | None
         try:
             try:
-                proto = "application/x-protobuf" in (headers.get("Content-Type") or "")
+                proto = "application/x-protobuf" in (self.headers.get("Content-Type") or "")
                 body = self._read_body(owner.max_body_bytes if proto else min(owner.max_body_bytes,
                                                                                owner.max_json_body_bytes))
             except HTTPError:
                 unread_body = True  # the rest of the body must not be parsed as the next request
                 raise
-            route = self._route(method, path)
-            _, op, fn_name, needs_auth, params = route
-            delay = owner.faults.delay_for(op)
-            if delay > 0:
-                time.sleep(delay)
-            if owner.faults.should_drop(op):
-                drop = True
-                answer = (0, b"", "", {})
-            else:
-                scripted = owner.faults.scripted_response(op)
-                if scripted is not None:
-                    answer = _json_answer(scripted.status, scripted.body, scripted.headers)
-                else:
-                    api_key, who = self._authenticate() if needs_auth else ("", "")
-                    call = Call(method=method, op=op, params=params, query=dict(parse_qsl(split.query)),
-                                headers=headers, body=body, owner=who, api_key=api_key)
-                    result = getattr(owner.api, fn_name)(call)
-                    if isinstance(result, Answer):
-                        answer = (result.status, result.body, result.content_type, result.headers)
-                    else:
-                        answer = _json_answer(200, result)
-        except HTTPError as exc:
-            answer = _json_answer(exc.status, {"detail": exc.detail}, exc.headers)
-        except RecursionError:
-            answer = _json_answer(400, {"detail": f"{path}: the request is nested too deeply; flatten it"})
-        except UnicodeEncodeError:
-            answer = _json_answer(400, {"detail": f"{path}: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff "
-                                                  f"without its pair); send valid Unicode text"})
-        except MemoryError:
-            answer = _json_answer(413, {"detail": f"{path}: the request needs more memory than this server allows; "
-                                                  f"send less data per request"})
-        except Exception as exc:
-            logger.exception("unhandled error in %s %s", method, path)
-            answer = _json_answer(500, {"detail": f"internal server error: {type(exc).__name__}: {exc}"})
+            answer = self._answer(method, split.path, split.query, body)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an answer (see _error_answer)
+            answer = self._error_answer(exc, method, split.path)
         # Record before answering: a client that inspects ``requests`` right after its call returned sees it.
-        owner._record(RecordedRequest(method, path, recorded_headers, body, answer[0]))
-        if drop:
+        recorded_headers = {k: v for k, v in self.headers.items() if k.lower() != "x-api-key"}
+        owner._record(RecordedRequest(method, split.path, recorded_headers, body, 0 if answer is None else answer[0]))
+        if answer is None:
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -337,6 +304,42 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if unread_body:
             self._lingering_close()
+
+    def _answer(self, method: str, path: str, query: str, body: bytes) -> tuple[int, bytes, str, Mapping[str, str]] | None:
+        """Route, apply the scripted faults, authenticate and call the endpoint (None = drop the connection)."""
+        owner = self.server.owner
+        _, op, fn_name, needs_auth, params = self._route(method, path)
+        delay = owner.faults.delay_for(op)
+        if delay > 0:
+            time.sleep(delay)
+        if owner.faults.should_drop(op):
+            return None
+        scripted = owner.faults.scripted_response(op)
+        if scripted is not None:
+            return _json_answer(scripted.status, scripted.body, scripted.headers)
+        api_key, who = self._authenticate() if needs_auth else ("", "")
+        call = Call(method=method, op=op, params=params, query=dict(parse_qsl(query)), headers=self.headers,
+                    body=body, owner=who, api_key=api_key)
+        result = getattr(owner.api, fn_name)(call)
+        if isinstance(result, Answer):
+            return result.status, result.body, result.content_type, result.headers
+        return _json_answer(200, result)
+
+    @staticmethod
+    def _error_answer(exc: Exception, method: str, path: str) -> tuple[int, bytes, str, Mapping[str, str]]:
+        """The answer for a failure: its HTTPError, a 4xx for malformed input, a 500 only for a server bug."""
+        if isinstance(exc, HTTPError):
+            return _json_answer(exc.status, {"detail": exc.detail}, exc.headers)
+        if isinstance(exc, RecursionError):
+            return _json_answer(400, {"detail": f"{path}: the request is nested too deeply; flatten it"})
+        if isinstance(exc, UnicodeEncodeError):
+            return _json_answer(400, {"detail": f"{path}: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff "
+                                                f"without its pair); send valid Unicode text"})
+        if isinstance(exc, MemoryError):
+            return _json_answer(413, {"detail": f"{path}: the request needs more memory than this server allows; "
+                                                f"send less data per request"})
+        logger.error("unhandled error in %s %s", method, path, exc_info=exc)
+        return _json_answer(500, {"detail": f"internal server error: {type(exc).__name__}: {exc}"})
 
     def _lingering_close(self) -> None:
         """Half-close, then read and discard what the client still sends before closing.
