@@ -176,9 +176,8 @@ class _Fuzzer:
         from tinker_sync import _proto, _serde
         from tinker_sync.types import ForwardBackwardRequest
 
-        proto = _proto.encode_forward_backward_request(_serde.parse_request(
-            {"model_id": self.ids["model"], "seq_id": 2, "data": DATA, "loss_fn": "cross_entropy"},
-            ForwardBackwardRequest))
+        proto = _proto.encode_forward_backward_request(_serde.parse_request(_fwdbwd(self.ids["model"], 2),
+                                                                            ForwardBackwardRequest))
         for n in range(iterations):
             method, pattern = routes[n % len(routes)]
             path = self._path(pattern)
