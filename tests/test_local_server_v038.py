@@ -158,3 +158,20 @@ def test_stability_records_fill_stable_reinforce_logprobs(api: Api) -> None:
     other = {**datum, "loss_fn_input_spans": [{"type": "sampled_tokens", "sequence_id": "other", "length": n}]}
     bad = {**body, "seq_id": 2, "forward_backward_input": {"data": [other], "loss_fn": "stable_reinforce"}}
     assert "no stability info" in api.post("forward_backward", bad).json()["detail"]
+
+
+def test_load_weights_never_switches_optimizer_silently(api: Api) -> None:
+    sid = api.session()
+    mid = api.model(sid)
+    path = api.result(api.post("save_weights", {"model_id": mid, "path": "w", "seq_id": 1}))["path"]
+    dimuon = {"type": "dimuon", "version": 1}
+    r = api.post("load_weights", {"model_id": mid, "path": path, "optimizer": False, "seq_id": 2,
+                                  "optimizer_config": dimuon})
+    assert "differs" in r.json()["detail"]
+    r = api.post("load_weights", {"session_id": sid, "model_seq_id": 1, "path": path, "optimizer": True,
+                                  "optimizer_config": dimuon})
+    assert "cannot resume" in r.json()["detail"]
+    # weights only into a new model: it trains with the optimizer it asked for
+    new = api.result(api.post("load_weights", {"session_id": sid, "model_seq_id": 2, "path": path, "optimizer": False,
+                                               "optimizer_config": dimuon}))["model_id"]
+    assert api.ok("POST", "get_info", {"model_id": new})["optimizer_config"] == dimuon

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import tarfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -276,8 +277,9 @@ class RestApi(ApiBase):
                                  f"searches your own sessions ({{\"type\": \"own\"}})")
         rows = self.store.owner_sessions(call.owner)
         if req.cursor is not None:
-            after = (req.cursor.last_created_at.timestamp(), req.cursor.last_session_id)
-            rows = [r for r in rows if (r.created_at, r.session_id) < after]
+            # compare as datetimes: the cursor carries microseconds, the store a float
+            after = (req.cursor.last_created_at, req.cursor.last_session_id)
+            rows = [r for r in rows if (datetime.fromtimestamp(r.created_at, timezone.utc), r.session_id) < after]
         rows = [r for r in rows if self._search_match(r, req)]
         page = rows[:req.limit]
         out = [self._summary(r) for r in page]

@@ -46,7 +46,7 @@ from ._api_common import (
 from ._api_live import LiveApi
 from ._jobs import JobError, ServerFuture, request_id_for
 from ._live import FwdBwdResult, LiveModel, LiveSampler
-from ._store import CheckpointRow
+from ._store import CheckpointRow, RunRow
 
 logger = logging.getLogger(__name__)
 
@@ -354,34 +354,44 @@ class TrainingApi(LiveApi):
             return self._create_via_load(call)
 
         def build(model: LiveModel, req: LoadWeightsRequest, extra: dict[str, Any]) -> Callable[[], Any]:
-            directory, run_base = self._load_source(call, req)
-            if req.optimizer_config is not None and model.adapter is not None \
-                    and optimizer_name(req.optimizer_config) != model.adapter.optimizer:
-                raise HTTPError(400, f"{w}: optimizer_config {req.optimizer_config.type!r} differs from model "
-                                     f"{model.model_id}'s {model.adapter.optimizer!r} optimizer")
-            if model.base_model != run_base:
-                raise HTTPError(400, f"{w}: checkpoint {req.path} was trained on {run_base!r}, but model "
+            directory, run = self._load_source(call, req)
+            if model.base_model != run.base_model:
+                raise HTTPError(400, f"{w}: checkpoint {req.path} was trained on {run.base_model!r}, but model "
                                      f"{model.model_id} uses {model.base_model!r}")
+            keep = model.adapter.optimizer if model.adapter is not None else None
+            if not req.optimizer and req.optimizer_config is not None and keep is not None \
+                    and optimizer_name(req.optimizer_config) != keep:
+                raise HTTPError(400, f"{w}: optimizer_config {req.optimizer_config.type!r} differs from model "
+                                     f"{model.model_id}'s {keep!r} optimizer (fixed at its creation)")
 
             def job() -> Any:
-                self._load_into(model, req.path, req.optimizer, directory)
+                self._load_into(model, req, directory, keep)
                 return {"type": "load_weights", "path": req.path, "model_id": model.model_id}
             return job
 
         return self._sequenced(call, LoadWeightsRequest, request_type="LoadWeights", fn="load_weights", build=build)
 
-    def _load_source(self, call: Call, req: LoadWeightsRequest) -> tuple[Path, str]:
+    def _load_source(self, call: Call, req: LoadWeightsRequest) -> tuple[Path, RunRow]:
         ckpt, run = self.checkpoint_by_path(call, req.path, access_token=req.weights_access_token)
         if req.optimizer and ckpt.kind != "weights":
             raise HTTPError(400, f"load_weights: {req.path} is a sampler checkpoint without optimizer state; load a "
                                  f"tinker://.../weights/... checkpoint or pass optimizer=false")
-        return Path(ckpt.directory), run.base_model
+        saved = str(run.lora_config.get("optimizer", "adamw"))
+        if req.optimizer and req.optimizer_config is not None and optimizer_name(req.optimizer_config) != saved:
+            raise HTTPError(400, f"load_weights: optimizer_config {req.optimizer_config.type!r} cannot resume the "
+                                 f"{saved!r} optimizer state of {req.path}; pass optimizer=false to load the weights "
+                                 f"only, or omit optimizer_config")
+        return Path(ckpt.directory), run
 
-    def _load_into(self, model: LiveModel, path: str, with_opt: bool, directory: Path) -> None:
+    def _load_into(self, model: LiveModel, req: LoadWeightsRequest, directory: Path, keep: str | None) -> None:
+        """Load a checkpoint into ``model``: with optimizer state it resumes the saved optimizer; weights alone
+        train with the model's optimizer (``keep``), else the requested one, else AdamW."""
         if not directory.exists():
-            raise JobError(f"checkpoint {path} no longer exists", "user")
+            raise JobError(f"checkpoint {req.path} no longer exists", "user")
         engine = model.engine or self.engine(model.base_model)
-        adapter = self.engine_module.Adapter.load(engine, directory, with_optimizer=with_opt)
+        adapter = self.engine_module.Adapter.load(engine, directory, with_optimizer=req.optimizer)
+        if not req.optimizer:
+            adapter.optimizer = keep or (optimizer_name(req.optimizer_config) if req.optimizer_config else "adamw")
         model.engine, model.adapter = engine, adapter
 
     def _create_via_load(self, call: Call) -> Any:
@@ -393,20 +403,20 @@ class TrainingApi(LiveApi):
         existing = self.futures.get(request_id_for(f"{sess.session_id}:train:{seq}", "create"))
         if existing is not None:
             return self.handle(existing)  # a retry
-        directory, run_base = self._load_source(call, req)
-        if (req.base_model or run_base) != run_base:
+        directory, run = self._load_source(call, req)
+        if (req.base_model or run.base_model) != run.base_model:
             raise HTTPError(400, f"{w}: base_model {req.base_model!r} does not match the checkpoint's base model "
-                                 f"{run_base!r}")
+                                 f"{run.base_model!r}")
 
         def make(model: LiveModel) -> Callable[[], Any]:
             def job() -> Any:
-                self._load_into(model, req.path, req.optimizer, directory)
-                self.store.add_run(model.model_id, sess.session_id, call.owner, run_base,
+                self._load_into(model, req, directory, None)
+                self.store.add_run(model.model_id, sess.session_id, call.owner, run.base_model,
                                    self.adapter_cfg(model.adapter), req.user_metadata)
                 return {"type": "load_weights", "path": req.path, "model_id": model.model_id}
             return job
 
-        return self.new_model(call, sess.session_id, seq, run_base, "LoadWeights", make, fn="load_weights")
+        return self.new_model(call, sess.session_id, seq, run.base_model, "LoadWeights", make, fn="load_weights")
 
     def weights_info(self, call: Call) -> Any:
         req, _ = call.parse(WeightsInfoRequest)
