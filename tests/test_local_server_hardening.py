@@ -84,10 +84,19 @@ def test_huge_sparse_tensor_from_a_tiny_body_is_a_400(api: Api) -> None:
     datum["loss_fn_inputs"]["weights"] = {"data": [], "dtype": "float32", "shape": [10**12, 10**12],
                                           "sparse_crow_indices": [0, 0], "sparse_col_indices": []}
     assert "sparse_crow_indices" in _detail(api.post("forward_backward", fwdbwd(mid, 2, [datum])), 400)
+    from tinker_sync import _proto, _serde
+    from tinker_sync.types import ForwardBackwardRequest
+
+    datum["loss_fn_inputs"]["weights"] = {"data": [], "dtype": "float32", "shape": [n, 10**9],
+                                          "sparse_crow_indices": [0] * (n + 1), "sparse_col_indices": []}
+    proto = _proto.encode_forward_backward_request(_serde.parse_request(fwdbwd(mid, 3, [datum]), ForwardBackwardRequest))
+    r = api.s.post(f"{api.url}/api/v1/forward_backward", data=proto, timeout=30,
+                   headers={"Content-Type": "application/x-protobuf"})
+    assert len(proto) < 1000 and "limit" in _detail(r, 400)  # the same check on the protobuf path
     dense = text_datum("Q: hi\nA:", " hello")
     dense["loss_fn_inputs"]["weights"]["shape"] = [n, 10**6]
-    assert "elements" in _detail(api.post("forward_backward", fwdbwd(mid, 3, [dense])), 400)
-    assert api.result(api.post("forward_backward", fwdbwd(mid, 4)))["metrics"]["loss:sum"] > 0
+    assert "elements" in _detail(api.post("forward_backward", fwdbwd(mid, 4, [dense])), 400)
+    assert api.result(api.post("forward_backward", fwdbwd(mid, 5)))["metrics"]["loss:sum"] > 0
 
 
 def test_unknown_fields_are_refused_by_name(api: Api) -> None:
