@@ -143,3 +143,6 @@ def test_official_038_sdk_new_endpoints(tmp_path: Path) -> None:
         paths = {r.path for r in srv.requests}
         assert {"/api/v1/retrieve_futures", "/api/v1/join_sampling_session", "/api/v1/auth/token",
                 "/api/v1/save_weights_external", "/api/v1/copy_weights", "/api/v1/sessions/search"} <= paths
+        encodings = {next((v for k, v in r.headers.items() if k.lower() == "content-encoding"), None)
+                     for r in srv.requests if r.path == "/api/v1/forward_backward"}
+        assert encodings == {"zstd"}  # proto_compress_fwdbwd is on where zstandard is installed

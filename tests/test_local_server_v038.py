@@ -175,3 +175,25 @@ def test_load_weights_never_switches_optimizer_silently(api: Api) -> None:
     new = api.result(api.post("load_weights", {"session_id": sid, "model_seq_id": 2, "path": path, "optimizer": False,
                                                "optimizer_config": dimuon}))["model_id"]
     assert api.ok("POST", "get_info", {"model_id": new})["optimizer_config"] == dimuon
+
+
+def test_zstd_forward_backward_bodies(api: Api) -> None:
+    zstandard = pytest.importorskip("zstandard")
+    from tinker_sync import _proto, _serde
+    from tinker_sync.types import ForwardBackwardRequest
+
+    assert api.ok("POST", "client/config", {"sdk_version": "0.38.0"})["proto_compress_fwdbwd"] is True
+    mid = api.model(api.session())
+    plain = _proto.encode_forward_backward_request(_serde.parse_request(fwdbwd(mid, 1), ForwardBackwardRequest))
+    headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "zstd"}
+    packed = zstandard.ZstdCompressor().compress(plain)
+    r = api.s.post(f"{api.url}/api/v1/forward_backward", data=packed, headers=headers, timeout=30)
+    assert api.result(r)["metrics"]["loss:sum"] > 0
+    r = api.s.post(f"{api.url}/api/v1/forward_backward", data=b"not zstd", headers=headers, timeout=30)
+    assert r.status_code == 400 and "decompress" in r.json()["detail"]
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (65 * 1024 * 1024))
+    r = api.s.post(f"{api.url}/api/v1/forward_backward", data=bomb, headers=headers, timeout=30)
+    assert r.status_code == 413 and len(bomb) < 100_000
+    r = api.s.post(f"{api.url}/api/v1/forward_backward", data=plain, timeout=30,
+                   headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "br"})
+    assert r.status_code == 415

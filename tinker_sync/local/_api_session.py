@@ -3,6 +3,7 @@
 # Request classes use the types package's validating field factories (str_field(), ...), as tinker_sync.types does.
 from __future__ import annotations
 
+import importlib.util
 import logging
 import uuid
 from typing import Any
@@ -25,7 +26,7 @@ DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
     "inflight_response_bytes_semaphore_size": 50 * 1024 * 1024,
     "parallel_fwdbwd_chunks": True,
     "proto_write_fwdbwd": False,
-    "proto_compress_fwdbwd": False,
+    "proto_compress_fwdbwd": importlib.util.find_spec("zstandard") is not None,  # bodies are read either way
     "fwdbwd_max_chunk_len": 1024,
     "fwdbwd_max_chunk_bytes_count": 5_000_000,
     "fwdbwd_dispatch_bytes_semaphore_size": 50_000_000,

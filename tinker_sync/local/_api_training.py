@@ -8,6 +8,7 @@ so both wire forms share one validation path.
 # Request classes use the types package's validating field factories (str_field(), ...), as tinker_sync.types does.
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -55,6 +56,25 @@ R = TypeVar("R")
 # A loss input may have trailing dimensions (e.g. [tokens, K]); its dense size is capped so a tiny body
 # declaring a huge sparse tensor is refused before anything is allocated.
 MAX_TENSOR_ELEMENTS = 1 << 22
+MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024  # a compressed forward_backward body may expand to this much
+
+
+def _unzstd(body: bytes) -> bytes:
+    """A zstd body decompressed, refusing more than MAX_DECOMPRESSED_BYTES (bounded memory)."""
+    try:
+        import zstandard
+    except ImportError:
+        raise HTTPError(415, "forward_backward: this server cannot read zstd bodies (the zstandard module is not "
+                             "installed here); send the body uncompressed") from None
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)) as reader:
+            out = reader.read(MAX_DECOMPRESSED_BYTES + 1)
+    except zstandard.ZstdError as exc:
+        raise HTTPError(400, f"forward_backward: the zstd body does not decompress: {exc}") from None
+    if len(out) > MAX_DECOMPRESSED_BYTES:
+        raise HTTPError(413, f"forward_backward: the zstd body decompresses to more than {MAX_DECOMPRESSED_BYTES} "
+                             f"bytes; split the request")
+    return bytes(out)
 
 
 def optimizer_name(config: Any) -> str:
@@ -164,9 +184,12 @@ class TrainingApi(LiveApi):
 
     # -- training ---------------------------------------------------------------------------------
     def forward_backward(self, call: Call) -> Any:
-        if (call.headers.get("Content-Encoding") or "").strip().lower() not in ("", "identity"):
-            raise HTTPError(415, "forward_backward: Content-Encoding is not supported by the local server "
-                                 "(proto_compress_fwdbwd is off); send the body uncompressed")
+        encoding = (call.headers.get("Content-Encoding") or "").strip().lower()
+        if encoding == "zstd":
+            call.body = _unzstd(call.body)  # the journal keeps the plain body
+        elif encoding not in ("", "identity"):
+            raise HTTPError(415, f"forward_backward: Content-Encoding {encoding!r} is not supported; send the body "
+                                 f"uncompressed or zstd-compressed")
         if PROTO_CONTENT_TYPE in (call.headers.get("Content-Type", "") or ""):
             from .. import _proto
 
