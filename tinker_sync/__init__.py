@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from . import types
+from ._chat_template import ChatTemplateError
 from ._config import ClientConfig, InvalidConfigError
 from ._download import ArchiveRefusedError, DownloadError, download_signed_url, safe_extract, tqdm_progress
 from ._exceptions import (
@@ -82,6 +83,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BillingError",
+    "ChatTemplateError",
     "Checkpoint",
     "CheckpointType",
     "ClientClosedError",
