@@ -168,42 +168,55 @@ class Tokenizer:
             TypeError: a transformers option this wrapper cannot honour (padding, return_tensors, ...).
             ImportError: jinja2 is not installed (``pip install 'tinker-sync[jinja]'``).
         """
-        from ._chat_template import render_chat_template, select_chat_template
+        from ._chat_template import render_chat_template
 
-        refused = [k for k in _UNSUPPORTED_CHAT_OPTIONS if kwargs.get(k) not in (None, False)]
-        if refused:
-            raise TypeError(
-                f"apply_chat_template: {', '.join(refused)} not supported by the tokenizers wrapper "
-                "(install transformers, extra [hf], for the full transformers tokenizer)"
-            )
-        variables = {k: v for k, v in kwargs.items() if k not in _UNSUPPORTED_CHAT_OPTIONS}
-        template = chat_template if chat_template and "{" in chat_template else None
-        template = template or select_chat_template(self.chat_template, chat_template)
-        if not template:
-            raise ValueError(f"tokenizer {self.name!r} has no chat_template; pass chat_template=... explicitly")
+        _refuse_unsupported(kwargs)
+        template = self._chat_template(chat_template)
         batched = bool(conversation) and not isinstance(conversation[0], Mapping)
         conversations = list(conversation) if batched else [conversation]
-        specials = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
-                    "pad_token": self.pad_token or ""}
+        variables = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
+                     "pad_token": self.pad_token or "", "tools": tools, "documents": documents, **kwargs}
         rendered = [
             render_chat_template(
                 template, list(conv),  # type: ignore[arg-type]
                 add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
-                variables={**specials, "tools": tools, "documents": documents, **variables},
+                variables=variables,
             )
             for conv in conversations
         ]
         if not tokenize:
             return rendered if batched else rendered[0]
-        ids = [self.encode(r, add_special_tokens=False) for r in rendered]
-        if return_dict:
-            masks = [[1] * len(i) for i in ids]
-            return {"input_ids": ids, "attention_mask": masks} if batched else {"input_ids": ids[0], "attention_mask": masks[0]}
-        return ids if batched else ids[0]
+        out = [self._encoded(r, return_dict) for r in rendered]
+        return out if batched else out[0]
+
+    def _chat_template(self, chat_template: str | None) -> str:
+        from ._chat_template import select_chat_template
+
+        if chat_template and "{" in chat_template:  # a template string, not the name of a named template
+            return chat_template
+        template = select_chat_template(self.chat_template, chat_template)
+        if not template:
+            raise ValueError(f"tokenizer {self.name!r} has no chat_template; pass chat_template=... explicitly")
+        return template
+
+    def _encoded(self, text: str, return_dict: bool) -> Any:
+        ids = self.encode(text, add_special_tokens=False)
+        return {"input_ids": ids, "attention_mask": [1] * len(ids)} if return_dict else ids
+
+
+def _refuse_unsupported(kwargs: dict[str, Any]) -> None:
+    refused = [k for k in _UNSUPPORTED_CHAT_OPTIONS if kwargs.get(k) not in (None, False)]
+    if refused:
+        raise TypeError(
+            f"apply_chat_template: {', '.join(refused)} not supported by the tokenizers wrapper "
+            "(install transformers, extra [hf], for the full transformers tokenizer)"
+        )
+    for k in _UNSUPPORTED_CHAT_OPTIONS:
+        kwargs.pop(k, None)
 
 
 def resolve_tokenizer_id(model_name: str, tokenizer_id: str | None = None) -> str:
-    """The tokenizer id for a model name (PROTOCOL §10 rules 1-2)."""
+    """The tokenizer id for a model name (docs/protocol.rst §10 rules 1-2)."""
     if not isinstance(model_name, str) or not model_name:
         raise ValueError(f"model name must be a non-empty str, got {model_name!r}")
     if tokenizer_id:
