@@ -33,7 +33,7 @@ from ._version import __version__
 from .rest_client import RestClient, TraceExportError, TraceExportTimeoutError, WhoamiUnavailableError
 from .sampling_client import SamplingClient
 from .service_client import ServiceClient
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, TokenizerLoadError
 from .training_client import TrainingClient
 
 # The commonly used wire types, at the top level like the official SDK's (``tinker.ModelInput``...).
@@ -127,6 +127,7 @@ __all__ = [
     "TensorDtype",
     "TinkerError",
     "Tokenizer",
+    "TokenizerLoadError",
     "TraceExportError",
     "TraceExportTimeoutError",
     "TrainingClient",

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from ._exceptions import TinkerError
+
 if TYPE_CHECKING:
     import tokenizers
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Tokenizer",
     "TokenizerLike",
+    "TokenizerLoadError",
     "clear_tokenizer_cache",
     "decode_model_input",
     "get_server_tokenizer",
@@ -48,6 +51,11 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
 
 
 Backend = Literal["auto", "transformers", "tokenizers"]
+
+
+class TokenizerLoadError(TinkerError, RuntimeError):
+    """A tokenizer could not be loaded (hub unreachable, gated, or a Thinking Machines internal id)."""
+
 
 
 class TokenizerLike(Protocol):
@@ -290,14 +298,14 @@ def _check_hub_id(tid: str, local_files: bool) -> None:
             "tinker_sync.tokenizer.get_tokenizer() yourself if you trust it"
         )
     if tid.startswith(("TML/", "thinkingmachines/")):
-        raise RuntimeError(
+        raise TokenizerLoadError(
             f"tokenizer {tid!r} is a Thinking Machines tokenizer that tinker_sync cannot load; "
             "pass a local tokenizer.json path to get_tokenizer() instead"
         )
 
 
-def _hub_error(tid: str, exc: Exception) -> RuntimeError:
-    return RuntimeError(
+def _hub_error(tid: str, exc: Exception) -> TokenizerLoadError:
+    return TokenizerLoadError(
         f"could not load tokenizer {tid!r} from the Hugging Face hub ({exc}). Offline? Download its "
         "tokenizer.json and pass the file path to get_tokenizer(), or set HF_TOKEN for gated models"
     )
@@ -381,7 +389,8 @@ def get_tokenizer(
     Raises:
         ValueError: empty name, a directory without tokenizer.json, or (``local_files=False``) a name
             that is not a hub id.
-        RuntimeError: a hub id that cannot be downloaded (e.g. offline), or a TML-internal id.
+        TokenizerLoadError: (a RuntimeError) a hub id that cannot be downloaded (e.g. offline), or a
+            TML-internal id.
     """
     tid = resolve_tokenizer_id(model_name, tokenizer_id)
     chosen = _resolve_backend(backend)
