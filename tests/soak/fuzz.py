@@ -22,52 +22,19 @@ import attrs
 from tests.soak._common import MODEL, ServerProcess, close_bounded, report, soak_client
 from tests.soak.proxy import FaultProxy, ProxiedRequest
 from tinker_sync import RetryPolicy, ServiceClient, types
+from tinker_sync.local import route_table
 
-_CKPT = r"training_runs/[^/]+/checkpoints/[^/]+/[^/]+"
-# Every endpoint of the local server: (method, path pattern after /api/v1/, name). Kept in step with the
-# server by hand; tests/test_soak_quick.py checks each one is routed (no "unknown endpoint" answer).
-ENDPOINTS: list[tuple[str, str, str]] = [
-    ("POST", "client/config", "client/config"),
-    ("POST", "client/dynamic_config", "client/dynamic_config"),
-    ("POST", "auth/token", "auth/token"),
-    ("GET", "healthz", "healthz"),
-    ("GET", "get_server_capabilities", "get_server_capabilities"),
-    ("POST", "create_session", "create_session"),
-    ("POST", "session_heartbeat", "session_heartbeat"),
-    ("POST", "create_sampling_session", "create_sampling_session"),
-    ("POST", "create_model", "create_model"),
-    ("POST", "get_info", "get_info"),
-    ("POST", "unload_model", "unload_model"),
-    ("POST", "forward", "forward"),
-    ("POST", "forward_backward", "forward_backward"),
-    ("POST", "optim_step", "optim_step"),
-    ("POST", "save_weights", "save_weights"),
-    ("POST", "save_weights_for_sampler", "save_weights_for_sampler"),
-    ("POST", "load_weights", "load_weights"),
-    ("POST", "asample", "asample"),
-    ("POST", "retrieve_future", "retrieve_future"),
-    ("POST", "weights_info", "weights_info"),
-    ("GET", "training_runs", "training_runs"),
-    ("GET", r"training_runs/[^/]+", "get_training_run"),
-    ("GET", r"training_runs/[^/]+/checkpoints", "list_run_checkpoints"),
-    ("DELETE", _CKPT, "delete_checkpoint"),
-    ("GET", _CKPT + "/archive", "checkpoint_archive"),
-    ("POST", _CKPT + "/publish", "publish_checkpoint"),
-    ("DELETE", _CKPT + "/publish", "unpublish_checkpoint"),
-    ("PUT", _CKPT + "/ttl", "set_checkpoint_ttl"),
-    ("GET", "checkpoints", "checkpoints"),
-    ("GET", "sessions", "sessions"),
-    ("GET", r"sessions/[^/]+", "get_session"),
-    ("PUT", r"sessions/[^/]+/project", "set_session_project"),
-    ("GET", r"sessions/[^/]+/trace_export", "trace_export"),
-    ("POST", r"sessions/[^/]+/finish", "finish_session"),
-    ("GET", r"samplers/[^/]+", "get_sampler"),
-    ("GET", "audit", "audit"),
-    ("GET", "billing/usage/events", "billing/usage/events"),
-    ("POST", "telemetry", "telemetry"),
-    ("GET", r"_download/[A-Za-z0-9_\-]+", "download"),
+
+def _readable(pattern: str) -> str:
+    """``training_runs/(?P<run>[^/]+)`` -> ``training_runs/{run}`` (optional groups dropped)."""
+    pattern = re.sub(r"\(\?:[^)]*\)\?", "", pattern)
+    return re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern)
+
+
+# Every endpoint of the local server, from its own route table: (method, compiled path regex, name).
+ENDPOINTS: list[tuple[str, re.Pattern[str], str]] = [
+    (m, re.compile(f"^/api/v1/{p}$"), f"{m} {_readable(p)}") for m, p in route_table()
 ]
-_COMPILED = [(m, re.compile(f"^/api/v1/{p}$"), name) for m, p, name in ENDPOINTS]
 _KEY = "tml-soak-0000"
 _PROTO = "application/x-protobuf"
 # Raw JSON texts put in place of one value (the serializer cannot write most of them).
@@ -125,7 +92,7 @@ class Case:
 def endpoint_of(method: str, path: str) -> str | None:
     """The endpoint name a request goes to (None: not an API endpoint)."""
     path = path.split("?", 1)[0]
-    for m, rx, name in _COMPILED:
+    for m, rx, name in ENDPOINTS:
         if m == method and rx.match(path):
             return name
     return None
@@ -158,7 +125,7 @@ def _client_built_cases(proxy: FaultProxy) -> tuple[list[Case], ServiceClient]:
             _quietly(training.forward_backward, [datum], "cross_entropy")
             for req in proxy.recorded[mark:]:
                 if req.path == "/api/v1/forward_backward":
-                    cases.append(Case("forward_backward", f"client-built sparse weights of shape {shape} (protobuf)",
+                    cases.append(Case("POST forward_backward", f"client-built sparse weights of shape {shape} (protobuf)",
                                       req.method, req.path, req.body, req.headers))
     except BaseException:
         close_bounded(client)
@@ -226,25 +193,27 @@ def _fill_missing(templates: dict[str, list[ProxiedRequest]], session_id: str, m
     }
     for name, doc in json_forms.items():
         path = f"/api/v1/{name}"
-        templates.setdefault(name, []).append(ProxiedRequest("POST", path, headers, json.dumps(doc).encode()))
-    fallback = {
-        "client/dynamic_config": ("POST", "/api/v1/client/dynamic_config", b"{}"),
-        "auth/token": ("POST", "/api/v1/auth/token", b"{}"),
-        "healthz": ("GET", "/api/v1/healthz", b""),
-        "telemetry": ("POST", "/api/v1/telemetry", json.dumps({"events": [], "session_id": session_id}).encode()),
-        "finish_session": ("POST", f"/api/v1/sessions/{session_id}/finish", b"{}"),
-        "get_sampler": ("GET", "/api/v1/samplers/sampler-0", b""),
-        "download": ("GET", "/api/v1/_download/abc", b""),
-        "unload_model": ("POST", "/api/v1/unload_model",
-                         json.dumps({"model_id": model_id, "type": "unload_model"}).encode()),
-        "session_heartbeat": ("POST", "/api/v1/session_heartbeat",
-                              json.dumps({"session_id": session_id, "type": "session_heartbeat"}).encode()),
-        "get_server_capabilities": ("GET", "/api/v1/get_server_capabilities", b""),
-        "billing/usage/events": ("GET", "/api/v1/billing/usage/events", b""),
-        "trace_export": ("GET", f"/api/v1/sessions/{session_id}/trace_export", b""),
+        templates.setdefault(f"POST {name}", []).append(
+            ProxiedRequest("POST", path, headers, json.dumps(doc).encode()))
+    bodies = {
+        "telemetry": {"events": [], "session_id": session_id},
+        "unload_model": {"model_id": model_id, "type": "unload_model"},
+        "session_heartbeat": {"session_id": session_id, "type": "session_heartbeat"},
+        "retrieve_futures": {"request_ids": ["req-0"]},
+        "cancel_future": {"request_id": "req-0"},
+        "join_sampling_session": {"session_id": session_id, "sampling_session_id": f"{session_id}:sample:0"},
+        "copy_weights": {"model_id": model_id, "source_path": f"tinker://{model_id}/weights/fuzz-a"},
+        "save_weights_external": {"model_id": model_id, "seq_id": 30_000},
+        "sessions/search": {"limit": 10},
     }
-    for name, (method, path, body) in fallback.items():
-        templates.setdefault(name, [ProxiedRequest(method, path, headers, body)])
+    ids = {"run": model_id, "id": session_id, "kind": "weights", "name": "fuzz-a", "token": "abc"}
+    for method, _, name in ENDPOINTS:
+        if name in templates:
+            continue
+        readable = name.split(" ", 1)[1]
+        path = "/api/v1/" + re.sub(r"\{(\w+)\}", lambda m: ids.get(m.group(1), "x"), readable)
+        doc = bodies.get(readable, {}) if method in ("POST", "PUT") else None
+        templates[name] = [ProxiedRequest(method, path, headers, b"" if doc is None else json.dumps(doc).encode())]
 
 
 # -- mutations ------------------------------------------------------------------------------------
@@ -329,10 +298,10 @@ def _body_cases(name: str, tpl: ProxiedRequest, rng: random.Random, big: bool) -
         yield Case(name, f"random bytes #{i}", m, p, rng.randbytes(rng.randint(1, 512)), h)
     yield Case(name, "Content-Length 10**12 (body not sent)", m, p, b"{}", (*h, ("X-Soak-Content-Length", str(10**12))))
     yield Case(name, "Content-Length not a number", m, p, b"{}", (*h, ("X-Soak-Content-Length", "abc")))
-    if big and name in ("forward_backward", "create_session", "asample"):
+    if big and name in ("POST forward_backward", "POST create_session", "POST asample"):
         yield Case(name, "body of 70 MB (over the limit)", m, p, b'{"x":"' + b"a" * 70_000_000 + b'"}', h)
         yield Case(name, "body of 60 MB (under the limit)", m, p, b'{"x":"' + b"a" * 60_000_000 + b'"}', h)
-    if name == "forward_backward":
+    if name == "POST forward_backward":
         proto = tuple((k, v) for k, v in h if k.lower() != "content-type") + (("Content-Type", _PROTO),)
         for i in range(6):
             yield Case(name, f"protobuf garbage #{i}", m, p, rng.randbytes(rng.randint(1, 256)), proto)
@@ -350,10 +319,8 @@ def _body_cases(name: str, tpl: ProxiedRequest, rng: random.Random, big: bool) -
 def _url_cases(name: str, tpl: ProxiedRequest) -> Iterator[Case]:
     path = tpl.path.split("?", 1)[0]
     segments = path.split("/")
-    for i, seg in enumerate(segments[3:], start=3):  # after /api/v1
-        if seg in ("checkpoints", "publish", "ttl", "archive", "project", "finish", "trace_export", "training_runs",
-                   "sessions", "samplers", "_download", "weights", "sampler_weights"):
-            continue
+    params = [i + 3 for i, seg in enumerate(name.split(" ", 1)[1].split("/")) if seg.startswith("{")]
+    for i in params:  # segment index in "/api/v1/..." split on "/"
         for bad in _PATH_SEGMENTS:
             bent = "/".join([*segments[:i], bad, *segments[i + 1:]])
             if endpoint_of(tpl.method, bent) == name:
@@ -434,8 +401,8 @@ def _ids_of(recorded: list[ProxiedRequest]) -> tuple[str, str]:
 
 
 # Endpoints that end the model or session the other cases use go last.
-_LAST = ("unload_model", "finish_session")
-FUZZ_ORDER = [n for _, _, n in ENDPOINTS if n not in _LAST] + list(_LAST)
+_LAST = ("POST unload_model", "POST sessions/{id}/finish")
+FUZZ_ORDER = [n for _, _, n in ENDPOINTS if n not in _LAST] + [n for n in _LAST if n in {e[2] for e in ENDPOINTS}]
 
 
 def _cause(shown: str) -> str:
