@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from tests.soak import faults, fuzz, restart
-from tests.soak.proxy import FAULT_KINDS, FaultPlan, may_resend
+from tests.soak._common import TrainOutcome, compare_runs
+from tests.soak.proxy import FAULT_KINDS, FaultPlan, FaultProxy, may_resend
 from tinker_sync.local import route_table
 
 
@@ -40,6 +41,30 @@ def test_fault_plan_draws_each_kind_at_its_rate() -> None:
 def test_only_resendable_requests_are_faulted() -> None:
     assert may_resend("POST", "/api/v1/forward_backward") and may_resend("GET", "/api/v1/training_runs")
     assert not may_resend("POST", "/api/v1/telemetry")
+
+
+def test_proxy_drop_after_loses_the_answer_of_an_applied_request(local_server: Any) -> None:
+    import http.client
+
+    plan = FaultPlan(drop_before=0.0, drop_after=1.0, status_429=0.0, status_503=0.0, status_500=0.0, delay=0.0)
+    with FaultProxy(local_server.port, plan=plan) as proxy:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+        try:
+            conn.request("GET", "/api/v1/get_server_capabilities", headers={"X-API-Key": "tml-soak-0000"})
+            with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+                conn.getresponse()
+        finally:
+            conn.close()
+    assert [r.status for r in local_server.requests if r.path == "/api/v1/get_server_capabilities"] == [200]
+    assert proxy.counts["drop_after"] == 1
+
+
+def test_compare_runs_reports_a_changed_loss_or_weight() -> None:
+    reference = TrainOutcome(losses=[1.0, 0.5], fingerprint=[-0.1])
+    assert compare_runs(reference, TrainOutcome(losses=[1.0, 0.5], fingerprint=[-0.1])) == []
+    assert "loss of step 1" in compare_runs(reference, TrainOutcome(losses=[1.0, 0.5000001], fingerprint=[-0.1]))[0]
+    assert "weights differ" in compare_runs(reference, TrainOutcome(losses=[1.0, 0.5], fingerprint=[-0.2]))[0]
+    assert "only 1 of 2" in compare_runs(reference, TrainOutcome(losses=[1.0], fingerprint=[-0.1]))[0]
 
 
 def test_faults_mode_is_exactly_once_under_thirty_percent_faults() -> None:
