@@ -29,6 +29,11 @@ _REQUIRED = "<required>"
 DELIBERATE: dict[tuple[str, str], str] = {
     ("ServiceClient", "holder"): "the official InternalClientHolder (its asyncio loop and connection pools) is "
     "internal machinery; tinker_sync's runtime is not a public attribute",
+    ("TrainingClient", "__init__"): "internal constructor (made by ServiceClient): takes tinker_sync's Session as "
+    "`holder`, and no prefetched `info` (get_info() fetches it on first use and caches it)",
+    ("SamplingClient", "__init__"): "internal constructor: takes tinker_sync's Session as `holder`; no `shadow` "
+    "(copies from pickling or from_sampler_handle own their runtime) and no `retry_config` (retries follow "
+    "the ServiceClient's policy)",
 }
 
 # Gaps still being closed: (client, member) -> what is missing. The lead shrinks this at each merge;

@@ -44,19 +44,23 @@ def test_unknown_constructor_kwargs_are_named() -> None:
         ServiceClient(api_key=_key(), base_url="http://127.0.0.1:1", bogus_knob=1, display_nam="x")
 
 
-def test_official_constructor_kwargs_map_onto_the_config() -> None:
+def test_official_constructor_kwargs_map_onto_the_config(server: ScriptedServer) -> None:
     sc = ServiceClient(
-        user_metadata={"team": "a"}, project_id="p1", api_key=_key(), base_url="http://127.0.0.1:1",
+        {"team": "a"}, "p1", api_key=_key(), base_url=server.url, display_name="run 7",
         timeout=12.5, max_retries=3, default_headers={"X-A": "1"}, default_headers_overrides={"X-B": "2"},
     )
     try:
-        cfg = sc._config
+        cfg = sc.config
         assert cfg.read_timeout_s == 12.5 and cfg.connect_timeout_s == 5.0
         assert cfg.retry.max_attempts == 4
         assert dict(cfg.default_headers) == {"X-A": "1", "X-B": "2"}
-        assert sc._project_id == "p1" and sc._user_metadata == {"team": "a"}
+        sc.session_id  # noqa: B018 - creates the session
     finally:
         sc.close()
+    (create,) = server.requests_to("/api/v1/create_session")
+    body = create.json()
+    assert body["user_metadata"] == {"team": "a"} and body["project_id"] == "p1" and body["display_name"] == "run 7"
+    assert create.header("X-B") == "2"
 
 
 def test_httpx_like_timeout_object() -> None:
@@ -66,14 +70,14 @@ def test_httpx_like_timeout_object() -> None:
 
     sc = ServiceClient(api_key=_key(), base_url="http://127.0.0.1:1", timeout=Timeout())
     try:
-        assert (sc._config.read_timeout_s, sc._config.connect_timeout_s) == (33.0, 2.0)
+        assert (sc.config.read_timeout_s, sc.config.connect_timeout_s) == (33.0, 2.0)
     finally:
         sc.close()
 
 
-def test_positional_user_metadata_gets_a_porting_hint() -> None:
-    with pytest.raises(TypeError, match="user_metadata=... .*by keyword"):
-        ServiceClient({"team": "a"})  # type: ignore[arg-type]
+def test_positional_api_key_gets_a_porting_hint() -> None:
+    with pytest.raises(TypeError, match=r"first positional parameter is user_metadata.*ServiceClient\(api_key=...\)"):
+        ServiceClient(_key())  # type: ignore[arg-type]
 
 
 # ---- create_sampling_client -------------------------------------------------------------------
@@ -138,7 +142,7 @@ def test_from_state_with_a_token_against_the_local_server(local_server: Any) -> 
     # without the token the other account cannot see the private checkpoint
     with ServiceClient(api_key="tml-other-account-key-01234", base_url=local_server.url) as other, \
             pytest.raises(NotFoundError):
-        other.create_training_client_from_state(path)
+        other.create_training_client_from_state(path).result(T)
 
 
 # ---- RestClient ---------------------------------------------------------------------------------

@@ -9,6 +9,12 @@ from pathlib import Path
 import pytest
 
 from tinker_sync import types
+from tinker_sync._chunking import (
+    chunk_data,
+    combine_forward_backward_outputs,
+    estimate_datum_bytes,
+    reduce_metrics,
+)
 from tinker_sync.cli import CLIError, _human_size, format_table, safe_extract
 from tinker_sync.rest_client import iter_pages
 from tinker_sync.tokenizer import (
@@ -16,12 +22,6 @@ from tinker_sync.tokenizer import (
     get_tokenizer,
     model_input_from_text,
     resolve_tokenizer_id,
-)
-from tinker_sync.training_client import (
-    chunk_data,
-    combine_forward_backward_outputs,
-    estimate_datum_bytes,
-    reduce_metrics,
 )
 
 
