@@ -6,7 +6,6 @@ import json
 import pickle
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -22,15 +21,6 @@ from tinker_sync.training_client import TrainingClient
 
 MODEL = "tinker-sync/tiny-byte"
 T = 60.0  # generous timeout for every .result()
-
-
-@pytest.fixture
-def service(local_server: Any) -> Iterator[ServiceClient]:
-    client = ServiceClient(api_key=TEST_API_KEY, base_url=local_server.url)
-    try:
-        yield client
-    finally:
-        client.close(cancel_pending=True)
 
 
 def _example(tok: Any, text: str) -> types.Datum:

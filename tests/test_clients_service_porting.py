@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_API_KEY
-from tests.scripted_server import RecordedRequest, Reply, ScriptedServer
+from tests.scripted_server import RecordedRequest, Reply, ScriptedServer, answer_session
 from tinker_sync import ServiceClient, types
 from tinker_sync._exceptions import NotFoundError
 from tinker_sync._retry import RetryPolicy
@@ -27,11 +27,7 @@ T = 30
 @pytest.fixture
 def server() -> Iterator[ScriptedServer]:
     with ScriptedServer() as srv:
-        srv.default("/api/v1/client/config", Reply(200, {}))
-        srv.default("/api/v1/create_session", Reply(200, {"session_id": "s1"}))
-        srv.default("/api/v1/session_heartbeat", Reply(200, {}))
-        srv.default("/api/v1/sessions/s1/finish", Reply(200, {}))
-        yield srv
+        yield answer_session(srv)
 
 
 def _key() -> str:

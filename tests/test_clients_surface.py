@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_API_KEY
-from tests.scripted_server import RecordedRequest, Reply, ScriptedServer
+from tests.scripted_server import RecordedRequest, Reply, ScriptedServer, answer_session
 from tinker_sync import SamplingClient, ServiceClient, TrainingClient, types
 from tinker_sync._custom_loss import make_loss_handle
 from tinker_sync._retry import RetryPolicy
@@ -33,24 +32,11 @@ T = 30.0
 @pytest.fixture
 def server() -> Iterator[ScriptedServer]:
     with ScriptedServer() as srv:
-        srv.default("/api/v1/client/config", Reply(200, {}))
-        srv.default("/api/v1/create_session", Reply(200, {"session_id": "s1"}))
-        srv.default("/api/v1/session_heartbeat", Reply(200, {}))
-        srv.default("/api/v1/sessions/s1/finish", Reply(200, {}))
-        srv.default("/api/v1/create_sampling_session", Reply(200, {"sampling_session_id": "s1:sample:0"}))
+        answer_session(srv)
         srv.default("/api/v1/asample", Reply(200, {"request_id": "smp"}))
         srv.default(RF, Reply(200, {"type": "sample", "sequences": [
             {"stop_reason": "length", "tokens": [1], "logprobs": [-0.5]}], "prompt_logprobs": [None, -1.0, -2.0]}))
         yield srv
-
-
-@pytest.fixture
-def service(local_server: Any) -> Iterator[ServiceClient]:
-    client = ServiceClient(api_key=TEST_API_KEY, base_url=local_server.url)
-    try:
-        yield client
-    finally:
-        client.close(cancel_pending=True)
 
 
 def _sc(srv: ScriptedServer) -> ServiceClient:

@@ -28,15 +28,6 @@ ADAM = types.AdamParams(learning_rate=5e-2)
 
 
 @pytest.fixture
-def service(local_server: Any) -> Iterator[ServiceClient]:
-    client = ServiceClient(api_key=TEST_API_KEY, base_url=local_server.url)
-    try:
-        yield client
-    finally:
-        client.close(cancel_pending=True)
-
-
-@pytest.fixture
 def chunked_server(tmp_path: Path) -> Iterator[Any]:
     """A server whose client config makes every datum its own forward_backward request."""
     from tinker_sync.local import LocalTinkerServer
