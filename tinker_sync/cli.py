@@ -9,10 +9,9 @@ import logging
 import os
 import shutil
 import sys
-import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
@@ -142,41 +141,14 @@ _CKPT_HEADERS = ["Checkpoint ID", "Type", "Size", "Public", "Created", "Expires"
 
 
 def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[str]:
-    """Extract a tar archive (any compression) into ``dest``, refusing anything unsafe.
+    """Extract a tar archive into ``dest`` with ``tinker_sync._download.safe_extract``; refusals are CLIErrors."""
+    from ._download import ArchiveRefusedError
+    from ._download import safe_extract as extract
 
-    Refused (CLIError, nothing extracted): symlinks, hard links, device/fifo members, absolute paths,
-    and paths escaping ``dest`` (``..``). Returns the extracted member names.
-    """
-    dest_path = Path(dest).resolve()
-    with tarfile.open(archive, "r") as tar:
-        members = tar.getmembers()
-        for m in members:
-            name = m.name
-            if m.issym() or m.islnk():
-                raise CLIError(f"refusing archive: member {name!r} is a link")
-            if not (m.isfile() or m.isdir()):
-                raise CLIError(f"refusing archive: member {name!r} is not a regular file or directory")
-            pure = PurePosixPath(name)
-            if not name or pure.is_absolute() or name.startswith(("/", "\\")) or ".." in pure.parts or "\\" in name:
-                raise CLIError(f"refusing archive: member {name!r} has an unsafe path")
-            target = (dest_path / name).resolve()
-            if target != dest_path and dest_path not in target.parents:
-                raise CLIError(f"refusing archive: member {name!r} would escape the destination")
-        dest_path.mkdir(parents=True, exist_ok=True)
-        names = []
-        for m in members:
-            target = dest_path / m.name
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tar.extractfile(m)
-            if src is None:  # pragma: no cover - regular files always have data
-                continue
-            with src, open(target, "wb") as fh:
-                shutil.copyfileobj(src, fh)
-            names.append(m.name)
-        return names
+    try:
+        return extract(archive, dest)
+    except ArchiveRefusedError as exc:
+        raise CLIError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,10 +319,11 @@ def cmd_checkpoint_delete(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _download(url: str, target: Path) -> int:
-    from .rest_client import download_signed_url
+    from ._download import download_signed_url, tqdm_progress
 
     # the signed URL is the only credential: never send the API key to the storage host
-    return download_signed_url(url, target)
+    progress = tqdm_progress("download") if sys.stderr.isatty() else None
+    return download_signed_url(url, target, progress=progress)
 
 
 def cmd_checkpoint_download(args: argparse.Namespace, out: TextIO) -> int:

@@ -165,7 +165,8 @@ class SampledSequence:
     @property
     def tokens_np(self) -> numpy.ndarray:
         """The tokens as a 1-D int32 numpy array (needs numpy)."""
-        return _numpy().asarray(self.tokens, dtype=_numpy().int32)
+        array: numpy.ndarray = _numpy().asarray(self.tokens, dtype=_numpy().int32)
+        return array
 
     @property
     def logprobs_np(self) -> numpy.ndarray | None:
@@ -256,7 +257,8 @@ class SampleResponse:
         if self.prompt_logprobs is None:
             return None
         np = _numpy()
-        return np.asarray([np.nan if x is None else x for x in self.prompt_logprobs], dtype=np.float32)
+        array: numpy.ndarray = np.asarray([np.nan if x is None else x for x in self.prompt_logprobs], dtype=np.float32)
+        return array
 
     @property
     def topk_prompt_logprobs_np(self) -> TopkLogprobs | None:

@@ -290,7 +290,7 @@ class SessionSearchCursor:
 def _display_name(value: Any, self_: Any, field: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
         raise ValueError(f"{_where(self_, field)} must be a non-empty str or None, got {value!r}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 @attrs.frozen

@@ -232,7 +232,7 @@ class ForwardBackwardRequest:
             raise TypeError("ForwardBackwardRequest takes forward_backward_input or data/loss_fn/loss_fn_config, not both")
         if model_id is None:
             raise TypeError("ForwardBackwardRequest needs model_id")
-        self.__attrs_init__(forward_backward_input, model_id, seq_id, forward_only)  # type: ignore[attr-defined]
+        self.__attrs_init__(forward_backward_input, model_id, seq_id, forward_only)
 
     @classmethod
     def from_input(
@@ -336,7 +336,7 @@ class OptimStepRequest:
             raise TypeError(f"OptimStepRequest.adam_params must be AdamParams, got {adam_params.__class__.__name__}")
         if model_id is None:
             raise TypeError("OptimStepRequest needs model_id")
-        self.__attrs_init__(given[0], model_id, seq_id, type)  # type: ignore[attr-defined]
+        self.__attrs_init__(given[0], model_id, seq_id, type)
 
     @property
     def adam_params(self) -> AdamParams | None:
