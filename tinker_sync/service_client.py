@@ -473,5 +473,7 @@ class ServiceClient:
         if exc_type is None:
             self.close()
         else:
-            interrupted = issubclass(exc_type, KeyboardInterrupt)
-            self.close("interrupted" if interrupted else "errored", repr(exc_value), cancel_pending=True)
+            # As officially: an Exception is "errored", anything else (KeyboardInterrupt, SystemExit) "interrupted".
+            # The detail names the exception's type only: its message may carry data the server should not get.
+            status = "errored" if issubclass(exc_type, Exception) else "interrupted"
+            self.close(status, exc_type.__name__, cancel_pending=True)
