@@ -363,9 +363,10 @@ def test_038_save_weights_external(tc: tinker.TrainingClient) -> None:
 
 
 @server_gap("copy_weights endpoint")
-def test_038_copy_weights(sc: tinker.ServiceClient, tc: tinker.TrainingClient) -> None:
+def test_038_copy_weights(local_server: Any, tc: tinker.TrainingClient) -> None:
     path = tc.save_state("to-copy").result(T).path
-    copied = sc.copy_weights(path).result(T)
+    with tinker.ServiceClient(project_id="proj-archive", base_url=local_server.url, api_key=TEST_API_KEY) as archive:
+        copied = archive.copy_weights(path).result(T)
     assert copied.startswith("tinker://") and copied != path
 
 
