@@ -1,4 +1,4 @@
-"""Hand-written protobuf (proto3) wire codec for the ``tinker_public`` messages of PROTOCOL §15.
+"""Hand-written protobuf (proto3) wire codec for the ``tinker_public`` messages of docs/protocol.rst §15.
 
 No protobuf dependency: varints, length-delimited fields, packed repeated ints, maps as repeated entry
 messages, proto3 default elision and explicit presence for ``optional``. Numeric arrays travel as raw
@@ -569,7 +569,7 @@ def _encode_record(outputs: list[dict[str, TensorData]], type_tag: str) -> bytes
 
 
 def encode_forward_backward_output(out: ForwardBackwardOutput) -> bytes:
-    """Serialise a ForwardBackwardOutput as ArrayRecords (PROTOCOL §15.2), for the local server.
+    """Serialise a ForwardBackwardOutput as ArrayRecords (docs/protocol.rst §15.2), for the local server.
 
     Consecutive datums with the same keys, dtypes and trailing shapes share one record.
     """
@@ -700,7 +700,7 @@ def _encode_sequence(seq: SampledSequence) -> bytes:
 
 
 def encode_sample_response(resp: SampleResponse) -> bytes:
-    """Serialise a SampleResponse (PROTOCOL §15.1 conventions), for the local server."""
+    """Serialise a SampleResponse (docs/protocol.rst §15.1 conventions), for the local server."""
     w = _Writer()
     for seq in resp.sequences:
         w.message(1, _encode_sequence(seq))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import email.utils
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from . import types
 from ._download import ProgressCallback, download_signed_url, safe_extract
 from ._exceptions import APIResponseValidationError, APIStatusError, TinkerError
 from ._executor import chain
-from ._retry import SERVER_ERRORS
+from ._retry import SERVER_ERRORS, parse_http_date
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -92,7 +91,7 @@ def archive_url_from_response(resp: HTTPResponse, request_url: str) -> types.Che
                 f"the archive endpoint answered {resp.status} without a Location header", body=resp.content[:1000],
                 expected_type="CheckpointArchiveUrlResponse",
             )
-        expires = _http_date(resp.headers.get("expires"))
+        expires = parse_http_date(resp.headers.get("expires"))
         if expires is None:
             expires = _dt.datetime.now(_UTC) + _dt.timedelta(seconds=_ARCHIVE_DEFAULT_EXPIRY_S)
         return types.CheckpointArchiveUrlResponse(url=urljoin(request_url, location), expires=expires)
@@ -100,18 +99,6 @@ def archive_url_from_response(resp: HTTPResponse, request_url: str) -> types.Che
 
     result: types.CheckpointArchiveUrlResponse = _serde.loads(resp.content, types.CheckpointArchiveUrlResponse)
     return result
-
-
-def _http_date(value: str | None) -> _dt.datetime | None:
-    if not value:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=_UTC)
 
 
 class TraceExportError(TinkerError, RuntimeError):
@@ -362,9 +349,10 @@ class RestClient:
             raise ValueError(f"building_attempts must be an int >= 1, got {building_attempts!r}")
         path = self._ckpt_path(training_run_id, checkpoint_id) + "/archive"
         label = f"{training_run_id}/{checkpoint_id}"
-        fut = self._runtime.executor.submit(self._archive_url, path, label, building_retry_s, building_attempts)
-        self._runtime.register(fut)
-        return fut
+        return self._runtime.spawn(
+            lambda: self._archive_url(path, label, building_retry_s, building_attempts),
+            name=f"checkpoint archive {label}",
+        )
 
     def _archive_url(
         self, path: str, label: str, building_retry_s: float, building_attempts: int
@@ -494,9 +482,7 @@ class RestClient:
                 staging.rename(target)
             return target
 
-        fut = self._runtime.executor.submit(fetch)
-        self._runtime.register(fut)
-        return fut
+        return self._runtime.spawn(fetch, name=f"checkpoint download {tinker_path}")
 
     # ---- sessions and samplers ----------------------------------------------------------
     def list_sessions(self, limit: int = 20, offset: int = 0, access_scope: str = "owned") -> Future[types.ListSessionsResponse]:
@@ -577,9 +563,7 @@ class RestClient:
                     )
                 runtime.pause(poll_interval_s)  # interrupted (ClientClosedError) by close()
 
-        fut = runtime.executor.submit(poll)
-        runtime.register(fut)
-        return fut
+        return runtime.spawn(poll, name=f"trace export {session_id}")
 
     def search_sessions(self, request: types.SessionSearchRequest) -> Future[types.SessionSearchResponse]:
         """One page of the organization's sessions matching ``request``, newest first (experimental).

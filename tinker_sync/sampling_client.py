@@ -18,10 +18,10 @@ from ._checks import check_retry_config, check_tinker_path
 from ._client_future import ClientFuture, forward_client_methods
 from ._config import ClientConfig
 from ._executor import chain
+from ._runtime import Runtime
+from ._session import Session
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
-    from ._session import Session
     from .tokenizer import Tokenizer
 
 __all__ = ["SamplingClient", "SamplingClientFuture"]
@@ -36,7 +36,7 @@ _HANDLE_VERSION = 1
 class SamplingClient:
     """Samples from one sampling session (a base model or saved sampler weights). Thread-safe.
 
-    ``sample``/``compute_logprobs`` return ``concurrent.futures.Future``s; many may be in flight at once
+    ``sample``/``compute_logprobs`` return ``concurrent.futures.Future`` objects; many may be in flight at once
     (the runtime bounds concurrent submissions and shares the 429 backoff window across threads).
 
     A SamplingClient pickles to (config, session ids), and ``get_sampler_handle()`` gives the same as a
@@ -160,8 +160,6 @@ class SamplingClient:
             ValueError: ``handle`` is not a handle from ``get_sampler_handle``.
             InvalidConfigError: no usable API key.
         """
-        from ._runtime import Runtime
-
         try:
             state = json.loads(base64.urlsafe_b64decode(handle.encode("ascii")))
             base_url, sid = state["base_url"], state["sampling_session_id"]
@@ -387,7 +385,5 @@ def _fresh_seq_start() -> int:
 def _unpickle_sampling_client(
     config: Any, sampling_session_id: str, base_model: str | None, record_stability_info: bool = False
 ) -> SamplingClient:
-    from ._runtime import Runtime
-
     return SamplingClient(None, sampling_session_id=sampling_session_id, base_model=base_model, runtime=Runtime(config),
                           seq_start=_fresh_seq_start(), record_stability_info=record_stability_info)

@@ -173,7 +173,7 @@ class ServiceClient:
 
     @property
     def session_id(self) -> str:
-        """The session id (created on first access: client config, create_session, heartbeat start)."""
+        """The session id, created on first access (client config, create_session, heartbeat start)."""
         return self._session.ensure_id()
 
     # ---- server info ------------------------------------------------------------------------

@@ -37,11 +37,10 @@ from ._custom_loss import (
     resolve_backend,
 )
 from ._executor import LaneSlot, chain, gather
-from ._session import CONSOLE_URL
+from ._session import CONSOLE_URL, Session
+from .sampling_client import SamplingClient, SamplingClientFuture
 
 if TYPE_CHECKING:
-    from ._session import Session
-    from .sampling_client import SamplingClient, SamplingClientFuture
     from .tokenizer import Tokenizer
 
 __all__ = ["TrainingClient", "TrainingClientFuture"]
@@ -75,7 +74,7 @@ class TrainingClient:
 
     Sequenced operations (forward/forward_backward chunks, optim_step, save/load) are built and encoded
     in the caller's thread first; then, in one short critical section that cannot fail, they reserve
-    consecutive ``seq_id``s and are queued on one SequencedLane, so the server sees them in the order the
+    consecutive ``seq_id`` values and are queued on one SequencedLane, so the server sees them in the order the
     calls were made, even from several threads. Bad arguments raise ValueError/TypeError immediately and
     send nothing (no seq_id is used). Server-side failures come through the Future.
 
@@ -216,14 +215,14 @@ class TrainingClient:
         gap in the seq_id order or step without the gradient. Cancelling the Future only stops waiting.
 
         ``loss_fn`` is a ``LossHandle`` from ``ServiceClient.create_custom_loss`` (torch; run client-side,
-        per datum), or a callable with this contract:
-          * torch backend (``"torch"``, or ``"auto"`` when torch is importable):
-            ``loss_fn(data, logprobs: list[torch.Tensor]) -> (loss: torch.Tensor, metrics: dict)``;
-            the gradient comes from autograd.
-          * numpy backend (``"numpy"``, or ``"auto"`` without torch):
-            ``loss_fn(data, logprobs: list[numpy.ndarray]) -> (loss: float, metrics: dict, grads)``
-            where ``grads[i]`` is ``dLoss/dlogprobs[i]`` (same shape as ``logprobs[i]``).
-          ``loss_fn`` runs on a client worker thread.
+        per datum), or a callable with this contract (it runs on a client worker thread):
+
+        * torch backend (``"torch"``, or ``"auto"`` when torch is importable):
+          ``loss_fn(data, logprobs: list[torch.Tensor]) -> (loss: torch.Tensor, metrics: dict)``;
+          the gradient comes from autograd.
+        * numpy backend (``"numpy"``, or ``"auto"`` without torch):
+          ``loss_fn(data, logprobs: list[numpy.ndarray]) -> (loss: float, metrics: dict, grads)``
+          where ``grads[i]`` is ``dLoss/dlogprobs[i]`` (same shape as ``logprobs[i]``).
 
         ``loss_type_input`` is the official SDK's parameter: None (the 0.38 default) or ``"logprobs"``.
         Each datum must carry ``target_tokens`` (and optionally ``weights``) only. Returns
@@ -392,7 +391,6 @@ class TrainingClient:
         kind: str = "snapshot",
     ) -> SamplingClientFuture:
         """Future twin of ``save_weights_and_get_sampling_client`` (the same object)."""
-        from .sampling_client import SamplingClient, SamplingClientFuture
 
         where = "save_weights_and_get_sampling_client"
         if name is not None:
@@ -476,7 +474,6 @@ class TrainingClient:
         self, model_path: str, retry_config: Any = None, record_stability_info: bool = False
     ) -> SamplingClientFuture:
         """A SamplingClient on saved sampler weights; also a Future of it (``.result()``)."""
-        from .sampling_client import SamplingClient
 
         return SamplingClient.create(
             self._session, model_path=model_path, retry_config=retry_config,

@@ -1,4 +1,4 @@
-"""Future handles and the retrieve_future poll payloads (PROTOCOL §3)."""
+"""Future handles and the retrieve_future poll payloads (docs/protocol.rst §3)."""
 
 # attrs fields are built by validating factories (str_field(), int_field(), ...), not dataclass defaults.
 # ruff: noqa: RUF009

@@ -88,7 +88,7 @@ _SAMPLING_CLIENT_KINDS: tuple[str, ...] = ("snapshot", "inflight")
 LossFnInputs = dict[str, TensorData]
 LossFnOutput = dict[str, TensorData]
 
-# dtype used when a loss input is given as a plain Python list (PROTOCOL §6.1).
+# dtype used when a loss input is given as a plain Python list (docs/protocol.rst §6.1).
 _LIST_KEY_DTYPES: dict[str, str] = {
     "target_tokens": "int64",
     "weights": "float32",
