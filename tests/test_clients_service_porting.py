@@ -95,10 +95,9 @@ def test_create_sampling_client_still_needs_one_of_them(server: ScriptedServer) 
 
 
 # ---- create_training_client_from_state(..., weights_access_token) -----------------------------
-def test_from_state_sends_the_weights_access_token(server: ScriptedServer) -> None:
-    token = "tml-foreign-account-token-42"
-    path = "tinker://other:train:0/weights/ckpt"
-    server.default("/api/v1/weights_info", Reply(200, {"base_model": "base/m", "is_lora": True, "lora_rank": 8}))
+def _script_from_state(server: ScriptedServer, path: str, **info: Any) -> None:
+    """weights_info answers ``info`` (a LoRA rank-8 checkpoint of base/m); create_model and load_weights succeed."""
+    server.default("/api/v1/weights_info", Reply(200, {"base_model": "base/m", "is_lora": True, "lora_rank": 8, **info}))
     server.default("/api/v1/create_model", Reply(200, {"request_id": "create"}))
     server.default("/api/v1/load_weights", Reply(200, {"request_id": "load"}))
 
@@ -108,6 +107,12 @@ def test_from_state_sends_the_weights_access_token(server: ScriptedServer) -> No
         return Reply(200, {"path": path, "type": "load_weights"})
 
     server.default(RF, poll)
+
+
+def test_from_state_sends_the_weights_access_token(server: ScriptedServer) -> None:
+    token = "tml-foreign-account-token-42"
+    path = "tinker://other:train:0/weights/ckpt"
+    _script_from_state(server, path)
     main_key = _key()
     with ServiceClient(api_key=main_key, base_url=server.url, retry=RetryPolicy(max_attempts=1)) as sc:
         tc = sc.create_training_client_from_state_with_optimizer(path, None, {"k": "v"}, weights_access_token=token)
@@ -119,6 +124,27 @@ def test_from_state_sends_the_weights_access_token(server: ScriptedServer) -> No
     (load,) = server.requests_to("/api/v1/load_weights")
     assert load.json()["weights_access_token"] == token and load.json()["optimizer"] is True
     assert load.header("X-API-Key") == main_key
+
+
+@pytest.mark.parametrize(("with_optimizer", "given", "expected"), [
+    (True, None, {"type": "dimuon", "version": 1}),  # restoring the state needs the checkpoint's family
+    (False, None, None),  # weights only: the default (Adam), left off the wire
+    (False, types.DimuonOptimizerConfig(), {"type": "dimuon", "version": 1}),
+])
+def test_from_state_chooses_the_optimizer_family(
+    server: ScriptedServer, with_optimizer: bool, given: Any, expected: Any
+) -> None:
+    path = "tinker://r:train:0/weights/ckpt"
+    _script_from_state(server, path, optimizer_config={"type": "dimuon", "version": 1})
+    with ServiceClient(api_key=_key(), base_url=server.url, retry=RetryPolicy(max_attempts=1)) as sc:
+        if with_optimizer:
+            tc = sc.create_training_client_from_state_with_optimizer(path).result(T)
+        else:
+            tc = sc.create_training_client_from_state(path, optimizer=given).result(T)
+        assert tc.model_id == "s1:train:0"
+    (create,) = server.requests_to("/api/v1/create_model")
+    assert create.json().get("optimizer_config") == expected
+    assert create.json()["lora_config"]["rank"] == 8
 
 
 def test_from_state_refuses_metadata_in_the_base_model_slot(server: ScriptedServer) -> None:

@@ -376,37 +376,3 @@ def test_forward_backward_custom_with_a_loss_handle(service: ServiceClient) -> N
     assert out.metrics["loss:sum"] == pytest.approx(plain.metrics["loss:sum"], rel=1e-4)
     assert out.metrics["custom/neg_ll:sum"] == pytest.approx(plain.metrics["loss:sum"], rel=1e-4)
     assert torch is not None
-
-
-# ---- optimizer family on resume ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("with_optimizer", "given", "expected"), [
-    (True, None, {"type": "dimuon", "version": 1}),  # restoring the state needs the checkpoint's family
-    (False, None, None),  # weights only: the default (Adam), left off the wire
-    (False, types.DimuonOptimizerConfig(), {"type": "dimuon", "version": 1}),
-])
-def test_from_state_chooses_the_optimizer_family(
-    server: ScriptedServer, with_optimizer: bool, given: Any, expected: Any
-) -> None:
-    path = "tinker://r:train:0/weights/ckpt"
-    server.default("/api/v1/weights_info", Reply(200, {
-        "base_model": "m", "is_lora": True, "lora_rank": 8, "optimizer_config": {"type": "dimuon", "version": 1}}))
-    server.default("/api/v1/create_model", Reply(200, {"request_id": "create"}))
-    server.default("/api/v1/load_weights", Reply(200, {"request_id": "load"}))
-
-    def poll(rec: RecordedRequest) -> Reply:
-        if rec.json()["request_id"] == "create":
-            return Reply(200, {"model_id": "s1:train:0"})
-        return Reply(200, {"path": path, "type": "load_weights"})
-
-    server.default(RF, poll)
-    with _sc(server) as sc:
-        if with_optimizer:
-            tc = sc.create_training_client_from_state_with_optimizer(path).result(T)
-        else:
-            tc = sc.create_training_client_from_state(path, optimizer=given).result(T)
-        assert tc.model_id == "s1:train:0"
-    (create,) = server.requests_to("/api/v1/create_model")
-    assert create.json().get("optimizer_config") == expected
-    assert create.json()["lora_config"]["rank"] == 8
