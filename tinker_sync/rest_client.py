@@ -181,10 +181,15 @@ class RestClient:
             _runtime = Runtime(ClientConfig.from_env(api_key=api_key, base_url=base_url))
         self._runtime = _runtime
 
-    def close(self) -> None:
-        """Close the connections of a standalone RestClient (one from a ServiceClient closes with it)."""
+    def close(self, *, cancel_pending: bool = False, timeout_s: float | None = 300.0) -> None:
+        """Close a standalone RestClient (one from a ServiceClient closes with it).
+
+        A clean close waits at most ``timeout_s`` for pending calls and background tasks (archive
+        builds, trace exports), then fails what is left with ClientClosedError; ``cancel_pending=True``
+        fails them at once.
+        """
         if self._owns_runtime:
-            self._runtime.close()
+            self._runtime.close(cancel_pending=cancel_pending, timeout_s=timeout_s)
 
     def __enter__(self) -> RestClient:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
