@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.scripted_server import RecordedRequest, Reply, ScriptedServer, answer_session
+from tests.scripted_server import (
+    RecordedRequest,
+    Reply,
+    ScriptedServer,
+    SessionSim,
+    TokenMinter,
+    answer_session,
+    wait_for,
+)
 from tinker_sync import SamplingClient, ServiceClient, TrainingClient, types
 from tinker_sync._custom_loss import make_loss_handle
 from tinker_sync._retry import RetryPolicy
@@ -376,3 +384,41 @@ def test_forward_backward_custom_with_a_loss_handle(service: ServiceClient) -> N
     assert out.metrics["loss:sum"] == pytest.approx(plain.metrics["loss:sum"], rel=1e-4)
     assert out.metrics["custom/neg_ll:sum"] == pytest.approx(plain.metrics["loss:sum"], rel=1e-4)
     assert torch is not None
+
+
+# ---- what the server's client config offers is used -------------------------------------------------
+
+
+def test_jwt_auth_from_the_client_config(server: ScriptedServer) -> None:
+    key = f"tml-{uuid.uuid4().hex}"
+    minter = TokenMinter(key)
+    minter.install(server)
+    server.default("/api/v1/client/config", Reply(200, {"pjwt_auth_enabled": True}))
+    with ServiceClient(api_key=key, base_url=server.url) as sc:
+        sc.session_id  # noqa: B018
+    (create,) = server.requests_to("/api/v1/create_session")
+    assert minter.minted and create.header("X-API-Key") == minter.minted[-1]
+    (config,) = server.requests_to("/api/v1/client/config")
+    assert config.header("X-API-Key") == key  # the config itself is read with the key
+
+
+def test_batched_polling_and_cancels_from_the_configs() -> None:
+    sim = SessionSim(hold_s=2.0, session_id="s1:sample:0", result=lambda rid: {
+        "type": "sample", "sequences": [{"tokens": [1], "logprobs": [-0.5], "stop_reason": "length"}]})
+    with ScriptedServer() as srv:
+        answer_session(srv)
+        sim.install(srv)
+        srv.default("/api/v1/client/config", Reply(200, {"sample_use_retrieve_futures": True}))
+        srv.default("/api/v1/client/dynamic_config", Reply(200, {"sample_cancel_enabled": True}))
+        with _sc(srv) as sc:
+            sampler = sc.create_sampling_client(base_model="m").result(T)
+            futs = [sampler.sample(types.ModelInput.from_ints([1]), 1, types.SamplingParams(max_tokens=1))
+                    for _ in range(11)]
+            assert wait_for(lambda: len(sim.pending) == 11, T)
+            futs[-1].cancel()  # the server is told (dynamic config: sample_cancel_enabled)
+            assert wait_for(lambda: len(sim.cancelled) == 1, T)
+            sim.complete(sorted(r for r in sim.pending if r not in sim.cancelled))
+            assert all(f.result(T).sequences[0].tokens == [1] for f in futs[:-1])
+        # waiting happened on the session's batched poll; each result was then fetched once
+        assert srv.requests_to("/api/v1/retrieve_futures")
+        assert len(srv.requests_to("/api/v1/retrieve_future")) == 10

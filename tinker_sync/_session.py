@@ -10,6 +10,8 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from . import types
+from ._auth import JwtCredentials, exchange_credential, token_exchange
+from ._batch_poller import PollFeatures
 from ._exceptions import APIStatusError, ClientClosedError, NotFoundError
 from ._executor import flatten
 from ._runtime import Runtime
@@ -165,10 +167,31 @@ class Session:
                     body=types.ClientConfigRequest(sdk_version=self.runtime.config.sdk_version),
                     response_type=types.ClientConfigResponse,
                 )
-                if cfg.pjwt_auth_enabled:
-                    logger.warning("the server asks for JWT exchange, which tinker_sync does not do; using the API key")
+                self._apply(cfg)
                 self._client_config = cfg
             return self._client_config
+
+    def _apply(self, cfg: types.ClientConfigResponse) -> None:
+        """Use what the server's client config offers: JWT credentials, batched polling and cancels."""
+        if cfg.pjwt_auth_enabled:
+            credential = exchange_credential(self.runtime.config.api_key, cfg.credential_default_source)
+            self.runtime.transport.credentials = JwtCredentials(token_exchange(self.runtime.request, credential))
+            logger.info("the server asks for JWT credentials: requests carry a token exchanged for the key")
+        self.runtime.poller.set_features(PollFeatures.from_config(cfg, self._dynamic_config()))
+
+    def _dynamic_config(self) -> types.ClientDynamicConfigResponse | None:
+        # Read once per session (the official SDK re-reads it every refresh_interval_sec); a server
+        # without the endpoint offers none of its features.
+        try:
+            resp: types.ClientDynamicConfigResponse = self.runtime.request(
+                "POST",
+                "/api/v1/client/dynamic_config",
+                body=types.ClientConfigRequest(sdk_version=self.runtime.config.sdk_version),
+                response_type=types.ClientDynamicConfigResponse,
+            )
+        except NotFoundError:
+            return None
+        return resp
 
     def chunk_limits(self) -> tuple[int, int]:
         """(max datums, max estimated bytes) per forward/forward_backward request (blocking on first use)."""

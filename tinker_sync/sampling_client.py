@@ -53,7 +53,7 @@ class SamplingClient:
     """
 
     def __init__(
-        self, holder: Session | None, *, sampling_session_id: str, base_model: str | None = None,
+        self, holder: Session | None, sampling_session_id: str, *, base_model: str | None = None,
         runtime: Runtime | None = None, seq_start: int = 0, record_stability_info: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
