@@ -28,6 +28,7 @@ from tests.scripted_server import (
 )
 from tinker_sync import SamplingClient, ServiceClient, TrainingClient, types
 from tinker_sync._custom_loss import make_loss_handle
+from tinker_sync._proto import decode_forward_backward_request
 from tinker_sync._retry import RetryPolicy
 from tinker_sync.sampling_client import SamplingClientFuture
 from tinker_sync.training_client import TrainingClientFuture
@@ -422,3 +423,24 @@ def test_batched_polling_and_cancels_from_the_configs() -> None:
         # waiting happened on the session's batched poll; each result was then fetched once
         assert srv.requests_to("/api/v1/retrieve_futures")
         assert len(srv.requests_to("/api/v1/retrieve_future")) == 10
+
+
+def test_forward_backward_bodies_are_zstd_compressed_when_the_server_asks(server: ScriptedServer) -> None:
+    zstandard = pytest.importorskip("zstandard")
+    server.default("/api/v1/client/config", Reply(200, {"proto_compress_fwdbwd": True}))
+    server.default("/api/v1/create_model", Reply(200, {"request_id": "create"}))
+    server.default("/api/v1/forward_backward", Reply(200, {"request_id": "fb"}))
+    server.default("/api/v1/optim_step", Reply(200, {"request_id": "opt"}))
+    answers = {"create": {"model_id": "s1:train:0"}, "opt": {"type": "optim_step", "metrics": {}},
+               "fb": {"loss_fn_output_type": "x", "loss_fn_outputs": [], "metrics": {"loss:sum": 1.0}}}
+    server.default(RF, lambda rec: Reply(200, answers[rec.json()["request_id"]]))
+    with _sc(server) as sc:
+        tc = sc.create_lora_training_client("m").result(T)
+        tc.forward_backward([_datum()], "cross_entropy").result(T)
+        tc.optim_step(types.AdamParams()).result(T)
+    (fb,) = server.requests_to("/api/v1/forward_backward")
+    assert fb.header("Content-Encoding") == "zstd"
+    request = decode_forward_backward_request(zstandard.ZstdDecompressor().decompress(fb.body))
+    assert request.seq_id == 1 and request.model_id == "s1:train:0"
+    (opt,) = server.requests_to("/api/v1/optim_step")
+    assert opt.header("Content-Encoding") is None and opt.json()["seq_id"] == 2  # JSON bodies stay as they are

@@ -6,10 +6,15 @@ import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
 from . import _serde, types
+from ._compress import encode_fwdbwd, explain_refusals
 from ._proto import PROTO_CONTENT_TYPE, encode_forward_backward_request, insert_forward_backward_seq_id
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
 
 __all__ = [
     "PreparedRequest",
@@ -176,14 +181,15 @@ class PreparedRequest:
     """One request of a call, fully encoded except for its seq_id (added in the critical section).
 
     Adding the seq_id cannot fail: protobuf bodies get it from the codec
-    (``insert_forward_backward_seq_id``), JSON bodies get ``"seq_id"`` as their first key.
+    (``insert_forward_backward_seq_id``), JSON bodies get ``"seq_id"`` as their first key. With
+    ``compress`` (the server's ``proto_compress_fwdbwd``) the body is sent zstd-compressed.
     """
 
-    __slots__ = ("body", "content_type", "label", "model_id", "path", "request_type", "response_type")
+    __slots__ = ("body", "compress", "content_type", "label", "model_id", "path", "request_type", "response_type")
 
     def __init__(
         self, path: str, request_type: str, response_type: type, body: bytes, content_type: str, label: str,
-        model_id: str = "",
+        model_id: str = "", compress: bool = False,
     ) -> None:
         self.path = path
         self.request_type = request_type
@@ -192,9 +198,10 @@ class PreparedRequest:
         self.content_type = content_type
         self.label = label
         self.model_id = model_id
+        self.compress = compress
 
     @classmethod
-    def protobuf(cls, req: types.ForwardBackwardRequest, label: str) -> PreparedRequest:
+    def protobuf(cls, req: types.ForwardBackwardRequest, label: str, *, compress: bool = False) -> PreparedRequest:
         """Encode a ForwardBackwardRequest given without seq_id.
 
         Raises:
@@ -204,7 +211,7 @@ class PreparedRequest:
             raise ValueError("PreparedRequest.protobuf expects a request without seq_id")
         return cls("/api/v1/forward_backward", "Forward" if req.forward_only else "ForwardBackward",
                    types.ForwardBackwardOutput, encode_forward_backward_request(req), PROTO_CONTENT_TYPE, label,
-                   req.model_id)
+                   req.model_id, compress)
 
     @classmethod
     def json(cls, path: str, request_type: str, response_type: type, req: Any, label: str) -> PreparedRequest:
@@ -219,3 +226,20 @@ class PreparedRequest:
         if self.content_type == PROTO_CONTENT_TYPE:
             return insert_forward_backward_seq_id(self.body, self.model_id, seq_id)
         return b'{"seq_id":' + str(seq_id).encode("ascii") + b"," + self.body[1:]
+
+    def submit(self, runtime: Runtime, seq_id: int, lane: Any) -> Future[Any]:
+        """Send it as ``seq_id`` on ``lane`` (a SequencedLane or a LaneSlot) and poll its result.
+
+        Raises:
+            ClientClosedError: the runtime is closed.
+        """
+        body = self.with_seq(seq_id)
+        headers: dict[str, str] = {}
+        if self.compress:
+            body, headers = encode_fwdbwd(body, server_asks=True)
+        fut: Future[Any] = runtime.submit_polled(
+            self.path, None, self.response_type, request_type=self.request_type, lane=lane, body=body,
+            content_type=self.content_type, label=f"{self.label} seq_id={seq_id}", headers=headers or None,
+        )
+        # a body sent uncompressed (no zstandard) that the server refuses fails with an error naming the extra
+        return explain_refusals(fut, headers_sent=headers, server_asks=True) if self.compress else fut

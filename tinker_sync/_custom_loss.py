@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Future
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -18,7 +18,6 @@ from ._exceptions import TinkerError
 from ._executor import LaneSlot, chain, copy_outcome, gather, set_exception
 
 if TYPE_CHECKING:
-    from ._executor import SequencedLane
     from ._runtime import Runtime
 
 __all__ = [
@@ -244,13 +243,7 @@ class CustomLossCall:
         futures: list[Future[Any]] = []
         try:
             for (seq, slot), p in zip(self.slots, requests):
-                futures.append(
-                    self.runtime.submit_polled(
-                        p.path, None, p.response_type, request_type=p.request_type,
-                        lane=cast("SequencedLane", slot),  # a LaneSlot has the lane's submit(fn, label=)
-                        body=p.with_seq(seq), content_type=p.content_type, label=f"{p.label} seq_id={seq}",
-                    )
-                )
+                futures.append(p.submit(self.runtime, seq, slot))  # a LaneSlot has the lane's submit(fn, label=)
         except BaseException as exc:  # noqa: BLE001 - ClientClosedError while closing
             self._give_up(exc, "sending it")
             return

@@ -113,12 +113,7 @@ class TrainingClient:
             try:
                 for i, p in enumerate(prepared):
                     seq = first + i
-                    futures.append(
-                        self._runtime.submit_polled(
-                            p.path, None, p.response_type, request_type=p.request_type, lane=self._lane,
-                            body=p.with_seq(seq), content_type=p.content_type, label=f"{p.label} seq_id={seq}",
-                        )
-                    )
+                    futures.append(p.submit(self._runtime, seq, self._lane))
                 for j in range(n_slots):
                     seq = first + len(prepared) + j
                     slots.append((seq, self._lane.reserve(f"forward_backward_custom backward seq_id={seq}")))
@@ -136,6 +131,7 @@ class TrainingClient:
         groups: list[list[int]] | None = None,
     ) -> list[PreparedRequest]:
         """Chunk ``data`` (or use the given index ``groups``) and encode every request, without seq_ids."""
+        compress = self._session.client_config().proto_compress_fwdbwd
         if groups is None:
             max_len, max_bytes = self._session.chunk_limits()
             groups = chunk_data(list(range(len(data))), max_len=max_len, max_bytes=max_bytes,
@@ -151,7 +147,7 @@ class TrainingClient:
             )
             label = f"{call} request {k + 1}/{len(groups)}" if len(groups) > 1 else call
             try:
-                out.append(PreparedRequest.protobuf(req, label))
+                out.append(PreparedRequest.protobuf(req, label, compress=compress))
             except (ValueError, TypeError, OverflowError) as exc:
                 # the encoder names positions inside this request: data[j] is data[group[0] + j] of the call
                 msg = shift_datum_index(str(exc), group[0])
