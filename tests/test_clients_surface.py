@@ -444,3 +444,25 @@ def test_forward_backward_bodies_are_zstd_compressed_when_the_server_asks(server
     assert request.seq_id == 1 and request.model_id == "s1:train:0"
     (opt,) = server.requests_to("/api/v1/optim_step")
     assert opt.header("Content-Encoding") is None and opt.json()["seq_id"] == 2  # JSON bodies stay as they are
+
+
+def test_a_pickled_copy_reads_the_client_config_and_rides_the_session_poll() -> None:
+    sim = SessionSim(hold_s=2.0, session_id="s1:sample:0", result=lambda rid: {
+        "type": "sample", "sequences": [{"tokens": [2], "logprobs": [-0.5], "stop_reason": "length"}]})
+    with ScriptedServer() as srv:
+        answer_session(srv)
+        sim.install(srv)
+        srv.default("/api/v1/client/config", Reply(200, {"sample_use_retrieve_futures": True}))
+        with _sc(srv) as sc:
+            clone = pickle.loads(pickle.dumps(sc.create_sampling_client(base_model="m").result(T)))
+            try:
+                futs = [clone.sample(types.ModelInput.from_ints([1]), 1, types.SamplingParams(max_tokens=1))
+                        for _ in range(3)]
+                assert wait_for(lambda: len(sim.pending) == 3, T)
+                sim.complete(sorted(sim.pending))
+                assert all(f.result(T).sequences[0].tokens == [2] for f in futs)
+            finally:
+                clone.close()
+        targets = [r.json()["target"] for r in srv.requests_to("/api/v1/retrieve_futures")]
+        assert targets and all(t["sampling_session_id"] == "s1:sample:0" and t["cloned_sampler_id"] > 0
+                               for t in targets)

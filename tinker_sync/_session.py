@@ -16,7 +16,7 @@ from ._exceptions import APIStatusError, ClientClosedError, NotFoundError
 from ._executor import flatten
 from ._runtime import Runtime
 
-__all__ = ["CLOSE_STATUSES", "CONSOLE_URL", "Heartbeat", "Session", "heartbeat_should_warn"]
+__all__ = ["CLOSE_STATUSES", "CONSOLE_URL", "Heartbeat", "Session", "configure_from_server", "heartbeat_should_warn"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,31 @@ class Heartbeat:
             logger.debug("heartbeat failed: %s", exc)
 
 
+def configure_from_server(runtime: Runtime) -> types.ClientConfigResponse:
+    """Read the server's client config (blocking) and use what it offers on ``runtime``.
+
+    JWT credentials (``pjwt_auth_enabled``), batched ``retrieve_futures`` polling and ``cancel_future``
+    (from one read of ``/client/dynamic_config``; the official SDK re-reads it every
+    ``refresh_interval_sec``; a server without the endpoint offers none of its features).
+    """
+    body = types.ClientConfigRequest(sdk_version=runtime.config.sdk_version)
+    cfg: types.ClientConfigResponse = runtime.request(
+        "POST", "/api/v1/client/config", body=body, response_type=types.ClientConfigResponse
+    )
+    if cfg.pjwt_auth_enabled:
+        credential = exchange_credential(runtime.config.api_key, cfg.credential_default_source)
+        runtime.transport.credentials = JwtCredentials(token_exchange(runtime.request, credential))
+        logger.info("the server asks for JWT credentials: requests carry a token exchanged for the key")
+    try:
+        dynamic: types.ClientDynamicConfigResponse | None = runtime.request(
+            "POST", "/api/v1/client/dynamic_config", body=body, response_type=types.ClientDynamicConfigResponse
+        )
+    except NotFoundError:
+        dynamic = None
+    runtime.poller.set_features(PollFeatures.from_config(cfg, dynamic))
+    return cfg
+
+
 class Session:
     """One Tinker session, handed by the ServiceClient to every client it creates. Thread-safe.
 
@@ -161,37 +186,8 @@ class Session:
         with self._boot_lock:
             if self._client_config is None:
                 self.check_open()
-                cfg = self.runtime.request(
-                    "POST",
-                    "/api/v1/client/config",
-                    body=types.ClientConfigRequest(sdk_version=self.runtime.config.sdk_version),
-                    response_type=types.ClientConfigResponse,
-                )
-                self._apply(cfg)
-                self._client_config = cfg
+                self._client_config = configure_from_server(self.runtime)
             return self._client_config
-
-    def _apply(self, cfg: types.ClientConfigResponse) -> None:
-        """Use what the server's client config offers: JWT credentials, batched polling and cancels."""
-        if cfg.pjwt_auth_enabled:
-            credential = exchange_credential(self.runtime.config.api_key, cfg.credential_default_source)
-            self.runtime.transport.credentials = JwtCredentials(token_exchange(self.runtime.request, credential))
-            logger.info("the server asks for JWT credentials: requests carry a token exchanged for the key")
-        self.runtime.poller.set_features(PollFeatures.from_config(cfg, self._dynamic_config()))
-
-    def _dynamic_config(self) -> types.ClientDynamicConfigResponse | None:
-        # Read once per session (the official SDK re-reads it every refresh_interval_sec); a server
-        # without the endpoint offers none of its features.
-        try:
-            resp: types.ClientDynamicConfigResponse = self.runtime.request(
-                "POST",
-                "/api/v1/client/dynamic_config",
-                body=types.ClientConfigRequest(sdk_version=self.runtime.config.sdk_version),
-                response_type=types.ClientDynamicConfigResponse,
-            )
-        except NotFoundError:
-            return None
-        return resp
 
     def chunk_limits(self) -> tuple[int, int]:
         """(max datums, max estimated bytes) per forward/forward_backward request (blocking on first use)."""

@@ -17,9 +17,10 @@ from . import types
 from ._checks import check_retry_config, check_tinker_path
 from ._client_future import ClientFuture, forward_client_methods
 from ._config import ClientConfig
+from ._exceptions import TinkerError
 from ._executor import chain
 from ._runtime import Runtime
-from ._session import Session
+from ._session import Session, configure_from_server
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
@@ -65,6 +66,7 @@ class SamplingClient:
             runtime = holder.runtime
         self._runtime = runtime
         self._owns_runtime = holder is None
+        self._configured = holder is not None  # a Session configures its runtime; a copy does on first use
         self.sampling_session_id = sampling_session_id
         self._base_model = base_model
         self._record_stability_info = record_stability_info
@@ -184,7 +186,20 @@ class SamplingClient:
         self.close()
 
     # ---- sampling -------------------------------------------------------------------------
+    def _configure(self) -> None:
+        # A copy (unpickled or from a handle) reads the server's client config once, before its first
+        # request, so it polls and authenticates as the server asks (batched polling, JWT).
+        with self._lock:
+            if self._configured:
+                return
+            self._configured = True
+        try:
+            configure_from_server(self._runtime)
+        except TinkerError as exc:  # the sample itself will report a server that cannot be reached
+            logger.debug("could not read the client config for sampler %s: %s", self.sampling_session_id, exc)
+
     def _submit(self, request_fields: dict[str, Any]) -> Future[types.SampleResponse]:
+        self._configure()
         # New (0.38) fields at their default stay off the wire, so the body of a 0.25-style call is unchanged.
         record = True if self._record_stability_info else None
 
