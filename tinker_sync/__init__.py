@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from . import types
+from ._chat_template import ChatTemplateError
 from ._config import ClientConfig, InvalidConfigError
 from ._custom_loss import LossHandle
 from ._download import ArchiveRefusedError, DownloadError, download_signed_url, safe_extract, tqdm_progress
@@ -33,7 +34,7 @@ from ._version import __version__
 from .rest_client import RestClient, TraceExportError, TraceExportTimeoutError, WhoamiUnavailableError
 from .sampling_client import SamplingClient, SamplingClientFuture
 from .service_client import ServiceClient
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, TokenizerLoadError
 from .training_client import TrainingClient, TrainingClientFuture
 
 # The commonly used wire types, at the top level like the official SDK's (``tinker.ModelInput``...).
@@ -83,6 +84,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BillingError",
+    "ChatTemplateError",
     "Checkpoint",
     "CheckpointType",
     "ClientClosedError",
@@ -128,6 +130,7 @@ __all__ = [
     "TensorDtype",
     "TinkerError",
     "Tokenizer",
+    "TokenizerLoadError",
     "TraceExportError",
     "TraceExportTimeoutError",
     "TrainingClient",

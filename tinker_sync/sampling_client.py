@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import types
 from ._checks import check_retry_config, check_tinker_path
@@ -21,9 +21,7 @@ from ._exceptions import TinkerError
 from ._executor import chain
 from ._runtime import Runtime
 from ._session import Session, configure_from_server
-
-if TYPE_CHECKING:
-    from .tokenizer import Tokenizer
+from .tokenizer import TokenizerLike
 
 __all__ = ["SamplingClient", "SamplingClientFuture"]
 
@@ -336,7 +334,7 @@ class SamplingClient:
             self._base_model = self.get_sampler().result().base_model
         return self._base_model
 
-    def get_tokenizer(self) -> Tokenizer:
+    def get_tokenizer(self) -> TokenizerLike:
         """The tokenizer of the base model (blocking); packaged or from the hub, never a local path."""
         from .tokenizer import get_server_tokenizer
 

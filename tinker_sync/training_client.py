@@ -7,7 +7,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import types
 from ._checks import (
@@ -39,9 +39,7 @@ from ._custom_loss import (
 from ._executor import LaneSlot, chain, gather
 from ._session import CONSOLE_URL, Session
 from .sampling_client import SamplingClient, SamplingClientFuture
-
-if TYPE_CHECKING:
-    from .tokenizer import Tokenizer
+from .tokenizer import TokenizerLike
 
 __all__ = ["TrainingClient", "TrainingClientFuture"]
 
@@ -449,7 +447,7 @@ class TrainingClient:
         """Model info (base model, LoRA rank, tokenizer id), blocking as in the official SDK; cached."""
         return self._info or self.get_info_future().result()
 
-    def get_tokenizer(self) -> Tokenizer:
+    def get_tokenizer(self) -> TokenizerLike:
         """The tokenizer of the base model (blocking: get_info on first use, then cached).
 
         Names reported by the server resolve only to the packaged tokenizer or a hub id, never to a local path.

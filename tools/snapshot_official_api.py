@@ -137,16 +137,21 @@ def _class_fields(obj: type) -> tuple[str, list[dict[str, Any]]]:
     return "class", []
 
 
+def _own_members(cls: type, fields: set[str]) -> list[str]:
+    """Public methods/properties the SDK's own classes define (not pydantic's, not the fields)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("tinker"):
+            names |= {n for n in vars(klass) if not n.startswith("_")}
+    return sorted(names - fields - {"model_config", "Config"})
+
+
 def snapshot_type(name: str, obj: Any) -> dict[str, Any]:
     if inspect.isclass(obj) and issubclass(obj, enum.Enum):
         return {"kind": "enum", "members": {m.name: m.value for m in obj}}
     if inspect.isclass(obj):
         kind, fields = _class_fields(obj)
-        properties = sorted(
-            n for n, v in inspect.getmembers(obj) if isinstance(inspect.getattr_static(obj, n, None), property)
-            and not n.startswith("_")
-        )
-        return {"kind": kind, "fields": fields, "properties": properties}
+        return {"kind": kind, "fields": fields, "members": _own_members(obj, {f["name"] for f in fields})}
     literal = _literal_values(obj)
     if literal is not None:
         return {"kind": "literal", "values": literal}

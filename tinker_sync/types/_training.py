@@ -25,6 +25,7 @@ from ._common import (
     str_list_field,
     tag_field,
 )
+from ._console import checkpoint_console_url, checkpoint_playground_url
 from ._model_input import ModelInput
 from ._optimizer import (
     AdamOptimizerConfig,
@@ -35,6 +36,7 @@ from ._optimizer import (
     check_optimizer_config,
 )
 from ._provenance import ProvenanceSpans, check_spans, check_tiling
+from ._rest import ParsedCheckpointTinkerPath
 from ._tensor import TensorData
 
 __all__ = [
@@ -404,12 +406,21 @@ class SaveWeightsRequest:
     type: Literal["save_weights"] = tag_field("save_weights")
 
 
+def _checkpoint_console_url(tinker_path: str) -> str:
+    parsed = ParsedCheckpointTinkerPath.from_tinker_path(tinker_path)
+    return checkpoint_console_url(parsed.training_run_id, parsed.checkpoint_id)
+
+
 @attrs.frozen
 class SaveWeightsResponse:
     """Result of save_weights: the ``tinker://RUN/weights/NAME`` path."""
 
     path: str = str_field()
     type: Literal["save_weights"] = tag_field("save_weights")
+
+    def get_console_url(self) -> str:
+        """The Tinker Console page of this checkpoint."""
+        return _checkpoint_console_url(self.path)
 
 
 @attrs.frozen
@@ -442,6 +453,14 @@ class SaveWeightsForSamplerResponse:
 
     path: str = str_field()
     type: Literal["save_weights_for_sampler"] = tag_field("save_weights_for_sampler")
+
+    def get_console_url(self) -> str:
+        """The Tinker Console page of this sampler checkpoint."""
+        return _checkpoint_console_url(self.path)
+
+    def get_playground_url(self) -> str:
+        """A Tinker Playground URL set up with this checkpoint."""
+        return checkpoint_playground_url(self.path)
 
 
 @attrs.frozen
