@@ -41,7 +41,8 @@ class SamplingClient:
     A SamplingClient pickles to (config, session ids), and ``get_sampler_handle()`` gives the same as a
     string: an unpickled copy (or ``from_sampler_handle``) opens its own runtime (no new session, no
     heartbeat) and numbers its requests from a random high offset so its seq_ids do not collide with
-    the original's.
+    the original's. Before its first request such a copy reads the server's client config (one blocking
+    round trip), so it polls and authenticates as the server asks.
 
     The pickle carries no API key and no default-header secret, only a fingerprint of them. Unpickling
     takes the key from a ClientConfig already built in the receiving process (a fork()ed worker inherits
