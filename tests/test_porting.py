@@ -380,3 +380,33 @@ def test_038_inflight_sampling_client_follows_later_saves(tc: tinker.TrainingCli
         tc.optim_step(tinker.AdamParams(learning_rate=1e-2)).result(T)
     tc.save_weights_and_get_sampling_client(kind="inflight").result(T)
     assert sampler.compute_logprobs(prompt).result(T) != before
+
+
+# ---- custom losses (torch, as in the official SDK; skipped without torch) ----------------------------
+
+
+def test_025_forward_backward_custom_with_torch(tc: tinker.TrainingClient) -> None:
+    pytest.importorskip("torch")
+    data = _data(tc.get_tokenizer())
+
+    def loss_fn(data: list[types.Datum], logprobs: list[Any]) -> tuple[Any, dict[str, float]]:
+        loss = sum(-(lp * d.loss_fn_inputs["weights"].to_torch()).sum() for d, lp in zip(data, logprobs))
+        return loss, {"custom_loss": float(loss.detach())}
+
+    out = tc.forward_backward_custom(data, loss_fn).result(T)
+    assert out.metrics["loss:sum"] == pytest.approx(_loss(tc), rel=1e-4)
+
+
+def test_038_create_custom_loss_and_use_the_handle(sc: tinker.ServiceClient, tc: tinker.TrainingClient) -> None:
+    pytest.importorskip("torch")
+
+    def neg_ll(logprobs: Any, weights: Any) -> tuple[Any, dict[str, Any]]:
+        loss = -(logprobs * weights).sum()
+        return loss, {"custom/neg_ll:sum": loss}
+
+    loss_handle = sc.create_custom_loss(neg_ll, input_ranks={"logprobs": 1, "weights": 1}).result(T)
+    before = _loss(tc)
+    result = tc.forward_backward_custom(_data(tc.get_tokenizer()), loss_handle).result(T)
+    assert result.metrics["custom/neg_ll:sum"] == pytest.approx(before, rel=1e-4)
+    tc.optim_step(tinker.AdamParams(learning_rate=1e-2)).result(T)
+    assert _loss(tc) < before
