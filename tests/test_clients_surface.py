@@ -7,6 +7,7 @@ the official parameter lists are written out here as facts).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import pickle
@@ -407,14 +408,22 @@ def test_jwt_auth_from_the_client_config(server: ScriptedServer) -> None:
     assert config.header("X-API-Key") == key  # the config itself is read with the key
 
 
-def test_batched_polling_and_cancels_from_the_configs() -> None:
+@contextlib.contextmanager
+def _batching_server(**dynamic: Any) -> Iterator[tuple[ScriptedServer, SessionSim]]:
+    """A session whose client config offers batched polling (and ``dynamic`` as its dynamic config)."""
     sim = SessionSim(hold_s=2.0, session_id="s1:sample:0", result=lambda rid: {
         "type": "sample", "sequences": [{"tokens": [1], "logprobs": [-0.5], "stop_reason": "length"}]})
     with ScriptedServer() as srv:
         answer_session(srv)
         sim.install(srv)
         srv.default("/api/v1/client/config", Reply(200, {"sample_use_retrieve_futures": True}))
-        srv.default("/api/v1/client/dynamic_config", Reply(200, {"sample_cancel_enabled": True}))
+        if dynamic:
+            srv.default("/api/v1/client/dynamic_config", Reply(200, dynamic))
+        yield srv, sim
+
+
+def test_batched_polling_and_cancels_from_the_configs() -> None:
+    with _batching_server(sample_cancel_enabled=True) as (srv, sim):
         with _sc(srv) as sc:
             sampler = sc.create_sampling_client(base_model="m").result(T)
             futs = [sampler.sample(types.ModelInput.from_ints([1]), 1, types.SamplingParams(max_tokens=1))
@@ -451,12 +460,7 @@ def test_forward_backward_bodies_are_zstd_compressed_when_the_server_asks(server
 
 
 def test_a_pickled_copy_reads_the_client_config_and_rides_the_session_poll() -> None:
-    sim = SessionSim(hold_s=2.0, session_id="s1:sample:0", result=lambda rid: {
-        "type": "sample", "sequences": [{"tokens": [2], "logprobs": [-0.5], "stop_reason": "length"}]})
-    with ScriptedServer() as srv:
-        answer_session(srv)
-        sim.install(srv)
-        srv.default("/api/v1/client/config", Reply(200, {"sample_use_retrieve_futures": True}))
+    with _batching_server() as (srv, sim):
         with _sc(srv) as sc:
             clone = pickle.loads(pickle.dumps(sc.create_sampling_client(base_model="m").result(T)))
             try:
@@ -464,7 +468,7 @@ def test_a_pickled_copy_reads_the_client_config_and_rides_the_session_poll() -> 
                         for _ in range(3)]
                 assert wait_for(lambda: len(sim.pending) == 3, T)
                 sim.complete(sorted(sim.pending))
-                assert all(f.result(T).sequences[0].tokens == [2] for f in futs)
+                assert all(f.result(T).sequences[0].tokens == [1] for f in futs)
             finally:
                 clone.close()
         targets = [r.json()["target"] for r in srv.requests_to("/api/v1/retrieve_futures")]
