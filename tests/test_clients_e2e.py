@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import TEST_API_KEY
+from tests.conftest import TEST_API_KEY, sent_forward_backward
 from tinker_sync import ClientClosedError, RequestFailedError, types
-from tinker_sync._proto import decode_forward_backward_request
 from tinker_sync._session import Heartbeat, heartbeat_should_warn
 from tinker_sync.service_client import ServiceClient
 from tinker_sync.training_client import TrainingClient
@@ -121,7 +120,7 @@ def test_seq_ids_ordered_across_threads(local_server: Any, service: ServiceClien
         if r.status != 200 or r.method != "POST":
             continue
         if r.path == "/api/v1/forward_backward":
-            seqs.append(decode_forward_backward_request(r.body).seq_id)
+            seqs.append(sent_forward_backward(r).seq_id)
         elif r.path == "/api/v1/optim_step":
             seqs.append(json.loads(r.body)["seq_id"])
     assert seqs == list(range(1, 61))  # sent in seq_id order, no gaps, no duplicates
@@ -139,7 +138,7 @@ def _forward_with_limits(tmp_path: Any, data: list[types.Datum], **limits: int) 
         with ServiceClient(api_key=TEST_API_KEY, base_url=server.url) as service:
             training = service.create_lora_training_client(MODEL, rank=4, seed=1)
             out = training.forward(data).result(T)
-        return out, [decode_forward_backward_request(r.body) for r in _posts(server, "/api/v1/forward_backward", at_least=1)]
+        return out, [sent_forward_backward(r) for r in _posts(server, "/api/v1/forward_backward", at_least=1)]
 
 
 def test_chunking_by_count_and_bytes_merges_results(tmp_path: Any) -> None:
@@ -223,7 +222,7 @@ def test_forward_backward_answer_lost_after_apply_is_not_doubled(local_server: A
         clean.optim_step(adam).result(T)
         after = [c.forward([datum]).result(T).metrics["loss:sum"] for c in (faulty, clean)]
         assert after[0] == pytest.approx(after[1], rel=1e-5)
-    sent = [decode_forward_backward_request(r.body) for r in _posts(local_server, "/api/v1/forward_backward", at_least=5)]
+    sent = [sent_forward_backward(r) for r in _posts(local_server, "/api/v1/forward_backward", at_least=5)]
     faulty_seqs = [(q.seq_id, q.forward_only) for q in sent if q.model_id == faulty.model_id]
     assert faulty_seqs.count((1, False)) == 2  # the same seq_id went out twice
 
@@ -478,9 +477,9 @@ def test_rest_client_methods(local_server: Any, service: ServiceClient) -> None:
     sampler = service.create_sampling_client(base_model=MODEL)
     assert rest.get_sampler(sampler.sampling_session_id).result(T).base_model == MODEL
     rest.assign_session_project(service.session_id, "proj-1").result(T)
-    # the local server answers "failed" for trace exports: the client turns that into RuntimeError
-    with pytest.raises(RuntimeError, match="trace export"):
-        rest.export_session_trace(service.session_id, poll_interval_s=0.05).result(T)
+    # the local server exports a session trace (Chrome trace-event JSON) behind a signed URL
+    trace_url = rest.export_session_trace(service.session_id, poll_interval_s=0.05).result(T)
+    assert "traceEvents" in requests.get(trace_url, timeout=10).json()
     # the local server keeps no audit log or billing records: typed, empty answers
     audit = rest.get_audit_log(day="2026-01-02").result(T)
     assert isinstance(audit, types.AuditLogResponse) and audit.entries == []

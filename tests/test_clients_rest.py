@@ -268,3 +268,18 @@ def test_download_checkpoint_archive(api: ScriptedServer, rest: RestClient, tmp_
     assert done == tmp_path / "ckpt" and json.loads((done / "adapter_config.json").read_text()) == {}
     with pytest.raises(FileExistsError):
         rest.download_checkpoint_archive_from_tinker_path("tinker://run-1/sampler_weights/s1", tmp_path / "ckpt")
+
+
+def test_pydantic_style_answers_parse(api: ScriptedServer, rest: RestClient) -> None:
+    # Servers built from the official pydantic models send nulls for unset fields and bare checkpoint ids.
+    api.script("/api/v1/training_runs/run-1/checkpoints", Reply(200, {
+        "checkpoints": [{"checkpoint_id": "s1", "checkpoint_type": "sampler", "time": "2031-01-01T00:00:00Z",
+                         "tinker_path": "tinker://run-1/sampler_weights/s1", "size_bytes": None, "public": None,
+                         "user_metadata": None, "expires_at": None}],
+        "cursor": None,
+    }))
+    listed = rest.list_checkpoints("run-1").result(T)
+    ckpt = listed.checkpoints[0]
+    assert ckpt.checkpoint_id == "s1" and ckpt.public is False and ckpt.size_bytes is None and listed.cursor is None
+    api.script("/api/v1/training_runs/run-1/checkpoints/s1", Reply(200, None))
+    rest.delete_checkpoint("run-1", ckpt.checkpoint_id).result(T)

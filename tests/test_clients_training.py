@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import TEST_API_KEY
+from tests.conftest import TEST_API_KEY, sent_forward_backward
 from tinker_sync import RequestFailedError, types
 from tinker_sync._executor import Executor, LanePoisonedError, SequencedLane
 from tinker_sync._proto import decode_forward_backward_request, encode_forward_backward_request
@@ -56,7 +56,7 @@ def _sequenced(server: Any, model_id: str) -> list[tuple[str, int]]:
             continue
         path = r.path.split("?")[0]
         if path == "/api/v1/forward_backward":
-            req = decode_forward_backward_request(r.body)
+            req = sent_forward_backward(r)
             if req.model_id == model_id:
                 out.append(("forward" if req.forward_only else "forward_backward", req.seq_id or 0))
         elif path in ("/api/v1/optim_step", "/api/v1/save_weights", "/api/v1/load_weights",

@@ -271,37 +271,46 @@ def _parse_date(value: str, flag: str) -> _dt.datetime:
     return d if d.tzinfo else d.replace(tzinfo=_UTC)
 
 
+_DELETE_KINDS = {"training": "training", "weights": "training", "sampler": "sampler", "sampler_weights": "sampler"}
+
+
+def _run_checkpoints_to_delete(args: argparse.Namespace, rest: RestClient) -> list[str]:
+    """The tinker paths of the run's checkpoints that pass --type/--before/--after."""
+    kind = _DELETE_KINDS.get(args.type or "")
+    before = _parse_date(args.before, "--before") if args.before else None
+    after = _parse_date(args.after, "--after") if args.after else None
+    return [
+        c.tinker_path
+        for c in rest.list_checkpoints(args.run_id).result(_TIMEOUT_S).checkpoints
+        if (not kind or c.checkpoint_type == kind)
+        and (before is None or c.time < before)
+        and (after is None or c.time > after)
+    ]
+
+
+def _confirm_delete(args: argparse.Namespace, count: int) -> None:
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CLIError(f"refusing to delete {count} checkpoint(s) without -y/--yes")
+    answer = input(f"Delete {count} checkpoint(s)? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise CLIError("aborted")
+
+
 def cmd_checkpoint_delete(args: argparse.Namespace, out: TextIO) -> int:
     paths = [_check_path(p) for p in args.paths]
-    filters = args.type or args.before or args.after
-    if filters and not args.run_id:
+    if (args.type or args.before or args.after) and not args.run_id:
         raise CLIError("--type/--before/--after need --run-id")
     if not paths and not args.run_id:
         raise CLIError("give checkpoint paths or --run-id")
     rest = _rest(args)
     if args.run_id:
-        kind = {"training": "training", "weights": "training", "sampler": "sampler", "sampler_weights": "sampler"}.get(
-            args.type or "", None
-        )
-        before = _parse_date(args.before, "--before") if args.before else None
-        after = _parse_date(args.after, "--after") if args.after else None
-        for c in rest.list_checkpoints(args.run_id).result(_TIMEOUT_S).checkpoints:
-            if kind and c.checkpoint_type != kind:
-                continue
-            if before and not c.time < before:
-                continue
-            if after and not c.time > after:
-                continue
-            paths.append(c.tinker_path)
+        paths.extend(_run_checkpoints_to_delete(args, rest))
     if not paths:
         _emit(args, out, {"deleted_count": 0, "failed": []}, lambda: "No checkpoints to delete")
         return 0
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise CLIError(f"refusing to delete {len(paths)} checkpoint(s) without -y/--yes")
-        answer = input(f"Delete {len(paths)} checkpoint(s)? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            raise CLIError("aborted")
+    _confirm_delete(args, len(paths))
     failed: list[dict[str, str]] = []
     # The runtime's worker pool runs the DELETEs concurrently (bounded by max_workers).
     futs = [(p, rest.delete_checkpoint_from_tinker_path(p)) for p in paths]

@@ -64,11 +64,14 @@ class TokenizerLike(Protocol):
     eos_token_id: int | None
     pad_token_id: int | None
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``."""
 
-    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str: ...
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        """Text of ``ids``."""
 
-    def apply_chat_template(self, conversation: Any, *args: Any, **kwargs: Any) -> Any: ...
+    def apply_chat_template(self, conversation: Any, *args: Any, **kwargs: Any) -> Any:
+        """Render a conversation with the tokenizer's chat template (ids, or text with ``tokenize=False``)."""
 # transformers options apply_chat_template cannot honour here: refused by name unless left at their defaults.
 _UNSUPPORTED_CHAT_OPTIONS = ("padding", "truncation", "max_length", "return_tensors",
                              "return_assistant_tokens_mask", "tokenizer_kwargs")
