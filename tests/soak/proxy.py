@@ -73,9 +73,14 @@ class ProxiedRequest:
     body: bytes
 
 
+# Polls outside the retry policy's list: the poller sends them again itself (a batched poll only reads).
+_POLL_PATHS = frozenset({"/api/v1/retrieve_futures"})
+
+
 def may_resend(method: str, path: str) -> bool:
     """Whether the client may send this request again after it may have arrived (so it can be faulted)."""
-    return method in ("GET", "HEAD", "PUT", "DELETE") or path.split("?", 1)[0] in IDEMPOTENT_POST_PATHS
+    path = path.split("?", 1)[0]
+    return method in ("GET", "HEAD", "PUT", "DELETE") or path in IDEMPOTENT_POST_PATHS or path in _POLL_PATHS
 
 
 class _Closed(Exception):

@@ -78,7 +78,8 @@ def _one_run(opts: RestartOptions, run: int, workdir: Path, reference: TrainOutc
     client = soak_client(server.url)
     # Kill points: after a burst of pairs has been queued (the pipeline window keeps them unresolved).
     # Kill points: random steps once the pipeline window is full (the window keeps >= 8 pairs unresolved).
-    points = range(opts.window, max(opts.window + 1, opts.steps - opts.window))
+    # (early enough that a postponed kill still finds a full window before the pipeline drains)
+    points = range(opts.window, max(opts.window + opts.kills, opts.steps - 2 * opts.window))
     kill_after = set(rng.sample(points, min(opts.kills, len(points))))
     killer = _Killer(server, kill_after, rng)
     started = time.monotonic()
