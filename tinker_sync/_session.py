@@ -12,11 +12,15 @@ from typing import Any, TypeVar
 from . import types
 from ._auth import JwtCredentials, exchange_credential, token_exchange
 from ._batch_poller import PollFeatures
+from ._checks import ServerLimits
 from ._exceptions import APIStatusError, ClientClosedError, NotFoundError
 from ._executor import flatten
 from ._runtime import Runtime
 
-__all__ = ["CLOSE_STATUSES", "CONSOLE_URL", "Heartbeat", "Session", "configure_from_server", "heartbeat_should_warn"]
+__all__ = [
+    "CLOSE_STATUSES", "CONSOLE_URL", "Heartbeat", "Session", "configure_from_server", "heartbeat_should_warn",
+    "server_limits",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +129,12 @@ def configure_from_server(runtime: Runtime) -> types.ClientConfigResponse:
     return cfg
 
 
+def server_limits(runtime: Runtime) -> ServerLimits:
+    """The models' limits (``get_server_capabilities``, read on first use) for the client-side input checks."""
+    return ServerLimits(lambda: runtime.request(
+        "GET", "/api/v1/get_server_capabilities", response_type=types.GetServerCapabilitiesResponse))
+
+
 class Session:
     """One Tinker session, handed by the ServiceClient to every client it creates. Thread-safe.
 
@@ -159,6 +169,7 @@ class Session:
         self._sampling_seq = 0
         self._closed = False
         self.heartbeat: Heartbeat | None = None
+        self.limits = server_limits(runtime)  # the models' limits for the client-side input checks
 
     def __repr__(self) -> str:
         return f"Session(id={self._id!r})"

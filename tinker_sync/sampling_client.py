@@ -14,13 +14,13 @@ from concurrent.futures import Future
 from typing import Any
 
 from . import types
-from ._checks import check_retry_config, check_tinker_path
+from ._checks import check_prompt_limits, check_retry_config, check_tinker_path
 from ._client_future import ClientFuture, forward_client_methods
 from ._config import ClientConfig
 from ._exceptions import TinkerError
 from ._executor import chain
 from ._runtime import Runtime
-from ._session import Session, configure_from_server
+from ._session import Session, configure_from_server, server_limits
 from .tokenizer import TokenizerLike
 
 __all__ = ["SamplingClient", "SamplingClientFuture"]
@@ -73,6 +73,7 @@ class SamplingClient:
         self._seq = seq_start
         self._clock = clock
         self._last_queue_log: float | None = None
+        self._limits = holder.limits if holder is not None else server_limits(runtime)
 
     def __repr__(self) -> str:
         return f"SamplingClient(sampling_session_id={self.sampling_session_id!r})"
@@ -241,7 +242,9 @@ class SamplingClient:
         All of them are sent to the server, which refuses (400, naming the field) what it cannot do.
 
         Raises:
-            TypeError/ValueError: immediately, for bad arguments (nothing is sent).
+            TypeError/ValueError: immediately, for bad arguments (nothing is sent), an empty prompt, negative
+                token ids, or a prompt + ``max_tokens`` longer than the model's context (from the server's
+                capabilities, read once on first use; checks of limits the server does not publish are skipped).
         """
         _check_prompt(prompt, "sample")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int):
@@ -252,6 +255,7 @@ class SamplingClient:
             raise TypeError(
                 f"sample: sampling_params must be a types.SamplingParams, got {type(sampling_params).__name__}"
             )
+        check_prompt_limits(prompt, sampling_params.max_tokens or 0, self._limits.of(self._base_model), "sample")
         if not isinstance(include_prompt_logprobs, bool):
             raise TypeError("sample: include_prompt_logprobs must be a bool")
         for name, value in (("topk_prompt_logprobs", topk_prompt_logprobs),
@@ -284,6 +288,7 @@ class SamplingClient:
         Returns Future[list[float | None]].
         """
         _check_prompt(prompt, "compute_logprobs")
+        check_prompt_limits(prompt, 1, self._limits.of(self._base_model), "compute_logprobs")  # it sends max_tokens=1
         _check_last_n(prompt_logprobs_last_n, True, "compute_logprobs")
         fut = self._submit(
             {
