@@ -390,6 +390,7 @@ class Runtime:
         label: str = "",
         rebuild: Callable[[], Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        on_queue_state: Callable[[str, str | None], None] | None = None,
     ) -> Future[T]:
         """POST a future-returning request, then poll its result; returns ``Future[response_type]``.
 
@@ -405,7 +406,8 @@ class Runtime:
         seq_id is their slot in the model's order (a new one would leave a gap the server waits for
         forever, and the server de-duplicates on (model_id, seq_id) if the first run did happen).
         ``headers`` go with the POST (and its re-sends), e.g. ``Content-Encoding: zstd`` for a body
-        compressed by ``_compress.encode_fwdbwd``.
+        compressed by ``_compress.encode_fwdbwd``. ``on_queue_state(state, reason)`` (must not raise) is called
+        from the poller on every try_again naming a queue state, then with ``"active"`` once the call resolved.
 
         Raises:
             ClientClosedError: immediately, if the runtime is closed.
@@ -458,6 +460,7 @@ class Runtime:
                 request_id=request_id, expected_type=response_type, request_type=request_type,
                 future=outer, resubmit=resubmit, started_at=started, lane=poll_lane,
                 batch=SessionTarget.of_request(request) if sampling else None, label=label or request_type,
+                on_queue_state=on_queue_state,
             )
             call.round_trip_s = self._clock() - started
             self.poller.track(call)

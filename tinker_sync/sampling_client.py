@@ -214,8 +214,15 @@ class SamplingClient:
         # expired future again. 429 re-sends of the same POST keep their seq_id (runtime.request).
         return self._runtime.submit_polled(
             "/api/v1/asample", request, types.SampleResponse, request_type="Sample", sampling=True,
-            prompt_bytes_estimate=_prompt_bytes(request.prompt), rebuild=build,
+            prompt_bytes_estimate=_prompt_bytes(request.prompt), rebuild=build, on_queue_state=self._observe_queue_state,
         )
+
+    def _observe_queue_state(self, queue_state: str, queue_state_reason: str | None) -> None:
+        # Called by the poller thread; an override's exception is logged, never lets the poll loop die.
+        try:
+            self.on_queue_state_change(queue_state, queue_state_reason)
+        except Exception:
+            logger.exception("on_queue_state_change of sampler %s raised", self.sampling_session_id)
 
     def sample(
         self,
@@ -311,8 +318,10 @@ class SamplingClient:
     def on_queue_state_change(self, queue_state: Any, queue_state_reason: str | None) -> None:
         """Log that sampling is paused (WARNING, at most once a minute); nothing for the active state.
 
-        The official SDK's observer hook. Here the runtime's poller logs queue-state changes of every
-        call itself; this method is for callers (or subclasses) that report a state they learnt elsewhere.
+        The official SDK's observer hook, called from a poller thread for each sample/compute_logprobs call:
+        on every try_again poll that names a queue state (``"paused_rate_limit"``, ``"paused_capacity"``,
+        ``"active"``...) with the server's reason, and with ``"active"`` once the call resolved. Override it
+        (subclass) to watch the queue; it should return quickly (exceptions are logged).
         """
         state = str(getattr(queue_state, "value", queue_state)).lower()
         if state == "active":
