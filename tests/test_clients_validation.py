@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import attrs
 import pytest
 
 from tinker_sync import BadRequestError, types
@@ -215,3 +216,55 @@ def test_server_limits_pick_the_model_or_the_largest_and_survive_a_missing_endpo
         raise NotFoundError("no such endpoint", status_code=404)
 
     assert ServerLimits(missing).of("a") == ModelLimits()
+
+
+# ---- dynamic config refresh ---------------------------------------------------------------------------
+
+
+def test_dynamic_config_schedule_on_an_injected_clock() -> None:
+    from tinker_sync._session import DynamicConfigSchedule
+
+    now = [100.0]
+    schedule = DynamicConfigSchedule(types.ClientDynamicConfigResponse(refresh_interval_sec=300), clock=lambda: now[0])
+    assert not schedule.due()
+    now[0] = 399.0
+    assert not schedule.due()
+    now[0] = 400.0
+    assert schedule.due()
+    schedule.read(types.ClientDynamicConfigResponse(refresh_interval_sec=60))  # the server changed the interval
+    assert not schedule.due()
+    now[0] = 459.0
+    assert not schedule.due()
+    now[0] = 460.0
+    assert schedule.due()
+    schedule.failed()  # a failed read: one more interval
+    assert not schedule.due()
+    schedule.read(None)  # no dynamic config on this server: never again
+    now[0] = 1e9
+    assert not schedule.due()
+    assert not DynamicConfigSchedule(types.ClientDynamicConfigResponse(refresh_interval_sec=0)).due()
+
+
+def test_session_rereads_the_dynamic_config_when_due_and_applies_it(local_server: Any) -> None:
+    from tinker_sync._config import ClientConfig
+    from tinker_sync._runtime import Runtime
+    from tinker_sync._session import Session
+
+    now = [0.0]
+    runtime = Runtime(ClientConfig(base_url=local_server.url, api_key="tml-test-key-0123456789"))
+    session = Session(runtime, clock=lambda: now[0])
+    try:
+        session.client_config()
+        assert _posts(local_server, "/api/v1/client/dynamic_config") == 1
+        assert runtime.poller.features.cancel  # the local server enables sample_cancel
+        session.refresh_dynamic_config()
+        assert _posts(local_server, "/api/v1/client/dynamic_config") == 1  # not due yet
+        now[0] = 300.0  # the local server's refresh_interval_sec
+        runtime.poller.set_features(attrs.evolve(runtime.poller.features, cancel=False))
+        session.refresh_dynamic_config()
+        assert _posts(local_server, "/api/v1/client/dynamic_config") == 2
+        assert runtime.poller.features.cancel  # re-applied from the new read
+        session.refresh_dynamic_config()
+        assert _posts(local_server, "/api/v1/client/dynamic_config") == 2
+    finally:
+        session.close("success", None, cancel_pending=True, timeout_s=5.0)

@@ -293,7 +293,7 @@ def check_datum_limits(data: Sequence[types.Datum], limits: ModelLimits, where: 
         _check_ids(_text_ids(d.model_input), limits, f"{what}.model_input")
         target = d.loss_fn_inputs.get("target_tokens")
         if target is not None and target.dtype == "int64":
-            _check_ids(target.data, limits, f"{what}.loss_fn_inputs['target_tokens']")
+            _check_ids([int(t) for t in target.data], limits, f"{what}.loss_fn_inputs['target_tokens']")
         _check_context(_input_length(d), 0, limits, what)
 
 
