@@ -7,7 +7,7 @@ import math
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -258,22 +258,31 @@ class ServerLimits:
         return ModelLimits(max(c for c in contexts if c is not None), None, "any model of this server")
 
 
-def _check_ids(tokens: Sequence[int], limits: ModelLimits, what: str) -> None:
+def _check_ids(tokens: Sequence[int], limits: ModelLimits, what: str, offset: int = 0) -> None:
+    """Ids >= 0 and (when known) below the vocabulary size: two C-level passes, the position found only on error."""
     if not tokens:
         return
-    low = min(tokens)
+    low, high = min(tokens), max(tokens)
     if low < 0:
-        raise ValueError(f"{what}: token id {low} at position {list(tokens).index(low)} is negative; ids are >= 0")
-    high = max(tokens)
+        raise ValueError(f"{what}: token id {low} at position {offset + tokens.index(low)} is negative; ids are >= 0")
     if limits.vocab_size is not None and high >= limits.vocab_size:
         raise ValueError(
-            f"{what}: token id {high} at position {list(tokens).index(high)} is out of range for {limits.model} "
+            f"{what}: token id {high} at position {offset + tokens.index(high)} is out of range for {limits.model} "
             f"(vocabulary size {limits.vocab_size}: ids 0..{limits.vocab_size - 1})"
         )
 
 
-def _text_ids(model_input: types.ModelInput) -> list[int]:
-    return [t for c in model_input.chunks if isinstance(c, types.EncodedTextChunk) for t in c.tokens]
+def _check_input_ids(model_input: types.ModelInput, limits: ModelLimits, what: str) -> None:
+    if limits.vocab_size is None:
+        return  # text chunks hold non-negative ids by construction
+    offset = 0
+    for chunk in model_input.chunks:
+        if isinstance(chunk, types.EncodedTextChunk):
+            _check_ids(chunk.tokens, limits, what, offset)
+        try:
+            offset += chunk.length
+        except ValueError:  # a chunk of unknown length (dmel): later positions are not known
+            return
 
 
 def _check_context(n: int | None, extra: int, limits: ModelLimits, what: str) -> None:
@@ -290,10 +299,10 @@ def check_datum_limits(data: Sequence[types.Datum], limits: ModelLimits, where: 
     """Token ids and context length of every datum against the model's limits (checks with an unknown limit pass)."""
     for i, d in enumerate(data):
         what = f"{where}: data[{i}]"
-        _check_ids(_text_ids(d.model_input), limits, f"{what}.model_input")
+        _check_input_ids(d.model_input, limits, f"{what}.model_input")
         target = d.loss_fn_inputs.get("target_tokens")
         if target is not None and target.dtype == "int64":
-            _check_ids([int(t) for t in target.data], limits, f"{what}.loss_fn_inputs['target_tokens']")
+            _check_ids(cast("Sequence[int]", target.data), limits, f"{what}.loss_fn_inputs['target_tokens']")
         _check_context(_input_length(d), 0, limits, what)
 
 
@@ -305,5 +314,5 @@ def check_prompt_limits(prompt: types.ModelInput, max_tokens: int, limits: Model
         n = None
     if n == 0:
         raise ValueError(f"{where}: prompt is empty; give at least one token")
-    _check_ids(_text_ids(prompt), limits, f"{where}: prompt")
+    _check_input_ids(prompt, limits, f"{where}: prompt")
     _check_context(n, max_tokens, limits, f"{where}: prompt")

@@ -79,7 +79,9 @@ class TrainingClient:
 
     A request the server refuses at submission (4xx) fails its Future. When the server says it consumed the
     refused seq_id (the ``X-Tinker-Seq-Id-Consumed`` answer header, sent by the local server) the client
-    stays usable. Otherwise the client is poisoned, as in the official SDK: later calls fail with
+    stays usable (if one request of a forward_backward split into several was refused, the others still ran
+    and accumulated their gradients: fix the data and call again, or load the last saved state, before the
+    next ``optim_step``). Otherwise the client is poisoned, as in the official SDK: later calls fail with
     LanePoisonedError, since the server would wait for the missing seq_id forever. Recreate the client from
     the last saved state (``service.create_training_client_from_state_with_optimizer(path)``).
     """
