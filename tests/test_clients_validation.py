@@ -12,7 +12,7 @@ import pytest
 
 from tinker_sync import BadRequestError, types
 from tinker_sync._checks import ModelLimits, ServerLimits, check_datum_limits, check_name, check_prompt_limits
-from tinker_sync._exceptions import NotFoundError
+from tinker_sync._exceptions import APIConnectionError, NotFoundError
 from tinker_sync.service_client import ServiceClient
 
 MODEL = "tinker-sync/tiny-byte"
@@ -221,6 +221,18 @@ def test_server_limits_pick_the_model_or_the_largest_and_survive_a_missing_endpo
         raise NotFoundError("no such endpoint", status_code=404)
 
     assert ServerLimits(missing).of("a") == ModelLimits()
+
+    answers: list[Any] = [APIConnectionError("refused", request_sent=False), caps]
+
+    def flaky() -> types.GetServerCapabilitiesResponse:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    flaky_limits = ServerLimits(flaky)
+    assert flaky_limits.of("a") == ModelLimits()  # unreachable: skipped this time ...
+    assert flaky_limits.of("a") == ModelLimits(8, None, "a")  # ... and asked again
 
 
 # ---- dynamic config refresh ---------------------------------------------------------------------------

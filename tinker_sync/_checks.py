@@ -12,7 +12,7 @@ from typing import Any, cast
 import attrs
 
 from . import types
-from ._exceptions import TinkerError
+from ._exceptions import APIStatusError, TinkerError
 
 __all__ = [
     "LOSS_FNS",
@@ -240,9 +240,12 @@ class ServerLimits:
             if self._models is None:
                 try:
                     self._models = list(self._fetch().supported_models)
-                except TinkerError as exc:
+                except APIStatusError as exc:  # the server has no (usable) capabilities endpoint: never ask again
                     logger.debug("no server capabilities (%s): model limits are not checked client-side", exc)
                     self._models = []
+                except TinkerError as exc:  # unreachable or closed: skip the checks this time, ask again next time
+                    logger.debug("server capabilities unavailable (%s): model limits not checked", exc)
+                    return []
             return self._models
 
     def of(self, base_model: str | None) -> ModelLimits:
