@@ -12,11 +12,15 @@ from typing import Any, TypeVar
 from . import types
 from ._auth import JwtCredentials, exchange_credential, token_exchange
 from ._batch_poller import PollFeatures
+from ._checks import ServerLimits
 from ._exceptions import APIStatusError, ClientClosedError, NotFoundError
 from ._executor import flatten
 from ._runtime import Runtime
 
-__all__ = ["CLOSE_STATUSES", "CONSOLE_URL", "Heartbeat", "Session", "configure_from_server", "heartbeat_should_warn"]
+__all__ = [
+    "CLOSE_STATUSES", "CONSOLE_URL", "DynamicConfigSchedule", "Heartbeat", "Session", "configure_from_server",
+    "heartbeat_should_warn", "read_dynamic_config", "server_limits",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +48,11 @@ class Heartbeat:
     """
 
     def __init__(
-        self, runtime: Runtime, session_id: str, interval_s: float, *, clock: Callable[[], float] = time.monotonic
+        self, runtime: Runtime, session_id: str, interval_s: float, *, clock: Callable[[], float] = time.monotonic,
+        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self._runtime = runtime
+        self._on_tick = on_tick  # runs on this thread after each beat (the dynamic-config refresh); never raises
         self.session_id = session_id
         self._interval_s = interval_s
         self._clock = clock
@@ -85,6 +91,8 @@ class Heartbeat:
                 self.failed(exc)
             else:
                 self._last_ok = self._clock()
+            if self._on_tick is not None:
+                self._on_tick()
 
     def failed(self, exc: BaseException) -> None:
         """Log one failed heartbeat (a WARNING only after a long silence)."""
@@ -100,12 +108,27 @@ class Heartbeat:
             logger.debug("heartbeat failed: %s", exc)
 
 
-def configure_from_server(runtime: Runtime) -> types.ClientConfigResponse:
-    """Read the server's client config (blocking) and use what it offers on ``runtime``.
+def read_dynamic_config(runtime: Runtime, cfg: types.ClientConfigResponse) -> types.ClientDynamicConfigResponse | None:
+    """Read ``/client/dynamic_config`` and apply it with ``cfg`` to the poller (batched polling, cancel_future).
 
-    JWT credentials (``pjwt_auth_enabled``), batched ``retrieve_futures`` polling and ``cancel_future``
-    (from one read of ``/client/dynamic_config``; the official SDK re-reads it every
-    ``refresh_interval_sec``; a server without the endpoint offers none of its features).
+    A server without the endpoint (404) offers none of its features: None.
+    """
+    body = types.ClientConfigRequest(sdk_version=runtime.config.sdk_version)
+    try:
+        dynamic: types.ClientDynamicConfigResponse | None = runtime.request(
+            "POST", "/api/v1/client/dynamic_config", body=body, response_type=types.ClientDynamicConfigResponse
+        )
+    except NotFoundError:
+        dynamic = None
+    runtime.poller.set_features(PollFeatures.from_config(cfg, dynamic))
+    return dynamic
+
+
+def configure_from_server(runtime: Runtime) -> tuple[types.ClientConfigResponse, types.ClientDynamicConfigResponse | None]:
+    """Read the server's client config and dynamic config (blocking) and use what they offer on ``runtime``.
+
+    JWT credentials (``pjwt_auth_enabled``), batched ``retrieve_futures`` polling and ``cancel_future``. A
+    Session re-reads the dynamic config every ``refresh_interval_sec`` (``DynamicConfigSchedule``).
     """
     body = types.ClientConfigRequest(sdk_version=runtime.config.sdk_version)
     cfg: types.ClientConfigResponse = runtime.request(
@@ -115,14 +138,39 @@ def configure_from_server(runtime: Runtime) -> types.ClientConfigResponse:
         credential = exchange_credential(runtime.config.api_key, cfg.credential_default_source)
         runtime.transport.credentials = JwtCredentials(token_exchange(runtime.request, credential))
         logger.info("the server asks for JWT credentials: requests carry a token exchanged for the key")
-    try:
-        dynamic: types.ClientDynamicConfigResponse | None = runtime.request(
-            "POST", "/api/v1/client/dynamic_config", body=body, response_type=types.ClientDynamicConfigResponse
-        )
-    except NotFoundError:
-        dynamic = None
-    runtime.poller.set_features(PollFeatures.from_config(cfg, dynamic))
-    return cfg
+    return cfg, read_dynamic_config(runtime, cfg)
+
+
+class DynamicConfigSchedule:
+    """When to re-read ``/client/dynamic_config``: ``refresh_interval_sec`` after the last read (0 = never).
+
+    Pure bookkeeping on an injected clock; the heartbeat thread asks ``due()`` after each beat.
+    """
+
+    def __init__(self, dynamic: types.ClientDynamicConfigResponse | None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last = clock()
+        self.interval_s = 0.0
+        self.read(dynamic)
+
+    def due(self) -> bool:
+        return self.interval_s > 0 and self._clock() - self._last >= self.interval_s
+
+    def read(self, dynamic: types.ClientDynamicConfigResponse | None) -> None:
+        """A read happened now (``dynamic`` None: the server has no dynamic config, so stop asking)."""
+        self._last = self._clock()
+        self.interval_s = float(dynamic.refresh_interval_sec) if dynamic is not None else 0.0
+
+    def failed(self) -> None:
+        """A read failed: try again one interval later (the features in use stay)."""
+        self._last = self._clock()
+
+
+def server_limits(runtime: Runtime) -> ServerLimits:
+    """The models' limits (``get_server_capabilities``, read on first use) for the client-side input checks."""
+    return ServerLimits(lambda: runtime.request(
+        "GET", "/api/v1/get_server_capabilities", response_type=types.GetServerCapabilitiesResponse))
 
 
 class Session:
@@ -154,11 +202,13 @@ class Session:
         self._lock = threading.Lock()  # guards the counters and the closed flag
         self._boot_lock = threading.Lock()  # serialises bootstrap (network calls happen under it)
         self._client_config: types.ClientConfigResponse | None = None
+        self._dynamic: DynamicConfigSchedule | None = None
         self._id: str | None = None
         self._model_seq = 0
         self._sampling_seq = 0
         self._closed = False
         self.heartbeat: Heartbeat | None = None
+        self.limits = server_limits(runtime)  # the models' limits for the client-side input checks
 
     def __repr__(self) -> str:
         return f"Session(id={self._id!r})"
@@ -186,8 +236,21 @@ class Session:
         with self._boot_lock:
             if self._client_config is None:
                 self.check_open()
-                self._client_config = configure_from_server(self.runtime)
+                cfg, dynamic = configure_from_server(self.runtime)
+                self._dynamic = DynamicConfigSchedule(dynamic, clock=self._clock)
+                self._client_config = cfg
             return self._client_config
+
+    def refresh_dynamic_config(self) -> None:
+        """Re-read ``/client/dynamic_config`` if its ``refresh_interval_sec`` has passed (heartbeat thread)."""
+        schedule, cfg = self._dynamic, self._client_config
+        if schedule is None or cfg is None or not schedule.due() or self._closed:
+            return
+        try:
+            schedule.read(read_dynamic_config(self.runtime, cfg))
+        except Exception as exc:  # noqa: BLE001 - a refresh keeps the features in use; it never raises
+            logger.debug("could not refresh the dynamic client config: %s", exc)
+            schedule.failed()
 
     def chunk_limits(self) -> tuple[int, int]:
         """(max datums, max estimated bytes) per forward/forward_backward request (blocking on first use)."""
@@ -228,7 +291,8 @@ class Session:
             if msg:
                 logger.log(level, "server: %s", msg)
         logger.info("created session %s", resp.session_id)
-        self.heartbeat = Heartbeat(self.runtime, resp.session_id, self._heartbeat_interval_s, clock=self._clock)
+        self.heartbeat = Heartbeat(self.runtime, resp.session_id, self._heartbeat_interval_s, clock=self._clock,
+                                   on_tick=self.refresh_dynamic_config)
         self.heartbeat.start()
         return resp.session_id
 

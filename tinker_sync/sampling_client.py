@@ -14,13 +14,13 @@ from concurrent.futures import Future
 from typing import Any
 
 from . import types
-from ._checks import check_retry_config, check_tinker_path
+from ._checks import check_prompt_limits, check_retry_config, check_tinker_path
 from ._client_future import ClientFuture, forward_client_methods
 from ._config import ClientConfig
 from ._exceptions import TinkerError
 from ._executor import chain
 from ._runtime import Runtime
-from ._session import Session, configure_from_server
+from ._session import Session, configure_from_server, server_limits
 from .tokenizer import TokenizerLike
 
 __all__ = ["SamplingClient", "SamplingClientFuture"]
@@ -73,6 +73,7 @@ class SamplingClient:
         self._seq = seq_start
         self._clock = clock
         self._last_queue_log: float | None = None
+        self._limits = holder.limits if holder is not None else server_limits(runtime)
 
     def __repr__(self) -> str:
         return f"SamplingClient(sampling_session_id={self.sampling_session_id!r})"
@@ -213,8 +214,15 @@ class SamplingClient:
         # expired future again. 429 re-sends of the same POST keep their seq_id (runtime.request).
         return self._runtime.submit_polled(
             "/api/v1/asample", request, types.SampleResponse, request_type="Sample", sampling=True,
-            prompt_bytes_estimate=_prompt_bytes(request.prompt), rebuild=build,
+            prompt_bytes_estimate=_prompt_bytes(request.prompt), rebuild=build, on_queue_state=self._observe_queue_state,
         )
+
+    def _observe_queue_state(self, queue_state: str, queue_state_reason: str | None) -> None:
+        # Called by the poller thread; an override's exception is logged, never lets the poll loop die.
+        try:
+            self.on_queue_state_change(queue_state, queue_state_reason)
+        except Exception:
+            logger.exception("on_queue_state_change of sampler %s raised", self.sampling_session_id)
 
     def sample(
         self,
@@ -241,7 +249,9 @@ class SamplingClient:
         All of them are sent to the server, which refuses (400, naming the field) what it cannot do.
 
         Raises:
-            TypeError/ValueError: immediately, for bad arguments (nothing is sent).
+            TypeError/ValueError: immediately, for bad arguments (nothing is sent), an empty prompt, negative
+                token ids, or a prompt + ``max_tokens`` longer than the model's context (from the server's
+                capabilities, read once on first use; checks of limits the server does not publish are skipped).
         """
         _check_prompt(prompt, "sample")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int):
@@ -252,6 +262,7 @@ class SamplingClient:
             raise TypeError(
                 f"sample: sampling_params must be a types.SamplingParams, got {type(sampling_params).__name__}"
             )
+        check_prompt_limits(prompt, sampling_params.max_tokens or 0, self._limits.of(self._base_model), "sample")
         if not isinstance(include_prompt_logprobs, bool):
             raise TypeError("sample: include_prompt_logprobs must be a bool")
         for name, value in (("topk_prompt_logprobs", topk_prompt_logprobs),
@@ -284,6 +295,7 @@ class SamplingClient:
         Returns Future[list[float | None]].
         """
         _check_prompt(prompt, "compute_logprobs")
+        check_prompt_limits(prompt, 1, self._limits.of(self._base_model), "compute_logprobs")  # it sends max_tokens=1
         _check_last_n(prompt_logprobs_last_n, True, "compute_logprobs")
         fut = self._submit(
             {
@@ -306,8 +318,10 @@ class SamplingClient:
     def on_queue_state_change(self, queue_state: Any, queue_state_reason: str | None) -> None:
         """Log that sampling is paused (WARNING, at most once a minute); nothing for the active state.
 
-        The official SDK's observer hook. Here the runtime's poller logs queue-state changes of every
-        call itself; this method is for callers (or subclasses) that report a state they learnt elsewhere.
+        The official SDK's observer hook, called from a poller thread for each sample/compute_logprobs call:
+        on every try_again poll that names a queue state (``"paused_rate_limit"``, ``"paused_capacity"``,
+        ``"active"``...) with the server's reason, and with ``"active"`` once the call resolved. Override it
+        (subclass) to watch the queue; it should return quickly (exceptions are logged).
         """
         state = str(getattr(queue_state, "value", queue_state)).lower()
         if state == "active":

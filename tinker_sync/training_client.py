@@ -12,6 +12,7 @@ from typing import Any
 from . import types
 from ._checks import (
     check_data,
+    check_datum_limits,
     check_loss_fn,
     check_loss_fn_config,
     check_name,
@@ -76,10 +77,13 @@ class TrainingClient:
     calls were made, even from several threads. Bad arguments raise ValueError/TypeError immediately and
     send nothing (no seq_id is used). Server-side failures come through the Future.
 
-    If a sequenced request could not be handed to the server (e.g. it was rejected with a 4xx), the
-    client is poisoned, as in the official SDK: later calls fail with LanePoisonedError, since the server
-    would wait for the missing seq_id forever. Recreate the client from the last saved state
-    (``service.create_training_client_from_state_with_optimizer(path)``).
+    A request the server refuses at submission (4xx) fails its Future. When the server says it consumed the
+    refused seq_id (the ``X-Tinker-Seq-Id-Consumed`` answer header, sent by the local server) the client
+    stays usable (if one request of a forward_backward split into several was refused, the others still ran
+    and accumulated their gradients: fix the data and call again, or load the last saved state, before the
+    next ``optim_step``). Otherwise the client is poisoned, as in the official SDK: later calls fail with
+    LanePoisonedError, since the server would wait for the missing seq_id forever. Recreate the client from
+    the last saved state (``service.create_training_client_from_state_with_optimizer(path)``).
     """
 
     def __init__(self, holder: Session, model_seq_id: int, model_id: str, *, base_model: str | None = None) -> None:
@@ -165,9 +169,11 @@ class TrainingClient:
     ) -> Future[types.ForwardBackwardOutput]:
         """Compute the loss and per-token logprobs without accumulating gradients.
 
-        Raises ValueError/TypeError at once (nothing sent) for input the server would refuse: missing loss
-        inputs, per-token inputs whose first dimension differs from ``model_input.length``, non-finite
-        ``loss_fn_config`` values, chunks that cannot be sent (ImageAssetPointerChunk).
+        Raises ValueError/TypeError at once (nothing sent, no seq_id used) for input the server would refuse:
+        an empty model input, missing loss inputs, per-token inputs whose first dimension differs from
+        ``model_input.length``, NaN/inf in float loss inputs or ``loss_fn_config``, chunks that cannot be sent
+        (ImageAssetPointerChunk), negative token ids, and (when the server's capabilities name them) token ids
+        beyond the vocabulary or a model input longer than the model's context.
 
         Returns:
             Future[ForwardBackwardOutput] (chunk results merged).
@@ -175,6 +181,7 @@ class TrainingClient:
         check_loss_fn(loss_fn, "forward")
         config = check_loss_fn_config(loss_fn_config, "forward")
         data = check_data(data, "forward", loss_fn)
+        check_datum_limits(data, self._session.limits.of(self._base_model), "forward")
         return self._fwd(data, loss_fn, config, True, "forward")
 
     def forward_backward(
@@ -190,6 +197,7 @@ class TrainingClient:
         check_loss_fn(loss_fn, "forward_backward")
         config = check_loss_fn_config(loss_fn_config, "forward_backward")
         data = check_data(data, "forward_backward", loss_fn)
+        check_datum_limits(data, self._session.limits.of(self._base_model), "forward_backward")
         return self._fwd(data, loss_fn, config, False, "forward_backward")
 
     def forward_backward_custom(
@@ -240,6 +248,7 @@ class TrainingClient:
             backend = resolve_backend(backend, where)
         prepared = custom_loss_data(data, where, read_by_loss)
         check_data(prepared, where, "cross_entropy")
+        check_datum_limits(prepared, self._session.limits.of(self._base_model), where)
 
         # The backward's datums are the same but for dense float32 weights shaped like target_tokens:
         # chunk them now, so their number of requests (and seq_ids) is known at call time.
