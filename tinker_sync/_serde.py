@@ -28,6 +28,7 @@ from .types import (
     ModelInputChunk,
 )
 from .types._common import parse_datetime
+from .types._numbers import NumberArray, plain_list
 from .types._sampling import StopCondition
 
 __all__ = [
@@ -119,7 +120,8 @@ def configure_converter(c: cattrs.Converter) -> None:
     )
     # Lists of scalars go through as the same list object: json.dumps handles them at C speed,
     # and the attrs converters validate/copy them in one pass on the way in.
-    c.register_unstructure_hook_func(_is_fast_list, _identity)
+    c.register_unstructure_hook_func(_is_fast_list, plain_list)  # typed buffers (NumberArray) become lists
+    c.register_unstructure_hook(NumberArray, plain_list)
     c.register_structure_hook_func(_is_fast_list, _list_passthrough)
 
     # Omit None, never non-None defaults. Registered BEFORE the union hooks, which look members up.

@@ -17,7 +17,6 @@ from ._common import (
     choice_field,
     converted_field,
     float_field,
-    float_list,
     instance_field,
     int_field,
     list_of_field,
@@ -26,6 +25,7 @@ from ._common import (
     token_list,
 )
 from ._model_input import ModelInput
+from ._numbers import to_numbers, to_optional_floats
 
 __all__ = [
     "CreateSamplingSessionRequest",
@@ -98,7 +98,7 @@ class SampleRequest:
 def _logprobs(value: Any, self_: Any, field: Any) -> Any:
     if value is None:
         return None
-    return float_list(value, _where(self_, field))
+    return to_numbers(value, "d", _where(self_, field))  # one typed buffer, list-like
 
 
 @attrs.frozen
@@ -106,7 +106,7 @@ class SampledSequence:
     """One generated sequence."""
 
     stop_reason: StopReason = choice_field(STOP_REASONS)
-    tokens: list[int] = converted_field(_conv(lambda v, s, f: token_list(v, _where(s, f))))
+    tokens: list[int] = converted_field(_conv(lambda v, s, f: to_numbers(v, "I", _where(s, f))))
     logprobs: list[float] | None = converted_field(_conv(_logprobs), default=None)
 
     def __attrs_post_init__(self) -> None:
@@ -119,18 +119,7 @@ class SampledSequence:
 def _prompt_logprobs(value: Any, self_: Any, field: Any) -> Any:
     if value is None:
         return None
-    where = _where(self_, field)
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"{where} must be a list of float or None, got {type(value).__name__}")
-    out: list[float | None] = []
-    for i, item in enumerate(value):
-        if item is None:
-            out.append(None)
-        elif isinstance(item, (int, float)) and not isinstance(item, bool):
-            out.append(float(item))
-        else:
-            raise TypeError(f"{where} must be a list of float or None; item {i} is {_describe(item)}")
-    return out
+    return to_optional_floats(value, "d", _where(self_, field))  # None entries kept as NaN in the buffer
 
 
 def _topk(value: Any, self_: Any, field: Any) -> Any:
