@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 
 from ._common import check_choice, choice_field, converted_field, int_list
-from ._numbers import NumberArray, to_numbers, trusted
+from ._numbers import NumberArray, to_numbers, trusted_builder
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
@@ -176,9 +176,12 @@ class TensorData:
         return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
+_new_tensor = trusted_builder(TensorData)
+
+
 def trusted_tensor(data: NumberArray, dtype: TensorDtype, shape: list[int] | None) -> TensorData:
     """A dense TensorData from decoded wire values, without re-validation (decoders only)."""
-    return trusted(TensorData, data=data, dtype=dtype, shape=shape)
+    return _new_tensor(data=data, dtype=dtype, shape=shape)
 
 
 def _check_csr(crow: list[int], col: list[int], shape: list[int] | None, nvalues: int) -> None:
