@@ -48,7 +48,7 @@ from .types import (
     SampleResponse,
     TensorData,
 )
-from .types._numbers import NumberArray, from_wire, to_numbers, trusted, trusted_builder, wire_bytes
+from .types._numbers import BIG_ENDIAN, NumberArray, from_wire, to_numbers, trusted, trusted_builder, wire_bytes
 from .types._tensor import trusted_tensor
 
 __all__ = [
@@ -614,20 +614,24 @@ def encode_sample_response(resp: SampleResponse) -> bytes:
 
 
 _new_sequence = trusted_builder(SampledSequence)
+_new_response = trusted_builder(SampleResponse)
+_STOP_NAMES = ("stop", "length")
+_EMPTY_TOKENS = from_wire(b"", "I")
 
 
 def _decode_sequence(data: memoryview, where: str) -> SampledSequence:
     stop_enum = 0
     tokens = logprobs = None
     for f, wt, v in fields(data, where):
-        if f == 2 and wt == LEN:
-            tokens = v
-        elif f == 3 and wt == LEN:
-            logprobs = v
-        elif f == 1 and wt == VARINT:
+        if f == 1:
+            expect(wt, VARINT, f"{where}.stop_reason")
             stop_enum = int32(v)
-        elif f in (1, 2, 3):
-            expect(wt, VARINT if f == 1 else LEN, f"{where}.{('stop_reason', 'tokens', 'logprobs')[f - 1]}")
+        elif f == 2:
+            expect(wt, LEN, f"{where}.tokens")
+            tokens = v
+        elif f == 3:
+            expect(wt, LEN, f"{where}.logprobs")
+            logprobs = v
     stop_reason = _ENUM_TO_STOP.get(stop_enum)
     if stop_reason is None:
         raise ProtoDecodeError(f"{where}.stop_reason: unknown StopReason enum value {stop_enum}")
@@ -639,6 +643,61 @@ def _decode_sequence(data: memoryview, where: str) -> SampledSequence:
         )
     except ValueError as exc:
         raise ProtoDecodeError(f"{where}: {exc}") from None
+
+
+def _length_at(buf: memoryview, pos: int, limit: int) -> tuple[int, int]:
+    """A length varint at ``pos`` -> (end of the value, start of the value); -1 when it does not fit."""
+    b = buf[pos] if pos < limit else 0x80
+    if b < 0x80:
+        return pos + 1 + b, pos + 1
+    if pos + 1 < limit and buf[pos + 1] < 0x80:
+        return pos + 2 + ((b & 0x7F) | (buf[pos + 1] << 7)), pos + 2
+    return -1, -1
+
+
+def _fast_sample_response(buf: memoryview) -> SampleResponse | None:
+    """The common layout (sequences of stop_reason/tokens/logprobs, prompt logprobs, cache hits, lengths below
+    16 KiB) in one inline pass; None for anything else, which the general reader then handles with its checks."""
+    n, pos = len(buf), 0
+    sequences: list[SampledSequence] = []
+    prompt_logprobs, cache_hits = None, 0
+    new_sequence, empty = _new_sequence, _EMPTY_TOKENS
+    while pos < n:
+        key = buf[pos]
+        if pos + 2 < n and buf[pos + 1] >= 0x80 and buf[pos + 2] < 0x80:  # 2-byte length, inlined
+            start = pos + 3
+            end = start + ((buf[pos + 1] & 0x7F) | (buf[pos + 2] << 7))
+        else:
+            end, start = _length_at(buf, pos + 1, n)
+        if key == 0x0A and 0 < end <= n:  # sequences[]
+            stop, tokens, logprobs, pos = 0, empty, None, start
+            while pos < end:
+                key = buf[pos]
+                if key == 0x08 and pos + 1 < end and buf[pos + 1] < 2:
+                    stop, pos = buf[pos + 1], pos + 2
+                    continue
+                if pos + 2 < end and buf[pos + 1] >= 0x80 and buf[pos + 2] < 0x80:  # 2-byte length, inlined
+                    vstart = pos + 3
+                    vend = vstart + ((buf[pos + 1] & 0x7F) | (buf[pos + 2] << 7))
+                else:
+                    vend, vstart = _length_at(buf, pos + 1, end)
+                if vend < 0 or vend > end or (vend - vstart) % 4 or (key != 0x12 and key != 0x1A):  # noqa: PLR1714
+                    return None
+                if key == 0x12:
+                    tokens = NumberArray(buf[vstart:vend].cast("I"), "I")
+                elif vend > vstart:
+                    logprobs = NumberArray(buf[vstart:vend].cast("f"), "f")
+                pos = vend
+            sequences.append(new_sequence(stop_reason=_STOP_NAMES[stop], tokens=tokens, logprobs=logprobs))
+        elif key == 0x12 and 0 < end <= n and (end - start) % 4 == 0:  # prompt_logprobs
+            if end > start:
+                prompt_logprobs = NumberArray(buf[start:end].cast("f"), "f", nan_as_none=True)
+            pos = end
+        elif key == 0x20 and pos + 1 < n and buf[pos + 1] < 0x80:  # prompt_cache_hit_tokens (< 128)
+            cache_hits, pos = buf[pos + 1], pos + 2
+        else:
+            return None
+    return _new_response(sequences=sequences, prompt_logprobs=prompt_logprobs, prompt_cache_hit_tokens=cache_hits)
 
 
 def _decode_topk(data: memoryview, where: str) -> list[list[tuple[int, float]] | None] | None:
@@ -684,6 +743,10 @@ def decode_sample_response(data: bytes) -> SampleResponse:
     Raises:
         ProtoDecodeError: malformed bytes or an unknown stop reason (message names the field).
     """
+    if not BIG_ENDIAN:
+        fast = _fast_sample_response(memoryview(data))
+        if fast is not None:
+            return fast
     try:
         return _decode_sample_response(data)
     except ProtoDecodeError:

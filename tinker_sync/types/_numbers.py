@@ -47,7 +47,7 @@ class NumberArray(Sequence[Any]):
     __slots__ = ("_code", "_mv", "_nan_as_none")
     __hash__ = None  # type: ignore[assignment]  # unhashable, like the list it stands for
 
-    def __init__(self, buffer: Any, code: str, *, nan_as_none: bool = False) -> None:
+    def __init__(self, buffer: Any, code: str, nan_as_none: bool = False) -> None:
         # ``buffer``: a 1-D C-contiguous buffer of native-order items of ``code``'s width (trusted).
         self._mv = buffer if type(buffer) is memoryview else memoryview(buffer)
         self._code = code
