@@ -33,8 +33,8 @@ from ._protowire import (
     repeated_int64,
     string,
     uint32,
+    varint,
 )
-from ._protowire import varint as _varint
 from .types import Datum as _Datum
 from .types import (
     DmelChunk,
@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 
 PROTO_CONTENT_TYPE = "application/x-protobuf"
 _EMPTY = memoryview(b"")
-_varint = _varint  # re-exported: training_client splices seq_id into an encoded body with it
+_varint = varint  # training_client splices seq_id into an encoded body with it
 
 # DType enum.
 _DT_UNSPECIFIED, _DT_FLOAT32, _DT_INT64, _DT_INT32, _DT_BFLOAT16 = 0, 1, 2, 3, 4
@@ -655,13 +655,34 @@ def _length_at(buf: memoryview, pos: int, limit: int) -> tuple[int, int]:
     return -1, -1
 
 
+def _fast_sequence(buf: memoryview, pos: int, end: int) -> SampledSequence | None:
+    stop, tokens, logprobs = 0, _EMPTY_TOKENS, None
+    while pos < end:
+        key = buf[pos]
+        if key == 0x08 and pos + 1 < end and buf[pos + 1] < 2:
+            stop, pos = buf[pos + 1], pos + 2
+            continue
+        if pos + 2 < end and buf[pos + 1] >= 0x80 and buf[pos + 2] < 0x80:  # 2-byte length, inlined
+            vstart = pos + 3
+            vend = vstart + ((buf[pos + 1] & 0x7F) | (buf[pos + 2] << 7))
+        else:
+            vend, vstart = _length_at(buf, pos + 1, end)
+        if vend < 0 or vend > end or (vend - vstart) % 4 or (key != 0x12 and key != 0x1A):  # noqa: PLR1714
+            return None
+        if key == 0x12:
+            tokens = NumberArray(buf[vstart:vend].cast("I"), "I")
+        elif vend > vstart:
+            logprobs = NumberArray(buf[vstart:vend].cast("f"), "f")
+        pos = vend
+    return _new_sequence(stop_reason=_STOP_NAMES[stop], tokens=tokens, logprobs=logprobs)
+
+
 def _fast_sample_response(buf: memoryview) -> SampleResponse | None:
     """The common layout (sequences of stop_reason/tokens/logprobs, prompt logprobs, cache hits, lengths below
     16 KiB) in one inline pass; None for anything else, which the general reader then handles with its checks."""
     n, pos = len(buf), 0
     sequences: list[SampledSequence] = []
     prompt_logprobs, cache_hits = None, 0
-    new_sequence, empty = _new_sequence, _EMPTY_TOKENS
     while pos < n:
         key = buf[pos]
         if pos + 2 < n and buf[pos + 1] >= 0x80 and buf[pos + 2] < 0x80:  # 2-byte length, inlined
@@ -670,25 +691,11 @@ def _fast_sample_response(buf: memoryview) -> SampleResponse | None:
         else:
             end, start = _length_at(buf, pos + 1, n)
         if key == 0x0A and 0 < end <= n:  # sequences[]
-            stop, tokens, logprobs, pos = 0, empty, None, start
-            while pos < end:
-                key = buf[pos]
-                if key == 0x08 and pos + 1 < end and buf[pos + 1] < 2:
-                    stop, pos = buf[pos + 1], pos + 2
-                    continue
-                if pos + 2 < end and buf[pos + 1] >= 0x80 and buf[pos + 2] < 0x80:  # 2-byte length, inlined
-                    vstart = pos + 3
-                    vend = vstart + ((buf[pos + 1] & 0x7F) | (buf[pos + 2] << 7))
-                else:
-                    vend, vstart = _length_at(buf, pos + 1, end)
-                if vend < 0 or vend > end or (vend - vstart) % 4 or (key != 0x12 and key != 0x1A):  # noqa: PLR1714
-                    return None
-                if key == 0x12:
-                    tokens = NumberArray(buf[vstart:vend].cast("I"), "I")
-                elif vend > vstart:
-                    logprobs = NumberArray(buf[vstart:vend].cast("f"), "f")
-                pos = vend
-            sequences.append(new_sequence(stop_reason=_STOP_NAMES[stop], tokens=tokens, logprobs=logprobs))
+            seq = _fast_sequence(buf, start, end)
+            if seq is None:
+                return None
+            sequences.append(seq)
+            pos = end
         elif key == 0x12 and 0 < end <= n and (end - start) % 4 == 0:  # prompt_logprobs
             if end > start:
                 prompt_logprobs = NumberArray(buf[start:end].cast("f"), "f", nan_as_none=True)

@@ -170,7 +170,7 @@ def fields(data: bytes | bytearray | memoryview, where: str) -> list[tuple[int, 
                 pos += 1
             else:
                 value, pos = read_varint(buf, pos, f"{where} field {key >> 3}")
-        elif wt == I64 or wt == I32:  # noqa: PLR1714 - two ints, faster than a tuple test here
+        elif wt == I64 or wt == I32:
             size = 8 if wt == I64 else 4
             if pos + size > n:
                 raise ProtoDecodeError(f"{where} field {key >> 3}: truncated {size * 8}-bit value")

@@ -67,7 +67,7 @@ class NumberArray(Sequence[Any]):
         if isinstance(index, slice):
             return _none_for_nan(self._mv[index].tolist()) if self._nan_as_none else self._mv[index].tolist()
         value = self._mv[index]
-        if self._nan_as_none and value != value:
+        if self._nan_as_none and math.isnan(value):
             return None
         return value
 
@@ -143,6 +143,10 @@ class NumberArray(Sequence[Any]):
         return NumberArray(array(code, self._mv), code, nan_as_none=self._nan_as_none)
 
 
+def _cast(view: memoryview, code: str) -> memoryview:
+    return view.cast(code)  # type: ignore[call-overload,no-any-return]  # typeshed wants a literal code
+
+
 def _restore(code: str, data: bytes, nan_as_none: bool) -> NumberArray:
     arr = array(code)
     arr.frombytes(data)
@@ -169,7 +173,7 @@ def from_wire(data: bytes | memoryview, code: str, *, nan_as_none: bool = False)
         arr.byteswap()
         return NumberArray(arr, code, nan_as_none=nan_as_none)
     mv = data if type(data) is memoryview else memoryview(data)
-    return NumberArray(mv.cast(code) if mv.format == "B" else mv.cast("B").cast(code), code, nan_as_none=nan_as_none)
+    return NumberArray(_cast(mv if mv.format == "B" else mv.cast("B"), code), code, nan_as_none)
 
 
 def wire_bytes(numbers: NumberArray, code: str) -> memoryview | bytes:
@@ -183,7 +187,8 @@ def wire_bytes(numbers: NumberArray, code: str) -> memoryview | bytes:
     except OverflowError:
         raise ValueError(f"a value does not fit the wire's {_NUMPY_DTYPES[code]} items") from None
     if BIG_ENDIAN:
-        arr = array(code, same.raw().cast(code))  # a copy: never swap the caller's buffer in place
+        arr = array(code)
+        arr.frombytes(same.raw())  # a copy: never swap the caller's buffer in place
         arr.byteswap()
         return arr.tobytes()
     return same.raw()
@@ -228,7 +233,7 @@ def _packed(code: str, items: list[Any] | tuple[Any, ...]) -> memoryview:
     # whose items go through PyArg_Parse. Native order, like array; refuses floats for 'q' and non-numbers.
     buf = bytearray(len(items) * _ITEMSIZE[code])
     struct.pack_into(f"={len(items)}{code}", buf, 0, *items)
-    return memoryview(buf).cast(code)
+    return _cast(memoryview(buf), code)
 
 
 def _fast_buffer(code: str, items: list[Any] | tuple[Any, ...]) -> Any:
@@ -290,7 +295,7 @@ def to_optional_floats(value: Any, code: str, where: str) -> NumberArray:
                 if item is not None and (isinstance(item, (bool, str, bytes)) or not isinstance(item, (int, float))):
                     raise TypeError(f"{where} must be a list of float or None; item {i} is {_describe(item)}") from None
             out = NumberArray(array(code, [nan if x is None else x for x in items]), code)
-    return NumberArray(out.raw().cast(code), code, nan_as_none=True)
+    return NumberArray(_cast(out.raw(), code), code, nan_as_none=True)
 
 
 def plain_list(value: Any) -> Any:
@@ -312,7 +317,7 @@ def _make_builder(cls: type) -> Callable[..., Any]:
         if default is attrs.NOTHING:
             params.append(field.name)
             continue
-        namespace[f"d{i}"] = default.factory if isinstance(default, attrs.Factory) else default  # type: ignore[arg-type,attr-defined]
+        namespace[f"d{i}"] = default.factory if isinstance(default, attrs.Factory) else default  # type: ignore[arg-type]
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             params.append(f"{field.name}=None")
             namespace[f"m{i}"] = True
