@@ -7,30 +7,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import tinker_sync
+from _connect import add_server_args, open_service  # examples/_connect.py: --base-url, or an embedded server
+
 from tinker_sync import types
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-url", default=os.environ.get("TINKER_BASE_URL") or None)
-    parser.add_argument("--base-model", default="tinker-sync/tiny-byte")
+    add_server_args(parser)
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--threads", type=int, default=32)
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
-        base_url, api_key = args.base_url, os.environ.get("TINKER_API_KEY")
-        if base_url is None:
-            from tinker_sync.local import LocalTinkerServer
-
-            server = stack.enter_context(LocalTinkerServer())
-            base_url, api_key = server.url, api_key or "tml-local-demo"
-        service = stack.enter_context(tinker_sync.ServiceClient(api_key=api_key, base_url=base_url))
+        service = open_service(stack, args, announce=False)
         sampler = service.create_sampling_client(base_model=args.base_model)
         tokenizer = sampler.get_tokenizer()
         params = types.SamplingParams(max_tokens=8, temperature=0.7, seed=1)

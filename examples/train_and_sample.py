@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
+
+from _connect import add_server_args, open_service  # examples/_connect.py: --base-url, or an embedded server
 
 import tinker_sync
 from tinker_sync import types
@@ -42,23 +43,14 @@ def make_datum(tokenizer: tinker_sync.Tokenizer, prompt: str, completion: str) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-url", default=os.environ.get("TINKER_BASE_URL") or None,
-                        help="Tinker server; omitted = start the embedded local server")
-    parser.add_argument("--base-model", default="tinker-sync/tiny-byte")
+    add_server_args(parser)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-2)
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
-        base_url, api_key = args.base_url, os.environ.get("TINKER_API_KEY")
-        if base_url is None:
-            from tinker_sync.local import LocalTinkerServer
-
-            server = stack.enter_context(LocalTinkerServer())
-            base_url, api_key = server.url, api_key or "tml-local-demo"
-            print(f"embedded Tinker server at {base_url}")
-        service = stack.enter_context(tinker_sync.ServiceClient(api_key=api_key, base_url=base_url))
+        service = open_service(stack, args)
 
         training = service.create_lora_training_client(base_model=args.base_model, rank=args.rank, seed=0)
         tokenizer = training.get_tokenizer()

@@ -170,7 +170,8 @@ def test_connection_refused_is_retried_then_raises_not_sent() -> None:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
-    rt = Runtime(ClientConfig(base_url=f"http://127.0.0.1:{port}", api_key=KEY, retry=attrs.evolve(FAST, max_attempts=1)))
+    cfg = ClientConfig(base_url=f"http://127.0.0.1:{port}", api_key=KEY, retry=attrs.evolve(FAST, max_attempts=1))
+    rt = Runtime(cfg)
     try:
         with pytest.raises(APIConnectionError) as info:
             rt.request("POST", "/api/v1/mutate", body={})
@@ -416,7 +417,9 @@ def test_lane_orders_posts_and_poisons_after_failure(server: ScriptedServer, rt:
 def test_futures_work_with_wait_and_as_completed(server: ScriptedServer, rt: Runtime) -> None:
     server.default("/api/v1/asample", lambda rec: Reply(200, {"request_id": str(rec.json()["i"])}))
     server.default(RF, lambda rec: Reply(200, {"i": int(rec.json()["request_id"])}))
-    futs = [rt.submit_polled("/api/v1/asample", {"i": i}, None, request_type="Sample", sampling=True) for i in range(30)]
+    futs = [
+        rt.submit_polled("/api/v1/asample", {"i": i}, None, request_type="Sample", sampling=True) for i in range(30)
+    ]
     got = sorted(f.result(timeout=T)["i"] for f in as_completed(futs, timeout=T))
     assert got == list(range(30))
     done, not_done = wait(futs, timeout=T)
@@ -579,3 +582,16 @@ def test_bare_400_is_treated_as_a_dropped_connection(server: ScriptedServer, rt:
     with pytest.raises(BadRequestError):
         rt.request("POST", "/api/v1/mutate", body={})  # not known to be idempotent: not resent
     assert len(server.requests_to("/api/v1/mutate")) == 1
+
+
+def test_call_takes_a_call_options_value(server: ScriptedServer, rt: Runtime) -> None:
+    from tinker_sync._decide import CallOptions
+
+    server.script("/api/v1/thing", Reply(409, {"detail": "busy"}), Reply(200, {"ok": 1}))
+    opts = CallOptions(body={"a": 1}, headers={"X-Extra": "1"}, idempotency_key="tinker-sync-fixed-key")
+    assert rt.call("POST", "/api/v1/thing", opts) == {"ok": 1}
+    reqs = server.requests_to("/api/v1/thing")
+    assert [r.header("X-Idempotency-Key") for r in reqs] == ["tinker-sync-fixed-key"] * 2
+    assert all(r.header("X-Extra") == "1" and r.json() == {"a": 1} for r in reqs)
+    with pytest.raises(TypeError):
+        rt.submit_request("GET", "/api/v1/thing", no_such_option=True)  # refused in the caller's thread

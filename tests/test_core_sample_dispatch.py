@@ -63,7 +63,10 @@ def test_concurrent_sample_dispatches_are_bounded_by_the_pool(server: ScriptedSe
     server.default(RF, Reply(200, {"done": 1}))
     rt = make_runtime(server, max_workers=4, max_sample_dispatchers=3)
     try:
-        futs = [rt.submit_polled("/api/v1/asample", {"i": i}, None, request_type="Sample", sampling=True) for i in range(24)]
+        futs = [
+            rt.submit_polled("/api/v1/asample", {"i": i}, None, request_type="Sample", sampling=True)
+            for i in range(24)
+        ]
         assert all(f.result(timeout=T) == {"done": 1} for f in futs)
     finally:
         rt.close(cancel_pending=True)

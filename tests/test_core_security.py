@@ -36,6 +36,7 @@ from tinker_sync.rest_client import RestClient
 
 KEY = "tml-security-secret-key-0123456789"
 CF_SECRET = "cf-secret-value-987654"
+CF_HEADERS = {"CF-Access-Client-Secret": CF_SECRET}
 FAST = RetryPolicy(initial_delay_s=0.01, max_delay_s=0.02, max_attempts=4)
 T = 10
 RUN, CKPT = "run-1", "weights/w1"
@@ -93,10 +94,12 @@ def test_redirect_to_another_host_is_not_followed(
 
 
 # ---------------------------------------------------------------------------------------------
-# checkpoint archive URL (PROTOCOL §8.3)
+# checkpoint archive URL (docs/protocol.rst §8.3)
 
 
-def test_archive_url_from_302_with_and_without_expires(api: ScriptedServer, storage: ScriptedServer, rt: Runtime) -> None:
+def test_archive_url_from_302_with_and_without_expires(
+    api: ScriptedServer, storage: ScriptedServer, rt: Runtime
+) -> None:
     rest = RestClient(rt)
     expires = _dt.datetime(2031, 5, 6, 7, 8, 9, tzinfo=_dt.timezone.utc)
     signed = storage.url + "/bucket/ckpt.tar?sig=abc"
@@ -175,7 +178,7 @@ def test_cli_download_sends_no_key_to_the_signed_url(
 
 
 def test_config_pickle_carries_no_secret_and_restores_in_process() -> None:
-    cfg = ClientConfig(base_url="http://127.0.0.1:9", api_key=KEY, default_headers={"CF-Access-Client-Secret": CF_SECRET})
+    cfg = ClientConfig(base_url="http://127.0.0.1:9", api_key=KEY, default_headers=CF_HEADERS)
     blob = pickle.dumps(cfg)
     assert KEY.encode() not in blob and CF_SECRET.encode() not in blob
     assert pickle.loads(blob) == cfg  # this process built it, so it knows the credentials
@@ -199,13 +202,15 @@ def _unpickle_in_child(blob: bytes, env: dict[str, str]) -> subprocess.Completed
 
 
 def test_config_unpickled_in_another_process_takes_the_key_from_the_environment() -> None:
-    cfg = ClientConfig(base_url="http://127.0.0.1:9", api_key=KEY, default_headers={"CF-Access-Client-Secret": CF_SECRET})
+    cfg = ClientConfig(base_url="http://127.0.0.1:9", api_key=KEY, default_headers=CF_HEADERS)
     blob = pickle.dumps(cfg)
     ok = _unpickle_in_child(blob, {"TINKER_API_KEY": KEY, "CLOUDFLARE_ACCESS_CLIENT_SECRET": CF_SECRET})
     assert ok.stdout.startswith("OK True") and CF_SECRET in ok.stdout, ok.stdout + ok.stderr
     missing = _unpickle_in_child(blob, {})
     assert missing.stdout.startswith("ERR InvalidConfigError") and "TINKER_API_KEY" in missing.stdout
-    wrong = _unpickle_in_child(blob, {"TINKER_API_KEY": "tml-another-key", "CLOUDFLARE_ACCESS_CLIENT_SECRET": CF_SECRET})
+    wrong = _unpickle_in_child(
+        blob, {"TINKER_API_KEY": "tml-another-key", "CLOUDFLARE_ACCESS_CLIENT_SECRET": CF_SECRET}
+    )
     assert wrong.stdout.startswith("ERR InvalidConfigError") and "tml-another-key" not in wrong.stdout
 
 
@@ -240,7 +245,9 @@ def test_url_credentials_are_redacted_from_connection_errors() -> None:
 
 def test_header_values_that_requests_would_quote_are_refused_without_echo() -> None:
     with pytest.raises(InvalidConfigError) as info:
-        ClientConfig(base_url="http://127.0.0.1:9", api_key=KEY, default_headers={"CF-Access-Client-Secret": " s3cret\n"})
+        ClientConfig(
+            base_url="http://127.0.0.1:9", api_key=KEY, default_headers={"CF-Access-Client-Secret": " s3cret\n"}
+        )
     assert "s3cret" not in str(info.value) and "CF-Access-Client-Secret" in str(info.value)
 
 

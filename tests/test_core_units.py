@@ -219,7 +219,9 @@ def _d(status: int, body: object = None, headers: dict[str, str] | None = None, 
 def test_decide_success_try_again_and_error_payloads() -> None:
     d = _d(200, {"a": 1})
     assert isinstance(d, Done) and d.value == {"a": 1} and d.state.iteration == 1
-    d = _d(200, {"type": "try_again", "request_id": "r", "queue_state": "paused_capacity", "queue_state_reason": "busy"})
+    d = _d(
+        200, {"type": "try_again", "request_id": "r", "queue_state": "paused_capacity", "queue_state_reason": "busy"}
+    )
     assert isinstance(d, PollAgain) and d.queue_state == "paused_capacity" and d.reason == "busy" and d.delay_s == 0
     d = _d(200, {"error": "bad tokens", "category": "User"})
     assert isinstance(d, Fail) and isinstance(d.exc, RequestFailedError)
@@ -286,7 +288,8 @@ def test_decide_protobuf_and_typed_json() -> None:
     from tinker_sync import _proto
     from tinker_sync.types import SampledSequence, SampleResponse
 
-    resp = SampleResponse(sequences=[SampledSequence(stop_reason="length", tokens=[1, 2, 3], logprobs=[-0.5, -0.25, -1.0])])
+    seq = SampledSequence(stop_reason="length", tokens=[1, 2, 3], logprobs=[-0.5, -0.25, -1.0])
+    resp = SampleResponse(sequences=[seq])
     data = _proto.encode_sample_response(resp)
     d = decide(200, {"content-type": "application/x-protobuf"}, data, SampleResponse, PollState())
     assert isinstance(d, Done) and d.value.sequences[0].tokens == [1, 2, 3]
@@ -465,3 +468,17 @@ def test_sample_gate_tightens_to_10_while_recently_limited() -> None:
     gate.__exit__(None, None, None)
     assert entered.wait(5)
     t.join(5)
+
+
+def test_parse_http_date_is_aware_and_lenient() -> None:
+    import datetime as dt
+
+    from tinker_sync._retry import parse_http_date
+
+    when = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT")
+    assert when == dt.datetime(1994, 11, 6, 8, 49, 37, tzinfo=dt.timezone.utc)
+    naive_zone = parse_http_date("Sun, 06 Nov 1994 08:49:37 -0000")  # "-0000": no zone given, read as UTC
+    assert naive_zone is not None and naive_zone.utcoffset() == dt.timedelta(0)
+    assert parse_http_date(None) is None and parse_http_date("") is None and parse_http_date("soon") is None
+    # parse_retry_after reads the same date form
+    assert parse_retry_after({"Retry-After": "Sun, 06 Nov 1994 08:49:47 GMT"}, now=lambda: when.timestamp()) == 10.0

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinker_sync.local import _engine as E
-from tinker_sync.local import _nn, _safetensors, _tokenizer
+from tinker_sync.local import _nn, _optim, _safetensors, _tokenizer
 from tinker_sync.local._tokenizer import decode, encode
 
 TINY = "tinker-sync/tiny-byte"
@@ -47,6 +47,10 @@ def engine64() -> E.Engine:
 
 @pytest.fixture(scope="module")
 def trained(engine: E.Engine) -> tuple[E.Adapter, list[float]]:
+    return train_demo(engine)
+
+
+def train_demo(engine: E.Engine) -> tuple[E.Adapter, list[float]]:
     """THE DEMO: 30 supervised steps on five short sentences."""
     adapter = engine.new_adapter(rank=8, seed=0)
     data = [sft_datum(p, c) for p, c in PAIRS]
@@ -156,7 +160,55 @@ GRAD_CASES = [
     ("cispo", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}, 0),
     ("cispo", None, 0),
     ("dro", {"beta": 0.3}, 0),
+    ("gspo", None, 0),
+    ("gspo", {"clip_low_threshold": 0.7, "clip_high_threshold": 1.3}, 1),  # k=1: with a sequence_ratio_mask
+    ("stable_reinforce", None, 0),
+    ("stable_reinforce", {"kl_coeff": 0.3}, 0),
 ]
+
+
+def _logprobs64(engine: E.Engine, adapter: E.Adapter, datum: E.EngineDatum) -> np.ndarray:
+    """Target logprobs at full float64 precision (forward_backward reports them as float32)."""
+    s = engine.spec
+    logits, _ = _nn.forward(engine.base, engine._effective(adapter), np.array([datum.tokens]),
+                            n_layers=s.n_layers, n_heads=s.n_heads)
+    lsm = _nn.log_softmax(logits[0])
+    targets = datum.loss_fn_inputs["target_tokens"]
+    out: np.ndarray = lsm[np.arange(len(datum.tokens)), targets]
+    return out
+
+
+def _frozen_surrogate(
+    loss_fn: str, config: dict[str, float] | None, data: list[E.EngineDatum], lps0: list[np.ndarray]
+) -> list[tuple[str, list[E.EngineDatum]]]:
+    """For losses with stop-gradients: plain losses whose summed value has the loss's gradient at ``lps0``.
+
+    The detached factors (CISPO's clipped ratio, GSPO's sequence ratio and clip state, StableReinforce's
+    truncated weight) are frozen at ``lps0`` into cross-entropy weights; StableReinforce's KL penalty
+    ``kl * sum(ratio - log ratio - 1)`` is ``importance_sampling`` with advantages ``-kl`` plus
+    cross-entropy weight ``kl`` (up to a constant). Summed losses are float64, unlike the float32 outputs.
+    """
+    cfg = {**E.CONFIG_DEFAULTS[loss_fn], **(config or {})}
+    ce, kl_data = [], []
+    for d, lp0 in zip(data, lps0):
+        old, adv = d.loss_fn_inputs["logprobs"], d.loss_fn_inputs["advantages"]
+        ratio0 = np.exp(lp0 - old)
+        if loss_fn == "cispo":
+            weights = np.clip(ratio0, cfg["clip_low_threshold"], cfg["clip_high_threshold"]) * adv
+        elif loss_fn == "gspo":
+            mask = d.loss_fn_inputs.get("sequence_ratio_mask", np.ones_like(lp0)) != 0
+            s0 = float(np.exp(np.mean((lp0 - old)[mask])))
+            low, high = cfg["clip_low_threshold"], cfg["clip_high_threshold"]
+            active = (low <= s0 <= high) | (s0 * adv < np.clip(s0, low, high) * adv)
+            weights = np.where(active, s0 * adv, 0.0)
+        else:
+            kl = cfg["kl_coeff"]
+            weights = np.minimum(ratio0, 1.0) * adv + kl
+            kl_inputs = {"target_tokens": d.loss_fn_inputs["target_tokens"], "logprobs": old,
+                         "advantages": np.full(len(d.tokens), -kl)}
+            kl_data.append(E.EngineDatum(d.tokens, kl_inputs))
+        ce.append(E.EngineDatum(d.tokens, {"target_tokens": d.loss_fn_inputs["target_tokens"], "weights": weights}))
+    return [("cross_entropy", ce)] + ([("importance_sampling", kl_data)] if kl_data else [])
 
 
 @pytest.mark.parametrize(("loss_fn", "config", "k"), GRAD_CASES)
@@ -166,27 +218,23 @@ def test_gradients_match_finite_differences(
     adapter = engine64.new_adapter(rank=3, seed=7)
     _randomize(adapter, 1)
     data = _ce_data(2, k) if loss_fn == "cross_entropy" else _rl_data(engine64, adapter, 3)
+    if loss_fn == "gspo" and k:
+        for d in data:
+            n = len(d.tokens)
+            d.loss_fn_inputs["sequence_ratio_mask"] = (np.arange(n) >= n // 3).astype(np.float64)
     engine64.forward_backward(adapter, data, loss_fn, config)
     grads = {m: (ga.copy(), gb.copy()) for m, (ga, gb) in adapter.grads.items()}
     assert set(grads) == set(engine64.module_shapes)  # every target group: attn, mlp, unembed
+    assert any(np.any(gb != 0) for _, gb in grads.values())
 
-    fd_data, fd_loss, fd_config = data, loss_fn, config
-    if loss_fn == "cispo":
-        # CISPO's clipped ratio is detached: its gradient is that of cross_entropy weighted by
-        # clip(ratio) * advantage frozen at the current parameters.
-        bounds = {"clip_low_threshold": 0.0, "clip_high_threshold": 4.0, **(config or {})}
-        outs, _ = engine64.forward_backward(adapter, data, loss_fn, config, forward_only=True)
-        fd_data = []
-        for d, out in zip(data, outs):
-            ratio = np.exp(out["logprobs"].astype(np.float64) - d.loss_fn_inputs["logprobs"])
-            clipped = np.clip(ratio, bounds["clip_low_threshold"], bounds["clip_high_threshold"])
-            weights = clipped * d.loss_fn_inputs["advantages"]
-            fd_data.append(E.EngineDatum(d.tokens, {"target_tokens": d.loss_fn_inputs["target_tokens"], "weights": weights}))
-        fd_loss, fd_config = "cross_entropy", None
+    terms = [(loss_fn, data)]
+    if loss_fn in ("cispo", "gspo", "stable_reinforce"):
+        terms = _frozen_surrogate(loss_fn, config, data, [_logprobs64(engine64, adapter, d) for d in data])
+        config = None
 
     def loss() -> float:
         adapter._merged = None
-        return engine64.forward_backward(adapter, fd_data, fd_loss, fd_config, forward_only=True)[1]["loss:sum"]
+        return sum(engine64.forward_backward(adapter, d, f, config, forward_only=True)[1]["loss:sum"] for f, d in terms)
 
     rng = np.random.default_rng(5)
     eps = 1e-6
@@ -231,7 +279,12 @@ def test_loss_values_follow_the_documented_formulas(engine64: E.Engine) -> None:
         "ppo": sum(-np.sum(np.minimum(r * a, np.clip(r, 0.8, 1.2) * a)) for r, a in zip(ratio, advs)),
         "cispo": sum(-np.sum(np.clip(r, 0.0, 4.0) * lp * a) for r, lp, a in zip(ratio, lps, advs)),
         "dro": sum(-np.sum(lp * a - 0.5 * 0.05 * (lp - old) ** 2) for lp, old, a in zip(lps, olds, advs)),
+        "stable_reinforce": sum(-np.sum(np.minimum(r, 1.0) * a * lp) for r, lp, a in zip(ratio, lps, advs)),
     }
+    seq = [float(np.exp(np.mean(lp - old))) for lp, old in zip(lps, olds)]  # GSPO: one ratio per sequence
+    expected["gspo"] = sum(
+        -np.sum(np.minimum(s * a, np.clip(s, 1 - 3e-4, 1 + 4e-4) * a)) for s, a in zip(seq, advs)
+    )
     for loss_fn, value in expected.items():
         outs, metrics = engine64.forward_backward(adapter, data, loss_fn, forward_only=True)
         assert metrics["loss:sum"] == pytest.approx(value, rel=1e-5), loss_fn
@@ -239,6 +292,24 @@ def test_loss_values_follow_the_documented_formulas(engine64: E.Engine) -> None:
         for out, lp in zip(outs, lps):
             assert out["logprobs"].dtype == np.float32
             np.testing.assert_allclose(out["logprobs"], lp, rtol=1e-6)
+    kl = 0.2
+    _, metrics = engine64.forward_backward(adapter, data, "stable_reinforce", {"kl_coeff": kl}, forward_only=True)
+    log_ratio = [lp - old for lp, old in zip(lps, olds)]
+    penalty = kl * sum(np.sum(np.exp(x) - x - 1.0) for x in log_ratio)
+    assert metrics["loss:sum"] == pytest.approx(expected["stable_reinforce"] + penalty, rel=1e-5)
+    # GSPO's ratio runs over the tokens sequence_ratio_mask marks; an empty mask means a ratio of 1
+    masked = [
+        E.EngineDatum(d.tokens, {**d.loss_fn_inputs, "sequence_ratio_mask": np.eye(1, len(d.tokens), 2).ravel()})
+        for d in data
+    ]
+    _, metrics = engine64.forward_backward(adapter, masked, "gspo", {"clip_low_threshold": 0.0,
+                                                                   "clip_high_threshold": 10.0}, forward_only=True)
+    seq = [float(np.exp(lp[2] - old[2])) for lp, old in zip(lps, olds)]
+    assert metrics["loss:sum"] == pytest.approx(sum(-np.sum(s * a) for s, a in zip(seq, advs)), rel=1e-5)
+    empty = [E.EngineDatum(d.tokens, {**d.loss_fn_inputs, "sequence_ratio_mask": np.zeros(len(d.tokens))})
+             for d in data]
+    _, metrics = engine64.forward_backward(adapter, empty, "gspo", forward_only=True)
+    assert metrics["loss:sum"] == pytest.approx(sum(-np.sum(a) for a in advs), rel=1e-5)
 
 
 def test_forward_only_does_not_touch_gradients(engine: E.Engine) -> None:
@@ -316,6 +387,89 @@ def test_optim_step_rejects_bad_hyperparameters(engine: E.Engine) -> None:
         engine.optim_step(adapter, learning_rate=float("nan"))
 
 
+# ---------------------------------------------------------------------------------------------- Dimuon
+def test_matrix_sign_is_the_polar_factor() -> None:
+    rng = np.random.default_rng(0)
+    for shape in ((40, 4), (3, 30), (8, 8)):
+        m = rng.standard_normal(shape) * np.geomspace(1e-3, 10, shape[1])  # ill-conditioned columns
+        u, _, vt = np.linalg.svd(m, full_matrices=False)
+        np.testing.assert_allclose(_optim.matrix_sign(m), u @ vt, atol=1e-9)
+    low_rank = rng.standard_normal((20, 1)) @ rng.standard_normal((1, 6))
+    sign = _optim.matrix_sign(low_rank)
+    assert np.linalg.norm(sign) == pytest.approx(1.0)  # one nonzero singular value, driven to 1
+    assert not _optim.matrix_sign(np.zeros((5, 3))).any()
+
+
+def test_dimuon_matches_reference_implementation(engine64: E.Engine) -> None:
+    adapter = engine64.new_adapter(rank=3, seed=3, train_mlp=False, optimizer="dimuon")
+    _randomize(adapter, 4)
+    lr, beta1 = 0.02, 0.8
+    ref_p = {m: [p.copy() for p in pair] for m, pair in adapter.params.items()}
+    ref_mom = {m: [np.zeros_like(p) for p in pair] for m, pair in adapter.params.items()}
+    for t in (1, 2, 3):
+        engine64.forward_backward(adapter, _ce_data(t), "cross_entropy")
+        grads = {m: [g.copy() for g in pair] for m, pair in adapter.grads.items()}
+        norm = float(np.sqrt(sum(np.sum(g**2) for pair in grads.values() for g in pair)))
+        clip = norm / 3 if t == 2 else 0.0
+        coef = clip / (norm + 1e-6) if clip else 1.0
+        for m, pair in grads.items():
+            for i in (0, 1):
+                ref_mom[m][i] = beta1 * ref_mom[m][i] + (1 - beta1) * pair[i] * coef
+                u, _, vt = np.linalg.svd(ref_mom[m][i], full_matrices=False)
+                direction = u @ vt
+                ref_p[m][i] = ref_p[m][i] - lr * np.sqrt(3) / np.linalg.norm(direction) * direction
+        metrics = engine64.step(adapter, {"type": "dimuon", "learning_rate": lr, "beta1": beta1,
+                                          "grad_clip_norm": clip})
+        assert metrics == {"grad_norm": pytest.approx(norm), "learning_rate": lr, "step": float(t)}
+        for m, pair in adapter.params.items():
+            for i in (0, 1):
+                np.testing.assert_allclose(pair[i], ref_p[m][i], rtol=1e-8, atol=1e-10)
+                assert not adapter.grads[m][i].any()
+    # every matrix moved by exactly lr * sqrt(rank) in Frobenius norm on a step where its momentum is nonzero
+    before = {m: [p.copy() for p in pair] for m, pair in adapter.params.items()}
+    engine64.forward_backward(adapter, _ce_data(9), "cross_entropy")
+    engine64.dimuon_step(adapter, learning_rate=lr)
+    for m, pair in adapter.params.items():
+        for i in (0, 1):
+            assert np.linalg.norm(pair[i] - before[m][i]) == pytest.approx(lr * np.sqrt(3), rel=1e-9)
+
+
+def test_dimuon_trains_and_optimizers_are_never_mixed(engine: E.Engine, tmp_path: Path) -> None:
+    adapter = engine.new_adapter(rank=4, seed=0, optimizer="dimuon")
+    data = [sft_datum(p, c) for p, c in PAIRS[:2]]
+    losses = []
+    for _ in range(8):
+        losses.append(engine.forward_backward(adapter, data, "cross_entropy")[1]["loss:sum"])
+        engine.step(adapter, {"type": "dimuon", "learning_rate": 0.01})
+    assert losses[-1] < 0.75 * losses[0]
+    with pytest.raises(ValueError, match="created with the 'dimuon' optimizer; AdamParams"):
+        engine.optim_step(adapter, learning_rate=1e-3)
+    with pytest.raises(ValueError, match="created with the 'adamw' optimizer; DimuonParams"):
+        engine.step(engine.new_adapter(rank=2, seed=0), {"type": "dimuon", "learning_rate": 1e-3})
+    with pytest.raises(ValueError, match="optimizer type 'lion' is not supported"):
+        engine.step(adapter, {"type": "lion", "learning_rate": 1e-3})
+    with pytest.raises(ValueError, match=r"DimuonParams: unknown field\(s\) \['damping'\]"):
+        engine.step(adapter, {"type": "dimuon", "learning_rate": 1e-3, "damping": 0.1})
+    with pytest.raises(ValueError, match="learning_rate is required"):
+        engine.step(adapter, {"type": "dimuon"})
+    with pytest.raises(ValueError, match="DimuonParams.beta1"):
+        engine.dimuon_step(adapter, learning_rate=1e-3, beta1=1.0)
+    with pytest.raises(ValueError, match="optimizer 'sgd' is not supported"):
+        engine.new_adapter(rank=2, seed=0, optimizer="sgd")
+    assert [_optim.parse_optimizer_config(c) for c in (None, {}, {"type": "adamw"}, {"type": "dimuon", "version": 1})] \
+        == ["adamw", "adamw", "adamw", "dimuon"]
+    for bad, match in (({"type": "dimuon", "version": 2}, "version 2"), ({"type": "lion"}, "'lion' is not supported"),
+                       ({"type": "adamw", "beta1": 0.9}, r"unknown field\(s\) \['beta1'\]")):
+        with pytest.raises(ValueError, match=match):
+            _optim.parse_optimizer_config(bad)
+    # the optimizer's identity and momentum come back with a full-state resume only
+    adapter.save(tmp_path / "ck", with_optimizer=True)
+    resumed = E.Adapter.load(engine, tmp_path / "ck", with_optimizer=True)
+    assert resumed.optimizer == "dimuon" and resumed.step == 8
+    np.testing.assert_array_equal(resumed.exp_avg["layers.0.q"][1], adapter.exp_avg["layers.0.q"][1])
+    assert E.Adapter.load(engine, tmp_path / "ck", with_optimizer=False).optimizer == "adamw"
+
+
 # ---------------------------------------------------------------------------------------------- validation
 @pytest.mark.parametrize(
     ("loss_fn", "inputs", "tokens", "config", "match"),
@@ -332,6 +486,12 @@ def test_optim_step_rejects_bad_hyperparameters(engine: E.Engine) -> None:
         ("cross_entropy", {"target_tokens": [1, 2], "weights": [1, 1]}, [1, 2], {"beta": 1.0}, "loss_fn_config key 'beta'"),
         ("ppo", {"target_tokens": [1, 2], "logprobs": [0, 0], "advantages": [1, float("inf")]}, [1, 2], None, "infinite"),
         ("dro", {"target_tokens": [1, 2], "logprobs": [0, 0]}, [1, 2], None, "advantages"),
+        ("gspo", {"target_tokens": [1, 2], "logprobs": [0, 0], "advantages": [1, 1]}, [1, 2], {"beta": 1.0}, "allowed"),
+        ("gspo", {"target_tokens": [1, 2], "logprobs": [0, 0], "advantages": [1, 1], "sequence_ratio_mask": [1]},
+         [1, 2], None, "sequence_ratio_mask"),
+        ("stable_reinforce", {"target_tokens": [1, 2], "advantages": [1, 1]}, [1, 2], None, "logprobs"),
+        ("stable_reinforce", {"target_tokens": [1, 2], "logprobs": [0, 0], "advantages": [1, 1]}, [1, 2],
+         {"kl_coeff": -1.0}, "kl_coeff"),
     ],
 )
 def test_bad_inputs_are_refused_with_clear_messages(
@@ -407,7 +567,7 @@ def test_stop_handling(engine: E.Engine, trained: tuple[E.Adapter, list[float]])
     def run(stop: object, max_tokens: int | None = 20) -> E.SampledSequence:
         return engine.sample(adapter, prompt, max_tokens=max_tokens, temperature=0.0, stop=stop).sequences[0]  # type: ignore[arg-type]
 
-    assert run(None) == (expect, pytest.approx(run(None).logprobs), "stop")
+    assert run(None) == (expect, pytest.approx(run(None).logprobs), "stop", None)
     never = run([], max_tokens=12)
     assert never.tokens[: len(expect)] == expect and len(never.tokens) == 12 and never.stop_reason == "length"
     assert run("ri").tokens == encode(" Pari") and run("ri").stop_reason == "stop"

@@ -1,4 +1,4 @@
-"""Protobuf codec (PROTOCOL §15): hand-checked byte vectors, round trips, decoding rules, bad input."""
+"""Protobuf codec (docs/protocol.rst §15): hand-checked byte vectors, round trips, decoding rules, bad input."""
 
 from __future__ import annotations
 

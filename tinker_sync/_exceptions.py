@@ -5,7 +5,8 @@
     TinkerError
     ├── APIError
     │   ├── APIConnectionError (.request_sent)
-    │   │   └── APITimeoutError
+    │   │   ├── APITimeoutError
+    │   │   └── APICertificateError (the server's TLS certificate was refused; never retried)
     │   ├── APIStatusError (.status_code, .body, .request_id)
     │   │   ├── BadRequestError           400
     │   │   ├── AuthenticationError       401
@@ -20,17 +21,22 @@
     ├── RequestFailedError (a server-side future failed; .category is "user", "server" or "unknown")
     └── ClientClosedError (the client was closed while the call was pending)
 
-Every error pickles, and none of them ever carries the API key: messages are built from the status,
-the request id and a truncated body only.
+Every error pickles, and none of them ever carries a secret: messages are built from the status, the
+request id and a truncated body, and every known secret (``register_secret``: the API key, secret
+header values, URL passwords, weights access tokens) is redacted from the message, body and headers
+when the error is built, even when a server or proxy echoes the request's headers back.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "APICertificateError",
     "APIConnectionError",
     "APIError",
     "APIResponseValidationError",
@@ -49,9 +55,76 @@ __all__ = [
     "TinkerError",
     "UnprocessableEntityError",
     "from_response",
+    "parse_error_body",
+    "redact",
+    "register_secret",
+    "unregister_secret",
 ]
 
 _MAX_BODY_CHARS = 500
+_MIN_SECRET_CHARS = 4  # shorter values would redact ordinary words
+_REDACTED = "<redacted>"
+
+_secrets_lock = threading.Lock()
+_secret_counts: collections.Counter[str] = collections.Counter()
+_secrets_longest_first: tuple[str, ...] = ()
+
+
+def register_secret(value: str | None) -> None:
+    """Redact ``value`` from every error built from now on (until as many ``unregister_secret`` calls)."""
+    global _secrets_longest_first
+    if not value or len(value) < _MIN_SECRET_CHARS:
+        return
+    with _secrets_lock:
+        _secret_counts[value] += 1
+        _secrets_longest_first = tuple(sorted(_secret_counts, key=len, reverse=True))
+
+
+def unregister_secret(value: str | None) -> None:
+    """Undo one ``register_secret(value)``."""
+    global _secrets_longest_first
+    if not value or len(value) < _MIN_SECRET_CHARS:
+        return
+    with _secrets_lock:
+        _secret_counts[value] -= 1
+        if _secret_counts[value] <= 0:
+            del _secret_counts[value]
+        _secrets_longest_first = tuple(sorted(_secret_counts, key=len, reverse=True))
+
+
+def redact(value: Any) -> Any:
+    """``value`` (str, bytes, or JSON-like containers of them) with every registered secret replaced."""
+    secrets = _secrets_longest_first
+    if not secrets:
+        return value
+    return _redact(value, secrets)
+
+
+def _redact(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, _REDACTED)
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        text = bytes(value).decode("utf-8", "replace")
+        clean = _redact(text, secrets)
+        return bytes(value) if clean == text else clean.encode("utf-8")
+    if isinstance(value, dict):
+        return {_redact(k, secrets): _redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact(v, secrets) for v in value)
+    return value
+
+
+def parse_error_body(content: bytes) -> Any:
+    """An error response's body: parsed JSON, else the text (None when empty)."""
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content.decode("utf-8", "replace")
 
 
 def _short(body: Any) -> str:
@@ -80,9 +153,10 @@ class APIError(TinkerError):
     """An error talking to the Tinker API."""
 
     def __init__(self, message: str, *, body: Any = None) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
-        self.body = body
+        self.body = redact(body)
 
     def __reduce__(self) -> Any:  # keep keyword-only constructors picklable
         return (_rebuild, (type(self), self.__dict__.copy(), self.args))
@@ -114,6 +188,17 @@ class APITimeoutError(APIConnectionError):
         super().__init__(message, request_sent=request_sent)
 
 
+class APICertificateError(APIConnectionError):
+    """The server's TLS certificate was not accepted (unknown CA, wrong host name, expired): never retried.
+
+    The message names the settings that choose the trusted CAs: ``ClientConfig.ca_bundle`` and the
+    ``REQUESTS_CA_BUNDLE`` / ``SSL_CERT_FILE`` environment variables.
+    """
+
+    def __init__(self, message: str = "TLS certificate verification failed.") -> None:
+        super().__init__(message, request_sent=False)
+
+
 class APIStatusError(APIError):
     """The server answered with a 4xx or 5xx status."""
 
@@ -129,7 +214,7 @@ class APIStatusError(APIError):
         super().__init__(message, body=body)
         self.status_code = status_code
         self.request_id = request_id
-        self.headers = dict(headers or {})
+        self.headers = redact(dict(headers or {}))
 
 
 class BadRequestError(APIStatusError):
@@ -184,14 +269,16 @@ class RequestFailedError(TinkerError):
     """
 
     def __init__(self, message: str, *, request_id: str | None = None, category: str = "unknown") -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.request_id = request_id
         self.category = category if category in ("user", "server", "unknown") else "unknown"
 
     def __str__(self) -> str:
-        rid = f" (request_id={self.request_id}, category={self.category})" if self.request_id else f" (category={self.category})"
-        return f"{self.message}{rid}"
+        if self.request_id:
+            return f"{self.message} (request_id={self.request_id}, category={self.category})"
+        return f"{self.message} (category={self.category})"
 
     def __reduce__(self) -> Any:
         return (_rebuild, (type(self), self.__dict__.copy(), self.args))
@@ -225,8 +312,9 @@ def from_response(
     """Build the APIStatusError subclass for an HTTP error status.
 
     The message reads ``Error code: <status> - <body>`` like the official SDK's, prefixed with the
-    method and path when known, and never includes request headers (so never the API key).
+    method and path when known, and never includes a registered secret, even one the body echoes.
     """
+    body = redact(body)  # before truncating: a cut could leave a prefix of a secret behind
     cls = _STATUS_CLASSES.get(status_code)
     if cls is None:
         cls = InternalServerError if status_code >= 500 else APIStatusError

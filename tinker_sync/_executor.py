@@ -21,7 +21,18 @@ from typing import Any, TypeVar
 
 from ._exceptions import ClientClosedError, TinkerError
 
-__all__ = ["Activity", "Executor", "LanePoisonedError", "LaneSlot", "SequencedLane", "chain", "gather", "mark_internal_thread", "set_exception", "set_result"]
+__all__ = [
+    "Activity",
+    "Executor",
+    "LanePoisonedError",
+    "LaneSlot",
+    "SequencedLane",
+    "chain",
+    "gather",
+    "mark_internal_thread",
+    "set_exception",
+    "set_result",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +101,15 @@ class Executor:
     ``submit()`` returns a fresh pending Future; the pool's own futures never escape.
     """
 
-    def __init__(self, max_workers: int, *, max_queued: int = _DEFAULT_MAX_QUEUED, activity: Activity | None = None) -> None:
+    def __init__(
+        self, max_workers: int, *, max_queued: int = _DEFAULT_MAX_QUEUED, activity: Activity | None = None
+    ) -> None:
         self.activity = activity or Activity()
         self._numbers = itertools.count(1)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, initializer=self._init_thread)
         self._slots = threading.BoundedSemaphore(max(max_queued, max_workers))
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified whenever a call leaves _pending
         self._pending: set[Future[Any]] = set()
         self._closed = False
         self.max_workers = max_workers
@@ -137,6 +151,7 @@ class Executor:
             finally:
                 with self._lock:
                     self._pending.discard(outer)
+                    self._idle.notify_all()
                 if bounded:
                     self._slots.release()
 
@@ -154,10 +169,12 @@ class Executor:
         with self._lock:
             return list(self._pending)
 
-    def close(self, *, cancel_pending: bool = False) -> None:
+    def close(self, *, cancel_pending: bool = False, timeout_s: float | None = None) -> bool:
         """Stop accepting work; with ``cancel_pending`` queued calls fail with ClientClosedError.
 
-        Waits for calls already running (they are bounded by the HTTP timeouts).
+        Waits at most ``timeout_s`` (None: no bound) for calls already running, then joins the
+        threads if they all finished. Returns False when calls were still running at the deadline
+        (their threads end when those calls return; a WARNING names how many).
         """
         with self._lock:
             self._closed = True
@@ -165,8 +182,15 @@ class Executor:
         if cancel_pending:
             for fut in pending:
                 set_exception(fut, ClientClosedError("the client was closed before this call ran"))
-        # a worker closing its own pool must not join itself
-        self._pool.shutdown(wait=not in_worker_thread(), cancel_futures=cancel_pending)
+        finished = True
+        if not in_worker_thread():  # a worker closing its own pool must not wait for itself
+            with self._lock:
+                finished = self._idle.wait_for(lambda: not self._pending, timeout_s)
+                left = len(self._pending)
+            if not finished:
+                logger.warning("closing: %d call(s) still running after %.1f s; not waiting for them", left, timeout_s)
+        self._pool.shutdown(wait=finished and not in_worker_thread(), cancel_futures=cancel_pending)
+        return finished
 
 
 def propagate_failure(src: Future[Any], dst: Future[Any]) -> bool:
@@ -392,7 +416,9 @@ class SequencedLane:
                 self._queue.append(entry)
         return LaneSlot(self, entry)
 
-    def _fill(self, entry: _LaneEntry, fn: Callable[[], Any] | None, error: BaseException | None, label: str) -> Future[Any]:
+    def _fill(
+        self, entry: _LaneEntry, fn: Callable[[], Any] | None, error: BaseException | None, label: str
+    ) -> Future[Any]:
         with self._lock:
             if entry.ready:
                 raise RuntimeError(f"lane slot {entry.label!r} was already filled")

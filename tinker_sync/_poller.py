@@ -1,6 +1,6 @@
 """Result polling (``POST /api/v1/retrieve_future``): the pure ``decide()`` and the FuturePoller threads.
 
-``decide()`` maps one poll outcome to what happens next (PROTOCOL §3.3-3.4); FuturePoller runs a small
+``decide()`` maps one poll outcome to what happens next (docs/protocol.rst §3.3-3.4); FuturePoller runs a small
 pool of daemon threads that poll the tracked calls round-robin and resolve their Futures.
 """
 
@@ -13,19 +13,20 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ._decide import new_idempotency_key
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
     ClientClosedError,
     RequestFailedError,
     from_response,
+    parse_error_body,
 )
 from ._executor import Activity, mark_internal_thread, set_exception, set_result
 
@@ -50,7 +51,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RETRIEVE_PATH = "/api/v1/retrieve_future"
-# What a 0.25 client sends for sample / forward_backward results (PROTOCOL §1.3, §3.2): protobuf only.
+# What a 0.25 client sends for sample / forward_backward results (docs/protocol.rst §1.3, §3.2): protobuf only.
 # The hosted service answers those in protobuf for a 0.25 client either way; listing JSON too (the
 # 0.18.1-0.24 form) would invite a server to pick JSON. decide() still accepts a JSON answer.
 PROTO_ACCEPT = "application/x-protobuf"
@@ -130,13 +131,6 @@ def _lower(headers: Mapping[str, str] | None) -> dict[str, str]:
     return {k.lower(): v for k, v in (headers or {}).items()}
 
 
-def _json_or_text(content: bytes) -> Any:
-    try:
-        return json.loads(content) if content else None
-    except ValueError:
-        return content.decode("utf-8", "replace")
-
-
 def _reset(state: PollState, **changes: Any) -> PollState:
     """Any HTTP response resets the consecutive-backoff counter."""
     changes.setdefault("backoffs", 0)
@@ -170,7 +164,7 @@ def decide(
     if status == 200:
         return _decide_ok(hdrs, content, expected_type, state, request_id)
     if status == 408:
-        body = _json_or_text(content)
+        body = parse_error_body(content)
         qs = body.get("queue_state") if isinstance(body, dict) else None
         reason = body.get("queue_state_reason") if isinstance(body, dict) else None
         return PollAgain(_reset(state, bad_requests=0, server_errors=0), qs, reason)
@@ -190,7 +184,7 @@ def decide(
         if now - since < billing_max_pause_s:
             logger.info("billing blocks request %s; pausing %.0f s before polling again", request_id, billing_pause_s)
             return Backoff(billing_pause_s, _reset(state, billing_since=since, billing_last=now))
-    exc = from_response(status, _json_or_text(content), method="POST", path=RETRIEVE_PATH, request_id=request_id, headers=hdrs)
+    exc = from_response(status, parse_error_body(content), method="POST", path=RETRIEVE_PATH, request_id=request_id, headers=hdrs)
     return Fail(exc, _reset(state))
 
 
@@ -206,7 +200,7 @@ def _decide_ok(
     name = getattr(expected_type, "__name__", "dict")
     nxt = _reset(state, bad_requests=0, server_errors=0)
     if "application/x-protobuf" in hdrs.get("content-type", ""):
-        from ._proto import PROTO_DECODERS  # lazy: written by the TYPES stream
+        from ._proto import PROTO_DECODERS
 
         decoder = PROTO_DECODERS.get(expected_type) if expected_type is not None else None
         if decoder is None:
@@ -256,7 +250,7 @@ def _decide_ok(
             return Fail(RequestFailedError(str(body["error"]), request_id=request_id, category=category), nxt)
     if expected_type is None or expected_type is dict or expected_type is Any:
         return Done(body, nxt)
-    from . import _serde  # lazy: written by the TYPES stream
+    from . import _serde
 
     try:
         return Done(_serde.loads(body if body is not None else content, expected_type), nxt)
@@ -550,7 +544,7 @@ class FuturePoller:
             "X-Tinker-Request-Iteration": str(state.iteration),
             # As 0.25 on every non-GET: a fresh key per poll (each poll is its own call; one key for
             # all polls of a call would let an idempotency cache replay a stale try_again).
-            "X-Idempotency-Key": f"tinker-sync-{uuid.uuid4().hex}",
+            "X-Idempotency-Key": new_idempotency_key(),
             # Lets the server end its long-poll hold before our read timeout fires.
             "X-Stainless-Read-Timeout": self._read_timeout_header,
         }

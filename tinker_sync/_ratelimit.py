@@ -22,7 +22,7 @@ __all__ = ["RateLimiter", "get_shared_limiter"]
 
 logger = logging.getLogger(__name__)
 
-_RECENT_S = 10.0  # "recently limited" = up to 10 s after the window ended (PROTOCOL §7.4)
+_RECENT_S = 10.0  # "recently limited" = up to 10 s after the window ended (docs/protocol.rst §7.4)
 _MAX_SLICE_S = 1.0  # re-check the window at least this often while waiting
 
 

@@ -6,6 +6,7 @@ Pure logic (no I/O, no sleeping); the runtime applies it. ``parse_retry_after`` 
 
 from __future__ import annotations
 
+import datetime as _dt
 import email.utils
 import logging
 import math
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
-__all__ = ["IDEMPOTENT_POST_PATHS", "SERVER_ERRORS", "RetryPolicy", "parse_retry_after"]
+__all__ = ["IDEMPOTENT_POST_PATHS", "SERVER_ERRORS", "RetryPolicy", "parse_http_date", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ _MAX_RETRY_AFTER_S = 60.0
 
 # POST endpoints that are safe to send again after the first attempt may have reached the server
 # (a read timeout or a dropped connection after sending). Each is a read, is keyed by a seq_id the
-# server de-duplicates on (PROTOCOL §5.3/5.4), or is keyed by a session counter (§5.2). Every attempt
+# server de-duplicates on (docs/protocol.rst §5.3/5.4), or is keyed by a session counter (§5.2). Every attempt
 # also carries the same X-Idempotency-Key. Anything else is only retried when the request certainly
 # never left (connect errors), so a non-idempotent call is never silently doubled.
 IDEMPOTENT_POST_PATHS: frozenset[str] = frozenset(
@@ -175,13 +176,23 @@ def parse_retry_after(
     try:
         value = float(raw)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return None
+        when = parse_http_date(raw)
         if when is None:
             return None
         value = when.timestamp() - now()
     if not math.isfinite(value):
         return None
     return min(max(value, 0.0), max_s)
+
+
+def parse_http_date(value: str | None) -> _dt.datetime | None:
+    """An HTTP date (RFC 9110 IMF-fixdate or an obsolete form) as an aware datetime (UTC if no zone), else None."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=_dt.timezone.utc)

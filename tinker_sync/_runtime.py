@@ -1,36 +1,52 @@
 """Runtime: config + transport + rate limiter + executor + poller, shared by all clients of a ServiceClient.
 
-``request()`` is one logical call with retries (blocking); ``submit_request()``/``submit_polled()``
-return real ``concurrent.futures.Future`` objects.
+``call()`` (``request()`` with keywords) is one logical call with retries, decided by ``_decide``
+(blocking); ``submit_request()``/``submit_polled()`` return real ``concurrent.futures.Future`` objects;
+``spawn()`` is the one way to start background work that close() sees, interrupts and bounds.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import logging
+import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+import weakref
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from typing import Any, TypeVar
 
 import attrs
 
+from . import _serde
 from ._config import ClientConfig, redact_url
+from ._decide import (
+    AttemptState,
+    CallOptions,
+    CallPolicy,
+    Raise,
+    Return,
+    Sleep,
+    WaitWindow,
+    decide_attempt,
+    new_idempotency_key,
+)
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
-    APIStatusError,
     ClientClosedError,
     RateLimitError,
-    from_response,
+    redact,
+    register_secret,
+    unregister_secret,
 )
 from ._executor import Activity, Executor, SequencedLane, propagate_failure, set_exception
 from ._poller import FuturePoller, PolledCall
 from ._ratelimit import RateLimiter, get_shared_limiter
-from ._retry import parse_retry_after
 from ._transport import HTTPResponse, Transport
 
 __all__ = ["Runtime"]
@@ -40,9 +56,12 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SAMPLE_PATH = "/api/v1/asample"
-_LARGE_PROMPT_BYTES = 128 * 1024  # prompts above this back off 5 s instead of 1 s after a 429
 _SAMPLE_INFLIGHT = 400  # concurrent sample dispatches at most (official SDK) ...
-_SAMPLE_INFLIGHT_LIMITED = 10  # ... and while a rate-limit back-off is recent (PROTOCOL §7.4)
+_SAMPLE_INFLIGHT_LIMITED = 10  # ... and while a rate-limit back-off is recent (docs/protocol.rst §7.4)
+
+
+_EXIT_WAIT_S = 5.0  # at a clean interpreter exit, pending calls of an unclosed client get this long
+_STOP_GRACE_S = 2.0  # after close() cancelled them, running calls get this long to notice and return
 
 
 class _SampleGate:
@@ -89,8 +108,6 @@ def _encode_body(body: Any) -> tuple[bytes | None, str | None]:
     if isinstance(body, (bytes, bytearray, memoryview)):
         return bytes(body), "application/json"
     if attrs.has(type(body)):
-        from . import _serde  # lazy: written by the TYPES stream
-
         return _serde.dumps(body), "application/json"
     return json.dumps(body, separators=(",", ":")).encode("utf-8"), "application/json"
 
@@ -103,18 +120,24 @@ def _parse(resp: HTTPResponse, response_type: type[T] | None, method: str, path:
             return resp.json()
         except ValueError as exc:
             raise APIResponseValidationError(
-                f"{method} {path}: the response is not JSON", body=resp.content[:1000]
+                f"{method} {path}: the response is not JSON", body=redact(resp.content)[:1000]
             ) from exc
-    from . import _serde  # lazy: written by the TYPES stream
-
     return _serde.loads(resp.content, response_type)
 
 
-def _error_body(resp: HTTPResponse) -> Any:
-    try:
-        return resp.json()
-    except ValueError:
-        return resp.content.decode("utf-8", "replace")
+_NO_OPTIONS = CallOptions()
+_SECRET_FIELDS = ("weights_access_token",)  # request fields that are credentials
+
+
+def _body_secrets(body: Any) -> tuple[str, ...]:
+    """Credentials carried in a request body (redacted from every error of the call)."""
+    if attrs.has(type(body)):
+        found = [getattr(body, name, None) for name in _SECRET_FIELDS]
+    elif isinstance(body, dict):
+        found = [body.get(name) for name in _SECRET_FIELDS]
+    else:
+        return ()
+    return tuple(v for v in found if isinstance(v, str) and v)
 
 
 class Runtime:
@@ -123,11 +146,20 @@ class Runtime:
     Args:
         config: connection settings.
         clock: monotonic clock (tests).
+        sleep: ``sleep(seconds)`` between retries (tests); the default waits on the close event, so
+            close() interrupts it. ``pause()`` raises ClientClosedError after either once closed.
     """
 
-    def __init__(self, config: ClientConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
         self.config = config
         self._clock = clock
+        self._sleep = sleep
         self.transport = Transport(config)
         self.limiter: RateLimiter = get_shared_limiter(config)
         self._activity = Activity()
@@ -150,6 +182,7 @@ class Runtime:
         self._outstanding: set[Future[Any]] = set()
         self._lanes: list[SequencedLane] = []
         self._sample_gate = _SampleGate(self.limiter, self._closed, config.max_sample_dispatchers)
+        _live_runtimes.add(self)
 
     def __repr__(self) -> str:
         return f"Runtime(base_url={redact_url(self.config.base_url)!r}, closed={self._closing})"
@@ -166,152 +199,122 @@ class Runtime:
         return lane
 
     # -- blocking call -------------------------------------------------------------------------
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        params: Mapping[str, Any] | None = None,
-        response_type: type[T] | None = None,
-        timeout_s: float | None = None,
-        retry: bool = True,
-        sampling: bool = False,
-        prompt_bytes_estimate: int = 0,
-        content_type: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        accept: str = "application/json",
-        retry_statuses: Iterable[int] | None = None,
-        return_response: bool = False,
-        success_on_resend: Iterable[int] = (),
-        idempotent: bool | None = None,
-        rate_limited: bool = True,
-    ) -> Any:
+    def request(self, method: str, path: str, **options: Any) -> Any:
+        """``call(method, path, CallOptions(**options))``: the keyword form used by the clients.
+
+        The keywords are the fields of ``CallOptions`` (body, params, response_type, timeout_s, retry,
+        sampling, content_type, headers, idempotency_key, accept, retry_statuses, return_response,
+        success_on_resend, idempotent, rate_limited, ...).
+        """
+        return self.call(method, path, CallOptions(**options))
+
+    def call(self, method: str, path: str, options: CallOptions = _NO_OPTIONS) -> Any:
         """Make one logical call in the calling thread, retrying per ``config.retry``.
 
-        Returns the body structured as ``response_type`` (parsed JSON, or None if empty, without one).
+        Each attempt's outcome goes to the pure ``decide_attempt``; this loop only sends, sleeps
+        (``sleep``, interrupted by close) and waits for the shared rate-limit window.
 
-        Args:
-            retry_statuses: for this call, retry exactly these statuses (5xx only if listed, see
-                ``_retry.SERVER_ERRORS``) instead of the policy's; connection errors are retried as usual.
-                Use it to keep a final answer (e.g. 409 "already public") from being retried.
-            return_response: return the raw ``HTTPResponse`` for any 2xx or 3xx status (redirects are
-                never followed; the caller reads ``Location`` itself).
-            success_on_resend: statuses that mean "already done" when they answer a RESEND after an
-                attempt that may have been applied (its answer was lost: connection error after sending,
-                408, 5xx). E.g. 404 on a retried DELETE. The call then returns None (or the response).
-            idempotent: whether the request may be sent again after it may have reached the server;
-                None = ``RetryPolicy.may_resend`` (GET/PUT/DELETE and the listed POST endpoints).
-            rate_limited: False sends without waiting for the shared 429 window (heartbeats: they must
-                keep the session alive while other calls wait out a long back-off). A 429 answer still
-                extends the window for everyone else.
+        Returns the body structured as ``options.response_type`` (parsed JSON, or None if empty,
+        without one), the raw ``HTTPResponse`` with ``return_response``, or None for an "already done"
+        answer to a resend (``success_on_resend``).
 
         Raises:
             APIStatusError subclass: a non-retryable status, or the last one once retries ran out.
             RateLimitError: the shared back-off window outlasted ``config.rate_limit_max_wait_s``.
             APIConnectionError / APITimeoutError: no response and no retry left.
+            APICertificateError: the server's TLS certificate was refused (never retried).
             APIResponseValidationError: a 2xx body that does not fit ``response_type``.
             ClientClosedError: the runtime was closed.
         """
         method = method.upper()
-        data, default_ct = _encode_body(body)
-        ctype = content_type or default_ct
-        hdrs = dict(headers or {})
-        if method != "GET":
-            hdrs["X-Idempotency-Key"] = idempotency_key or f"tinker-sync-{uuid.uuid4().hex}"
-        if sampling:
-            hdrs["X-Tinker-Sampling-Backpressure"] = "1"
-        policy = self.config.retry if retry_statuses is None else self.config.retry.only_statuses(retry_statuses)
-        start = self._clock()
-        attempt = 0  # retries taken (429s handled by the window are not counted)
-        maybe_applied = False  # an earlier attempt may have reached the server and been applied
-        already_done = frozenset(success_on_resend)
-        resendable_call = policy.may_resend(method, path) if idempotent is None else idempotent
-        rate_deadline: float | None = None
+        secrets = (*options.secrets, *_body_secrets(options.body))
+        for secret in secrets:
+            register_secret(secret)
+        try:
+            return self._call(method, path, options)
+        finally:
+            for secret in secrets:
+                unregister_secret(secret)
+
+    def _call(self, method: str, path: str, options: CallOptions) -> Any:
+        data, default_ct = _encode_body(options.body)
+        send = functools.partial(
+            self.transport.send, method, path, body=data, content_type=options.content_type or default_ct,
+            params=options.params, headers=self._call_headers(method, options), timeout_s=options.timeout_s,
+            accept=options.accept,
+        )
+        policy = CallPolicy.of(method, path, options, self.config.retry, self.config.rate_limit_max_wait_s)
+        state = AttemptState(started_at=self._clock())
         while True:
             if self._closed.is_set():
                 raise ClientClosedError(f"the client was closed; {method} {path} was not sent")
-            if rate_limited:
-                self.limiter.wait(
-                    deadline=rate_deadline, cancelled=self._closed, max_wait_s=self.config.rate_limit_max_wait_s
-                )
+            if policy.rate_limited:
+                self._wait_window(state.rate_deadline)
             dispatched_at = self._clock()
+            outcome: HTTPResponse | APIConnectionError
             try:
-                resp = self.transport.send(
-                    method, path, body=data, content_type=ctype, params=params, headers=hdrs,
-                    timeout_s=timeout_s, accept=accept,
-                )
+                outcome = send()
             except APIConnectionError as exc:
-                resendable = not exc.request_sent or resendable_call
-                delay = policy.delay_for(attempt)
-                if not (retry and resendable and policy.should_retry(attempt, self._clock() - start, delay)):
-                    if retry and attempt:
-                        logger.warning("%s %s: giving up after %d attempts: %s", method, path, attempt + 1, exc)
-                    raise
-                logger.debug("%s %s: %s; retry %d in %.2f s", method, path, exc, attempt + 1, delay)
-                maybe_applied = maybe_applied or exc.request_sent
-                self.pause(delay)
-                attempt += 1
-                continue
-            if 200 <= resp.status < 300 or (return_response and 300 <= resp.status < 400):
-                if rate_limited:  # an unlimited call (heartbeat) proves nothing about the limited ones
-                    self.limiter.on_success(dispatched_at=dispatched_at)
-                return resp if return_response else _parse(resp, response_type, method, path)
-            if maybe_applied and resp.status in already_done:
-                logger.info(
-                    "%s %s -> %d after a resend: an earlier attempt was applied (its answer was lost)",
-                    method, path, resp.status,
-                )
-                return resp if return_response else None
-            if resp.status == 400 and not resp.content and retry and resendable_call:
-                # A bare 400 without a body comes from a proxy that killed the connection, not from
-                # the API (PROTOCOL §4.4): treat it like a dropped connection.
-                delay = policy.delay_for(attempt)
-                if policy.should_retry(attempt, self._clock() - start, delay):
-                    logger.debug("%s %s -> bare 400 (proxy?); retry %d in %.2f s", method, path, attempt + 1, delay)
-                    maybe_applied = True
-                    self.pause(delay)
-                    attempt += 1
-                    continue
-            retry_after = parse_retry_after(resp.headers)
-            if resp.status == 429:
-                if retry_after is None or retry_after <= 0:
-                    retry_after = 5.0 if (sampling and prompt_bytes_estimate > _LARGE_PROMPT_BYTES) else 1.0
-                self.limiter.block_for(retry_after)  # every 429 extends the shared window
-                if not (retry and policy.is_retryable_status(429, resp.headers)):
-                    raise self._status_error(resp, method, path)
-                if rate_deadline is None:
-                    rate_deadline = self._clock() + self.config.rate_limit_max_wait_s
-                logger.debug("%s %s -> 429; shared back-off %.2f s", method, path, retry_after)
-                try:
-                    self.limiter.wait(deadline=rate_deadline, cancelled=self._closed, max_wait_s=self.config.rate_limit_max_wait_s)
-                except RateLimitError as exc:
-                    raise self._status_error(resp, method, path) from exc
-                continue
-            if resp.status == 503 and retry_after:
-                self.limiter.block_for(retry_after)
-            if retry and policy.is_retryable_status(resp.status, resp.headers) and resp.status != 429:
-                delay = policy.delay_for(attempt, retry_after_s=retry_after)
-                if policy.should_retry(attempt, self._clock() - start, delay):
-                    logger.debug("%s %s -> %d; retry %d in %.2f s", method, path, resp.status, attempt + 1, delay)
-                    maybe_applied = maybe_applied or resp.status == 408 or resp.status >= 500
-                    self.pause(delay)
-                    attempt += 1
-                    continue
-                logger.warning("%s %s: giving up after %d attempts (last status %d)", method, path, attempt + 1, resp.status)
-            raise self._status_error(resp, method, path)
+                outcome = exc
+            decision = decide_attempt(outcome, state, policy, self._clock())
+            if isinstance(decision, Return):
+                return self._finish(decision, options, method, path, dispatched_at)
+            state = self._apply(decision, method, path)
 
-    def _status_error(self, resp: HTTPResponse, method: str, path: str) -> APIStatusError:
-        return from_response(
-            resp.status, _error_body(resp), method=method, path=path, request_id=resp.request_id, headers=resp.headers
-        )
+    def _call_headers(self, method: str, options: CallOptions) -> dict[str, str]:
+        hdrs = dict(options.headers or {})
+        if method != "GET":
+            hdrs["X-Idempotency-Key"] = options.idempotency_key or new_idempotency_key()
+        if options.sampling:
+            hdrs["X-Tinker-Sampling-Backpressure"] = "1"
+        return hdrs
+
+    def _wait_window(self, deadline: float | None) -> None:
+        self.limiter.wait(deadline=deadline, cancelled=self._closed, max_wait_s=self.config.rate_limit_max_wait_s)
+
+    def _finish(self, decision: Return, options: CallOptions, method: str, path: str, dispatched_at: float) -> Any:
+        resp = decision.response
+        if decision.note_success:  # an unlimited call (heartbeat) proves nothing about the limited ones
+            self.limiter.on_success(dispatched_at=dispatched_at)
+        if decision.already_done:
+            logger.info(
+                "%s %s -> %d after a resend: an earlier attempt was applied (its answer was lost)",
+                method, path, resp.status,
+            )
+        if options.return_response:
+            return resp
+        return _parse(resp, options.response_type, method, path) if decision.parse else None
+
+    def _apply(self, decision: Raise | Sleep | WaitWindow, method: str, path: str) -> AttemptState:
+        """Carry out a non-final decision; return the state of the next attempt (or raise)."""
+        if decision.block_for_s is not None:
+            self.limiter.block_for(decision.block_for_s)
+        if isinstance(decision, Raise):
+            if decision.gave_up:
+                logger.warning("%s %s: giving up after retries: %s", method, path, decision.error)
+            raise decision.error
+        if isinstance(decision, Sleep):
+            logger.debug("%s %s: %s; retry %d in %.2f s", method, path, decision.reason, decision.state.attempt,
+                         decision.delay_s)
+            self.pause(decision.delay_s)
+            return decision.state
+        logger.debug("%s %s -> 429; shared back-off %.2f s", method, path, decision.block_for_s)
+        try:
+            self._wait_window(decision.state.rate_deadline)
+        except RateLimitError as exc:
+            raise decision.error from exc
+        return decision.state
 
     def pause(self, seconds: float) -> None:
         """Sleep ``seconds`` unless the runtime closes first (then raise ClientClosedError)."""
         if seconds >= 1.0:
             logger.info("pausing %.1f s before retrying", seconds)
-        if self._closed.wait(seconds):
+        if self._sleep is None:
+            closed = self._closed.wait(seconds)
+        else:
+            self._sleep(seconds)
+            closed = self._closed.is_set()
+        if closed:
             raise ClientClosedError("the client was closed while waiting to retry")
 
     # -- futures -------------------------------------------------------------------------------
@@ -328,18 +331,38 @@ class Runtime:
 
         fut.add_done_callback(forget)
 
-    def submit_request(self, method: str, path: str, **kw: Any) -> Future[Any]:
-        """``request()`` on a worker thread; the Future carries its result or error.
+    def spawn(self, fn: Callable[[], T], *, name: str) -> Future[T]:
+        """Run the background task ``fn`` on a worker thread; the one entry point for background work.
+
+        The task is registered: a clean close() waits for it (at most ``timeout_s``), a cancelling
+        close() (or that timeout running out) fails its Future with ClientClosedError and interrupts
+        it. ``fn`` must therefore wait only through ``pause()`` and make requests only through
+        ``request()``/``call()``, which raise ClientClosedError once the runtime closes. ``name``
+        labels the task in log lines.
 
         Raises:
             ClientClosedError: immediately, if the runtime is closed.
         """
         with self._lock:
             if self._closing:
-                raise ClientClosedError("the client is closed; no new requests can be submitted")
-        fut = self.executor.submit(self.request, method, path, **kw)
+                raise ClientClosedError(f"the client is closed; {name} was not started")
+
+        def run() -> T:
+            logger.debug("background task %s started", name)
+            return fn()
+
+        fut = self.executor.submit(run)
         self.register(fut)
         return fut
+
+    def submit_request(self, method: str, path: str, **kw: Any) -> Future[Any]:
+        """``request()`` on a worker thread; the Future carries its result or error.
+
+        Raises:
+            ClientClosedError: immediately, if the runtime is closed.
+        """
+        options = CallOptions(**kw)
+        return self.spawn(lambda: self.call(method, path, options), name=f"{method} {path}")
 
     def submit_polled(
         self,
@@ -365,7 +388,7 @@ class Runtime:
 
         A 410 on a poll (the server dropped the result) re-submits the call. With ``rebuild`` the
         re-submission is a NEW call: ``rebuild()`` returns a fresh request (e.g. a sample with a new
-        seq_id, PROTOCOL §5.4), encoded anew and sent with a new idempotency key. Without it the same
+        seq_id, docs/protocol.rst §5.4), encoded anew and sent with a new idempotency key. Without it the same
         body is re-sent under the same idempotency key: right for sequenced training ops, whose
         seq_id is their slot in the model's order (a new one would leave a gap the server waits for
         forever, and the server de-duplicates on (model_id, seq_id) if the first run did happen).
@@ -375,19 +398,24 @@ class Runtime:
         """
         def encode(req: Any) -> tuple[bytes, str]:
             data, ctype = _encode_body(req)
-            return (b"{}" if data is None else data), (content_type if content_type != "application/json" else (ctype or content_type))
+            if content_type == "application/json":
+                content_type_of_body = ctype or content_type
+            else:
+                content_type_of_body = content_type
+            return (b"{}" if data is None else data), content_type_of_body
 
         if body is None:
             payload, ctype = encode(request)
         else:
             payload, ctype = body, content_type
-        key = f"tinker-sync-{uuid.uuid4().hex}"
+        key = new_idempotency_key()
         # The lane runs start() one call at a time in seq_id order, so the poller sees a lane's calls in
         # the order the server finishes them and polls only the oldest unresolved one. A LaneSlot (a
         # place reserved in a lane) belongs to its lane.
         poll_lane: object | None = None if lane is None else getattr(lane, "_lane", lane)
         outer: Future[T] = Future()
         self.register(outer)
+        self._hold_secrets(_body_secrets(request), outer)
         started = self._clock()
 
         def post(data: bytes, ctype: str, key: str) -> str:
@@ -400,7 +428,7 @@ class Runtime:
             if rebuild is None:
                 return post(payload, ctype, key)
             data, new_ctype = encode(rebuild())
-            return post(data, new_ctype, f"tinker-sync-{uuid.uuid4().hex}")
+            return post(data, new_ctype, new_idempotency_key())
 
         def start() -> None:
             if lane is None and outer.done():
@@ -424,6 +452,20 @@ class Runtime:
         # The POST's own outcome reaches the caller only when it fails; success hands over to the poller.
         inner.add_done_callback(lambda f: propagate_failure(f, outer))
         return outer
+
+    @staticmethod
+    def _hold_secrets(secrets: tuple[str, ...], fut: Future[Any]) -> None:
+        """Redact ``secrets`` from every error built until ``fut`` resolves (its POST, polls, resends)."""
+        if not secrets:
+            return
+        for secret in secrets:
+            register_secret(secret)
+
+        def release(_f: Future[Any]) -> None:
+            for secret in secrets:
+                unregister_secret(secret)
+
+        fut.add_done_callback(release)
 
     def _post_future(
         self, path: str, payload: bytes, ctype: str, key: str, sampling: bool, prompt_bytes_estimate: int
@@ -491,7 +533,9 @@ class Runtime:
             "(pass a larger timeout_s to close() to wait longer)",
             len(outstanding), timeout_s,
         )
-        err = ClientClosedError(f"the client was closed; this call did not finish within close()'s {timeout_s:g} s timeout")
+        err = ClientClosedError(
+            f"the client was closed; this call did not finish within close()'s {timeout_s:g} s timeout"
+        )
         for lane in lanes:
             lane.fail_pending(err)
         for fut in outstanding:
@@ -518,7 +562,9 @@ class Runtime:
             left = None if deadline is None else max(0.0, deadline - self._clock())
             if futures_wait(outstanding, timeout=left).not_done:
                 cancel_pending = True
-                logger.warning("closing: calls still pending after %.1f s; failing them with ClientClosedError", timeout_s)
+                logger.warning(
+                    "closing: calls still pending after %.1f s; failing them with ClientClosedError", timeout_s
+                )
         if cancel_pending:
             self._closed.set()
             err = ClientClosedError("the client was closed before this call finished")
@@ -527,8 +573,14 @@ class Runtime:
             for fut in outstanding:
                 set_exception(fut, ClientClosedError("the client was closed before this call finished"))
             self.transport.abort_inflight()
-        self.executor.close(cancel_pending=cancel_pending)
-        self.sample_executor.close(cancel_pending=cancel_pending)
+        # Interrupted calls end within a moment (their sockets are shut, their pauses raise); a call
+        # that does not is left to finish on its own rather than stretching close() past its bound.
+        if deadline is None and not cancel_pending:
+            stop_s: float | None = None
+        else:
+            stop_s = _STOP_GRACE_S + (0.0 if deadline is None else max(0.0, deadline - self._clock()))
+        self.executor.close(cancel_pending=cancel_pending, timeout_s=stop_s)
+        self.sample_executor.close(cancel_pending=cancel_pending, timeout_s=stop_s)
         self.poller.close(cancel_pending=True)
         self._closed.set()
         self.transport.close()
@@ -538,3 +590,31 @@ class Runtime:
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self.close(cancel_pending=exc_type is not None)
+
+
+# -- interpreter exit ------------------------------------------------------------------------------
+_live_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+def _close_live_runtimes() -> None:
+    """Close every runtime its script did not close, before the interpreter joins the worker threads.
+
+    After an uncaught exception (Ctrl-C's KeyboardInterrupt included) pending calls are cancelled at
+    once; after a clean exit they get ``_EXIT_WAIT_S``. Either way nothing already sent is taken back:
+    the server keeps what it accepted, only calls that were still queued here are dropped.
+    """
+    interrupted = getattr(sys, "last_value", None) is not None
+    for runtime in list(_live_runtimes):
+        if runtime.closed:
+            continue
+        try:
+            runtime.close(cancel_pending=interrupted, timeout_s=0.0 if interrupted else _EXIT_WAIT_S)
+        except Exception:
+            logger.exception("closing a tinker_sync client at interpreter exit failed")
+
+
+# Worker threads are joined by concurrent.futures' own exit hook, which runs at interpreter exit BEFORE
+# atexit functions; threading's (private, but the one concurrent.futures itself uses) hook list runs in
+# reverse order of registration, so registering after concurrent.futures was imported puts this first.
+_register_exit_hook = getattr(threading, "_register_atexit", atexit.register)
+_register_exit_hook(_close_live_runtimes)

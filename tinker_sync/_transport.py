@@ -1,7 +1,7 @@
 """HTTP transport: the one urllib3 connection pool of a runtime and the translation of its errors.
 
-This is the only module that imports requests/urllib3. One ``send()`` = one HTTP attempt; urllib3
-retries only connections that never carried the request, every other retry is decided above.
+This is the only module that imports requests/urllib3. One ``send()`` = one HTTP attempt = at most
+one TCP connect: urllib3 retries nothing, every retry (connect errors included) is decided above.
 Redirects are never followed (a 3xx is returned as is): the API key and the Cloudflare Access headers
 go to the configured host only.
 """
@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -34,7 +35,7 @@ from urllib3.exceptions import (
 from urllib3.util.retry import Retry
 
 from ._config import ClientConfig, redact_url
-from ._exceptions import APIConnectionError, APITimeoutError
+from ._exceptions import APICertificateError, APIConnectionError, APITimeoutError, redact
 from ._version import __version__
 
 __all__ = ["HTTPResponse", "Transport", "redact_url"]
@@ -108,7 +109,8 @@ class Transport:
         self._base_url = config.base_url
         self._inflight: set[Any] = set()
         self._inflight_lock = threading.Lock()
-        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+        ca_bundle = _ca_bundle(config)
+        self._ca_bundle = ca_bundle
         pool_kw: dict[str, Any] = {
             "num_pools": 2,
             "maxsize": config.max_workers + config.max_sample_dispatchers + config.max_pollers + 2,
@@ -129,18 +131,12 @@ class Transport:
             "https": _tracking_pool(HTTPSConnectionPool, self._inflight, self._inflight_lock),
         }
         self._manager = manager
-        # urllib3 retries only failures before the request left (connect errors): read=0, status=0
-        # and other=0 leave every "maybe sent" failure and every status to the layers above.
+        # urllib3 retries nothing (one TCP connect per attempt): every retry and every wait belongs to
+        # RetryPolicy, where it is visible, injectable and bounded.
         self._retries = Retry(
-            total=None,
-            connect=3,
-            read=0,
-            status=0,
-            other=0,
+            total=0, connect=0, read=0, status=0, other=0,
             redirect=False,  # never follow: a redirect target must not receive the API key
-            backoff_factor=0.5,
-            respect_retry_after_header=False,
-            raise_on_status=False,
+            respect_retry_after_header=False, raise_on_status=False,
         )
         self._timeouts: dict[float, urllib3.Timeout] = {}
         headers = {
@@ -153,19 +149,10 @@ class Transport:
         if userinfo:  # credentials in the base URL become HTTP basic auth, as with requests
             headers.update(urllib3.make_headers(basic_auth=unquote(userinfo)))
         self._headers = headers
-        # Everything that must never appear in an error message or a log line.
-        secrets = [config.api_key, *config.default_headers.values(), userinfo, headers.get("authorization", "")]
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
         self._closed = False
 
     def __repr__(self) -> str:
         return f"Transport(base_url={redact_url(self._base_url)!r})"
-
-    def _redact(self, text: str) -> str:
-        """Remove every credential (API key, secret header values, URL userinfo) from an error text."""
-        for secret in self._secrets:
-            text = text.replace(secret, "<redacted>")
-        return text
 
     def url(self, path: str) -> str:
         return self._base_url + (path if path.startswith("/") else "/" + path)
@@ -212,21 +199,34 @@ class Transport:
             )
         except urllib3.exceptions.HTTPError as exc:
             reason: BaseException = exc.reason if isinstance(exc, MaxRetryError) and exc.reason is not None else exc
-            if isinstance(reason, ConnectTimeoutError):
-                self._log(method, path, "connect-timeout", start)
-                raise APITimeoutError("Request timed out (connecting).", request_sent=False) from exc
-            if isinstance(reason, (ReadTimeoutError, urllib3.exceptions.TimeoutError)):
-                self._log(method, path, "read-timeout", start)
-                raise APITimeoutError("Request timed out.", request_sent=True) from exc
-            self._log(method, path, "connection-error", start)
-            raise APIConnectionError(
-                f"Connection error: {self._redact(_describe(reason))}", request_sent=_request_may_have_been_sent(reason)
-            ) from exc
+            error = self._translate(reason)
+            self._log(method, path, type(error).__name__, start)
+            raise error from exc
         elapsed_ms = (time.monotonic() - start) * 1000.0
         out = HTTPResponse(resp.status, resp.headers, resp.data, elapsed_ms)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d in %.1f ms (request_id=%s)", method, path, out.status, elapsed_ms, out.request_id)
         return out
+
+    def _translate(self, reason: BaseException) -> APIConnectionError:
+        """The APIConnectionError for a urllib3 failure, classified by what happened."""
+        # NewConnectionError (refused, DNS) subclasses ConnectTimeoutError: check it first.
+        if isinstance(reason, NewConnectionError):
+            return APIConnectionError(f"Connection error: {_describe(reason)}", request_sent=False)
+        if isinstance(reason, ConnectTimeoutError):
+            return APITimeoutError("Request timed out (connecting).", request_sent=False)
+        if isinstance(reason, (ReadTimeoutError, urllib3.exceptions.TimeoutError)):
+            return APITimeoutError("Request timed out.", request_sent=True)
+        if _is_certificate_error(reason):
+            return APICertificateError(
+                f"TLS certificate verification failed for {redact_url(self._base_url)}: {_describe(reason)}. "
+                f"The trusted CAs come from ClientConfig.ca_bundle, else the REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE or "
+                f"SSL_CERT_FILE environment variable, else certifi (in use now: {self._ca_bundle}); point one of them "
+                "at the CA file that signed the server's certificate (e.g. your company's TLS proxy CA)."
+            )
+        return APIConnectionError(
+            f"Connection error: {_describe(reason)}", request_sent=_request_may_have_been_sent(reason)
+        )
 
     def _log(self, method: str, path: str, what: str, start: float) -> None:
         if logger.isEnabledFor(logging.DEBUG):
@@ -263,6 +263,30 @@ def _request_may_have_been_sent(reason: BaseException) -> bool:
     )
 
 
+def _ca_bundle(config: ClientConfig) -> str:
+    """The CA file to trust: the config's, else the environment's (as requests and OpenSSL read it), else certifi's."""
+    env = (os.environ.get(name) for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"))
+    for value in (config.ca_bundle, *env):
+        if value:
+            return value
+    return certifi.where()
+
+
+def _is_certificate_error(reason: BaseException) -> bool:
+    """Whether a failure (or an error it wraps) is a refused TLS certificate."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [reason]
+    while todo:
+        err = todo.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err):
+            return True
+        todo.extend(e for e in (err.__cause__, err.__context__, *err.args) if isinstance(e, BaseException))
+    return False
+
+
 def _describe(reason: BaseException) -> str:
-    text = f"{type(reason).__name__}: {reason}"
+    text = str(redact(f"{type(reason).__name__}: {reason}"))  # before truncating, which could cut a secret
     return text if len(text) <= 300 else text[:300] + "..."

@@ -376,6 +376,16 @@ def cmd_checkpoint_download(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_tokenizers_install(args: argparse.Namespace, out: TextIO) -> int:
+    from .local._tokenizer import HUB_MODELS, install_hub_cache
+
+    cache = install_hub_cache(args.cache_dir)
+    data = {"cache_dir": str(cache), "models": list(HUB_MODELS)}
+    _emit(args, out, data, lambda: f"Installed the tokenizers of {', '.join(HUB_MODELS)} in {cache}\n"
+          "(AutoTokenizer.from_pretrained(<model name>) now finds them offline, e.g. with HF_HUB_OFFLINE=1)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from .local import main as serve_main
 
@@ -403,6 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("version", help="show the version", parents=[fmt])
     p.set_defaults(func=cmd_version)
+
+    tok = sub.add_parser("tokenizers", help="the local models' tokenizers", parents=[fmt])
+    tok_sub = tok.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    tok_sub.required = True
+    p = tok_sub.add_parser("install", parents=[fmt],
+                           help="make the local models' tokenizers loadable offline from the Hugging Face hub cache")
+    p.add_argument("--cache-dir", default=None,
+                   help="hub cache directory (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)")
+    p.set_defaults(func=cmd_tokenizers_install)
 
     run = sub.add_parser("run", help="training runs", parents=[fmt])
     run_sub = run.add_subparsers(dest="command", metavar="SUBCOMMAND")

@@ -1,10 +1,9 @@
-"""RestClient: training runs, checkpoints, sessions and other direct REST resources (PROTOCOL §8)."""
+"""RestClient: training runs, checkpoints, sessions and other direct REST resources (docs/protocol.rst §8)."""
 
 from __future__ import annotations
 
 import base64
 import datetime as _dt
-import email.utils
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ from urllib.parse import urljoin
 from . import types
 from ._exceptions import APIResponseValidationError, APIStatusError
 from ._executor import chain
-from ._retry import SERVER_ERRORS
+from ._retry import SERVER_ERRORS, parse_http_date
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -79,7 +78,7 @@ def archive_url_from_response(resp: HTTPResponse, request_url: str) -> types.Che
                 f"the archive endpoint answered {resp.status} without a Location header", body=resp.content[:1000],
                 expected_type="CheckpointArchiveUrlResponse",
             )
-        expires = _http_date(resp.headers.get("expires"))
+        expires = parse_http_date(resp.headers.get("expires"))
         if expires is None:
             expires = _dt.datetime.now(_UTC) + _dt.timedelta(seconds=_ARCHIVE_DEFAULT_EXPIRY_S)
         return types.CheckpointArchiveUrlResponse(url=urljoin(request_url, location), expires=expires)
@@ -107,18 +106,6 @@ def download_signed_url(url: str, target: str | os.PathLike[str], *, timeout_s: 
             fh.write(block)
             size += len(block)
     return size
-
-
-def _http_date(value: str | None) -> _dt.datetime | None:
-    if not value:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=_UTC)
 
 
 def _check_str(value: Any, name: str) -> str:
@@ -315,7 +302,7 @@ class RestClient:
     ) -> Future[types.CheckpointArchiveUrlResponse]:
         """Signed download URL of a checkpoint archive. Returns Future[CheckpointArchiveUrlResponse].
 
-        Accepts both answers of PROTOCOL §8.3: a 302 redirect (``Location`` = the signed URL, optional
+        Accepts both answers of docs/protocol.rst §8.3: a 302 redirect (``Location`` = the signed URL, optional
         ``Expires``, default now + 15 min), which is never followed, so the API key stays with the API
         host, and a 200 ``{"url", "expires"}``. A 503 means "still building": asked again every
         ``building_retry_s`` up to ``building_attempts`` times, then the ordinary retry policy applies.
@@ -492,7 +479,7 @@ class RestClient:
 
 
 def whoami_from_jwt(token: str) -> types.WhoamiResponse:
-    """Read ``sub`` / ``email`` / ``org_id`` from a JWT's payload (unverified; PROTOCOL §1.2).
+    """Read ``sub`` / ``email`` / ``org_id`` from a JWT's payload (unverified; docs/protocol.rst §1.2).
 
     Raises:
         RuntimeError: ``token`` is not a JWT (e.g. a ``tml-`` API key) or has no ``sub`` claim.

@@ -26,7 +26,7 @@ _MAX_NUM_SAMPLES = 10_000
 class SamplingClient:
     """Samples from one sampling session (a base model or saved sampler weights). Thread-safe.
 
-    ``sample``/``compute_logprobs`` return ``concurrent.futures.Future``s; many may be in flight at once
+    ``sample``/``compute_logprobs`` return ``concurrent.futures.Future`` objects; many may be in flight at once
     (the runtime bounds concurrent submissions and shares the 429 backoff window across threads).
 
     A SamplingClient pickles to (config, session ids): an unpickled copy opens its own runtime (no new
@@ -82,7 +82,7 @@ class SamplingClient:
 
         request = build()
         # A 410 on the poll (the server dropped the result) re-runs the sample as a NEW call with a fresh
-        # seq_id, as the official RetryHandler does (PROTOCOL §5.4): the server derives the request id
+        # seq_id, as the official RetryHandler does (docs/protocol.rst §5.4): the server derives the request id
         # from (sampling_session_id, seq_id), so re-sending the old seq_id could return the same
         # expired future again. 429 re-sends of the same POST keep their seq_id (runtime.request).
         return self._runtime.submit_polled(
@@ -170,7 +170,7 @@ class SamplingClient:
 
 
 def _prompt_bytes(prompt: types.ModelInput) -> int:
-    # The dispatch budget's estimate (PROTOCOL §7.4): 10 bytes per text token, image byte length.
+    # The dispatch budget's estimate (docs/protocol.rst §7.4): 10 bytes per text token, image byte length.
     total = 0
     for chunk in prompt.chunks:
         if chunk.type == "encoded_text":
@@ -193,6 +193,6 @@ def _check_prompt(prompt: Any, where: str) -> None:
 def _unpickle_sampling_client(config: Any, sampling_session_id: str, base_model: str | None) -> SamplingClient:
     from ._runtime import Runtime
 
-    # A fresh counter range per copy so seq_ids of copies never collide (PROTOCOL §5.4).
+    # A fresh counter range per copy so seq_ids of copies never collide (docs/protocol.rst §5.4).
     start = 1_000_000_000 * random.randint(1, 1_000_000_000)
     return SamplingClient(None, sampling_session_id, base_model=base_model, runtime=Runtime(config), seq_start=start)

@@ -191,7 +191,7 @@ class ServiceClient:
 
     @property
     def session_id(self) -> str:
-        """The session id (created on first access: client config, create_session, heartbeat start)."""
+        """The session id, created on first access (client config, create_session, heartbeat start)."""
         return self._ensure_session()
 
     def _ensure_session(self) -> str:
@@ -527,7 +527,7 @@ class ServiceClient:
         start = self._clock()
         if not cancel_pending:
             # Heartbeats still run here: a long but legitimate wait (a queued save) must not let the
-            # server expire the session whose work we are waiting for (PROTOCOL §5.1).
+            # server expire the session whose work we are waiting for (docs/protocol.rst §5.1).
             self._runtime.drain(timeout_s)
         self._stop.set()
         thread = self._heartbeat_thread

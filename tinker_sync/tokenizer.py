@@ -1,4 +1,4 @@
-"""Tokenizer resolution (PROTOCOL §10) over the ``tokenizers`` library, plus text <-> ModelInput helpers.
+"""Tokenizer resolution (docs/protocol.rst §10) over the ``tokenizers`` library, plus text <-> ModelInput helpers.
 
 Order: the packaged byte tokenizer of the local models (names starting ``tinker-sync/``), then a local
 file or directory (only for names the USER gave), then the Hugging Face hub (needs network; a clear
@@ -83,7 +83,7 @@ class Tokenizer:
 
 
 def resolve_tokenizer_id(model_name: str, tokenizer_id: str | None = None) -> str:
-    """The tokenizer id for a model name (PROTOCOL §10 rules 1-2)."""
+    """The tokenizer id for a model name (docs/protocol.rst §10 rules 1-2)."""
     if not isinstance(model_name, str) or not model_name:
         raise ValueError(f"model name must be a non-empty str, got {model_name!r}")
     if tokenizer_id:

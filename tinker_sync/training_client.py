@@ -39,7 +39,7 @@ _DTYPE_BYTES = {"int64": 8, "float32": 4}
 _U64 = (1 << 64) - 1
 
 # --------------------------------------------------------------------------------------------
-# Pure helpers: size estimate, chunking (PROTOCOL §6.3), metric reduction (§6.4)
+# Pure helpers: size estimate, chunking (docs/protocol.rst §6.3), metric reduction (§6.4)
 # --------------------------------------------------------------------------------------------
 
 
@@ -121,7 +121,7 @@ def _hash_unordered(values: Sequence[float]) -> float:
 
 
 def reduce_metrics(metrics: Sequence[Mapping[str, float]], weights: Sequence[float]) -> dict[str, float]:
-    """Merge per-chunk metrics named ``"<name>:<reduction>"`` (PROTOCOL §6.4).
+    """Merge per-chunk metrics named ``"<name>:<reduction>"`` (docs/protocol.rst §6.4).
 
     Keys come from the first chunk; a key missing in any chunk is dropped, as is an unknown reduction.
     ``mean`` and ``slack`` are weighted by ``weights`` (each chunk's number of outputs).
@@ -179,7 +179,7 @@ def combine_forward_backward_outputs(results: Sequence[types.ForwardBackwardOutp
 # --------------------------------------------------------------------------------------------
 
 
-# loss_fn -> loss_fn_inputs keys the server needs (PROTOCOL §6.1 / the Tinker loss-function docs).
+# loss_fn -> loss_fn_inputs keys the server needs (docs/protocol.rst §6.1 / the Tinker loss-function docs).
 _REQUIRED_INPUTS: dict[str, tuple[str, ...]] = {
     "cross_entropy": ("target_tokens", "weights"),
     "importance_sampling": ("target_tokens", "logprobs", "advantages"),
@@ -372,7 +372,7 @@ class TrainingClient:
 
     Sequenced operations (forward/forward_backward chunks, optim_step, save/load) are built and encoded
     in the caller's thread first; then, in one short critical section that cannot fail, they reserve
-    consecutive ``seq_id``s and are queued on one SequencedLane, so the server sees them in the order the
+    consecutive ``seq_id`` values and are queued on one SequencedLane, so the server sees them in the order the
     calls were made, even from several threads. Bad arguments raise ValueError/TypeError immediately and
     send nothing (no seq_id is used). Server-side failures come through the Future.
 
@@ -504,7 +504,7 @@ class TrainingClient:
         self, data: list[types.Datum], loss_fn: Callable[..., Any], *, loss_type_input: str = "logprobs",
         backend: str = "auto",
     ) -> Future[types.ForwardBackwardOutput]:
-        """Train on a loss computed client-side from the model's logprobs (PROTOCOL §6.5).
+        """Train on a loss computed client-side from the model's logprobs (docs/protocol.rst §6.5).
 
         The client runs ``forward`` (cross_entropy), calls ``loss_fn`` on the logprobs, and sends a
         cross_entropy ``forward_backward`` whose weights are ``-dLoss/dlogprob``, so the server-side
@@ -516,14 +516,14 @@ class TrainingClient:
         that error and the client is poisoned (later calls raise LanePoisonedError) rather than leave a
         gap in the seq_id order or step without the gradient. Cancelling the Future only stops waiting.
 
-        ``loss_fn`` contract:
-          * torch backend (``"torch"``, or ``"auto"`` when torch is importable):
-            ``loss_fn(data, logprobs: list[torch.Tensor]) -> (loss: torch.Tensor, metrics: dict)``;
-            the gradient comes from autograd.
-          * numpy backend (``"numpy"``, or ``"auto"`` without torch):
-            ``loss_fn(data, logprobs: list[numpy.ndarray]) -> (loss: float, metrics: dict, grads)``
-            where ``grads[i]`` is ``dLoss/dlogprobs[i]`` (same shape as ``logprobs[i]``).
-          ``loss_fn`` runs on a client worker thread.
+        ``loss_fn`` contract (it runs on a client worker thread):
+
+        * torch backend (``"torch"``, or ``"auto"`` when torch is importable):
+          ``loss_fn(data, logprobs: list[torch.Tensor]) -> (loss: torch.Tensor, metrics: dict)``;
+          the gradient comes from autograd.
+        * numpy backend (``"numpy"``, or ``"auto"`` without torch):
+          ``loss_fn(data, logprobs: list[numpy.ndarray]) -> (loss: float, metrics: dict, grads)``
+          where ``grads[i]`` is ``dLoss/dlogprobs[i]`` (same shape as ``logprobs[i]``).
 
         ``loss_type_input`` is the official SDK's parameter; only ``"logprobs"`` exists.
         Each datum must carry ``target_tokens`` (and optionally ``weights``) only. Returns

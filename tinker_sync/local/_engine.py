@@ -9,10 +9,13 @@ LoRA: ``W + (alpha / rank) * A @ B`` with ``alpha`` = :data:`LORA_ALPHA` (32), `
 adapter seed and ``B`` = 0, so a fresh adapter reproduces the base model exactly. Targets: ``train_attn`` =
 q, k, v, o projections; ``train_mlp`` = up, down; ``train_unembed`` = the (untied) unembedding.
 
-Training: losses are sums over tokens (``loss:sum``), gradients accumulate across ``forward_backward`` calls
-and :meth:`Engine.optim_step` applies AdamW (bias-corrected, decoupled weight decay as in torch.optim.AdamW,
-optional global-norm clipping) and zeroes them. Recommended learning rate: 1e-2 for ``tiny-byte`` and
-5e-3 for ``small-byte`` (any rank 4-32): 30 steps on five short prompt/completion pairs drive the loss
+Training: losses (:mod:`._losses`) are sums over tokens (``loss:sum``), gradients accumulate across
+``forward_backward`` calls and :meth:`Engine.optim_step` applies AdamW (bias-corrected, decoupled weight decay
+as in torch.optim.AdamW, optional global-norm clipping) and zeroes them; an adapter created with
+``optimizer="dimuon"`` steps with :meth:`Engine.dimuon_step` instead (see :mod:`._optim`), and
+:meth:`Engine.step` takes either from the wire params, refusing the other optimizer's params (a request never
+runs as another optimizer). Recommended AdamW learning rate: 1e-2 for ``tiny-byte`` and 5e-3 for
+``small-byte`` (any rank 4-32): 30 steps on five short prompt/completion pairs drive the loss
 below 2% of its start and greedy sampling then reproduces every completion. 5e-2 is too high (diverges),
 and the API default of 1e-4 barely moves these tiny random-weight models.
 
@@ -22,23 +25,29 @@ can be fed straight back as ``logprobs`` of the importance-sampling losses. Stop
 at EOS; ``stop=[]`` never stops early; a list of token ids or of strings (or one string) stops at any of
 them *and* at EOS (vLLM semantics). The stop token / the tokens completing a stop string are included in
 the returned tokens, and ``stop_reason`` is ``"stop"``; running out of ``max_tokens`` gives ``"length"``.
+The 0.38 options (top-k logprobs of sampled tokens, prompt scoring of the last N tokens, target prompt
+logprobs, alternative prompt tokens, stability records) are described in :mod:`._sampling`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _nn, _safetensors
+from . import _nn, _optim, _sampling
+from ._adapter import (
+    LORA_ALPHA,
+    Adapter,
+)
+from ._losses import CONFIG_DEFAULTS, LOSS_FUNCTIONS, check_config, loss_and_grad
+from ._optim import parse_optimizer_config
+from ._sampling import StabilityRecord, behaviour_logprobs
 from ._tokenizer import (
     EOS_TOKEN_ID,
     PAD_TOKEN_ID,
@@ -50,6 +59,7 @@ from ._tokenizer import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CONFIG_DEFAULTS",
     "EOS_TOKEN_ID",
     "LORA_ALPHA",
     "LOSS_FUNCTIONS",
@@ -62,15 +72,15 @@ __all__ = [
     "Engine",
     "EngineDatum",
     "ModelSpec",
+    "SampleOptions",
     "SampleResult",
     "SampledSequence",
+    "StabilityRecord",
+    "behaviour_logprobs",
+    "parse_optimizer_config",
 ]
 
-LORA_ALPHA = 32.0
 RECOMMENDED_LEARNING_RATES: dict[str, float] = {"tinker-sync/tiny-byte": 1e-2, "tinker-sync/small-byte": 5e-3}
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-OPTIMIZER_STATE_FILE = "optimizer_state.safetensors"
 
 # Attention score elements (batch * heads * T * T) per micro-batch; bounds peak memory of forward_backward.
 _MAX_ATTN_ELEMENTS = 1 << 23
@@ -106,58 +116,6 @@ SPECS: dict[str, ModelSpec] = {
 MODEL_NAMES: list[str] = list(SPECS)
 
 
-# ---------------------------------------------------------------------------------------------- losses
-# loss_fn -> (required loss_fn_inputs keys, optional keys)
-LOSS_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "cross_entropy": (("target_tokens", "weights"), ()),
-    "importance_sampling": (("target_tokens", "logprobs", "advantages"), ()),
-    "ppo": (("target_tokens", "logprobs", "advantages"), ("clip_low_threshold", "clip_high_threshold")),
-    "cispo": (("target_tokens", "logprobs", "advantages"), ("clip_low_threshold", "clip_high_threshold")),
-    "dro": (("target_tokens", "logprobs", "advantages"), ()),
-}
-# loss_fn -> {config key: default}; defaults follow the Tinker docs (PPO ratio bounds 0.8/1.2, CISPO 0/4).
-_CONFIG_DEFAULTS: dict[str, dict[str, float]] = {
-    "cross_entropy": {},
-    "importance_sampling": {},
-    "ppo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
-    "cispo": {"clip_low_threshold": 0.0, "clip_high_threshold": 4.0},
-    "dro": {"beta": 0.05},
-}
-
-
-def _loss_and_grad(
-    loss_fn: str, lp: np.ndarray, inputs: Mapping[str, np.ndarray], config: Mapping[str, float]
-) -> tuple[float, np.ndarray]:
-    """Summed loss of one datum and dLoss/dlogprobs (same shape as ``lp``), computed in float64."""
-    if loss_fn == "cross_entropy":
-        w = inputs["weights"]
-        return float(-np.sum(lp * w)), -w
-    old = inputs["logprobs"]
-    adv = inputs["advantages"]
-    if loss_fn == "dro":
-        beta = config["beta"]
-        diff = lp - old
-        return float(-np.sum(lp * adv - 0.5 * beta * diff * diff)), -adv + beta * diff
-    ratio = np.exp(lp - old)
-    if loss_fn == "importance_sampling":
-        return float(-np.sum(ratio * adv)), -ratio * adv
-    low = inputs.get("clip_low_threshold", config["clip_low_threshold"])
-    high = inputs.get("clip_high_threshold", config["clip_high_threshold"])
-    clipped = np.clip(ratio, low, high)
-    if loss_fn == "ppo":
-        unclipped_obj = ratio * adv
-        clipped_obj = clipped * adv
-        obj = np.minimum(unclipped_obj, clipped_obj)
-        # d obj/d lp = ratio * adv where the unclipped branch is the minimum or the ratio is inside the
-        # bounds (both branches equal there); 0 where the clipped constant wins.
-        inside = (ratio >= low) & (ratio <= high)
-        active = inside | (unclipped_obj < clipped_obj)
-        return float(-np.sum(obj)), np.where(active, -ratio * adv, 0.0)
-    if loss_fn == "cispo":
-        return float(-np.sum(clipped * lp * adv)), -clipped * adv
-    raise AssertionError(loss_fn)  # pragma: no cover - validated before
-
-
 # ---------------------------------------------------------------------------------------------- data types
 @dataclass
 class EngineDatum:
@@ -171,204 +129,35 @@ class SampledSequence(NamedTuple):
     tokens: list[int]
     logprobs: list[float]
     stop_reason: str  # "stop" | "length"
+    topk_logprobs: list[list[tuple[int, float]]] | None = None  # per generated token, with topk_sample_logprobs
 
 
 @dataclass
 class SampleResult:
+    """What :meth:`Engine.sample` returns; the optional parts are None unless asked for."""
+
     sequences: list[SampledSequence]
     prompt_logprobs: list[float | None] | None = None
     topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
+    target_prompt_logprobs: np.ndarray | None = None  # float32 [len(prompt) - 1, K]
+    prompt_alt_tokens: tuple[np.ndarray, np.ndarray] | None = None  # int64 / float32 [len(prompt) - 1, k]
+    stability: list[StabilityRecord] | None = None  # one per sequence, with record_stability_info
 
 
-# PEFT-style tensor names for our module names.
-def _peft_module_name(module: str) -> str:
-    if module == _nn.UNEMBED_MODULE:
-        return "base_model.model.lm_head"
-    _, idx, kind = module.split(".")
-    block = "self_attn" if kind in _nn.ATTN_MODULES else "mlp"
-    return f"base_model.model.model.layers.{idx}.{block}.{kind}_proj"
+class SampleOptions(NamedTuple):
+    """A validated sample request (see :meth:`Engine.validate_sample`)."""
+
+    prompt: np.ndarray
+    max_tokens: int
+    stop: tuple[set[int], list[bytes]]
+    targets: np.ndarray | None
 
 
-def _target_modules(train_attn: bool, train_mlp: bool, train_unembed: bool) -> list[str]:
-    out: list[str] = []
-    if train_attn:
-        out += [f"{m}_proj" for m in _nn.ATTN_MODULES]
-    if train_mlp:
-        out += [f"{m}_proj" for m in _nn.MLP_MODULES]
-    if train_unembed:
-        out.append("lm_head")
-    return out
-
-
-class Adapter:
-    """LoRA weights of one model + AdamW state + accumulated gradients.
-
-    ``params`` maps a module name (``layers.0.q`` ... ``unembed``) to ``(A, B)``. Mutations go through
-    the engine under :attr:`lock`; :meth:`snapshot` gives an immutable copy for samplers.
-    """
-
-    def __init__(
-        self, *, model_name: str, rank: int, seed: int, train_attn: bool, train_mlp: bool, train_unembed: bool,
-        params: dict[str, tuple[np.ndarray, np.ndarray]],
-    ) -> None:
-        self.model_name = model_name
-        self.rank = rank
-        self.seed = seed
-        self.train_attn = train_attn
-        self.train_mlp = train_mlp
-        self.train_unembed = train_unembed
-        self.params = params
-        self.grads: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            k: (np.zeros_like(a), np.zeros_like(b)) for k, (a, b) in params.items()
-        }
-        self.exp_avg: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            k: (np.zeros_like(a), np.zeros_like(b)) for k, (a, b) in params.items()
-        }
-        self.exp_avg_sq: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            k: (np.zeros_like(a), np.zeros_like(b)) for k, (a, b) in params.items()
-        }
-        self.step = 0
-        self.pending_grad_calls = 0
-        self.frozen = False
-        self.lock = threading.RLock()
-        self._merged: dict[str, np.ndarray] | None = None  # cache of W + s*A@B (invalidated on update)
-
-    @property
-    def scale(self) -> float:
-        return LORA_ALPHA / self.rank
-
-    @property
-    def lora_config(self) -> dict[str, Any]:
-        """PEFT-like adapter config (also written as adapter_config.json)."""
-        return {
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": self.model_name,
-            "r": self.rank,
-            "lora_alpha": LORA_ALPHA,
-            "lora_dropout": 0.0,
-            "bias": "none",
-            "target_modules": _target_modules(self.train_attn, self.train_mlp, self.train_unembed),
-            "train_attn": self.train_attn,
-            "train_mlp": self.train_mlp,
-            "train_unembed": self.train_unembed,
-            "seed": self.seed,
-        }
-
-    def snapshot(self) -> Adapter:
-        """A frozen copy of the weights (no gradients or optimizer state needed) for a sampler."""
-        with self.lock:
-            snap = Adapter(
-                model_name=self.model_name, rank=self.rank, seed=self.seed, train_attn=self.train_attn,
-                train_mlp=self.train_mlp, train_unembed=self.train_unembed,
-                params={k: (a.copy(), b.copy()) for k, (a, b) in self.params.items()},
-            )
-            snap.step = self.step
-        snap.grads = {}
-        snap.exp_avg = {}
-        snap.exp_avg_sq = {}
-        for a, b in snap.params.values():
-            a.setflags(write=False)
-            b.setflags(write=False)
-        snap.frozen = True
-        return snap
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, directory: Path, *, with_optimizer: bool) -> None:
-        """Write adapter_config.json + adapter_model.safetensors (+ optimizer_state.safetensors)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with self.lock:
-            weights: dict[str, np.ndarray] = {}
-            for module, (a, b) in self.params.items():
-                peft = _peft_module_name(module)
-                weights[f"{peft}.lora_A.weight"] = a.T.astype(np.float32)
-                weights[f"{peft}.lora_B.weight"] = b.T.astype(np.float32)
-            meta = {"format": "pt", "base_model": self.model_name}
-            _safetensors.save_file(weights, directory / ADAPTER_WEIGHTS_FILE, meta)
-            if with_optimizer and not self.frozen:
-                state: dict[str, np.ndarray] = {}
-                for module in self.params:
-                    peft = _peft_module_name(module)
-                    for part, idx in (("lora_A", 0), ("lora_B", 1)):
-                        state[f"{peft}.{part}.exp_avg"] = self.exp_avg[module][idx].T.astype(np.float32)
-                        state[f"{peft}.{part}.exp_avg_sq"] = self.exp_avg_sq[module][idx].T.astype(np.float32)
-                _safetensors.save_file(
-                    state, directory / OPTIMIZER_STATE_FILE, {"step": str(self.step), "base_model": self.model_name}
-                )
-            config_text = json.dumps(self.lora_config, indent=2, sort_keys=True) + "\n"
-        (directory / ADAPTER_CONFIG_FILE).write_text(config_text, encoding="utf-8")
-
-    @classmethod
-    def load(cls, engine: Engine, directory: Path, *, with_optimizer: bool) -> Adapter:
-        """Load an adapter saved by :meth:`save`, validating base model, modules and shapes.
-
-        Raises:
-            ValueError: missing files, a different base model, or tensors that do not fit this model.
-        """
-        directory = Path(directory)
-        config_path = directory / ADAPTER_CONFIG_FILE
-        weights_path = directory / ADAPTER_WEIGHTS_FILE
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise ValueError(f"checkpoint is incomplete: {path.name} not found in {directory}")
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            base = str(config["base_model_name_or_path"])
-            rank = int(config["r"])
-            flags = {k: bool(config.get(k, True)) for k in ("train_attn", "train_mlp", "train_unembed")}
-            seed = int(config.get("seed") or 0)
-            alpha = float(config.get("lora_alpha", LORA_ALPHA))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{ADAPTER_CONFIG_FILE} is invalid: {exc!r}") from exc
-        if base != engine.spec.name:
-            raise ValueError(
-                f"checkpoint was trained on base model {base!r}; it cannot be loaded into {engine.spec.name!r}"
-            )
-        if alpha != LORA_ALPHA:
-            raise ValueError(f"checkpoint lora_alpha {alpha} is not supported (this server uses {LORA_ALPHA})")
-        adapter = engine.new_adapter(rank=rank, seed=seed, **flags)
-        try:
-            tensors, _ = _safetensors.load_file(weights_path)
-        except _safetensors.SafetensorsError as exc:
-            raise ValueError(f"{ADAPTER_WEIGHTS_FILE} is invalid: {exc}") from exc
-        expected = {
-            f"{_peft_module_name(m)}.{part}.weight": (m, idx)
-            for m in adapter.params
-            for part, idx in (("lora_A", 0), ("lora_B", 1))
-        }
-        if set(tensors) != set(expected):
-            missing = sorted(set(expected) - set(tensors))[:3]
-            extra = sorted(set(tensors) - set(expected))[:3]
-            raise ValueError(f"{ADAPTER_WEIGHTS_FILE} does not match its config: missing {missing}, unexpected {extra}")
-        for name, (module, idx) in expected.items():
-            target = adapter.params[module][idx]
-            value = tensors[name].T
-            if value.shape != target.shape:
-                raise ValueError(f"tensor {name} has shape {list(tensors[name].shape)}, expected {list(target.T.shape)}")
-            if not np.all(np.isfinite(value)):
-                raise ValueError(f"tensor {name} contains non-finite values")
-            target[...] = value
-        if with_optimizer:
-            opt_path = directory / OPTIMIZER_STATE_FILE
-            if not opt_path.is_file():
-                raise ValueError(f"checkpoint has no optimizer state ({OPTIMIZER_STATE_FILE} not found in {directory})")
-            try:
-                state, meta = _safetensors.load_file(opt_path)
-                adapter.step = int(meta.get("step", "0"))
-            except (_safetensors.SafetensorsError, ValueError) as exc:
-                raise ValueError(f"{OPTIMIZER_STATE_FILE} is invalid: {exc}") from exc
-            for module in adapter.params:
-                peft = _peft_module_name(module)
-                for part, idx in (("lora_A", 0), ("lora_B", 1)):
-                    for kind, store in (("exp_avg", adapter.exp_avg), ("exp_avg_sq", adapter.exp_avg_sq)):
-                        key = f"{peft}.{part}.{kind}"
-                        target = store[module][idx]
-                        if key not in state or state[key].T.shape != target.shape:
-                            raise ValueError(f"{OPTIMIZER_STATE_FILE}: tensor {key} missing or of the wrong shape")
-                        target[...] = state[key].T
-        adapter._merged = None
-        return adapter
+def _stability_record(prompt: np.ndarray, prompt_logprobs: np.ndarray, seq: SampledSequence) -> StabilityRecord:
+    arrays = (prompt, prompt_logprobs, np.asarray(seq.tokens, dtype=np.int64), np.asarray(seq.logprobs))
+    for arr in arrays:
+        arr.setflags(write=False)
+    return StabilityRecord(*arrays)
 
 
 # ---------------------------------------------------------------------------------------------- engine
@@ -380,6 +169,18 @@ def _as_float(arr: Any, key: str, where: str, dtype: type = np.float64) -> np.nd
     if not np.all(np.isfinite(out)):
         raise ValueError(f"{where}: loss_fn_inputs[{key!r}] contains NaN or infinite values")
     return out
+
+
+def _accumulate(adapter: Adapter, grads: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Add one call's gradients to the adapter's, all or nothing."""
+    for ga, gb in grads.values():
+        if not (np.all(np.isfinite(ga)) and np.all(np.isfinite(gb))):
+            raise ValueError("gradients are not finite (check loss inputs for extreme values); nothing was accumulated")
+    with adapter.lock:
+        for k, (ga, gb) in grads.items():
+            adapter.grads[k][0][...] += ga
+            adapter.grads[k][1][...] += gb
+        adapter.pending_grad_calls += 1
 
 
 class Engine:
@@ -404,7 +205,7 @@ class Engine:
     # ------------------------------------------------------------------ adapters
     def new_adapter(
         self, *, rank: int, seed: int | None, train_attn: bool = True, train_mlp: bool = True,
-        train_unembed: bool = True,
+        train_unembed: bool = True, optimizer: str = "adamw",
     ) -> Adapter:
         """A fresh LoRA adapter (B = 0, so it reproduces the base model); ``seed=None`` picks one at random."""
         if not isinstance(rank, int) or rank < 1:
@@ -428,7 +229,7 @@ class Engine:
                 params[module] = (a.astype(self.dtype), np.zeros((rank, n_out), dtype=self.dtype))
         return Adapter(
             model_name=self.spec.name, rank=rank, seed=int(seed), train_attn=train_attn, train_mlp=train_mlp,
-            train_unembed=train_unembed, params=params,
+            train_unembed=train_unembed, params=params, optimizer=optimizer,
         )
 
     def _effective(self, adapter: Adapter | None) -> Mapping[str, np.ndarray]:
@@ -469,72 +270,59 @@ class Engine:
         return arr.astype(np.int64)
 
     def _prepare(
-        self, data: Sequence[EngineDatum], loss_fn: str, loss_fn_config: Mapping[str, float] | None
+        self, data: Sequence[EngineDatum], loss_fn: str, loss_fn_config: Mapping[str, float | str] | None
     ) -> tuple[list[tuple[np.ndarray, dict[str, np.ndarray]]], dict[str, float]]:
-        if loss_fn not in LOSS_FUNCTIONS:
-            raise ValueError(f"unknown loss_fn {loss_fn!r}; supported: {', '.join(LOSS_FUNCTIONS)}")
+        config = check_config(loss_fn, loss_fn_config)
         if not data:
             raise ValueError("no data: forward_backward needs at least one Datum")
-        defaults = _CONFIG_DEFAULTS[loss_fn]
-        config = dict(defaults)
-        for key, value in (loss_fn_config or {}).items():
-            if key not in defaults:
-                allowed = ", ".join(defaults) or "none"
-                raise ValueError(f"loss_fn_config key {key!r} is not used by {loss_fn!r} (allowed: {allowed})")
-            v = float(value)
-            if not np.isfinite(v):
-                raise ValueError(f"loss_fn_config[{key!r}] must be finite, got {value!r}")
-            config[key] = v
-        if loss_fn in ("ppo", "cispo") and config["clip_low_threshold"] > config["clip_high_threshold"]:
-            raise ValueError("clip_low_threshold must not exceed clip_high_threshold")
+        return [self._prepare_datum(datum, loss_fn, f"data[{i}]") for i, datum in enumerate(data)], config
+
+    def _prepare_datum(
+        self, datum: EngineDatum, loss_fn: str, where: str
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         required, optional = LOSS_FUNCTIONS[loss_fn]
-        prepared: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
-        for i, datum in enumerate(data):
-            where = f"data[{i}]"
-            tokens = self._check_tokens(datum.tokens, where)
-            n = tokens.size
-            given = datum.loss_fn_inputs
-            missing = [k for k in required if k not in given]
-            if missing:
-                raise ValueError(f"{where}: loss_fn {loss_fn!r} needs loss_fn_inputs {list(required)}; missing {missing}")
-            extra = [k for k in given if k not in required and k not in optional]
-            if extra:
+        tokens = self._check_tokens(datum.tokens, where)
+        n = tokens.size
+        given = datum.loss_fn_inputs
+        missing = [k for k in required if k not in given]
+        if missing:
+            raise ValueError(f"{where}: loss_fn {loss_fn!r} needs loss_fn_inputs {list(required)}; missing {missing}")
+        extra = [k for k in given if k not in required and k not in optional]
+        if extra:
+            raise ValueError(
+                f"{where}: loss_fn_inputs {extra} are not used by loss_fn {loss_fn!r} "
+                f"(it takes {list(required + optional)})"
+            )
+        targets = self._check_targets(given["target_tokens"], n, 2 if loss_fn == "cross_entropy" else 1, where)
+        inputs: dict[str, np.ndarray] = {"target_tokens": targets}
+        for key in list(required[1:]) + [k for k in optional if k in given]:
+            arr = _as_float(given[key], key, where)
+            expect = targets.shape if key == "weights" else (n,)
+            if arr.shape != expect:
                 raise ValueError(
-                    f"{where}: loss_fn_inputs {extra} are not used by loss_fn {loss_fn!r} "
-                    f"(it takes {list(required + optional)})"
+                    f"{where}: loss_fn_inputs[{key!r}] has shape {list(arr.shape)}, expected {list(expect)} "
+                    f"(same as target_tokens / the model_input length)"
                 )
-            targets = np.asarray(given["target_tokens"])
-            if targets.dtype.kind == "f":
-                if not np.all(np.isfinite(targets)) or not np.all(targets == np.round(targets)):
-                    raise ValueError(f"{where}: target_tokens must be integer token ids")
-                targets = targets.astype(np.int64)
-            elif targets.dtype.kind not in "iu":
-                raise ValueError(f"{where}: target_tokens must be integer token ids, got dtype {targets.dtype}")
-            max_dims = 2 if loss_fn == "cross_entropy" else 1
-            if targets.ndim < 1 or targets.ndim > max_dims or targets.shape[0] != n:
-                shape = "(N,) or (N, K)" if max_dims == 2 else "(N,)"
-                raise ValueError(
-                    f"{where}: target_tokens has shape {list(targets.shape)} but must be {shape} with N = {n}, "
-                    f"the model_input length (position i holds the token that follows model_input[:i+1])"
-                )
-            bad = (targets < 0) | (targets >= self.spec.vocab_size)
-            if np.any(bad):
-                raise ValueError(
-                    f"{where}: target token id {int(targets[bad].flat[0])} is out of range "
-                    f"(vocabulary size {self.spec.vocab_size})"
-                )
-            inputs: dict[str, np.ndarray] = {"target_tokens": targets.astype(np.int64)}
-            for key in list(required[1:]) + [k for k in optional if k in given]:
-                arr = _as_float(given[key], key, where)
-                expect = targets.shape if key == "weights" else (n,)
-                if arr.shape != expect:
-                    raise ValueError(
-                        f"{where}: loss_fn_inputs[{key!r}] has shape {list(arr.shape)}, expected {list(expect)} "
-                        f"(same as target_tokens / the model_input length)"
-                    )
-                inputs[key] = arr
-            prepared.append((tokens, inputs))
-        return prepared, config
+            inputs[key] = arr
+        return tokens, inputs
+
+    def _check_targets(self, given: Any, n: int, max_dims: int, where: str) -> np.ndarray:
+        targets = np.asarray(given)
+        if targets.dtype.kind == "f":
+            if not np.all(np.isfinite(targets)) or not np.all(targets == np.round(targets)):
+                raise ValueError(f"{where}: target_tokens must be integer token ids")
+            targets = targets.astype(np.int64)
+        elif targets.dtype.kind not in "iu":
+            raise ValueError(f"{where}: target_tokens must be integer token ids, got dtype {targets.dtype}")
+        if targets.ndim < 1 or targets.ndim > max_dims or targets.shape[0] != n:
+            shape = "(N,) or (N, K)" if max_dims == 2 else "(N,)"
+            raise ValueError(
+                f"{where}: target_tokens has shape {list(targets.shape)} but must be {shape} with N = {n}, "
+                f"the model_input length (position i holds the token that follows model_input[:i+1])"
+            )
+        return _sampling.int_ids(
+            targets, self.spec.vocab_size, f"{where}: target token id", f"vocabulary size {self.spec.vocab_size}"
+        )
 
     # ------------------------------------------------------------------ training
     def forward_backward(
@@ -542,7 +330,7 @@ class Engine:
         adapter: Adapter,
         data: Sequence[EngineDatum],
         loss_fn: str,
-        loss_fn_config: Mapping[str, float] | None = None,
+        loss_fn_config: Mapping[str, float | str] | None = None,
         *,
         forward_only: bool = False,
     ) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
@@ -589,7 +377,7 @@ class Engine:
                 t2 = targets.reshape(n, -1)
                 lp2 = np.take_along_axis(lsm[row, :n], t2, axis=1).astype(np.float64)
                 lp = lp2.reshape(targets.shape)
-                loss, dlp = _loss_and_grad(loss_fn, lp, inputs, config)
+                loss, dlp = loss_and_grad(loss_fn, lp, inputs, config)
                 total_loss += loss
                 outputs[i] = {"logprobs": lp.astype(np.float32)}
                 if dlogits is not None:
@@ -611,14 +399,7 @@ class Engine:
         if not np.isfinite(total_loss):
             raise ValueError("the loss is not finite (check logprobs/advantages inputs for extreme values)")
         if not forward_only:
-            for k, (ga, gb) in local_grads.items():
-                if not (np.all(np.isfinite(ga)) and np.all(np.isfinite(gb))):
-                    raise ValueError("gradients are not finite (check loss inputs for extreme values); nothing was accumulated")
-            with adapter.lock:
-                for k, (ga, gb) in local_grads.items():
-                    adapter.grads[k][0][...] += ga
-                    adapter.grads[k][1][...] += gb
-                adapter.pending_grad_calls += 1
+            _accumulate(adapter, local_grads)
         metrics = {
             "loss:sum": float(total_loss),
             "num_tokens:sum": float(sum(t.size for t, _ in prepared)),
@@ -656,9 +437,10 @@ class Engine:
         """One AdamW step on the accumulated gradients, then zero them.
 
         Returns plain-float metrics: ``grad_norm`` (before clipping), ``learning_rate``, ``step``.
+
+        Raises:
+            ValueError: out-of-range hyperparameters, or an adapter created for another optimizer.
         """
-        if adapter.frozen:
-            raise ValueError("this adapter is a read-only snapshot; it cannot be optimized")
         for name, value, ok in (
             ("learning_rate", learning_rate, learning_rate >= 0),
             ("beta1", beta1, 0 <= beta1 < 1),
@@ -669,34 +451,75 @@ class Engine:
         ):
             if not (np.isfinite(value) and ok):
                 raise ValueError(f"AdamParams.{name} = {value!r} is out of range")
+
+        def update(p: np.ndarray, g: np.ndarray, module: str, idx: int) -> None:
+            _optim.adamw_update(
+                p, g, adapter.exp_avg[module][idx], adapter.exp_avg_sq[module][idx], step=adapter.step,
+                learning_rate=learning_rate, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+            )
+
+        return self._apply_step(adapter, "adamw", grad_clip_norm, learning_rate, update)
+
+    def dimuon_step(
+        self, adapter: Adapter, *, learning_rate: float, grad_clip_norm: float = 0.0, beta1: float = 0.9
+    ) -> dict[str, float]:
+        """One Dimuon step (see :mod:`._optim`) on the accumulated gradients, then zero them.
+
+        Returns the same metrics as :meth:`optim_step`. ``grad_clip_norm <= 0`` disables clipping.
+
+        Raises:
+            ValueError: out-of-range hyperparameters, or an adapter created for another optimizer.
+        """
+        for name, value, ok in (
+            ("learning_rate", learning_rate, learning_rate >= 0),
+            ("beta1", beta1, 0 <= beta1 < 1),
+            ("grad_clip_norm", grad_clip_norm, True),
+        ):
+            if not (np.isfinite(value) and ok):
+                raise ValueError(f"DimuonParams.{name} = {value!r} is out of range")
+
+        def update(p: np.ndarray, g: np.ndarray, module: str, idx: int) -> None:
+            _optim.dimuon_update(
+                p, g, adapter.exp_avg[module][idx], rank=adapter.rank, learning_rate=learning_rate, beta1=beta1
+            )
+
+        return self._apply_step(adapter, "dimuon", grad_clip_norm, learning_rate, update)
+
+    def step(self, adapter: Adapter, optim_params: Mapping[str, Any]) -> dict[str, float]:
+        """:meth:`optim_step` or :meth:`dimuon_step` from a wire AdamParams / DimuonParams object (``type`` picks).
+
+        Raises:
+            ValueError: an unknown optimizer type or field (named in the message), bad values, or params of
+                another optimizer than the one the adapter was created with.
+        """
+        kind, params = _optim.parse_optim_params(optim_params)
+        if kind == "dimuon":
+            return self.dimuon_step(adapter, **params)
+        return self.optim_step(adapter, **params)
+
+    def _apply_step(
+        self, adapter: Adapter, optimizer: str, grad_clip_norm: float, learning_rate: float,
+        update: Callable[[np.ndarray, np.ndarray, str, int], None],
+    ) -> dict[str, float]:
+        if adapter.frozen:
+            raise ValueError("this adapter is a read-only snapshot; it cannot be optimized")
+        if adapter.optimizer != optimizer:
+            given = "AdamParams" if optimizer == "adamw" else "DimuonParams"
+            raise ValueError(
+                f"this model was created with the {adapter.optimizer!r} optimizer; {given} ({optimizer!r}) cannot "
+                f"step it (pass the params of the optimizer chosen at creation)"
+            )
         with adapter.lock:
-            sq = 0.0
-            for ga, gb in adapter.grads.values():
-                sq += float(np.sum(ga.astype(np.float64) ** 2) + np.sum(gb.astype(np.float64) ** 2))
-            norm = float(np.sqrt(sq))
-            coef = 1.0
-            if grad_clip_norm > 0 and norm > grad_clip_norm:
-                coef = grad_clip_norm / (norm + 1e-6)
+            norm = _optim.global_grad_norm(g for pair in adapter.grads.values() for g in pair)
+            coef = _optim.clip_coefficient(norm, grad_clip_norm)
             adapter.step += 1
-            t = adapter.step
-            bc1 = 1.0 - beta1**t
-            bc2 = 1.0 - beta2**t
             for module, pair in adapter.params.items():
                 for idx in (0, 1):
-                    p = pair[idx]
-                    g = adapter.grads[module][idx] * coef
-                    m = adapter.exp_avg[module][idx]
-                    v = adapter.exp_avg_sq[module][idx]
-                    m *= beta1
-                    m += (1.0 - beta1) * g
-                    v *= beta2
-                    v += (1.0 - beta2) * g * g
-                    if weight_decay:
-                        p *= 1.0 - learning_rate * weight_decay
-                    p -= learning_rate * (m / bc1) / (np.sqrt(v / bc2) + eps)
+                    update(pair[idx], adapter.grads[module][idx] * coef, module, idx)
                     adapter.grads[module][idx][...] = 0.0
             adapter.pending_grad_calls = 0
             adapter._merged = None
+            t = adapter.step
         return {"grad_norm": norm, "learning_rate": float(learning_rate), "step": float(t)}
 
     # ------------------------------------------------------------------ sampling
@@ -714,11 +537,75 @@ class Engine:
         seed: int | None = None,
         prompt_logprobs: bool = False,
         topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: Any = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: int | None = None,
+        record_stability_info: bool = False,
     ) -> SampleResult:
         """Generate ``num_samples`` continuations of ``prompt`` in one batched KV-cache pass.
 
+        The prompt-side options are described in :mod:`._sampling`; ``topk_sample_logprobs = k`` gives every
+        sequence the ``k`` most likely ``(token, logprob)`` at each generated position, and
+        ``record_stability_info`` one :class:`~._sampling.StabilityRecord` per sequence.
+
         Raises:
-            ValueError: bad prompt tokens, prompt + max_tokens beyond the context, bad sampling params.
+            ValueError: bad prompt tokens, prompt + max_tokens beyond the context, bad sampling params or
+                options (the message names the parameter).
+        """
+        s = self.spec
+        opts = self.validate_sample(
+            prompt, num_samples=num_samples, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            stop=stop, seed=seed, prompt_logprobs=prompt_logprobs, topk_prompt_logprobs=topk_prompt_logprobs,
+            topk_sample_logprobs=topk_sample_logprobs, target_prompt_logprobs=target_prompt_logprobs,
+            prompt_alt_tokens_k=prompt_alt_tokens_k, prompt_logprobs_last_n=prompt_logprobs_last_n,
+        )
+        prompt_arr, max_tokens = opts.prompt, opts.max_tokens
+        rng = np.random.default_rng(seed)
+        # The alternative prompt tokens draw from their own stream: asking for them changes no sequence.
+        alt_rng = np.random.default_rng(None if seed is None else [seed, 1])
+        eff = self._effective(adapter)
+        result = SampleResult(sequences=[])
+        extras = _sampling.PromptExtras()
+        for first in range(0, num_samples, _MAX_SAMPLE_ROWS):
+            rows = min(_MAX_SAMPLE_ROWS, num_samples - first)
+            decoder = _nn.KVDecoder(
+                self.base, eff, n_layers=s.n_layers, n_heads=s.n_heads, batch=rows,
+                max_len=prompt_arr.size + max(max_tokens, 1),
+            )
+            prompt_logits = decoder.prefill(prompt_arr)
+            if first == 0:
+                extras = _sampling.prompt_extras(
+                    prompt_arr, prompt_logits, prompt_logprobs=prompt_logprobs,
+                    topk_prompt_logprobs=topk_prompt_logprobs, target_prompt_logprobs=opts.targets,
+                    prompt_alt_tokens_k=prompt_alt_tokens_k, prompt_logprobs_last_n=prompt_logprobs_last_n,
+                    record_stability_info=record_stability_info, temperature=temperature, alt_rng=alt_rng,
+                )
+            result.sequences += self._decode(
+                decoder, prompt_logits[-1], rows, max_tokens, (temperature, top_k, top_p), opts.stop, rng,
+                topk_sample_logprobs,
+            )
+        result.prompt_logprobs = extras.prompt_logprobs
+        result.topk_prompt_logprobs = extras.topk_prompt_logprobs
+        result.target_prompt_logprobs = extras.target_prompt_logprobs
+        result.prompt_alt_tokens = extras.prompt_alt_tokens
+        if extras.all_prompt_logprobs is not None:
+            result.stability = [_stability_record(prompt_arr, extras.all_prompt_logprobs, q) for q in result.sequences]
+        return result
+
+    def validate_sample(
+        self, prompt: Sequence[int], *, num_samples: int = 1, max_tokens: int | None = None,
+        temperature: float = 1.0, top_k: int = -1, top_p: float = 1.0,
+        stop: str | Sequence[str] | Sequence[int] | None = None, seed: int | None = None,
+        prompt_logprobs: bool = False, topk_prompt_logprobs: int = 0, topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: Any = None, prompt_alt_tokens_k: int = 0, prompt_logprobs_last_n: int | None = None,
+    ) -> SampleOptions:
+        """Check a sample request without running it (same arguments as :meth:`sample`).
+
+        The server calls this on the request thread so a bad request is a 400 at once, not a failed future.
+
+        Raises:
+            ValueError: the message names the bad parameter.
         """
         s = self.spec
         prompt_arr = self._check_tokens(prompt, "prompt")
@@ -741,49 +628,25 @@ class Engine:
             raise ValueError(f"top_k must be -1 (no limit) or a positive integer, got {top_k!r}")
         if not (0.0 < top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        if not isinstance(topk_prompt_logprobs, int) or topk_prompt_logprobs < 0:
-            raise ValueError(f"topk_prompt_logprobs must be a non-negative integer, got {topk_prompt_logprobs!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-        stop_ids, stop_strings = self._parse_stop(stop)
-        rng = np.random.default_rng(seed)
-        eff = self._effective(adapter)
-        result = SampleResult(sequences=[])
-        for first in range(0, num_samples, _MAX_SAMPLE_ROWS):
-            rows = min(_MAX_SAMPLE_ROWS, num_samples - first)
-            decoder = _nn.KVDecoder(
-                self.base, eff, n_layers=s.n_layers, n_heads=s.n_heads, batch=rows, max_len=p_len + max(max_tokens, 1)
-            )
-            prompt_logits = decoder.prefill(prompt_arr)
-            if first == 0 and (prompt_logprobs or topk_prompt_logprobs):
-                self._prompt_logprobs(result, prompt_arr, prompt_logits, prompt_logprobs, topk_prompt_logprobs)
-            result.sequences += self._decode(
-                decoder, prompt_logits[-1], rows, max_tokens, temperature, top_k, top_p, stop_ids, stop_strings, rng
-            )
-        return result
-
-    def _prompt_logprobs(
-        self, result: SampleResult, prompt: np.ndarray, logits: np.ndarray, plain: bool, top: int
-    ) -> None:
-        lsm = _nn.log_softmax(logits[:-1].astype(np.float64))
-        if plain:
-            lps = lsm[np.arange(prompt.size - 1), prompt[1:]]
-            result.prompt_logprobs = [None] + [float(x) for x in lps]
-        if top:
-            k = min(top, self.spec.vocab_size)
-            order = np.argsort(-lsm, axis=1, kind="stable")[:, :k]
-            rows: list[list[tuple[int, float]] | None] = [None]
-            for pos in range(prompt.size - 1):
-                rows.append([(int(t), float(lsm[pos, t])) for t in order[pos]])
-            result.topk_prompt_logprobs = rows
+        targets = _sampling.check_prompt_options(
+            p_len, s.vocab_size, prompt_logprobs=prompt_logprobs, topk_prompt_logprobs=topk_prompt_logprobs,
+            target_prompt_logprobs=target_prompt_logprobs, prompt_alt_tokens_k=prompt_alt_tokens_k,
+            prompt_logprobs_last_n=prompt_logprobs_last_n, topk_sample_logprobs=topk_sample_logprobs,
+        )
+        return SampleOptions(prompt_arr, max_tokens, self._parse_stop(stop), targets)
 
     def _decode(
-        self, decoder: _nn.KVDecoder, last_logits: np.ndarray, rows: int, max_tokens: int, temperature: float,
-        top_k: int, top_p: float, stop_ids: set[int], stop_strings: list[bytes], rng: np.random.Generator,
+        self, decoder: _nn.KVDecoder, last_logits: np.ndarray, rows: int, max_tokens: int,
+        params: tuple[float, int, float], stop: tuple[set[int], list[bytes]], rng: np.random.Generator, topk: int,
     ) -> list[SampledSequence]:
         """Sample ``rows`` sequences from a prefilled decoder; finished rows are dropped from the batch."""
+        temperature, top_k, top_p = params
+        stop_ids, stop_strings = stop
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logprobs: list[list[float]] = [[] for _ in range(rows)]
+        tops: list[list[list[tuple[int, float]]]] = [[] for _ in range(rows)]
         texts = [bytearray() for _ in range(rows)]
         reasons = ["length"] * rows
         active = np.arange(rows)  # batch position -> output row
@@ -791,11 +654,14 @@ class Engine:
         for step in range(max_tokens):
             lsm = _nn.log_softmax(logits.astype(np.float64))
             chosen = self._choose(lsm, temperature, top_k, top_p, rng)
+            step_tops = _sampling.topk_rows(lsm, topk) if topk else None
             keep = np.ones(active.size, dtype=bool)
             for pos, row in enumerate(active):
                 tok = int(chosen[pos])
                 tokens[row].append(tok)
                 logprobs[row].append(float(lsm[pos, tok]))
+                if step_tops is not None:
+                    tops[row].append(step_tops[pos])
                 if tok in stop_ids:
                     keep[pos], reasons[row] = False, "stop"
                 elif stop_strings:
@@ -812,7 +678,7 @@ class Engine:
                 decoder.select(np.flatnonzero(keep))
                 active, chosen = active[keep], chosen[keep]
             logits = decoder.step(chosen)
-        return [SampledSequence(tokens[i], logprobs[i], reasons[i]) for i in range(rows)]
+        return [SampledSequence(tokens[i], logprobs[i], reasons[i], tops[i] if topk else None) for i in range(rows)]
 
     def _parse_stop(self, stop: str | Sequence[str] | Sequence[int] | None) -> tuple[set[int], list[bytes]]:
         if stop is None:

@@ -1,4 +1,4 @@
-"""Future handles and the retrieve_future poll payloads (PROTOCOL §3)."""
+"""Future handles and the retrieve_future poll payloads (docs/protocol.rst §3)."""
 
 # attrs fields are built by validating factories (str_field(), int_field(), ...), not dataclass defaults.
 # ruff: noqa: RUF009
@@ -65,7 +65,7 @@ class TryAgainResponse:
 
 
 def _category(value: Any, self_: Any, field: Any) -> str:
-    # An unparseable category is treated as "unknown" (PROTOCOL §3.3), never as a decode error.
+    # An unparseable category is treated as "unknown" (docs/protocol.rst §3.3), never as a decode error.
     return value if value in ("unknown", "server", "user") else "unknown"
 
 

@@ -124,7 +124,7 @@ class DmelChunk:
 
     @property
     def length(self) -> int:
-        """Not computable client-side: the token count lives inside the serialized tensor header."""
+        """Always raises ValueError, since the token count lives inside the serialized tensor header."""
         raise ValueError("the length of a DmelChunk is not known client-side (it is read by the server)")
 
 

@@ -1,4 +1,4 @@
-"""REST resources: training runs, checkpoints, sessions, samplers, capabilities (PROTOCOL §8, §9)."""
+"""REST resources: training runs, checkpoints, sessions, samplers, capabilities (docs/protocol.rst §8, §9)."""
 
 # attrs fields are built by validating factories (str_field(), int_field(), ...), not dataclass defaults.
 # ruff: noqa: RUF009

@@ -39,7 +39,7 @@ class ClientConfigRequest:
 
 @attrs.frozen
 class ClientConfigResponse:
-    """Server-chosen client settings (all optional; PROTOCOL §1.5 defaults)."""
+    """Server-chosen client settings (all optional; docs/protocol.rst §1.5 defaults)."""
 
     pjwt_auth_enabled: bool = bool_field(default=False)
     credential_default_source: str = str_field(default="api_key")

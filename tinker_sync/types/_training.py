@@ -72,7 +72,7 @@ LOSS_FNS: tuple[str, ...] = (
 LossFnInputs = dict[str, TensorData]
 LossFnOutput = dict[str, TensorData]
 
-# dtype used when a loss input is given as a plain Python list (PROTOCOL §6.1).
+# dtype used when a loss input is given as a plain Python list (docs/protocol.rst §6.1).
 _LIST_KEY_DTYPES: dict[str, str] = {
     "target_tokens": "int64",
     "weights": "float32",

@@ -1,0 +1,164 @@
+"""Transport: one TCP connect per attempt, refused vs timed out, certificate errors fail at once.
+
+Connect attempts are counted with a ``socket.connect`` audit hook (real sockets, nothing mocked) and
+retry pauses with an injected sleep, so nothing here depends on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tinker_sync._config import ClientConfig, InvalidConfigError
+from tinker_sync._exceptions import APICertificateError, APIConnectionError, APITimeoutError
+from tinker_sync._retry import RetryPolicy
+from tinker_sync._runtime import Runtime
+
+KEY = "tml-transport-secret-key-0123"
+
+_watched_ports: set[int] = set()
+_connects: list[int] = []
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event == "socket.connect" and _watched_ports:
+        address = args[1]
+        if isinstance(address, tuple) and len(address) >= 2 and address[1] in _watched_ports:
+            _connects.append(address[1])
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed; this one only counts connects to watched ports
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _watched_ports.add(port)
+    _connects.clear()
+    yield port
+    _watched_ports.discard(port)
+
+
+def _runtime(url: str, retry: RetryPolicy, sleeps: list[float], **kw: Any) -> Runtime:
+    return Runtime(ClientConfig(base_url=url, api_key=KEY, retry=retry, **kw), sleep=sleeps.append)
+
+
+def test_no_retries_against_a_refused_port_is_one_connect_and_no_sleep(closed_port: int) -> None:
+    sleeps: list[float] = []
+    rt = _runtime(f"http://127.0.0.1:{closed_port}", RetryPolicy.no_retries(), sleeps)
+    with rt, pytest.raises(APIConnectionError) as info:
+        rt.request("POST", "/api/v1/mutate", body={})
+    err = info.value
+    assert type(err) is APIConnectionError and not isinstance(err, APITimeoutError)  # refused is not a timeout
+    assert err.request_sent is False
+    assert _connects == [closed_port] and sleeps == []
+
+
+def test_connect_retries_belong_to_the_retry_policy(closed_port: int) -> None:
+    sleeps: list[float] = []
+    policy = RetryPolicy(max_attempts=3, initial_delay_s=0.01, max_delay_s=0.01)
+    rt = _runtime(f"http://127.0.0.1:{closed_port}", policy, sleeps)
+    with rt, pytest.raises(APIConnectionError) as info:
+        rt.request("GET", "/api/v1/healthz")
+    assert info.value.request_sent is False
+    assert len(_connects) == 3 and len(sleeps) == 2  # one TCP connect per attempt, every wait ours
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def https_server(self_signed: tuple[Path, Path]) -> Iterator[int]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            data = json.dumps({"ok": True}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except (ssl.SSLError, OSError):
+                pass  # the client refused our certificate
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*self_signed)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    port = httpd.server_address[1]
+    _watched_ports.add(port)
+    _connects.clear()
+    try:
+        yield port
+    finally:
+        _watched_ports.discard(port)
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def test_certificate_error_fails_at_once_naming_the_ca_settings(
+    https_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    sleeps: list[float] = []
+    policy = RetryPolicy(max_attempts=5, initial_delay_s=0.01)
+    rt = _runtime(f"https://127.0.0.1:{https_server}", policy, sleeps)
+    with rt, pytest.raises(APICertificateError) as info:
+        rt.request("GET", "/api/v1/healthz")
+    text = str(info.value)
+    assert "ca_bundle" in text and "REQUESTS_CA_BUNDLE" in text and "SSL_CERT_FILE" in text
+    assert info.value.request_sent is False and KEY not in text
+    assert len(_connects) == 1 and sleeps == []  # not retried
+
+
+def test_ca_bundle_setting_trusts_the_server(https_server: int, self_signed: tuple[Path, Path]) -> None:
+    sleeps: list[float] = []
+    with _runtime(f"https://127.0.0.1:{https_server}", RetryPolicy.no_retries(), sleeps,
+                  ca_bundle=str(self_signed[0])) as rt:
+        assert rt.request("GET", "/api/v1/healthz") == {"ok": True}
+
+
+def test_ca_bundle_must_be_a_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidConfigError, match="ca_bundle"):
+        ClientConfig(base_url="https://127.0.0.1:9", api_key=KEY, ca_bundle=str(tmp_path / "missing.pem"))
