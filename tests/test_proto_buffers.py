@@ -224,3 +224,15 @@ def test_token_ids_beyond_int32_are_refused_at_encode() -> None:
     assert _proto.decode_forward_backward_request(
         _proto.encode_forward_backward_request(_request([2**31 - 1], [1], [1.0]))).data[0].model_input.to_ints() == [
         2**31 - 1]
+
+
+def test_sampled_buffers_feed_the_next_training_datum() -> None:
+    # The RL loop: a decoded sequence's tokens/logprobs go straight into a Datum (buffers shared or converted
+    # in C, never walked in Python).
+    resp = T.SampleResponse(sequences=[T.SampledSequence(stop_reason="stop", tokens=[3, 4], logprobs=[-1.0, -2.0])])
+    seq = _proto.decode_sample_response(_proto.encode_sample_response(resp)).sequences[0]
+    datum = T.Datum(model_input=T.ModelInput.from_ints(seq.tokens),
+                    loss_fn_inputs={"target_tokens": seq.tokens, "logprobs": seq.logprobs, "advantages": [1.0, 0.5]})
+    assert datum.model_input.chunks[0].tokens is seq.tokens  # same uint32 buffer: shared, not copied
+    assert datum.loss_fn_inputs["target_tokens"] == T.TensorData(data=[3, 4], dtype="int64", shape=[2])
+    assert datum.loss_fn_inputs["logprobs"].data == [-1.0, -2.0]

@@ -24,6 +24,7 @@ from ._common import (
     tag_field,
 )
 from ._model_input import ModelInput
+from ._numbers import NumberArray
 from ._tensor import TensorData
 
 __all__ = [
@@ -114,7 +115,7 @@ def _coerce_loss_fn_inputs(value: Any) -> dict[str, TensorData]:
             raise TypeError(f"Datum.loss_fn_inputs keys must be str, got {_describe(key)}")
         if isinstance(item, TensorData):
             out[key] = item
-        elif isinstance(item, (list, tuple)):
+        elif isinstance(item, (list, tuple, NumberArray)):  # NumberArray: e.g. a sampled sequence's tokens
             try:
                 out[key] = _list_to_tensor(key, item)
             except (TypeError, ValueError) as exc:
