@@ -667,7 +667,7 @@ def _fast_sequence(buf: memoryview, pos: int, end: int) -> SampledSequence | Non
             vend = vstart + ((buf[pos + 1] & 0x7F) | (buf[pos + 2] << 7))
         else:
             vend, vstart = _length_at(buf, pos + 1, end)
-        if vend < 0 or vend > end or (vend - vstart) % 4 or (key != 0x12 and key != 0x1A):  # noqa: PLR1714
+        if vend < 0 or vend > end or (vend - vstart) % 4 or (key != 0x12 and key != 0x1A):
             return None
         if key == 0x12:
             tokens = NumberArray(buf[vstart:vend].cast("I"), "I")

@@ -85,7 +85,7 @@ _LIST_KEY_DTYPES: dict[str, str] = {
 }
 
 
-def _list_to_tensor(key: str, value: list[Any] | tuple[Any, ...]) -> TensorData:
+def _list_to_tensor(key: str, value: list[Any] | tuple[Any, ...] | NumberArray) -> TensorData:
     dtype = _LIST_KEY_DTYPES.get(key)
     if dtype is None:
         raise ValueError(
