@@ -173,10 +173,11 @@ def _codec_table(clients: list[tuple[str, str, str]], rounds: int, tmp: Path) ->
                 ms = _codec(python, kind, lib, body)["ms"]
                 best[label] = min(best.get(label, ms), ms)
     memory: dict[str, float] = {}
+    traced: dict[str, float] = {}
     wire_mb = 0.0
     for label, python, lib in clients:
         result = _codec(python, "memory", lib)
-        memory[label] = result["peak_growth_mb"]
+        memory[label], traced[label] = result["peak_growth_mb"], result["traced_peak_mb"]
         if lib != "json":
             wire_mb = result["wire_mb"]
     labels = [label for label, _, _ in clients]
@@ -192,7 +193,9 @@ def _codec_table(clients: list[tuple[str, str, str]], rounds: int, tmp: Path) ->
     line += "".join(f"{memory['tinker_sync'] / memory[o]:19.2f}x" for o in officials if memory[o] > 0)
     print(line)
     print(f"{'  ... / protobuf wire size':40}" + "".join(f"{memory[label] / wire_mb:14.2f}x" for label in labels)
-          + f"   (wire {wire_mb:.2f} MB)", flush=True)
+          + f"   (wire {wire_mb:.2f} MB)")
+    print(f"{'peak traced allocations / wire size':40}" + "".join(f"{traced[label] / wire_mb:14.2f}x" for label in labels),
+          flush=True)
 
 
 def _official_label(python: str) -> str:
