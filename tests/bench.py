@@ -186,7 +186,7 @@ def _codec_table(clients: list[tuple[str, str, str]], rounds: int, tmp: Path) ->
     head += "".join(f"{'vs ' + o:>20}" for o in officials)
     print(head)
     for _, title, best in rows:
-        line = f"{title:40}" + "".join(f"{best[label]:15.2f}" for label in labels)
+        line = f"{title:40}" + "".join(f"{best[label]:15.3f}" for label in labels)
         line += "".join(f"{best['tinker_sync'] / best[o]:19.2f}x" for o in officials)
         print(line)
     line = f"{'peak RSS growth, 128x2048 (MB)':40}" + "".join(f"{memory[label]:15.1f}" for label in labels)

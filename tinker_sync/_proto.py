@@ -656,24 +656,26 @@ def _length_at(buf: memoryview, pos: int, limit: int) -> tuple[int, int]:
 
 
 def _fast_sequence(buf: memoryview, pos: int, end: int) -> SampledSequence | None:
+    """Straight-line read of ``[stop_reason] [tokens] [logprobs]`` in the order the servers write them."""
     stop, tokens, logprobs = 0, _EMPTY_TOKENS, None
-    while pos < end:
-        key = buf[pos]
-        if key == 0x08 and pos + 1 < end and buf[pos + 1] < 2:
-            stop, pos = buf[pos + 1], pos + 2
-            continue
-        if pos + 2 < end and buf[pos + 1] >= 0x80 and buf[pos + 2] < 0x80:  # 2-byte length, inlined
-            vstart = pos + 3
-            vend = vstart + ((buf[pos + 1] & 0x7F) | (buf[pos + 2] << 7))
-        else:
-            vend, vstart = _length_at(buf, pos + 1, end)
-        if vend < 0 or vend > end or (vend - vstart) % 4 or (key != 0x12 and key != 0x1A):
+    if pos + 1 < end and buf[pos] == 0x08:
+        stop, pos = buf[pos + 1], pos + 2
+        if stop > 1:
             return None
-        if key == 0x12:
-            tokens = NumberArray(buf[vstart:vend].cast("I"), "I")
-        elif vend > vstart:
+    if pos < end and buf[pos] == 0x12:
+        vend, vstart = _length_at(buf, pos + 1, end)
+        if vend < 0 or vend > end or (vend - vstart) % 4:
+            return None
+        tokens, pos = NumberArray(buf[vstart:vend].cast("I"), "I"), vend
+    if pos < end and buf[pos] == 0x1A:
+        vend, vstart = _length_at(buf, pos + 1, end)
+        if vend < 0 or vend > end or (vend - vstart) % 4:
+            return None
+        if vend > vstart:
             logprobs = NumberArray(buf[vstart:vend].cast("f"), "f")
         pos = vend
+    if pos != end:
+        return None
     return _new_sequence(stop_reason=_STOP_NAMES[stop], tokens=tokens, logprobs=logprobs)
 
 

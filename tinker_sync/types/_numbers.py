@@ -327,7 +327,12 @@ def _make_builder(cls: type) -> Callable[..., Any]:
     body = [f"def build(*, {', '.join(params)}):", "    obj = new(cls)"]
     for i, name in enumerate(names):
         value = f"(d{i}() if {name} is None else {name})" if f"m{i}" in namespace else name
-        body.append(f"    setattr(obj, {name!r}, {value})")
+        slot = cls.__dict__.get(name)
+        if type(slot).__name__ == "member_descriptor":  # a __slots__ entry: set it through its descriptor
+            namespace[f"s{i}"] = slot.__set__  # type: ignore[union-attr]
+            body.append(f"    s{i}(obj, {value})")
+        else:
+            body.append(f"    setattr(obj, {name!r}, {value})")
     body.append("    return obj")
     exec("\n".join(body), namespace)  # noqa: S102 - source built from attrs field names only
     builder: Callable[..., Any] = namespace["build"]  # type: ignore[assignment]
