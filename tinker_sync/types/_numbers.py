@@ -3,9 +3,11 @@
 A NumberArray keeps its numbers in ONE typed buffer (an ``array.array``, the user's numpy array, or a
 slice of the protobuf body it was decoded from) and behaves like the read-only list the official SDK
 hands out: ``len``, indexing (Python ints/floats), slicing (lists), iteration, ``==`` with lists,
-``repr`` and ``+`` are those of the list; ``numpy.asarray(x)`` is a zero-copy view. Values are checked
-once, by the C loop that fills the buffer (``array('q', values)`` refuses a float, a str or an
-out-of-range int); buffers decoded from the wire are trusted and never re-checked.
+``repr`` and ``+`` are those of the list; ``numpy.asarray(x)`` is a zero-copy view. It is read-only:
+``list(x)`` or ``x.tolist()`` gives a list to modify. Values are checked once, by the C loop that fills
+the buffer (``struct.pack_into``/``array`` refuse a float where ints are wanted, a str, an out-of-range
+int), and an error names the first bad item; buffers decoded from the wire are trusted and never
+re-checked.
 
 numpy and torch are never imported here unless the value handed in comes from them.
 """
@@ -194,11 +196,6 @@ def wire_bytes(numbers: NumberArray, code: str) -> memoryview | bytes:
     return same.raw()
 
 
-def empty(code: str) -> NumberArray:
-    """An empty array of ``code``."""
-    return NumberArray(array(code), code)
-
-
 def _is_foreign_array(value: Any) -> bool:
     module = type(value).__module__.split(".", 1)[0]
     return module in ("numpy", "torch")
@@ -303,7 +300,6 @@ def plain_list(value: Any) -> Any:
     return value.tolist() if isinstance(value, NumberArray) else value
 
 
-_MISSING = object()
 _BUILDERS: dict[type, Callable[..., Any]] = {}
 
 
