@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from ._protowire import (
     I64,
@@ -655,6 +655,19 @@ def _length_at(buf: memoryview, pos: int, limit: int) -> tuple[int, int]:
     return -1, -1
 
 
+def _array_at(buf: memoryview, pos: int, end: int, code: Literal["I", "f"]) -> tuple[NumberArray | None, int]:
+    """The length-delimited array value whose length varint starts at ``pos`` -> (view, end of the value);
+    (None, -1) when it does not fit in ``end`` or is not whole items."""
+    if pos + 1 < end and buf[pos] >= 0x80 and buf[pos + 1] < 0x80:  # 2-byte length (128 B .. 16 KiB), inlined
+        vstart = pos + 2
+        vend = vstart + ((buf[pos] & 0x7F) | (buf[pos + 1] << 7))
+    else:
+        vend, vstart = _length_at(buf, pos, end)
+    if vend < 0 or vend > end or (vend - vstart) % 4:
+        return None, -1
+    return NumberArray(buf[vstart:vend].cast(code), code), vend
+
+
 def _fast_sequence(buf: memoryview, pos: int, end: int) -> SampledSequence | None:
     """Straight-line read of ``[stop_reason] [tokens] [logprobs]`` in the order the servers write them."""
     stop, tokens, logprobs = 0, _EMPTY_TOKENS, None
@@ -663,18 +676,11 @@ def _fast_sequence(buf: memoryview, pos: int, end: int) -> SampledSequence | Non
         if stop > 1:
             return None
     if pos < end and buf[pos] == 0x12:
-        vend, vstart = _length_at(buf, pos + 1, end)
-        if vend < 0 or vend > end or (vend - vstart) % 4:
-            return None
-        tokens, pos = NumberArray(buf[vstart:vend].cast("I"), "I"), vend
-    if pos < end and buf[pos] == 0x1A:
-        vend, vstart = _length_at(buf, pos + 1, end)
-        if vend < 0 or vend > end or (vend - vstart) % 4:
-            return None
-        if vend > vstart:
-            logprobs = NumberArray(buf[vstart:vend].cast("f"), "f")
-        pos = vend
-    if pos != end:
+        tokens, pos = _array_at(buf, pos + 1, end, "I")  # type: ignore[assignment]
+    if 0 <= pos < end and buf[pos] == 0x1A:
+        logprobs, pos = _array_at(buf, pos + 1, end, "f")
+        logprobs = logprobs or None  # empty logprobs bytes: not requested
+    if pos != end or tokens is None:
         return None
     return _new_sequence(stop_reason=_STOP_NAMES[stop], tokens=tokens, logprobs=logprobs)
 
