@@ -205,3 +205,177 @@ def wait_for(pred: Callable[[], object], timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+# -- sampling sessions with batched polling (retrieve_futures) and cancels ------------------------
+
+_RETRIEVE_FUTURES = "/api/v1/retrieve_futures"
+_CANCEL_FUTURE = "/api/v1/cancel_future"
+
+
+class SessionSim:
+    """A sampling-session completion queue as a 0.38 server keeps it (docs/protocol.rst §14.1).
+
+    ``add(rid)`` registers a pending request (or POST ``/api/v1/asample`` via ``post_sample``);
+    ``complete(rids, failed=...)`` finishes requests, appending them to the session's completion log.
+    ``retrieve_futures`` answers the completions after ``prev_cursor`` (holding up to ``hold_s`` while
+    there are none, unless ``timeout`` is 0); ``retrieve_future`` answers a completed request at once
+    and holds a pending one up to ``hold_s`` (then try_again). ``cancel_future`` records the id.
+    ``batch=False`` makes retrieve_futures answer 404 (a server without it). ``result(rid)`` builds a
+    finished request's payload (default ``{"rid": rid}``).
+    """
+
+    def __init__(
+        self, *, hold_s: float = 2.0, batch: bool = True, session_id: str = "sess-1",
+        result: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.result = result or (lambda rid: {"rid": rid})
+        self.hold_s = hold_s
+        self.batch = batch
+        self.session_id = session_id
+        self.cond = threading.Condition()
+        self.pending: set[str] = set()
+        self.log: list[dict[str, Any]] = []  # completion events; the cursor is their count
+        self.done: dict[str, bool] = {}  # request id -> failed?
+        self.retrieved: set[str] = set()
+        self.cancelled: list[str] = []
+        self.batch_inflight = 0
+        self.batch_peak = 0
+        self.bad_targets = 0
+        self._ids = 0
+
+    def install(self, srv: ScriptedServer) -> None:
+        srv.default("/api/v1/asample", self.post_sample)
+        srv.default(_RETRIEVE_FUTURES, self.retrieve_futures)
+        srv.default(_RETRIEVE_FUTURE, self.retrieve_future)
+        srv.default(_CANCEL_FUTURE, self.cancel_future)
+
+    def add(self, rid: str) -> None:
+        with self.cond:
+            self.pending.add(rid)
+
+    def post_sample(self, rec: RecordedRequest) -> Reply:
+        body = rec.json()
+        with self.cond:
+            self._ids += 1
+            rid = f"{body.get('sampling_session_id')}-{body.get('seq_id')}-{self._ids}"
+            self.pending.add(rid)
+            self.cond.notify_all()
+        return Reply(200, {"request_id": rid})
+
+    def complete(self, rids: list[str], *, failed: bool = False) -> None:
+        with self.cond:
+            for rid in rids:
+                self.pending.discard(rid)
+                self.done[rid] = failed
+                event: dict[str, Any] = {"state": "failed" if failed else "finished", "request_id": rid}
+                if not failed:
+                    event["response_payload_uncompressed_size"] = 16
+                self.log.append(event)
+            self.cond.notify_all()
+
+    def restart(self) -> None:
+        """Forget everything, as a server restarted without persisting its sampling work."""
+        with self.cond:
+            self.pending.clear()
+            self.log.clear()
+            self.done.clear()
+            self.cond.notify_all()
+
+    def retrieve_futures(self, rec: RecordedRequest) -> Reply:
+        if not self.batch:
+            return Reply(404, {"detail": "Not Found"})
+        body = rec.json()
+        target = body.get("target") or {}
+        if target.get("type") != "sampling_session" or target.get("sampling_session_id") != self.session_id:
+            with self.cond:
+                self.bad_targets += 1
+            return Reply(400, {"detail": f"unknown target {target!r}"})
+        cursor = int(body.get("prev_cursor", 0))
+        with self.cond:
+            self.retrieved.update(body.get("retrieved_request_ids") or [])
+            self.batch_inflight += 1
+            self.batch_peak = max(self.batch_peak, self.batch_inflight)
+            try:
+                if body.get("timeout") != 0:
+                    self.cond.wait_for(lambda: len(self.log) > cursor, self.hold_s)
+                return Reply(200, {"completions": self.log[cursor:], "cursor": len(self.log)})
+            finally:
+                self.batch_inflight -= 1
+
+    def retrieve_future(self, rec: RecordedRequest) -> Reply:
+        rid = rec.json()["request_id"]
+        with self.cond:
+            if rid not in self.done and rid not in self.pending:
+                return Reply(404, {"detail": f"no future {rid}"})
+            self.cond.wait_for(lambda: rid in self.done, self.hold_s)
+            if rid not in self.done:
+                return Reply(200, {"type": "try_again", "request_id": rid, "queue_state": "active"})
+            if self.done[rid]:
+                return Reply(200, {"error": f"{rid} failed", "category": "user"})
+            return Reply(200, self.result(rid))
+
+    def cancel_future(self, rec: RecordedRequest) -> Reply:
+        with self.cond:
+            self.cancelled.append(rec.json()["request_id"])
+            self.cond.notify_all()
+        return Reply(200, {})
+
+
+# -- JWT minting (auth/token) --------------------------------------------------------------------
+
+
+def make_jwt(claims: dict[str, Any]) -> str:
+    """An unsigned-looking JWT with these claims (the client never verifies signatures)."""
+    import base64
+
+    def part(obj: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+class TokenMinter:
+    """``POST /api/v1/auth/token`` mints a JWT for ``api_key``; ``protect(path)`` makes a path take only live JWTs.
+
+    A protected path answers 401 ``WWW-Authenticate: Bearer error="invalid_token"`` to a JWT that was
+    not minted or was revoked (``revoke_all()``), and 401 without that error to anything else.
+    """
+
+    def __init__(self, api_key: str, *, lifetime_s: int = 3600, claims: dict[str, Any] | None = None) -> None:
+        self.api_key = api_key
+        self.lifetime_s = lifetime_s
+        self.claims = claims or {"sub": "tml:user:u-1", "email": "u1@example.com", "org_id": "o-1"}
+        self.lock = threading.Lock()
+        self.live: set[str] = set()
+        self.minted: list[str] = []
+
+    def install(self, srv: ScriptedServer) -> None:
+        srv.default("/api/v1/auth/token", self.mint)
+
+    def mint(self, rec: RecordedRequest) -> Reply:
+        if rec.header("X-API-Key") != self.api_key:
+            return Reply(401, {"detail": "invalid API key"})
+        with self.lock:
+            iat = int(time.time())
+            token = make_jwt({**self.claims, "iat": iat, "exp": iat + self.lifetime_s, "n": len(self.minted)})
+            self.live.add(token)
+            self.minted.append(token)
+        return Reply(200, {"jwt": token})
+
+    def revoke_all(self) -> None:
+        with self.lock:
+            self.live.clear()
+
+    def protect(self, srv: ScriptedServer, path: str, ok: Script) -> None:
+        def handler(rec: RecordedRequest) -> Reply:
+            key = rec.header("X-API-Key") or ""
+            with self.lock:
+                live = key in self.live
+            if live:
+                return ok(rec) if callable(ok) else ok
+            if key.startswith("eyJ"):
+                return Reply(401, {"detail": "token expired"}, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            return Reply(401, {"detail": "a JWT is required"})
+
+        srv.default(path, handler)

@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 
 from tinker_sync.local import LocalTinkerServer
+from tinker_sync.local._tokenizer import install_hub_cache
 
 FLOW = Path(__file__).parent / "sdk_flows" / "full_flow.py"
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LocalTinkerServer]:
-    with LocalTinkerServer(data_dir=tmp_path / "data") as srv:
+    # JWT exchange on: the SDK trades its key for a token first (and whoami has claims to read).
+    with LocalTinkerServer(data_dir=tmp_path / "data", jwt_auth=True) as srv:
         yield srv
 
 
@@ -31,7 +33,10 @@ def test_official_sdk_full_flow(env_var: str, server: LocalTinkerServer, tmp_pat
     sdk_python = os.environ.get(env_var)
     if not sdk_python:
         pytest.skip(f"set {env_var} to a python with the official tinker SDK")
-    env = {**os.environ, "TINKER_TELEMETRY": "0", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    # The SDK's get_tokenizer() loads the model's tokenizer with transformers from the hub cache, offline.
+    install_hub_cache(tmp_path / "hf" / "hub")
+    env = {**os.environ, "TINKER_TELEMETRY": "0", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "TINKER_PROJECT_ID": "sdk-flow-project"}
     out = subprocess.run(
         [sdk_python, str(FLOW), server.url], capture_output=True, text=True, timeout=600, env=env,
         check=False, cwd=tmp_path,

@@ -24,12 +24,19 @@ GOLDEN_DIR = Path(__file__).parent / "data" / "golden"
 
 def _check_wire_form(obj: Any, data: Any, path: str = "$") -> None:
     """None-valued optional fields are absent; every `type` tag is present; recurse into children."""
+    if isinstance(obj, T.OptimStepRequest):  # optim_params travels as adam_params / optimizer_params
+        key = "adam_params" if isinstance(obj.optim_params, T.AdamParams) else "optimizer_params"
+        assert "optim_params" not in data and key in data, path
+        data = {**data, "optim_params": data[key]}
     if attrs.has(type(obj)):
         assert isinstance(data, dict), path
         for a in attrs.fields(type(obj)):
             value = getattr(obj, a.name)
             if value is None and not a.metadata.get("serde_keep_none"):
                 assert a.name not in data, f"{path}.{a.name} is None but was sent"
+                continue
+            if a.metadata.get("serde_omit_default") and value == a.default:
+                assert a.name not in data, f"{path}.{a.name} is its default but was sent"
                 continue
             assert a.name in data, f"{path}.{a.name} missing on the wire"
             if a.name == "type":
@@ -107,6 +114,60 @@ def test_none_omitted_defaults_sent() -> None:
         "topk_prompt_logprobs": 0,
         "type": "sample",
     }
+
+
+def test_explicit_null_is_absent() -> None:
+    # Servers built from the official pydantic models send null for unset optional fields, type included.
+    body = {"model_id": "m", "model_data": {"arch": None, "model_name": "b"}, "type": None, "is_lora": None,
+            "lora_rank": None, "model_name": None, "optimizer_config": None}
+    info = _serde.loads(body, T.GetInfoResponse)
+    assert info.type == "get_info" and info.model_data.model_name == "b" and info.is_lora is None
+    assert info.optimizer_config == T.AdamOptimizerConfig()
+    saved = _serde.loads({"path": "tinker://r/weights/s1", "type": None}, T.SaveWeightsResponse)
+    assert saved.path == "tinker://r/weights/s1" and saved.type == "save_weights"
+    loaded = _serde.loads({"path": None, "type": None}, T.LoadWeightsResponse)
+    assert loaded == T.LoadWeightsResponse()
+    with pytest.raises(APIResponseValidationError, match="model_id"):
+        _serde.loads({"model_id": None, "model_data": {}}, T.GetInfoResponse)  # required stays required
+
+
+def test_optim_step_wire_names() -> None:
+    adam = T.OptimStepRequest(adam_params=T.AdamParams(learning_rate=0.1), model_id="m", seq_id=2)
+    assert adam.optim_params == adam.adam_params == T.AdamParams(learning_rate=0.1)
+    data = json.loads(_serde.dumps(adam))
+    assert set(data) == {"adam_params", "model_id", "seq_id", "type"}
+    dimuon = T.OptimStepRequest(optim_params=T.DimuonParams(learning_rate=0.02), model_id="m")
+    assert dimuon.adam_params is None
+    data = json.loads(_serde.dumps(dimuon))
+    assert data["optimizer_params"]["type"] == "dimuon" and "adam_params" not in data
+    assert _serde.loads(data, T.OptimStepRequest) == dimuon
+    with pytest.raises(TypeError, match="exactly one"):
+        T.OptimStepRequest(model_id="m")
+
+
+def test_forward_backward_request_official_constructor() -> None:
+    fbi = T.ForwardBackwardInput(data=[T.Datum(model_input=T.ModelInput.from_ints([1, 2]),
+                                                loss_fn_inputs={"target_tokens": [2, 3]})], loss_fn="cross_entropy")
+    official = T.ForwardBackwardRequest(forward_backward_input=fbi, model_id="m", seq_id=1)
+    parts = T.ForwardBackwardRequest(model_id="m", seq_id=1, data=fbi.data, loss_fn="cross_entropy")
+    assert official == parts and official.data == fbi.data and official.loss_fn == "cross_entropy"
+    with pytest.raises(TypeError, match="not both"):
+        T.ForwardBackwardRequest(forward_backward_input=fbi, model_id="m", loss_fn="ppo")
+
+
+def test_request_error_category_enum() -> None:
+    failed = _serde.loads({"error": "bad", "category": "User"}, T.RequestFailedResponse)
+    assert failed.category is T.RequestErrorCategory.User and failed.category == "user"
+    assert str(failed.category) == "user" and f"{failed.category}" == "user"
+    assert _serde.loads({"error": "x", "category": "weird"}, T.RequestFailedResponse).category == "unknown"
+    assert json.loads(_serde.dumps(failed)) == {"error": "bad", "category": "user"}
+
+
+def test_unknown_billing_kind_is_kept() -> None:
+    event = {"bucket_start": "2026-01-01T00:00:00Z", "bucket_end": "2026-01-01T01:00:00Z",
+             "event_info": {"type": "gpu_hours", "hours": 2}}
+    parsed = _serde.loads({"data": [event]}, T.BillingUsageResponse)
+    assert parsed.data[0].event_info == T.OtherBillingEvent(type="gpu_hours")
 
 
 def test_ttl_null_is_sent() -> None:

@@ -91,7 +91,7 @@ def test_frozen() -> None:
         (lambda: T.CreateSamplingSessionRequest(session_id="s", sampling_session_seq_id=0, model_path="s3://x"),
          ValueError, "must start with 'tinker://'"),
         (lambda: T.OptimStepRequest(adam_params={"learning_rate": 1}, model_id="m"), TypeError,
-         "OptimStepRequest.adam_params must be a AdamParams"),
+         "OptimStepRequest.adam_params must be AdamParams"),
         (lambda: T.Checkpoint(checkpoint_id="c", checkpoint_type="training", time="yesterday", tinker_path="p"),
          ValueError, "Checkpoint.time must be an ISO-8601"),
     ],

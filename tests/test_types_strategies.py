@@ -6,6 +6,7 @@ validators tie fields together get hand-written strategies below.
 
 from __future__ import annotations
 
+import enum
 import struct
 import typing
 from datetime import timedelta, timezone
@@ -167,7 +168,33 @@ SPECIAL: dict[type, st.SearchStrategy[Any]] = {
     T.SaveWeightsForSamplerRequest: st.builds(
         T.SaveWeightsForSamplerRequest, model_id=texts, path=st.none() | texts,
         sampling_session_seq_id=st.none() | ints, seq_id=st.none() | ints,
-        ttl_seconds=st.none() | st.integers(1, 10**9),
+        ttl_seconds=st.none() | st.integers(1, 10**9), kind=st.sampled_from(["snapshot", "inflight"]),
+        user_metadata=st.none() | st.dictionaries(texts, texts, max_size=2),
+    ),
+    T.DimuonParams: st.builds(
+        T.DimuonParams, learning_rate=st.floats(0, 10), grad_clip_norm=floats, beta1=unit_interval_open_right()
+    ),
+    T.OptimStepRequest: st.builds(
+        T.OptimStepRequest,
+        optim_params=adam_params | st.builds(T.DimuonParams, learning_rate=st.floats(0, 10)),
+        model_id=texts,
+        seq_id=st.none() | ints,
+    ),
+    T.PromptProvenanceSpan: st.builds(
+        T.PromptProvenanceSpan, sequence_id=texts.filter(bool), offset=ints, length=ints
+    ),
+    T.SampledProvenanceSpan: st.builds(
+        T.SampledProvenanceSpan, sequence_id=texts.filter(bool), offset=ints, length=ints
+    ),
+    T.UserSearchOwner: st.builds(T.UserSearchOwner, owner_urns=st.lists(texts, min_size=1, max_size=10)),
+    T.ClientFinishedSessionStatusQuery: st.builds(
+        T.ClientFinishedSessionStatusQuery,
+        reasons=st.none() | st.lists(st.sampled_from(["success", "errored", "interrupted"]), min_size=1, max_size=3),
+    ),
+    T.FuturesRetrieveRequest: st.builds(
+        T.FuturesRetrieveRequest,
+        target=st.builds(T.SamplingSessionFuturesTarget, sampling_session_id=texts, cloned_sampler_id=ints),
+        prev_cursor=ints, timeout=st.none() | st.floats(0, 3600), retrieved_request_ids=st.lists(texts, max_size=3),
     ),
     T.ClientConfigResponse: st.builds(
         T.ClientConfigResponse, fwdbwd_max_chunk_len=st.integers(1, 4096),
@@ -179,10 +206,27 @@ SPECIAL: dict[type, st.SearchStrategy[Any]] = {
 }
 
 
+def _session_search_requests() -> st.SearchStrategy[Any]:
+    return st.builds(
+        T.SessionSearchRequest,
+        session_id=st.none() | texts,
+        project_ids=st.none() | st.lists(texts, max_size=2),
+        user_metadata=st.dictionaries(texts, texts, max_size=2),
+        display_name=st.none() | texts.filter(bool),
+        owner=st.one_of(strategy_for(T.OwnSearchOwner), strategy_for(T.AccessibleSearchOwner),
+                        strategy_for(T.UserSearchOwner)),
+        statuses=st.none() | st.lists(strategy_for(T.SessionStatusQuery), min_size=1, max_size=3),
+        limit=st.integers(1, 200),
+        cursor=st.none() | strategy_for(T.SessionSearchCursor),
+    )
+
+
 def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
     """A strategy of valid values for an (already resolved) annotation."""
     if isinstance(tp, type) and tp in SPECIAL:
         return SPECIAL[tp]
+    if tp is T.SessionSearchRequest:
+        return _session_search_requests()
     if tp is T.ModelInputChunk or tp == T.ModelInputChunk:
         return chunks
     origin = typing.get_origin(tp)
@@ -201,6 +245,8 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
         return st.tuples(*[strategy_for(a) for a in args])
     if tp is Any:
         return json_scalars
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return st.sampled_from(list(tp))
     if tp is bool:
         return st.booleans()
     if tp is int:

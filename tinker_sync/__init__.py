@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 from . import types
-from ._config import ClientConfig
+from ._chat_template import ChatTemplateError
+from ._config import ClientConfig, InvalidConfigError
+from ._download import ArchiveRefusedError, DownloadError, download_signed_url, safe_extract, tqdm_progress
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -25,20 +27,24 @@ from ._exceptions import (
     TinkerError,
     UnprocessableEntityError,
 )
+from ._executor import LanePoisonedError
 from ._retry import RetryPolicy
 from ._version import __version__
-from .rest_client import RestClient
+from .rest_client import RestClient, TraceExportError, TraceExportTimeoutError, WhoamiUnavailableError
 from .sampling_client import SamplingClient
 from .service_client import ServiceClient
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, TokenizerLoadError
 from .training_client import TrainingClient
 
 # The commonly used wire types, at the top level like the official SDK's (``tinker.ModelInput``...).
 from .types import (
+    AdamOptimizerConfig,
     AdamParams,
     Checkpoint,
     CheckpointType,
     Datum,
+    DimuonOptimizerConfig,
+    DimuonParams,
     DmelChunk,
     EncodedTextChunk,
     ForwardBackwardOutput,
@@ -47,9 +53,12 @@ from .types import (
     ModelID,
     ModelInput,
     ModelInputChunk,
+    OptimParams,
     OptimStepRequest,
     OptimStepResponse,
     ParsedCheckpointTinkerPath,
+    PromptProvenanceSpan,
+    SampledProvenanceSpan,
     SampledSequence,
     SampleRequest,
     SampleResponse,
@@ -68,36 +77,47 @@ __all__ = [
     "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
+    "AdamOptimizerConfig",
     "AdamParams",
+    "ArchiveRefusedError",
     "AuthenticationError",
     "BadRequestError",
     "BillingError",
+    "ChatTemplateError",
     "Checkpoint",
     "CheckpointType",
     "ClientClosedError",
     "ClientConfig",
     "ConflictError",
     "Datum",
+    "DimuonOptimizerConfig",
+    "DimuonParams",
     "DmelChunk",
+    "DownloadError",
     "EncodedTextChunk",
     "ForwardBackwardOutput",
     "ImageChunk",
     "InternalServerError",
+    "InvalidConfigError",
+    "LanePoisonedError",
     "LoraConfig",
     "ModelID",
     "ModelInput",
     "ModelInputChunk",
     "NotFoundError",
+    "OptimParams",
     "OptimStepRequest",
     "OptimStepResponse",
     "ParsedCheckpointTinkerPath",
     "PermissionDeniedError",
+    "PromptProvenanceSpan",
     "RateLimitError",
     "RequestFailedError",
     "RestClient",
     "RetryPolicy",
     "SampleRequest",
     "SampleResponse",
+    "SampledProvenanceSpan",
     "SampledSequence",
     "SamplingClient",
     "SamplingParams",
@@ -107,9 +127,16 @@ __all__ = [
     "TensorDtype",
     "TinkerError",
     "Tokenizer",
+    "TokenizerLoadError",
+    "TraceExportError",
+    "TraceExportTimeoutError",
     "TrainingClient",
     "TrainingRun",
     "UnprocessableEntityError",
+    "WhoamiUnavailableError",
     "__version__",
+    "download_signed_url",
+    "safe_extract",
+    "tqdm_progress",
     "types",
 ]

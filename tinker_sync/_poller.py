@@ -1,7 +1,13 @@
 """Result polling (``POST /api/v1/retrieve_future``): the pure ``decide()`` and the FuturePoller threads.
 
+<<<<<<< HEAD
+``decide()`` maps one poll outcome to what happens next (docs/protocol.rst §3.3-3.4); FuturePoller runs a
+small pool of daemon threads that poll the tracked calls round-robin and resolve their Futures. Where
+the server offers it, sample calls wait on one batched poll per sampling session (``_batch_poller``).
+=======
 ``decide()`` maps one poll outcome to what happens next (docs/protocol.rst §3.3-3.4); FuturePoller runs a small
 pool of daemon threads that poll the tracked calls round-robin and resolve their Futures.
+>>>>>>> main
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ._batch_poller import CancelSender, Completion, PollFeatures, SessionPoller, SessionTarget
 from ._decide import new_idempotency_key
 from ._exceptions import (
     APIConnectionError,
@@ -28,24 +35,14 @@ from ._exceptions import (
     from_response,
     parse_error_body,
 )
-from ._executor import Activity, mark_internal_thread, set_exception, set_result
+from ._executor import Activity, LanePoisonedError, mark_internal_thread, set_exception, set_result
 
 if TYPE_CHECKING:
     from ._transport import Transport
 
 __all__ = [
-    "Backoff",
-    "Decision",
-    "Done",
-    "Fail",
-    "FetchPayload",
-    "FuturePoller",
-    "PollAgain",
-    "PollState",
-    "PolledCall",
-    "Resubmit",
-    "decide",
-    "decide_connection_error",
+    "Backoff", "Decision", "Done", "Fail", "FetchPayload", "FuturePoller", "PollAgain", "PollState", "PolledCall",
+    "Resubmit", "SequenceGapError", "SessionTarget", "decide", "decide_connection_error",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,7 +118,15 @@ class FetchPayload:
 
 @attrs.frozen
 class Resubmit:
+    """Send the call again: 410 (result expired) or 404 on a sequenced call (lost); else fail with ``exc``."""
+
     state: PollState
+    exc: BaseException | None = None
+
+
+class SequenceGapError(LanePoisonedError):
+    """A training call cannot finish: the server lost an earlier call of the model (a seq_id gap it would
+    wait on forever). The message names the lost step; the lost call's error is the ``__cause__``."""
 
 
 Decision = Done | Fail | PollAgain | Backoff | FetchPayload | Resubmit
@@ -149,6 +154,7 @@ def decide(
     now: float = 0.0,
     billing_pause_s: float = 5.0,
     billing_max_pause_s: float = 3600.0,
+    sequenced: bool = False,
 ) -> Decision:
     """Decide what one poll response means (pure; no I/O).
 
@@ -157,7 +163,14 @@ def decide(
         expected_type: the result type (an attrs class, or None/dict for raw JSON).
         state: counters from earlier polls of this call.
         now: monotonic time, used only for the 402 billing pause.
+        sequenced: the call holds a seq_id slot of a model (training). A 404 then means the server
+            lost the accepted request (e.g. it restarted): re-send it with the same seq_id instead of
+            failing and leaving a gap the server would wait on forever.
     """
+    if status == 404 and sequenced:
+        lost = decide(status, headers, content, expected_type, state, request_id=request_id)
+        assert isinstance(lost, Fail)
+        return Resubmit(attrs.evolve(lost.state, metadata_seen=False), lost.exc)
     hdrs = _lower(headers)
     if status != 402 and state.billing_last is not None and now - state.billing_last > _BILLING_RESET_S:
         state = attrs.evolve(state, billing_since=None, billing_last=None)
@@ -275,6 +288,8 @@ class PolledCall:
         resubmit: Callable[[], str] | None = None,
         started_at: float | None = None,
         lane: object | None = None,
+        batch: SessionTarget | None = None,
+        label: str = "",
     ) -> None:
         self.request_id = request_id
         self.expected_type = expected_type
@@ -289,6 +304,16 @@ class PolledCall:
         # seq_id order), so only the oldest unresolved one of a lane is polled.
         self.lane = lane
         self.polling_thread: threading.Thread | None = None  # set while a poller thread polls it
+        # The sampling session whose batched poll (retrieve_futures) may report this call complete.
+        self.batch = batch
+        self.in_batch = False  # waiting on the batched poll (not in the poll queue)
+        self.batched = False  # was reported complete by the batched poll: ack it once fetched
+        self.label = label or request_type
+        self.lost: BaseException | None = None  # the server lost it and it could not be re-sent
+
+    @property
+    def step(self) -> str:
+        return f"{self.label} (request {self.request_id})"
 
     def __repr__(self) -> str:
         return f"PolledCall({self.request_type} request_id={self.request_id!r} iteration={self.state.iteration})"
@@ -316,7 +341,15 @@ class FuturePoller:
     strictly in seq_id order, and they are tracked in that order) cannot finish before the older
     ones, so only the oldest unresolved call of a lane is polled; the others wait in a per-lane queue
     (no thread, no request). When the head's Future resolves (result, error or cancel) the next one
-    is queued for polling at once.
+    is queued for polling at once. A lane call the server lost (404 after a restart) is re-sent with
+    the same seq_id and idempotency key; if that is impossible, the lane's later calls fail at once
+    with SequenceGapError (and the lane is poisoned) instead of being polled forever.
+
+    With ``PollFeatures.batched`` (the server's ``sample_use_retrieve_futures``) a call tracked with a
+    ``batch`` target waits on that sampling session's single ``retrieve_futures`` long poll
+    (SessionPoller: one thread per session); once reported complete it is fetched here like any other
+    call (one retrieve_future that the server answers at once). With ``PollFeatures.cancel`` a
+    cancelled sample Future sends ``cancel_future`` (CancelSender: one thread).
     """
 
     def __init__(
@@ -354,6 +387,15 @@ class FuturePoller:
         self._stop = threading.Event()  # interrupts back-off waits on close
         self._last_queue_state: str | None = None
         self._last_pause_warning = -float("inf")
+        self.features = PollFeatures()
+        self._sessions: dict[SessionTarget, SessionPoller] = {}
+        self._gapped: dict[object, SequenceGapError] = {}  # lane -> why its calls cannot finish
+        self._canceller = CancelSender(transport, stop=self._stop)
+
+    def set_features(self, features: PollFeatures) -> None:
+        """Use what the server offers (from its client config and dynamic config); may change any time."""
+        self.features = features
+        self._canceller.batch = features.cancel_batch
 
     # -- public --------------------------------------------------------------------------------
     def track(self, call: PolledCall) -> None:
@@ -361,6 +403,10 @@ class FuturePoller:
         with self._cond:
             if self._closing:
                 set_exception(call.future, ClientClosedError("the client was closed; the result was not fetched"))
+                return
+            gap = self._gapped.get(call.lane) if call.lane is not None else None
+            if gap is not None:  # an earlier call of this lane is lost: this one can never run
+                set_exception(call.future, self._gap_error(call, gap))
                 return
             self._tracked.add(call)
             if call.lane is not None:
@@ -372,18 +418,32 @@ class FuturePoller:
                     waiting = False
                     self._push(call, -_FRESH_BOOST_S)
             else:
-                waiting = False
-                self._push(call, -_FRESH_BOOST_S)
+                waiting = self._session_for(call) is not None
+                if not waiting:
+                    self._push(call, -_FRESH_BOOST_S)
             if not waiting:
                 self._ensure_threads()
                 self._cond.notify()
-        if call.lane is not None:
-            # Outside the lock: runs at once if the Future is already done (e.g. cancelled meanwhile).
-            call.future.add_done_callback(lambda _f: self._lane_call_done(call))
+        if waiting and call.lane is None:
+            self._wait_batched(call)
+        # Outside the lock: runs at once if the Future is already done (e.g. cancelled meanwhile).
+        call.future.add_done_callback(lambda _f: self._call_done(call))
 
     def tracked(self) -> int:
         with self._cond:
             return len(self._tracked)
+
+    def batch_stats(self) -> dict[str, int]:
+        """Batched polling figures: sessions, retrieve_futures requests sent, their threads alive, cancels sent."""
+        with self._cond:
+            sessions = list(self._sessions.values())
+        alive = [s.thread() for s in sessions]
+        return {
+            "sessions": len(sessions),
+            "polls": sum(s.polls for s in sessions),
+            "threads": sum(1 for t in alive if t is not None and t.is_alive()),
+            "cancels_sent": self._canceller.sent,
+        }
 
     def close(self, *, cancel_pending: bool, join_timeout_s: float = 10.0) -> None:
         """Stop the threads; with ``cancel_pending`` tracked Futures fail with ClientClosedError.
@@ -400,14 +460,18 @@ class FuturePoller:
             self._tracked.clear()
             self._ready.clear()
             self._lanes.clear()
+            sessions = list(self._sessions.values())
             self._cond.notify_all()
         self._stop.set()
+        for session in sessions:
+            session.close()
         for call in calls:
             set_exception(call.future, ClientClosedError("the client was closed while this result was pending"))
         if calls:
             self._transport.abort_inflight()  # unblock long polls held by the server
         with self._cond:
-            started = [t for t in self._started if t is not threading.current_thread()]
+            maybe = [*self._started, *(s.thread() for s in sessions), self._canceller.thread()]
+        started = [t for t in maybe if t is not None and t is not threading.current_thread()]
         deadline = time.monotonic() + join_timeout_s
         for t in started:
             while t.is_alive() and time.monotonic() < deadline:
@@ -419,8 +483,25 @@ class FuturePoller:
                     self._transport.abort_inflight()
 
     # -- internals -----------------------------------------------------------------------------
+    def _call_done(self, call: PolledCall) -> None:
+        """A tracked call's Future resolved (result, error, cancel or close)."""
+        if call.lane is not None:
+            self._lane_call_done(call)
+        elif call.in_batch:  # cancelled while waiting on the batched poll: nobody polls it any more
+            with self._cond:
+                session = self._sessions.get(call.batch) if call.batch is not None else None
+                if call.in_batch:
+                    call.in_batch = False
+                    self._tracked.discard(call)
+                    self._cond.notify_all()
+            if session is not None:
+                session.forget(call.request_id)
+        if call.future.cancelled() and call.request_type == "Sample" and self.features.cancel and not self._closing:
+            self._canceller.enqueue(call.request_id)  # stop the server's work on an abandoned sample
+
     def _lane_call_done(self, call: PolledCall) -> None:
         """A lane call's Future resolved: forget it and queue the lane's next unresolved call for polling."""
+        stranded: list[PolledCall] = []
         with self._cond:
             queue = self._lanes.get(call.lane)
             if queue is None or self._closing:
@@ -436,17 +517,91 @@ class FuturePoller:
                     self._cond.notify_all()
                 return
             queue.popleft()
+            if call.lost is not None:
+                # The server lost this call for good: the later ones of the lane can never run.
+                self._gapped[call.lane] = SequenceGapError(call.step)
+                self._gapped[call.lane].__cause__ = call.lost
+                stranded = list(queue)
+                queue.clear()
+                self._tracked.difference_update(stranded)
             while queue and queue[0].future.done():  # resolved while waiting (cancelled): never polled
                 self._tracked.discard(queue.popleft())
             if not queue:
                 del self._lanes[call.lane]
                 self._cond.notify_all()
+            else:
+                self._push(queue[0], -_FRESH_BOOST_S)
+                # The thread that resolved the head takes the next call itself once its poll is done;
+                # otherwise (a cancel from another thread, the head's poll still held) start one if needed.
+                if call.polling_thread is not threading.current_thread():
+                    self._ensure_threads()
+                self._cond.notify_all()
+        if call.lost is not None:
+            gap = self._gapped[call.lane]
+            for later in stranded:
+                set_exception(later.future, self._gap_error(later, gap))
+            poison = getattr(call.lane, "fail_pending", None)  # a SequencedLane: calls not sent yet fail too
+            if callable(poison):
+                poison(self._gap_error(None, gap))
+
+    @staticmethod
+    def _gap_error(call: PolledCall | None, gap: SequenceGapError) -> SequenceGapError:
+        what = f"{call.step} cannot finish" if call is not None else "no later call of this model can run"
+        err = SequenceGapError(
+            f"{what}: the server lost {gap.args[0]}, an earlier call of the same model, and it could not be "
+            f"re-sent ({type(gap.__cause__).__name__}: {gap.__cause__}). The server runs a model's calls in "
+            "seq_id order and would wait for the lost one forever, so this training client is unusable; "
+            "create a new one, e.g. from your last saved state."
+        )
+        err.__cause__ = gap.__cause__
+        return err
+
+    def _session_for(self, call: PolledCall) -> SessionPoller | None:
+        """The batched poll ``call`` should wait on, or None to poll it directly (called with the lock held)."""
+        if not self.features.batched or call.batch is None or call.lane is not None:
+            return None
+        session = self._sessions.get(call.batch)
+        if session is None:
+            session = self._sessions[call.batch] = SessionPoller(
+                call.batch, self._transport, on_complete=self._batch_complete, on_give_up=self._batch_give_up,
+                poll_timeout_s=self._poll_timeout_s, billing=self._billing, clock=self._clock, stop=self._stop,
+                name=f"tinker-sync-poller-batch-{len(self._sessions) + 1}",
+            )
+        return session if session.disabled is None else None
+
+    def _wait_batched(self, call: PolledCall) -> None:
+        with self._cond:
+            session = self._session_for(call)
+            call.in_batch = session is not None
+        if session is None or not session.wait(call, call.request_id):
+            self._batch_give_up([call], None)
+
+    def _batch_complete(self, key: object, completion: Completion) -> None:
+        """The batched poll reported ``key``'s request complete: fetch its payload with retrieve_future."""
+        assert isinstance(key, PolledCall)
+        with self._cond:
+            key.in_batch = False
+            key.batched = True
+            if self._closing or key.future.done():
+                self._tracked.discard(key)
+                self._cond.notify_all()
                 return
-            self._push(queue[0], -_FRESH_BOOST_S)
-            # The thread that resolved the head takes the next call itself once its poll is done;
-            # otherwise (a cancel from another thread, the head's poll still held) start one if needed.
-            if call.polling_thread is not threading.current_thread():
-                self._ensure_threads()
+            key.state = PollState()
+            self._push(key, -_FRESH_BOOST_S)
+            self._ensure_threads()
+            self._cond.notify()
+
+    def _batch_give_up(self, keys: list[object], exc: BaseException | None) -> None:
+        """Batching ended for these calls (the server refused it): poll each of them directly."""
+        with self._cond:
+            for key in keys:
+                assert isinstance(key, PolledCall)
+                key.in_batch = False
+                if self._closing or key.future.done():
+                    self._tracked.discard(key)
+                else:
+                    self._push(key, -_FRESH_BOOST_S)
+            self._ensure_threads()
             self._cond.notify_all()
 
     def _push(self, call: PolledCall, delay_s: float) -> None:
@@ -526,15 +681,20 @@ class FuturePoller:
                 logger.exception("poller crashed while polling %r", call)
                 set_exception(call.future, exc)
                 delay, finished = 0.0, True
+            ack: SessionPoller | None = None
             with self._cond:
                 self._busy -= 1
                 call.polling_thread = None
                 if finished or call.future.done() or self._closing:
                     self._tracked.discard(call)
+                    if call.batched and call.batch is not None:
+                        ack = self._sessions.get(call.batch)
                     self._cond.notify_all()
                 else:
                     self._push(call, delay)
                     self._cond.notify()
+            if ack is not None:
+                ack.retrieved(call.request_id)  # the server may drop the payload now
 
     def _poll_once(self, call: PolledCall) -> tuple[float, bool]:
         """Poll once; return (delay before the next poll, finished)."""
@@ -579,6 +739,7 @@ class FuturePoller:
                 now=self._clock(),
                 billing_pause_s=self._billing[0],
                 billing_max_pause_s=self._billing[1],
+                sequenced=call.lane is not None,
             )
         call.state = decision.state
         if isinstance(decision, Done):
@@ -595,25 +756,31 @@ class FuturePoller:
         if isinstance(decision, FetchPayload):
             return 0.0, False
         if isinstance(decision, Resubmit):
-            return self._resubmit(call), call.future.done()
+            return self._resubmit(call, decision), call.future.done()
         raise AssertionError(f"unknown decision {decision!r}")  # pragma: no cover
 
-    def _resubmit(self, call: PolledCall) -> float:
+    def _resubmit(self, call: PolledCall, decision: Resubmit) -> float:
+        """Re-send a call whose result expired (410) or that the server lost (404, sequenced calls)."""
+        lost = decision.exc or from_response(
+            410, "the result expired before it was fetched", method="POST", path=RETRIEVE_PATH, request_id=call.request_id
+        )
         if call.resubmit is None or call.resubmits >= _MAX_RESUBMITS:
-            set_exception(
-                call.future,
-                from_response(410, "the result expired before it was fetched", method="POST", path=RETRIEVE_PATH, request_id=call.request_id),
-            )
+            call.lost = lost  # before set_exception: its callbacks decide whether the lane has a gap
+            set_exception(call.future, lost)
             return 0.0
         call.resubmits += 1
         old = call.request_id
         try:
             call.request_id = call.resubmit()
         except BaseException as exc:  # noqa: BLE001
+            exc.__context__ = exc.__context__ or lost
+            call.lost = exc
             set_exception(call.future, exc)
             return 0.0
         call.state = PollState()
-        logger.info("result of %s expired on the server (410); re-submitted as %s", old, call.request_id)
+        call.batched = False
+        why = "was lost by the server (404)" if decision.exc is not None else "expired on the server (410)"
+        logger.info("%s %s; re-submitted as %s", call.step.replace(call.request_id, old), why, call.request_id)
         return 0.0
 
     def _note_queue_state(self, call: PolledCall, queue_state: str | None, reason: str | None) -> None:

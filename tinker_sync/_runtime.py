@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from typing import Any, TypeVar
@@ -45,7 +45,7 @@ from ._exceptions import (
     unregister_secret,
 )
 from ._executor import Activity, Executor, SequencedLane, propagate_failure, set_exception
-from ._poller import FuturePoller, PolledCall
+from ._poller import FuturePoller, PolledCall, SessionTarget
 from ._ratelimit import RateLimiter, get_shared_limiter
 from ._transport import HTTPResponse, Transport
 
@@ -378,6 +378,7 @@ class Runtime:
         prompt_bytes_estimate: int = 0,
         label: str = "",
         rebuild: Callable[[], Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Future[T]:
         """POST a future-returning request, then poll its result; returns ``Future[response_type]``.
 
@@ -392,6 +393,8 @@ class Runtime:
         body is re-sent under the same idempotency key: right for sequenced training ops, whose
         seq_id is their slot in the model's order (a new one would leave a gap the server waits for
         forever, and the server de-duplicates on (model_id, seq_id) if the first run did happen).
+        ``headers`` go with the POST (and its re-sends), e.g. ``Content-Encoding: zstd`` for a body
+        compressed by ``_compress.encode_fwdbwd``.
 
         Raises:
             ClientClosedError: immediately, if the runtime is closed.
@@ -421,8 +424,8 @@ class Runtime:
         def post(data: bytes, ctype: str, key: str) -> str:
             if sampling:
                 with self._sample_gate:
-                    return self._post_future(path, data, ctype, key, sampling, prompt_bytes_estimate)
-            return self._post_future(path, data, ctype, key, sampling, prompt_bytes_estimate)
+                    return self._post_future(path, data, ctype, key, sampling, prompt_bytes_estimate, headers)
+            return self._post_future(path, data, ctype, key, sampling, prompt_bytes_estimate, headers)
 
         def resubmit() -> str:
             if rebuild is None:
@@ -437,6 +440,7 @@ class Runtime:
             call = PolledCall(
                 request_id=request_id, expected_type=response_type, request_type=request_type,
                 future=outer, resubmit=resubmit, started_at=started, lane=poll_lane,
+                batch=SessionTarget.of_request(request) if sampling else None, label=label or request_type,
             )
             call.round_trip_s = self._clock() - started
             self.poller.track(call)
@@ -468,11 +472,12 @@ class Runtime:
         fut.add_done_callback(release)
 
     def _post_future(
-        self, path: str, payload: bytes, ctype: str, key: str, sampling: bool, prompt_bytes_estimate: int
+        self, path: str, payload: bytes, ctype: str, key: str, sampling: bool, prompt_bytes_estimate: int,
+        headers: Mapping[str, str] | None = None,
     ) -> str:
         handle = self.request(
             "POST", path, body=payload, content_type=ctype, idempotency_key=key,
-            sampling=sampling, prompt_bytes_estimate=prompt_bytes_estimate,
+            sampling=sampling, prompt_bytes_estimate=prompt_bytes_estimate, headers=headers,
         )
         if not isinstance(handle, dict) or not isinstance(handle.get("request_id"), str):
             raise APIResponseValidationError(

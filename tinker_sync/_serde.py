@@ -23,12 +23,11 @@ from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.json import make_converter as _make_json_converter
 
+from . import types as wire
 from ._exceptions import APIResponseValidationError
-from .types import (
-    ModelInputChunk,
-)
 from .types._common import parse_datetime
 from .types._numbers import NumberArray, plain_list
+from .types._provenance import ProvenanceSpan
 from .types._sampling import StopCondition
 
 __all__ = [
@@ -46,32 +45,42 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Tagged unions: alias -> {tag: member class}. Every member carries a non-None `type` default.
+# Tagged unions: alias -> {tag: member class}. Every member carries a non-None tag default.
 _TAGGED_UNIONS: dict[Any, dict[str, type]] = {}
+_UNION_NAMES: dict[Any, str] = {}
 
 
-def _tag_of(cl: type) -> str:
-    return str(attrs.fields_dict(cl)["type"].default)
+def _tag_of(cl: type, tag_name: str = "type") -> str:
+    return str(attrs.fields_dict(cl)[tag_name].default)
 
 
-def _register_tagged_union(c: cattrs.Converter, alias: Any, name: str) -> None:
-    members = typing.get_args(alias)
-    by_tag = {_tag_of(m): m for m in members}
+def _register_tagged_union(
+    c: cattrs.Converter, alias: Any, name: str, *, tag_name: str = "type", fallback: type | None = None
+) -> None:
+    """Structure ``alias`` (and ``alias | None``) by the ``tag_name`` key; unknown tags go to ``fallback``."""
+    members = [m for m in typing.get_args(alias) if m is not fallback]
+    by_tag = {_tag_of(m, tag_name): m for m in members}
     allowed = ", ".join(repr(t) for t in sorted(by_tag))
     _TAGGED_UNIONS[alias] = by_tag
+    _UNION_NAMES[alias] = name
+    optional = alias | None
 
-    def structure(value: Any, _: Any) -> Any:
+    def structure(value: Any, type_: Any) -> Any:
+        if value is None and type_ == optional:
+            return None
         if not isinstance(value, Mapping):
-            raise TypeError(f"a {name} must be a JSON object with a 'type' key, got {type(value).__name__}")
-        tag = value.get("type")
-        cl = by_tag.get(tag)  # type: ignore[arg-type]
+            raise TypeError(f"a {name} must be a JSON object with a {tag_name!r} key, got {_json_kind(value)}")
+        tag = value.get(tag_name)
+        cl = by_tag.get(tag) if isinstance(tag, str) else None
         if cl is None:
-            if "type" not in value:
-                raise ValueError(f"a {name} needs a 'type' key (one of {allowed})")
-            raise ValueError(f"unknown {name} type {tag!r}; expected one of {allowed}")
+            if fallback is not None and isinstance(tag, str):
+                return c.structure(value, fallback)
+            if tag_name not in value:
+                raise ValueError(f"a {name} needs a {tag_name!r} key (one of {allowed})")
+            raise ValueError(f"unknown {name} {tag_name} {tag!r}; expected one of {allowed}")
         return c.structure(value, cl)
 
-    c.register_structure_hook_func(lambda t: t == alias, structure)
+    c.register_structure_hook_func(lambda t: t == alias or t == optional, structure)
 
 
 def _is_literal(t: Any) -> bool:
@@ -111,6 +120,8 @@ def configure_converter(c: cattrs.Converter) -> None:
     for leaf in _PASSTHROUGH_LEAVES:
         c.register_structure_hook(leaf, _identity)
     c.register_structure_hook_func(_is_literal, _identity)
+    # The attrs converter maps any category (even an unknown one) to the enum.
+    c.register_structure_hook(wire.RequestErrorCategory, _identity)
     c.register_structure_hook_func(lambda t: t == StopCondition, _identity)
     c.register_structure_hook_func(lambda t: t is typing.Any, _identity)
     # JSON shape checks: a str must not be iterated as a list, nor a list/str read as an object.
@@ -124,12 +135,13 @@ def configure_converter(c: cattrs.Converter) -> None:
     c.register_unstructure_hook(NumberArray, plain_list)
     c.register_structure_hook_func(_is_fast_list, _list_passthrough)
 
-    # Omit None, never non-None defaults. Registered BEFORE the union hooks, which look members up.
+    # Omit None, never non-None defaults (except fields marked OMIT_DEFAULT, new keys older servers
+    # would refuse). Registered BEFORE the union hooks, which look members up.
     def unstructure_factory(cl: type) -> Callable[[Any], dict[str, Any]]:
         overrides = {
             a.name: override(omit_if_default=True)
             for a in attrs.fields(cl)
-            if a.default is None and not a.metadata.get("serde_keep_none")
+            if (a.default is None and not a.metadata.get("serde_keep_none")) or a.metadata.get("serde_omit_default")
         }
         base: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(cl, c, **overrides)  # type: ignore[arg-type]
         # Nullable fields with a non-None default (e.g. user_metadata = {}) are dropped when None, too.
@@ -154,13 +166,84 @@ def configure_converter(c: cattrs.Converter) -> None:
         return unstructure_dropping_none
 
     def structure_factory(cl: type) -> Callable[[Any, Any], Any]:
-        return _checked(
-            make_dict_structure_fn(cl, c, _cattrs_forbid_extra_keys=c.forbid_extra_keys), Mapping, "object"
+        return _null_as_absent(
+            cl, make_dict_structure_fn(cl, c, _cattrs_forbid_extra_keys=c.forbid_extra_keys)
         )
 
     c.register_unstructure_hook_factory(attrs.has, unstructure_factory)
     c.register_structure_hook_factory(attrs.has, structure_factory)
-    _register_tagged_union(c, ModelInputChunk, "ModelInputChunk")
+    c.register_unstructure_hook(wire.OptimStepRequest, lambda req: _unstructure_optim_step(c, req))
+    c.register_structure_hook(wire.OptimStepRequest, lambda value, _: _structure_optim_step(c, value))
+    for alias, name in _TYPE_TAGGED:
+        _register_tagged_union(c, alias, name)
+    _register_tagged_union(c, wire.BillingEventInfo, "BillingEventInfo", fallback=wire.OtherBillingEvent)
+    _register_tagged_union(c, wire.FutureCompletion, "FutureCompletion", tag_name="state")
+    _register_tagged_union(c, wire.TelemetryEvent, "TelemetryEvent", tag_name="event")
+
+
+# Unions whose members all carry a `type` tag.
+_TYPE_TAGGED: tuple[tuple[Any, str], ...] = (
+    (wire.ModelInputChunk, "ModelInputChunk"),
+    (wire.OptimizerConfig, "OptimizerConfig"),
+    (ProvenanceSpan, "ProvenanceSpan"),
+    (wire.SearchOwner, "SearchOwner"),
+    (wire.SessionStatusQuery, "SessionStatusQuery"),
+    (wire.SessionStatus, "SessionStatus"),
+    (wire.SessionFailedReason, "SessionFailedReason"),
+    (wire.ClientSessionFinishReason, "ClientSessionFinishReason"),
+)
+
+
+def _null_as_absent(cl: type, fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """Structure hook: a JSON object, where an explicit null for a field with a default means "absent".
+
+    Servers built from the official pydantic models send ``"type": null`` and ``"x": null`` for unset
+    optional fields; the official SDK reads those as the defaults, and so do we.
+    """
+    with_default = frozenset(a.name for a in attrs.fields(cl) if a.default is not attrs.NOTHING)
+
+    def structure(value: Any, type_: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected a JSON object, got {_json_kind(value)}")
+        if None in value.values():
+            value = {k: v for k, v in value.items() if v is not None or k not in with_default}
+        return fn(value, type_)
+
+    return structure
+
+
+def _unstructure_optim_step(c: cattrs.Converter, req: wire.OptimStepRequest) -> dict[str, Any]:
+    # The official wire: AdamParams travel as `adam_params`, any other family as `optimizer_params`.
+    key = "adam_params" if isinstance(req.optim_params, wire.AdamParams) else "optimizer_params"
+    data: dict[str, Any] = {key: c.unstructure(req.optim_params), "model_id": req.model_id}
+    if req.seq_id is not None:
+        data["seq_id"] = req.seq_id
+    data["type"] = req.type
+    return data
+
+
+def _structure_optim_step(c: cattrs.Converter, value: Any) -> wire.OptimStepRequest:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a JSON object, got {_json_kind(value)}")
+    keys = [k for k in ("adam_params", "optimizer_params", "optim_params") if value.get(k) is not None]
+    if len(keys) != 1:
+        raise ValueError("an OptimStepRequest needs exactly one of adam_params, optimizer_params, optim_params")
+    raw = value[keys[0]]
+    if not isinstance(raw, Mapping):
+        raise TypeError(f"{keys[0]}: expected a JSON object, got {_json_kind(raw)}")
+    if keys[0] == "adam_params" or raw.get("type") is None:
+        params: wire.OptimParams = c.structure(raw, wire.AdamParams)
+    elif raw.get("type") == "dimuon":
+        params = c.structure(raw, wire.DimuonParams)
+    else:
+        raise ValueError(f"unknown optimizer_params type {raw.get('type')!r}; expected 'dimuon'")
+    if c.forbid_extra_keys:
+        extra = set(value) - {keys[0], "model_id", "seq_id", "type"}
+        if extra:
+            raise ValueError(f"unknown OptimStepRequest key(s): {', '.join(sorted(extra))}")
+    return wire.OptimStepRequest(
+        params, value.get("model_id"), value.get("seq_id"), value.get("type") or "optim_step"
+    )
 
 
 def _is_list_type(t: Any) -> bool:
@@ -231,9 +314,9 @@ def _type_name(cls: Any) -> str:
     name = getattr(cls, "__name__", None)
     if name:
         return str(name)
-    for alias in _TAGGED_UNIONS:
+    for alias, alias_name in _UNION_NAMES.items():
         if alias == cls:
-            return "ModelInputChunk"
+            return alias_name
     return repr(cls)
 
 

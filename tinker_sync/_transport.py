@@ -34,6 +34,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util.retry import Retry
 
+from ._auth import Credentials, StaticKey
 from ._config import ClientConfig, redact_url
 from ._exceptions import APICertificateError, APIConnectionError, APITimeoutError, redact
 from ._version import __version__
@@ -139,6 +140,9 @@ class Transport:
             respect_retry_after_header=False, raise_on_status=False,
         )
         self._timeouts: dict[float, urllib3.Timeout] = {}
+        # X-API-Key is set from this provider on each request: the key, or a server-minted JWT once the
+        # client config enables the exchange (see _auth).
+        self.credentials: Credentials = StaticKey(config.api_key)
         headers = {
             "User-Agent": USER_AGENT,
             "X-API-Key": config.api_key,
@@ -156,6 +160,17 @@ class Transport:
 
     def url(self, path: str) -> str:
         return self._base_url + (path if path.startswith("/") else "/" + path)
+
+    def _set_credential(self, hdrs: dict[str, str], headers: Mapping[str, str] | None) -> str | None:
+        """Put the provider's X-API-Key into ``hdrs``, unless the caller names one (the JWT exchange does)."""
+        if any(k.lower() == "x-api-key" for k in (headers or {})):
+            return None
+        hdrs["X-API-Key"] = value = self.credentials.header_value()
+        return value
+
+    def _replaced(self, resp: HTTPResponse, key: str | None) -> bool:
+        """A 401 to the provider's ``key`` that the provider answered with a new one: send again."""
+        return key is not None and resp.status == 401 and self.credentials.on_unauthorized(resp.headers, key)
 
     def send(
         self,
@@ -177,6 +192,7 @@ class Transport:
                 certainly never reached the server.
         """
         hdrs = self._headers.copy()
+        key = self._set_credential(hdrs, headers)
         hdrs["Accept"] = accept
         if content_type is not None and body is not None:
             hdrs["Content-Type"] = content_type
@@ -206,6 +222,10 @@ class Transport:
         out = HTTPResponse(resp.status, resp.headers, resp.data, elapsed_ms)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d in %.1f ms (request_id=%s)", method, path, out.status, elapsed_ms, out.request_id)
+        if self._replaced(out, key):  # the server rejected the token itself and the provider replaced it
+            replay = {**(headers or {}), "X-API-Key": self.credentials.header_value()}  # once: it names the key
+            return self.send(method, path, body=body, content_type=content_type, params=params, headers=replay,
+                             timeout_s=timeout_s, accept=accept)
         return out
 
     def _translate(self, reason: BaseException) -> APIConnectionError:

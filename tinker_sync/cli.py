@@ -9,10 +9,9 @@ import logging
 import os
 import shutil
 import sys
-import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
@@ -142,41 +141,14 @@ _CKPT_HEADERS = ["Checkpoint ID", "Type", "Size", "Public", "Created", "Expires"
 
 
 def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[str]:
-    """Extract a tar archive (any compression) into ``dest``, refusing anything unsafe.
+    """Extract a tar archive into ``dest`` with ``tinker_sync._download.safe_extract``; refusals are CLIErrors."""
+    from ._download import ArchiveRefusedError
+    from ._download import safe_extract as extract
 
-    Refused (CLIError, nothing extracted): symlinks, hard links, device/fifo members, absolute paths,
-    and paths escaping ``dest`` (``..``). Returns the extracted member names.
-    """
-    dest_path = Path(dest).resolve()
-    with tarfile.open(archive, "r") as tar:
-        members = tar.getmembers()
-        for m in members:
-            name = m.name
-            if m.issym() or m.islnk():
-                raise CLIError(f"refusing archive: member {name!r} is a link")
-            if not (m.isfile() or m.isdir()):
-                raise CLIError(f"refusing archive: member {name!r} is not a regular file or directory")
-            pure = PurePosixPath(name)
-            if not name or pure.is_absolute() or name.startswith(("/", "\\")) or ".." in pure.parts or "\\" in name:
-                raise CLIError(f"refusing archive: member {name!r} has an unsafe path")
-            target = (dest_path / name).resolve()
-            if target != dest_path and dest_path not in target.parents:
-                raise CLIError(f"refusing archive: member {name!r} would escape the destination")
-        dest_path.mkdir(parents=True, exist_ok=True)
-        names = []
-        for m in members:
-            target = dest_path / m.name
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tar.extractfile(m)
-            if src is None:  # pragma: no cover - regular files always have data
-                continue
-            with src, open(target, "wb") as fh:
-                shutil.copyfileobj(src, fh)
-            names.append(m.name)
-        return names
+    try:
+        return extract(archive, dest)
+    except ArchiveRefusedError as exc:
+        raise CLIError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,37 +271,46 @@ def _parse_date(value: str, flag: str) -> _dt.datetime:
     return d if d.tzinfo else d.replace(tzinfo=_UTC)
 
 
+_DELETE_KINDS = {"training": "training", "weights": "training", "sampler": "sampler", "sampler_weights": "sampler"}
+
+
+def _run_checkpoints_to_delete(args: argparse.Namespace, rest: RestClient) -> list[str]:
+    """The tinker paths of the run's checkpoints that pass --type/--before/--after."""
+    kind = _DELETE_KINDS.get(args.type or "")
+    before = _parse_date(args.before, "--before") if args.before else None
+    after = _parse_date(args.after, "--after") if args.after else None
+    return [
+        c.tinker_path
+        for c in rest.list_checkpoints(args.run_id).result(_TIMEOUT_S).checkpoints
+        if (not kind or c.checkpoint_type == kind)
+        and (before is None or c.time < before)
+        and (after is None or c.time > after)
+    ]
+
+
+def _confirm_delete(args: argparse.Namespace, count: int) -> None:
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CLIError(f"refusing to delete {count} checkpoint(s) without -y/--yes")
+    answer = input(f"Delete {count} checkpoint(s)? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise CLIError("aborted")
+
+
 def cmd_checkpoint_delete(args: argparse.Namespace, out: TextIO) -> int:
     paths = [_check_path(p) for p in args.paths]
-    filters = args.type or args.before or args.after
-    if filters and not args.run_id:
+    if (args.type or args.before or args.after) and not args.run_id:
         raise CLIError("--type/--before/--after need --run-id")
     if not paths and not args.run_id:
         raise CLIError("give checkpoint paths or --run-id")
     rest = _rest(args)
     if args.run_id:
-        kind = {"training": "training", "weights": "training", "sampler": "sampler", "sampler_weights": "sampler"}.get(
-            args.type or "", None
-        )
-        before = _parse_date(args.before, "--before") if args.before else None
-        after = _parse_date(args.after, "--after") if args.after else None
-        for c in rest.list_checkpoints(args.run_id).result(_TIMEOUT_S).checkpoints:
-            if kind and c.checkpoint_type != kind:
-                continue
-            if before and not c.time < before:
-                continue
-            if after and not c.time > after:
-                continue
-            paths.append(c.tinker_path)
+        paths.extend(_run_checkpoints_to_delete(args, rest))
     if not paths:
         _emit(args, out, {"deleted_count": 0, "failed": []}, lambda: "No checkpoints to delete")
         return 0
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise CLIError(f"refusing to delete {len(paths)} checkpoint(s) without -y/--yes")
-        answer = input(f"Delete {len(paths)} checkpoint(s)? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            raise CLIError("aborted")
+    _confirm_delete(args, len(paths))
     failed: list[dict[str, str]] = []
     # The runtime's worker pool runs the DELETEs concurrently (bounded by max_workers).
     futs = [(p, rest.delete_checkpoint_from_tinker_path(p)) for p in paths]
@@ -347,10 +328,11 @@ def cmd_checkpoint_delete(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _download(url: str, target: Path) -> int:
-    from .rest_client import download_signed_url
+    from ._download import download_signed_url, tqdm_progress
 
     # the signed URL is the only credential: never send the API key to the storage host
-    return download_signed_url(url, target)
+    progress = tqdm_progress("download") if sys.stderr.isatty() else None
+    return download_signed_url(url, target, progress=progress)
 
 
 def cmd_checkpoint_download(args: argparse.Namespace, out: TextIO) -> int:

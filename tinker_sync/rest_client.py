@@ -7,15 +7,19 @@ import datetime as _dt
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
-import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urljoin
 
 from . import types
-from ._exceptions import APIResponseValidationError, APIStatusError
+from ._download import ProgressCallback, download_signed_url, safe_extract
+from ._exceptions import APIResponseValidationError, APIStatusError, TinkerError
 from ._executor import chain
 from ._retry import SERVER_ERRORS, parse_http_date
 
@@ -23,7 +27,16 @@ if TYPE_CHECKING:
     from ._runtime import Runtime
     from ._transport import HTTPResponse
 
-__all__ = ["RestClient", "archive_url_from_response", "download_signed_url", "iter_pages", "whoami_from_jwt"]
+__all__ = [
+    "RestClient",
+    "TraceExportError",
+    "TraceExportTimeoutError",
+    "WhoamiUnavailableError",
+    "archive_url_from_response",
+    "download_signed_url",
+    "iter_pages",
+    "whoami_from_jwt",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -88,24 +101,16 @@ def archive_url_from_response(resp: HTTPResponse, request_url: str) -> types.Che
     return result
 
 
-def download_signed_url(url: str, target: str | os.PathLike[str], *, timeout_s: float = 60.0) -> int:
-    """Download a signed URL (archive, trace) into ``target``; returns the byte count.
+class TraceExportError(TinkerError, RuntimeError):
+    """The server could not export a session trace (``export_session_trace``)."""
 
-    A plain ``urllib`` GET: no API key, no Cloudflare Access header, no session cookie; the signature in
-    the URL is the only credential, and the storage host never sees the API key.
-    """
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"refusing to download from a non-HTTP URL: {url[:60]!r}")
-    req = urllib.request.Request(url, headers={"User-Agent": "tinker-sync"})
-    size = 0
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp, open(target, "wb") as fh:
-        while True:
-            block = resp.read(65536)
-            if not block:
-                break
-            fh.write(block)
-            size += len(block)
-    return size
+
+class TraceExportTimeoutError(TinkerError, TimeoutError):
+    """A session trace export was not ready in time (``export_session_trace``)."""
+
+
+class WhoamiUnavailableError(TinkerError, RuntimeError):
+    """``whoami`` has no JWT credential to read the caller's identity from."""
 
 
 def _check_str(value: Any, name: str) -> str:
@@ -129,13 +134,9 @@ def _check_scope(scope: Any) -> str:
 
 
 def _check_checkpoint_id(value: Any) -> str:
-    checkpoint_id = _check_str(value, "checkpoint_id")
-    kind, _, name = checkpoint_id.partition("/")
-    if kind not in ("weights", "sampler_weights") or not name or "/" in name:
-        raise ValueError(
-            f"checkpoint_id must look like 'weights/NAME' or 'sampler_weights/NAME', got {checkpoint_id!r}"
-        )
-    return checkpoint_id
+    # Passed through as the official SDK does: "weights/NAME", "sampler_weights/NAME", "external_weights/NAME"
+    # or a bare id ("s1") as servers built from the official models list them; the server judges it.
+    return _check_str(value, "checkpoint_id")
 
 
 def _parse(path: str) -> types.ParsedCheckpointTinkerPath:
@@ -160,12 +161,48 @@ def _utc_hour(value: Any, name: str) -> str:
 class RestClient:
     """Direct REST calls; each returns a ``concurrent.futures.Future`` (``iter_*`` are blocking generators).
 
-    Arguments (ids, tinker paths, pagination) are checked in the caller's thread: ValueError/TypeError
-    immediately, nothing sent. HTTP errors (e.g. NotFoundError) come through the Future.
+    ``RestClient(base_url=..., api_key=...)`` works on its own (both default to the environment, as
+    ``ServiceClient`` does); no session is created. ``ServiceClient.create_rest_client()`` shares the
+    service's connections instead. Arguments (ids, tinker paths, pagination) are checked in the
+    caller's thread: ValueError/TypeError immediately, nothing sent. HTTP errors (e.g. NotFoundError)
+    come through the Future.
     """
 
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
+    def __init__(
+        self, _runtime: Runtime | None = None, *, base_url: str | None = None, api_key: str | None = None
+    ) -> None:
+        if _runtime is not None and (base_url is not None or api_key is not None):
+            raise ValueError("RestClient takes a runtime or base_url/api_key, not both")
+        self._owns_runtime = _runtime is None
+        if _runtime is None:
+            from ._config import ClientConfig
+            from ._runtime import Runtime
+
+            _runtime = Runtime(ClientConfig.from_env(api_key=api_key, base_url=base_url))
+        self._runtime = _runtime
+
+    def close(self, *, cancel_pending: bool = False, timeout_s: float | None = 300.0) -> None:
+        """Close a standalone RestClient (one from a ServiceClient closes with it).
+
+        A clean close waits at most ``timeout_s`` for pending calls and background tasks (archive
+        builds, trace exports), then fails what is left with ClientClosedError; ``cancel_pending=True``
+        fails them at once.
+        """
+        if self._owns_runtime:
+            self._runtime.close(cancel_pending=cancel_pending, timeout_s=timeout_s)
+
+    def __enter__(self) -> RestClient:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get_telemetry(self) -> None:
+        """Always None: tinker_sync collects no telemetry."""
+
+    def get_server_capabilities(self) -> Future[types.GetServerCapabilitiesResponse]:
+        """The models the server offers. Returns Future[GetServerCapabilitiesResponse]."""
+        return self._get("/api/v1/get_server_capabilities", types.GetServerCapabilitiesResponse)
 
     def _get(self, path: str, response_type: type | None, params: Mapping[str, Any] | None = None) -> Future[Any]:
         return self._runtime.submit_request("GET", path, params=params, response_type=response_type)
@@ -287,7 +324,10 @@ class RestClient:
         )
 
     def set_checkpoint_ttl_from_tinker_path(self, tinker_path: str, ttl_seconds: int | None) -> Future[None]:
-        """Set (or with None remove) a checkpoint's expiry. Returns Future[None]."""
+        """Set (or with None remove) a checkpoint's expiry. Returns Future[None].
+
+        The server accepts 1 hour (3600) to 10 years and answers BadRequestError (400) outside that.
+        """
         p = _parse(tinker_path)
         if ttl_seconds is not None and (isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0):
             raise ValueError(f"ttl_seconds must be a positive int, or None to remove the expiry; got {ttl_seconds!r}")
@@ -313,31 +353,33 @@ class RestClient:
         if isinstance(building_attempts, bool) or not isinstance(building_attempts, int) or building_attempts < 1:
             raise ValueError(f"building_attempts must be an int >= 1, got {building_attempts!r}")
         path = self._ckpt_path(training_run_id, checkpoint_id) + "/archive"
-        runtime = self._runtime
         label = f"{training_run_id}/{checkpoint_id}"
+        return self._runtime.spawn(
+            lambda: self._archive_url(path, label, building_retry_s, building_attempts),
+            name=f"checkpoint archive {label}",
+        )
 
-        def fetch() -> types.CheckpointArchiveUrlResponse:
-            logger.info("Creating checkpoint archive for %s (this may take a while)", label)
-            started = time.monotonic()
-            warned = False
-            for attempt in range(building_attempts):
-                last = attempt == building_attempts - 1
-                try:
-                    resp = runtime.request(
-                        "GET", path, return_response=True, retry_statuses=None if last else _ARCHIVE_RETRY
-                    )
-                except APIStatusError as exc:
-                    if exc.status_code != 503 or last:
-                        raise
-                    if not warned and time.monotonic() - started >= _ARCHIVE_STILL_RUNNING_S:
-                        warned = True
-                        logger.info("Creating checkpoint archive for %s: still running", label)
-                    runtime.pause(building_retry_s)  # interrupted (ClientClosedError) by close()
-                    continue
-                return archive_url_from_response(resp, runtime.transport.url(path))
-            raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
-
-        return runtime.executor.submit(fetch)
+    def _archive_url(
+        self, path: str, label: str, building_retry_s: float, building_attempts: int
+    ) -> types.CheckpointArchiveUrlResponse:
+        runtime = self._runtime
+        logger.info("Creating checkpoint archive for %s (this may take a while)", label)
+        started = time.monotonic()
+        warned = False
+        for attempt in range(building_attempts):
+            last = attempt == building_attempts - 1
+            try:
+                resp = runtime.request("GET", path, return_response=True, retry_statuses=None if last else _ARCHIVE_RETRY)
+            except APIStatusError as exc:
+                if exc.status_code != 503 or last:
+                    raise
+                if not warned and time.monotonic() - started >= _ARCHIVE_STILL_RUNNING_S:
+                    warned = True
+                    logger.info("Creating checkpoint archive for %s: still running", label)
+                runtime.pause(building_retry_s)  # interrupted (ClientClosedError) by close()
+                continue
+            return archive_url_from_response(resp, runtime.transport.url(path))
+        raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
 
     def get_checkpoint_archive_url_from_tinker_path(
         self, tinker_path: str, *, building_retry_s: float = _ARCHIVE_BUILDING_RETRY_S,
@@ -348,6 +390,104 @@ class RestClient:
         return self.get_checkpoint_archive_url(
             p.training_run_id, p.checkpoint_id, building_retry_s=building_retry_s, building_attempts=building_attempts
         )
+
+    def get_external_weights_urls(self, tinker_path: str) -> Future[types.ExternalWeightsUrlsResponse]:
+        """Signed download URLs, one per file, of an external-weights checkpoint.
+
+        Returns Future[ExternalWeightsUrlsResponse] (``urls``: file path -> URL, valid until ``expires``).
+        Download them without credentials (``download_signed_url``).
+
+        Raises:
+            ValueError: ``tinker_path`` is not ``tinker://RUN/external_weights/NAME``.
+        """
+        p = _parse(tinker_path)
+        if not p.checkpoint_id.startswith("external_weights/"):
+            raise ValueError(
+                "get_external_weights_urls only accepts external weights checkpoints "
+                f"(tinker://<training_run_id>/external_weights/<name>), got {tinker_path!r}"
+            )
+        path = self._ckpt_path(p.training_run_id, p.checkpoint_id) + "/external_weights_urls"
+        return self._get(path, types.ExternalWeightsUrlsResponse)
+
+    def copy_weights(
+        self,
+        path: str,
+        destination_project_id: str | None = None,
+        *,
+        ttl_seconds: int | None = None,
+        weights_access_token: str | None = None,
+    ) -> Future[str]:
+        """Copy a checkpoint into a project (storage is shared). Returns Future[str]: the copy's tinker path.
+
+        ``destination_project_id`` defaults to ``TINKER_PROJECT_ID``; ``weights_access_token`` reads a
+        checkpoint of another account. One idempotency key covers every retry, so a resend after a lost
+        answer cannot make two copies.
+
+        Raises:
+            ValueError: no destination project (argument or ``TINKER_PROJECT_ID``), or a bad ``path``.
+        """
+        _parse(path)
+        if destination_project_id is None:
+            destination_project_id = os.environ.get("TINKER_PROJECT_ID") or None
+        if destination_project_id is None:
+            raise ValueError("Provide destination_project_id or set TINKER_PROJECT_ID")
+        request = types.CopyWeightsRequest(
+            source_path=path, destination_project_id=destination_project_id, ttl_seconds=ttl_seconds
+        )
+        return self.submit_copy_weights(request, weights_access_token)
+
+    def submit_copy_weights(
+        self, request: types.CopyWeightsRequest, weights_access_token: str | None = None
+    ) -> Future[str]:
+        """Send a CopyWeightsRequest (``ServiceClient.copy_weights`` uses the session form). Returns Future[str]."""
+        if not isinstance(request, types.CopyWeightsRequest):
+            raise TypeError(f"request must be a types.CopyWeightsRequest, got {type(request).__name__}")
+        headers = {"X-Tinker-Weights-Access-Token": weights_access_token} if weights_access_token else None
+        fut = self._runtime.submit_request(
+            "POST", "/api/v1/copy_weights", body=request, response_type=types.CopyWeightsResponse,
+            idempotency_key=str(uuid.uuid4()), idempotent=True, headers=headers,
+        )
+        return chain(fut, lambda r: r.tinker_path)
+
+    def download_checkpoint_archive_from_tinker_path(
+        self,
+        tinker_path: str,
+        dest: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+        max_total_bytes: int | None = None,
+        overwrite: bool = False,
+    ) -> Future[Path]:
+        """Download the checkpoint's archive and extract it into the directory ``dest``.
+
+        The signed URL is fetched without credentials (streamed, resumed on errors; ``progress(done,
+        total)`` is called as bytes arrive, e.g. ``tinker_sync.tqdm_progress("ckpt")``) and extracted
+        with ``safe_extract`` (links, unsafe paths and more than ``max_total_bytes`` refused) into a
+        staging directory next to ``dest``, renamed into place when complete. Returns Future[Path].
+
+        Raises:
+            FileExistsError: ``dest`` exists and ``overwrite`` is False (immediately).
+        """
+        target = Path(dest)
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} already exists (pass overwrite=True to replace it)")
+        p = _parse(tinker_path)
+        path = self._ckpt_path(p.training_run_id, p.checkpoint_id) + "/archive"
+
+        def fetch() -> Path:
+            resp = self._archive_url(path, tinker_path, _ARCHIVE_BUILDING_RETRY_S, _ARCHIVE_BUILDING_ATTEMPTS)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tinker-download-") as tmp:
+                archive = Path(tmp) / "checkpoint.tar"
+                download_signed_url(resp.url, archive, progress=progress, sleep=self._runtime.pause)
+                staging = Path(tmp) / "extracted"
+                safe_extract(archive, staging, max_total_bytes=max_total_bytes)
+                if target.exists():
+                    shutil.rmtree(target)
+                staging.rename(target)
+            return target
+
+        return self._runtime.spawn(fetch, name=f"checkpoint download {tinker_path}")
 
     # ---- sessions and samplers ----------------------------------------------------------
     def list_sessions(self, limit: int = 20, offset: int = 0, access_scope: str = "owned") -> Future[types.ListSessionsResponse]:
@@ -399,8 +539,8 @@ class RestClient:
 
         Returns Future[str]: the signed download URL (``.pftrace``, valid ~1 h), as the official SDK
         does. Download it without credentials (``download_signed_url``). A ``failed`` export fails the
-        Future with RuntimeError carrying the server's ``error``; no answer within ``timeout_s`` with
-        TimeoutError.
+        Future with TraceExportError (a RuntimeError) carrying the server's ``error``; no answer within
+        ``timeout_s`` with TraceExportTimeoutError (a TimeoutError).
         """
         _check_str(session_id, "session_id")
         if not poll_interval_s > 0:
@@ -421,12 +561,28 @@ class RestClient:
                         )
                     return resp.url
                 if resp.status == "failed":
-                    raise RuntimeError(f"trace export of session {session_id} failed: {resp.error or 'unknown error'}")
+                    raise TraceExportError(f"trace export of session {session_id} failed: {resp.error or 'unknown error'}")
                 if time.monotonic() + poll_interval_s > deadline:
-                    raise TimeoutError(f"trace export of session {session_id} not ready after {timeout_s:.0f} s")
+                    raise TraceExportTimeoutError(
+                        f"trace export of session {session_id} not ready after {timeout_s:.0f} s"
+                    )
                 runtime.pause(poll_interval_s)  # interrupted (ClientClosedError) by close()
 
-        return runtime.executor.submit(poll)
+        return runtime.spawn(poll, name=f"trace export {session_id}")
+
+    def search_sessions(self, request: types.SessionSearchRequest) -> Future[types.SessionSearchResponse]:
+        """One page of the organization's sessions matching ``request``, newest first (experimental).
+
+        Returns Future[SessionSearchResponse]; pass its ``next_cursor`` as the next request's ``cursor``
+        (``attrs.evolve(request, cursor=page.next_cursor)``).
+        """
+        if not isinstance(request, types.SessionSearchRequest):
+            raise TypeError(f"request must be a types.SessionSearchRequest, got {type(request).__name__}")
+        # A search reads only: resending after a lost answer is safe.
+        return self._runtime.submit_request(
+            "POST", "/api/v1/sessions/search", body=request, response_type=types.SessionSearchResponse,
+            idempotent=True,
+        )
 
     # ---- account ------------------------------------------------------------------------
     def whoami(self) -> Future[types.WhoamiResponse]:
@@ -435,13 +591,13 @@ class RestClient:
         Returns Future[WhoamiResponse] (``user_urn`` from ``sub``, ``email``, ``org_urn`` from
         ``org_id``). The signature is NOT verified: this only reads what the credential claims.
 
-        The Future fails with RuntimeError when the API key is a plain ``tml-`` key, not a JWT:
-        tinker_sync does not do the server's JWT exchange, so it has no identity token to read.
+        The Future fails with WhoamiUnavailableError (a RuntimeError) when the credential is a plain
+        ``tml-`` API key, not a JWT.
         """
         fut: Future[types.WhoamiResponse] = Future()
         try:
             fut.set_result(whoami_from_jwt(self._runtime.config.api_key))
-        except RuntimeError as exc:
+        except WhoamiUnavailableError as exc:
             fut.set_exception(exc)
         return fut
 
@@ -477,16 +633,29 @@ class RestClient:
         }
         return self._get("/api/v1/billing/usage/events", types.BillingUsageResponse, params)
 
+    def get_current_checkpoint_storage_usage(
+        self, project_id: str | None = None
+    ) -> Future[types.CurrentCheckpointStorageUsageResponse]:
+        """Current checkpoint count, size and projected storage cost (admin; may lag 1-2 hours).
+
+        No ``project_id``: the whole organization, grouped by project and session owner.
+        Returns Future[CurrentCheckpointStorageUsageResponse].
+        """
+        params = {"project_id": _check_str(project_id, "project_id")} if project_id is not None else None
+        return self._get(
+            "/api/v1/billing/usage/checkpoints/current", types.CurrentCheckpointStorageUsageResponse, params
+        )
+
 
 def whoami_from_jwt(token: str) -> types.WhoamiResponse:
     """Read ``sub`` / ``email`` / ``org_id`` from a JWT's payload (unverified; docs/protocol.rst §1.2).
 
     Raises:
-        RuntimeError: ``token`` is not a JWT (e.g. a ``tml-`` API key) or has no ``sub`` claim.
+        WhoamiUnavailableError: ``token`` is not a JWT (e.g. a ``tml-`` API key) or has no ``sub`` claim.
     """
     parts = token.split(".")
     if not token.startswith("eyJ") or len(parts) != 3:
-        raise RuntimeError(
+        raise WhoamiUnavailableError(
             "whoami needs a JWT credential, but the API key is a plain 'tml-' key; tinker_sync does not "
             "exchange keys for JWTs. Pass a JWT (eyJ...) as api_key to use whoami"
         )
@@ -495,9 +664,9 @@ def whoami_from_jwt(token: str) -> types.WhoamiResponse:
         claims = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
     except (ValueError, UnicodeError):
         # from None: the decoding error may hold the token's payload
-        raise RuntimeError("whoami: the JWT credential's payload is not base64url-encoded JSON") from None
+        raise WhoamiUnavailableError("whoami: the JWT credential's payload is not base64url-encoded JSON") from None
     if not isinstance(claims, dict) or not isinstance(claims.get("sub"), str) or not claims["sub"]:
-        raise RuntimeError("whoami: the JWT credential carries no 'sub' (subject) claim")
+        raise WhoamiUnavailableError("whoami: the JWT credential carries no 'sub' (subject) claim")
     email = claims.get("email")
     org_id = claims.get("org_id")
     return types.WhoamiResponse(

@@ -14,7 +14,7 @@ from ._executor import chain
 if TYPE_CHECKING:
     from ._runtime import Runtime
     from .service_client import ServiceClient
-    from .tokenizer import Tokenizer
+    from .tokenizer import TokenizerLike
 
 __all__ = ["SamplingClient"]
 
@@ -162,7 +162,7 @@ class SamplingClient:
             self._base_model = self.get_sampler().result().base_model
         return self._base_model
 
-    def get_tokenizer(self) -> Tokenizer:
+    def get_tokenizer(self) -> TokenizerLike:
         """The tokenizer of the base model (blocking); packaged or from the hub, never a local path."""
         from .tokenizer import get_server_tokenizer
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ._executor import SequencedLane
     from .sampling_client import SamplingClient
     from .service_client import ServiceClient
-    from .tokenizer import Tokenizer
+    from .tokenizer import TokenizerLike
 
 __all__ = ["TrainingClient", "chunk_data", "combine_forward_backward_outputs", "estimate_datum_bytes", "reduce_metrics"]
 
@@ -727,7 +727,7 @@ class TrainingClient:
 
         return chain(fut, remember)
 
-    def get_tokenizer(self) -> Tokenizer:
+    def get_tokenizer(self) -> TokenizerLike:
         """The tokenizer of the base model (blocking: get_info on first use, then cached).
 
         Names reported by the server resolve only to the packaged tokenizer or a hub id, never to a local path.

@@ -201,7 +201,7 @@ def main() -> int:
              lambda r: r.prompt_logprobs is not None and r.prompt_logprobs[0] is None)
         step("SamplingClient.compute_logprobs", lambda: samp.compute_logprobs(PROMPT).result(timeout=TIMEOUT),
              lambda lp: len(lp) == len(PROMPT.to_ints()))
-        if "topk_sample_logprobs" in inspect.signature(samp.sample).parameters:
+        if "topk_sample_logprobs" in inspect.signature(tinker.SamplingClient.sample).parameters:
             step("SamplingClient.sample(topk_sample_logprobs)",
                  lambda: samp.sample(PROMPT, 1, PARAMS, topk_sample_logprobs=2).result(timeout=TIMEOUT))
             step("SamplingClient.sample(prompt_logprobs_last_n)",
@@ -253,13 +253,16 @@ def main() -> int:
         s2 = await sc.create_sampling_client_async(model_path=saved.path)
         await s2.sample_async(PROMPT, 1, PARAMS)
         if rest is not None and has(rest, "list_training_runs_async"):
-            runs = await (await rest.list_training_runs_async())
+            runs = await rest.list_training_runs_async()
+            if inspect.isawaitable(runs):  # 0.38 returns a future to await, 0.25 the response itself
+                runs = await runs
             assert runs.training_runs
 
     step("asyncio twins (forward_backward/optim_step/get_info/sample/compute_logprobs/create_*)",
          lambda: asyncio.run(async_flow()))
 
     # -- RestClient ----------------------------------------------------------------------------------
+    sid = None
     if rest is not None:
         run_id = tc.model_id if hasattr(tc, "model_id") else None
         step("RestClient.list_training_runs", lambda: rest.list_training_runs().result(timeout=TIMEOUT),
@@ -306,14 +309,19 @@ def main() -> int:
             step("RestClient.export_session_trace", lambda: rest.export_session_trace(sid).result(timeout=TIMEOUT))
         if has(rest, "get_server_capabilities"):
             step("RestClient.get_server_capabilities", lambda: rest.get_server_capabilities().result(timeout=TIMEOUT))
+        if has(rest, "whoami"):  # the server runs with JWT exchange on, so the SDK has claims to read
+            step("RestClient.whoami", lambda: rest.whoami().result(timeout=TIMEOUT),
+                 lambda w: bool(getattr(w, "user_urn", None) or getattr(w, "user_id", None)))
         if has(rest, "get_audit_log"):
             step("RestClient.get_audit_log", lambda: rest.get_audit_log().result(timeout=TIMEOUT))
         if has(rest, "get_billing_usage"):
             step("RestClient.get_billing_usage",
                  lambda: rest.get_billing_usage("2026-01-01", "2026-01-02").result(timeout=TIMEOUT))
-        if state is not None:
+        doomed = step("TrainingClient.save_state (to delete)", lambda: tc.save_state("doomed").result(timeout=TIMEOUT),
+                      path_ok)
+        if doomed is not None:
             step("RestClient.delete_checkpoint_from_tinker_path",
-                 lambda: rest.delete_checkpoint_from_tinker_path(state.path).result(timeout=TIMEOUT))
+                 lambda: rest.delete_checkpoint_from_tinker_path(doomed.path).result(timeout=TIMEOUT))
 
     # -- the SDK's CLI ---------------------------------------------------------------------------
     env = {**os.environ, "TINKER_BASE_URL": BASE_URL, "TINKER_API_KEY": KEY, "TINKER_TELEMETRY": "0"}
@@ -336,12 +344,25 @@ def main() -> int:
         step("cli checkpoint publish", lambda: cli("checkpoint", "publish", sampler_path.path))
         step("cli checkpoint unpublish", lambda: cli("checkpoint", "unpublish", sampler_path.path))
         step("cli checkpoint set-ttl", lambda: cli("checkpoint", "set-ttl", sampler_path.path, "--ttl", "7200"))
+    if state is not None or sampler_path is not None:
+        # 0.38's CLI downloads training (weights) checkpoints; 0.25's downloads any archive.
+        download_path = (state or sampler_path).path
         with tempfile.TemporaryDirectory() as out_dir:
-            step("cli checkpoint download", lambda: cli("checkpoint", "download", sampler_path.path,
+            step("cli checkpoint download", lambda: cli("checkpoint", "download", download_path,
                                                         "--output", out_dir, "--force"))
-    if "billing" in cli("--help"):
-        for sub in (("billing", "--help"),):
-            step("cli " + " ".join(sub), lambda s=sub: cli(*s))
+    commands = cli("--help")
+    if "billing" in commands:
+        step("cli billing usage", lambda: cli("billing", "usage", "2026-01-01", "2026-01-02"))
+        if "checkpoint-storage" in cli("billing", "--help"):
+            step("cli billing checkpoint-storage", lambda: cli("billing", "checkpoint-storage"))
+    if "model" in commands:
+        step("cli model list", lambda: cli("model", "list"), lambda out: MODEL in out)
+    if "auth" in commands:
+        step("cli auth status", lambda: cli("auth", "status"))
+        step("cli auth whoami", lambda: cli("auth", "whoami"))
+    if sid is not None and "export-trace" in cli("session", "--help"):
+        step("cli session export-trace", lambda: cli("session", "export-trace", sid, "--url-only"),
+             lambda out: "http" in out)
     return finish()
 
 

@@ -7,6 +7,6 @@ from __future__ import annotations
 
 from ._cli import main
 from ._faults import FaultInjector, RecordedRequest
-from ._server import LocalTinkerServer, default_data_dir
+from ._server import LocalTinkerServer, default_data_dir, route_table
 
-__all__ = ["FaultInjector", "LocalTinkerServer", "RecordedRequest", "default_data_dir", "main"]
+__all__ = ["FaultInjector", "LocalTinkerServer", "RecordedRequest", "default_data_dir", "main", "route_table"]

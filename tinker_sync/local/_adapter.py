@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,20 @@ class Adapter:
     @property
     def scale(self) -> float:
         return LORA_ALPHA / self.rank
+
+    def merged_weights(self, base: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """The base weights with this adapter merged in (W + s*A@B), cached until the next update."""
+        with self.lock:
+            if self._merged is None:
+                merged = dict(base)
+                for module, (a, b) in self.params.items():
+                    merged[module] = base[module] + self.scale * (a @ b)
+                self._merged = merged
+            return self._merged
+
+    def invalidate_merged(self) -> None:
+        """Drop the merged-weights cache (the adapter's parameters changed)."""
+        self._merged = None
 
     @property
     def lora_config(self) -> dict[str, Any]:

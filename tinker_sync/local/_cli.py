@@ -30,6 +30,13 @@ def build_parser(prog: str = "python -m tinker_sync.local") -> argparse.Argument
                         help="how long retrieve_future waits for a result before 'try_again' (default: 20)")
     parser.add_argument("--session-timeout", type=float, default=600.0, metavar="SECONDS",
                         help="expire sessions without heartbeats or requests for this long (default: 600)")
+    parser.add_argument("--jwt", action="store_true",
+                        help="mint JWTs on POST /api/v1/auth/token and tell clients to use them (pjwt_auth_enabled)")
+    parser.add_argument("--max-connections", type=int, default=256, metavar="N",
+                        help="open connections beyond N get an immediate 503 (default: 256)")
+    parser.add_argument("--no-tokenizer-install", dest="install_tokenizers", action="store_false",
+                        help="do not write the local models' tokenizers into the Hugging Face hub cache (by default "
+                             "serve does, so AutoTokenizer.from_pretrained('tinker-sync/tiny-byte') works offline)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="logging level (default: info)")
     return parser
@@ -42,8 +49,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data_dir = args.data_dir or default_data_dir()
+    if args.install_tokenizers:
+        from ._tokenizer import install_hub_cache
+
+        try:
+            logger.info("local model tokenizers installed in %s", install_hub_cache())
+        except OSError as exc:  # a read-only cache only costs offline get_tokenizer(); serving goes on
+            logger.warning("could not install the local model tokenizers in the hub cache: %s", exc)
     server = LocalTinkerServer(host=args.host, port=args.port, data_dir=data_dir, api_keys=args.api_keys,
-                               long_poll_s=args.long_poll, session_timeout_s=args.session_timeout)
+                               long_poll_s=args.long_poll, session_timeout_s=args.session_timeout,
+                               jwt_auth=args.jwt, max_connections=args.max_connections)
     try:
         server.start()
     except OSError as exc:

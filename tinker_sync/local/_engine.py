@@ -237,14 +237,7 @@ class Engine:
             return self.base
         if adapter.model_name != self.spec.name:
             raise ValueError(f"adapter belongs to {adapter.model_name!r}, not {self.spec.name!r}")
-        with adapter.lock:
-            merged = adapter._merged
-            if merged is None:
-                merged = dict(self.base)
-                for module, (a, b) in adapter.params.items():
-                    merged[module] = self.base[module] + adapter.scale * (a @ b)
-                adapter._merged = merged
-            return merged
+        return adapter.merged_weights(self.base)
 
     # ------------------------------------------------------------------ validation
     def _check_tokens(self, tokens: Sequence[int], where: str) -> np.ndarray:
@@ -518,7 +511,7 @@ class Engine:
                     update(pair[idx], adapter.grads[module][idx] * coef, module, idx)
                     adapter.grads[module][idx][...] = 0.0
             adapter.pending_grad_calls = 0
-            adapter._merged = None
+            adapter.invalidate_merged()
             t = adapter.step
         return {"grad_norm": norm, "learning_rate": float(learning_rate), "step": float(t)}
 

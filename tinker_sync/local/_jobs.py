@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,7 @@ class ServerFuture:
         self.owner = owner
         self.model_id = model_id
         self.extra: dict[str, Any] = {}  # extra keys for the submission handle
+        self.created_at = time.time()  # wall clock, for the session trace export
         self._done = threading.Event()
         self.result: Any = None
         self.error: JobError | None = None
@@ -186,8 +188,9 @@ class ModelLane:
                 self._queued[seq_id] = None
                 self._cond.notify_all()
 
-    def close(self, reason: str) -> None:
-        """Stop the worker; queued jobs fail with ``reason``."""
+    def close(self, reason: str, *, fail_queued: bool = True) -> None:
+        """Stop the worker; queued jobs fail with ``reason`` (or stay pending: ``fail_queued=False``, used at
+        shutdown, where journaled work resumes after a restart instead)."""
         with self._cond:
             if self._closed is None:
                 self._closed = reason
@@ -195,8 +198,9 @@ class ModelLane:
             self._queued.clear()
             self._unsequenced.clear()
             self._cond.notify_all()
-        for fut, _ in jobs:
-            fut.set_error(JobError(reason, "user"))
+        if fail_queued:
+            for fut, _ in jobs:
+                fut.set_error(JobError(reason, "user"))
 
     def _loop(self) -> None:
         while True:

@@ -2,16 +2,17 @@
 
 Layout under ``<data_dir>/live``::
 
-    models/<key>.json          metadata: ids, LoRA config, next seq_id, keys of the kept results (written last)
-    models/<key>.w<gen>.bin    adapter weights + AdamW moments (rewritten by create/load/optim_step)
-    models/<key>.g<gen>.bin    accumulated gradients (rewritten by forward_backward; none while they are zero)
-    models/<key>.results/<k>.json  one completed result each ("create" or a seq_id), written once
-    samplers/<key>.bin         the weights of a sampler made by an unnamed save_weights_for_sampler
+    models/<key>.json                 metadata: ids, LoRA config, next seq_id, kept result keys (written last)
+    models/<key>.w<gen>.safetensors   adapter weights + AdamW moments (rewritten by create/load/optim_step)
+    models/<key>.g<gen>.safetensors   accumulated gradients (rewritten by forward_backward; none while zero)
+    models/<key>.results/<k>.json     one completed result each ("create" or a seq_id), written once
+    models/<key>.pending/<seq>.json   journal: an accepted request not yet run (or a refused seq_id to skip)
+    samplers/<key>.safetensors        the weights of a sampler made by an unnamed save_weights_for_sampler
 
-Every file is written to a temporary name and moved into place with ``os.replace``, and the metadata names
-the weights generation it belongs to, so a crash at any point leaves the previous consistent state.
-Tensor files are a small binary format: 8-byte little-endian header length, a JSON header
-``{"tensors": {name: [dtype, shape, offset, nbytes]}, "meta": {...}}``, then the raw bytes.
+Every file goes through :func:`atomic_write` (temporary name, then ``os.replace``) and the metadata names
+the tensor generation it belongs to, so a crash at any point leaves the previous consistent state. Tensor
+files use the server's one tensor format (``_safetensors``). Files are not fsync'ed: the state survives a
+killed server process, not a power loss.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
-import struct
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -30,10 +31,10 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LiveStateStore", "read_tensors", "write_tensors"]
+__all__ = ["LiveStateStore", "atomic_write", "secret_file"]
 
-_HEADER = struct.Struct("<Q")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+_TENSORS = ".safetensors"
 
 
 def _key(ident: str) -> str:
@@ -41,7 +42,11 @@ def _key(ident: str) -> str:
     return _SAFE.sub("_", ident)[:80] + "-" + hashlib.sha256(ident.encode("utf-8")).hexdigest()[:12]
 
 
-def _atomic_write(path: Path, chunks: Iterator[bytes | memoryview]) -> None:
+def atomic_write(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
+    """Write ``chunks`` to a temporary file next to ``path``, then move it into place (``os.replace``).
+
+    A crash at any point leaves either the previous file or the complete new one, never a torn file.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as f:
@@ -52,45 +57,36 @@ def _atomic_write(path: Path, chunks: Iterator[bytes | memoryview]) -> None:
             tmp.unlink()
 
 
-def write_tensors(path: Path, tensors: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> None:
-    """Write numpy arrays (any numeric dtype, exact) plus JSON metadata to ``path`` atomically."""
-    import numpy as np
-
-    entries: dict[str, list[Any]] = {}
-    arrays = []
-    offset = 0
-    for name, arr in tensors.items():
-        a = np.ascontiguousarray(arr)
-        entries[name] = [a.dtype.str, list(a.shape), offset, a.nbytes]
-        arrays.append(a)
-        offset += a.nbytes
-    header = json.dumps({"tensors": entries, "meta": dict(meta or {})}, separators=(",", ":")).encode("utf-8")
-
-    def chunks() -> Iterator[bytes | memoryview]:
-        yield _HEADER.pack(len(header))
-        yield header
-        for a in arrays:
-            if a.nbytes:
-                yield a.data.cast("B")
-
-    _atomic_write(path, chunks())
+def secret_file(path: Path) -> bytes:
+    """A 32-byte secret kept in ``path`` (created on first use, readable by the owner only)."""
+    try:
+        secret = path.read_bytes()
+        if len(secret) >= 32:
+            return secret
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    secret = secrets.token_bytes(32)
+    path.write_bytes(secret)
+    return secret
 
 
-def read_tensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read a file written by :func:`write_tensors`: (writable arrays by name, metadata)."""
-    import numpy as np
+def _write_json(path: Path, value: Mapping[str, Any]) -> None:
+    atomic_write(path, [json.dumps(dict(value), separators=(",", ":")).encode("utf-8")])
 
-    data = path.read_bytes()
-    (hlen,) = _HEADER.unpack_from(data, 0)
-    header = json.loads(data[_HEADER.size:_HEADER.size + hlen])
-    base = _HEADER.size + hlen
-    out: dict[str, Any] = {}
-    for name, (dtype, shape, offset, nbytes) in header["tensors"].items():
-        buf = data[base + offset:base + offset + nbytes]
-        if len(buf) != nbytes:
-            raise ValueError(f"{path.name}: tensor {name} is truncated")
-        out[name] = np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(shape).copy()
-    return out, dict(header.get("meta") or {})
+
+def _write_tensors(path: Path, tensors: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> None:
+    from . import _safetensors
+
+    _safetensors.save_file(tensors, path, {"meta": json.dumps(dict(meta or {}))})
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from . import _safetensors
+
+    tensors, meta = _safetensors.load_file(path)
+    return tensors, json.loads(meta.get("meta") or "{}")
 
 
 class LiveStateStore:
@@ -105,10 +101,13 @@ class LiveStateStore:
         return self.models_dir / f"{_key(model_id)}.json"
 
     def _tensor_path(self, model_id: str, group: str, gen: int) -> Path:
-        return self.models_dir / f"{_key(model_id)}.{group}{gen}.bin"
+        return self.models_dir / f"{_key(model_id)}.{group}{gen}{_TENSORS}"
 
     def _results_dir(self, model_id: str) -> Path:
         return self.models_dir / f"{_key(model_id)}.results"
+
+    def _pending_dir(self, model_id: str) -> Path:
+        return self.models_dir / f"{_key(model_id)}.pending"
 
     def save_model(self, model_id: str, meta: Mapping[str, Any], groups: Mapping[str, Mapping[str, Any]], *,
                    result: tuple[str, Mapping[str, Any]] | None = None, dropped: Iterable[str] = ()) -> None:
@@ -122,18 +121,16 @@ class LiveStateStore:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         gens = {str(k): int(v) for k, v in meta["gens"].items()}
         for group, tensors in groups.items():
-            write_tensors(self._tensor_path(model_id, group, gens[group]), tensors)
+            _write_tensors(self._tensor_path(model_id, group, gens[group]), tensors)
         if result is not None:
             rdir = self._results_dir(model_id)
             rdir.mkdir(exist_ok=True)
-            text = json.dumps(dict(result[1]), separators=(",", ":")).encode("utf-8")
-            _atomic_write(rdir / f"{_SAFE.sub('_', result[0])}.json", iter([text]))
-        text = json.dumps(dict(meta), separators=(",", ":")).encode("utf-8")
-        _atomic_write(self._meta_path(model_id), iter([text]))
+            _write_json(rdir / f"{_SAFE.sub('_', result[0])}.json", result[1])
+        _write_json(self._meta_path(model_id), meta)
         for group, gen in gens.items():
-            prefix = f"{_key(model_id)}.{group}"
-            for old in self.models_dir.glob(f"{prefix}*.bin"):
-                if old.name != f"{prefix}{gen}.bin":
+            keep = self._tensor_path(model_id, group, gen).name
+            for old in self.models_dir.glob(f"{_key(model_id)}.{group}*{_TENSORS}"):
+                if old.name != keep:
                     old.unlink(missing_ok=True)
         for key in dropped:
             (self._results_dir(model_id) / f"{_SAFE.sub('_', key)}.json").unlink(missing_ok=True)
@@ -154,12 +151,16 @@ class LiveStateStore:
 
     def load_model_meta(self, model_id: str) -> dict[str, Any] | None:
         """The persisted metadata of ``model_id``, or None."""
+        return self._load_meta(self._meta_path(model_id))
+
+    @staticmethod
+    def _load_meta(path: Path) -> dict[str, Any] | None:
         try:
-            value = json.loads(self._meta_path(model_id).read_bytes())
+            value = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            logger.warning("ignoring unreadable live state of model %s: %s", model_id, exc)
+            logger.warning("ignoring unreadable live state %s: %s", path.name, exc)
             return None
         return value if isinstance(value, dict) else None
 
@@ -168,13 +169,14 @@ class LiveStateStore:
         out: dict[str, Any] = {}
         for group, gen in gens.items():
             if int(gen) > 0:
-                out.update(read_tensors(self._tensor_path(model_id, group, int(gen)))[0])
+                out.update(_read_tensors(self._tensor_path(model_id, group, int(gen)))[0])
         return out
 
     def delete_model(self, model_id: str) -> None:
         self._meta_path(model_id).unlink(missing_ok=True)
         shutil.rmtree(self._results_dir(model_id), ignore_errors=True)
-        for old in self.models_dir.glob(f"{_key(model_id)}.*.bin"):
+        self.delete_pending(model_id)
+        for old in self.models_dir.glob(f"{_key(model_id)}.*{_TENSORS}"):
             old.unlink(missing_ok=True)
 
     def all_model_metas(self) -> Iterator[dict[str, Any]]:
@@ -182,20 +184,53 @@ class LiveStateStore:
         if not self.models_dir.is_dir():
             return
         for path in self.models_dir.glob("*.json"):
-            try:
-                value = json.loads(path.read_bytes())
-            except (OSError, ValueError):
-                continue
-            if isinstance(value, dict):
+            value = self._load_meta(path)
+            if value is not None:
                 yield value
+
+    # -- journal of accepted, not yet executed requests -------------------------------------------
+    def save_pending(self, model_id: str, seq_id: int, entry: Mapping[str, Any]) -> None:
+        """Journal an accepted request (or a seq_id to skip) before its handle is returned."""
+        pdir = self._pending_dir(model_id)
+        pdir.mkdir(parents=True, exist_ok=True)
+        _write_json(pdir / f"{int(seq_id)}.json", {**entry, "model_id": model_id, "seq_id": int(seq_id)})
+
+    def drop_pending(self, model_id: str, seq_id: int) -> None:
+        (self._pending_dir(model_id) / f"{int(seq_id)}.json").unlink(missing_ok=True)
+
+    def delete_pending(self, model_id: str) -> None:
+        shutil.rmtree(self._pending_dir(model_id), ignore_errors=True)
+
+    def load_pending(self, model_id: str) -> dict[int, dict[str, Any]]:
+        """The journaled entries of ``model_id`` by seq_id (unreadable ones are skipped with a warning)."""
+        out: dict[int, dict[str, Any]] = {}
+        pdir = self._pending_dir(model_id)
+        if not pdir.is_dir():
+            return out
+        for path in pdir.glob("*.json"):
+            value = self._load_meta(path)
+            if value is not None and isinstance(value.get("seq_id"), int):
+                out[value["seq_id"]] = value
+        return out
+
+    def models_with_pending(self) -> Iterator[str]:
+        """Model ids with journaled work (found through the entries themselves)."""
+        if not self.models_dir.is_dir():
+            return
+        for pdir in self.models_dir.glob("*.pending"):
+            for path in pdir.glob("*.json"):
+                value = self._load_meta(path)
+                if value is not None and isinstance(value.get("model_id"), str):
+                    yield value["model_id"]
+                    break
 
     # -- samplers --------------------------------------------------------------------------------
     def _sampler_path(self, sampler_id: str) -> Path:
-        return self.samplers_dir / f"{_key(sampler_id)}.bin"
+        return self.samplers_dir / f"{_key(sampler_id)}{_TENSORS}"
 
     def save_sampler(self, sampler_id: str, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         self.samplers_dir.mkdir(parents=True, exist_ok=True)
-        write_tensors(self._sampler_path(sampler_id), tensors, meta)
+        _write_tensors(self._sampler_path(sampler_id), tensors, meta)
 
     def has_sampler(self, sampler_id: str) -> bool:
         return self._sampler_path(sampler_id).is_file()
@@ -204,4 +239,4 @@ class LiveStateStore:
         path = self._sampler_path(sampler_id)
         if not path.is_file():
             return None
-        return read_tensors(path)
+        return _read_tensors(path)

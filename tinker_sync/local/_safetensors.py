@@ -1,4 +1,7 @@
-"""A minimal safetensors writer/reader (numpy): 8-byte LE header length, JSON header, raw LE bytes."""
+"""The local server's one tensor file format: safetensors (8-byte LE header length, JSON header, raw LE bytes).
+
+Checkpoints, live model state and sampler snapshots all use it, written through ``_persist.atomic_write``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._persist import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +80,8 @@ def loads(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def save_file(tensors: Mapping[str, np.ndarray], path: Path, metadata: Mapping[str, str] | None = None) -> None:
-    """Write a safetensors file (via a temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(dumps(tensors, metadata))
-    tmp.replace(path)
+    """Write a safetensors file atomically (temporary name, then ``os.replace``)."""
+    atomic_write(Path(path), [dumps(tensors, metadata)])
 
 
 def load_file(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

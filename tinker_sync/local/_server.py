@@ -26,11 +26,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ._api import Answer, Api, Call, HTTPError
 from ._faults import FaultInjector, RecordedRequest
+from ._persist import secret_file
 from ._store import Store, owner_of_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalTinkerServer", "default_data_dir"]
+__all__ = ["LocalTinkerServer", "default_data_dir", "route_table"]
 
 _PREFIX = "/api/v1/"
 _SEG = r"([^/]+)"
@@ -57,17 +58,24 @@ _ROUTES: list[tuple[str, str, str, str, bool]] = [
     ("POST", "load_weights", "load_weights", "load_weights", True),
     ("POST", "asample", "asample", "asample", True),
     ("POST", "retrieve_future", "retrieve_future", "retrieve_future", True),
+    ("POST", "retrieve_futures", "retrieve_futures", "retrieve_futures", True),
+    ("POST", "cancel_future", "cancel_future", "cancel_future", True),
+    ("POST", "join_sampling_session", "join_sampling_session", "join_sampling_session", True),
+    ("POST", "copy_weights", "copy_weights", "copy_weights", True),
+    ("POST", "save_weights_external", "save_weights_external", "save_weights_external", True),
     ("POST", "weights_info", "weights_info", "weights_info", True),
     ("GET", "training_runs", "training_runs", "list_training_runs", True),
     ("GET", r"training_runs/(?P<run>[^/]+)", "get_training_run", "get_training_run", True),
     ("GET", r"training_runs/(?P<run>[^/]+)/checkpoints", "list_run_checkpoints", "list_run_checkpoints", True),
     ("DELETE", _CKPT, "delete_checkpoint", "delete_checkpoint", True),
     ("GET", _CKPT + "/archive", "checkpoint_archive", "archive", True),
+    ("GET", _CKPT + "/external_weights_urls", "external_weights_urls", "external_weights_urls", True),
     ("POST", _CKPT + "/publish", "publish_checkpoint", "publish", True),
     ("DELETE", _CKPT + "/publish", "unpublish_checkpoint", "publish", True),
     ("PUT", _CKPT + "/ttl", "set_checkpoint_ttl", "set_ttl", True),
     ("GET", "checkpoints", "checkpoints", "list_user_checkpoints", True),
     ("GET", "sessions", "sessions", "list_sessions", True),
+    ("POST", "sessions/search", "sessions/search", "search_sessions", True),
     ("GET", r"sessions/(?P<id>[^/]+)", "get_session", "get_session", True),
     ("PUT", r"sessions/(?P<id>[^/]+)/project", "set_session_project", "set_session_project", True),
     ("GET", r"sessions/(?P<id>[^/]+)/trace_export", "trace_export", "trace_export", True),
@@ -75,12 +83,23 @@ _ROUTES: list[tuple[str, str, str, str, bool]] = [
     ("GET", r"samplers/(?P<id>[^/]+)", "get_sampler", "get_sampler", True),
     ("GET", "audit", "audit", "audit", True),
     ("GET", "billing/usage/events", "billing/usage/events", "billing", True),
+    ("GET", "billing/usage/checkpoints/current", "billing/usage/checkpoints/current", "checkpoint_storage", True),
     ("POST", "telemetry", "telemetry", "telemetry", True),
-    ("GET", r"_download/(?P<token>[A-Za-z0-9_\-]+)", "download", "download", False),
+    ("GET", r"_download/(?P<token>[A-Za-z0-9_\-.]+)(?:/[A-Za-z0-9_.\-]+)?", "download", "download", False),
 ]
+_BUSY_DETAIL = b'{"detail":"the server has too many open connections; retry shortly"}'
+_BUSY_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                b"Connection: close\r\nContent-Length: " + str(len(_BUSY_DETAIL)).encode() + b"\r\n\r\n" + _BUSY_DETAIL)
+_BIG_BODY_BYTES = 1024 * 1024  # bodies above this are handled at most _BIG_BODIES at a time (bounded memory)
+_BIG_BODIES = 4
 _LINGER_S = 2.0  # how long an unread request body is drained after an error answer
 _LINGER_MAX_BYTES = 256 * 1024 * 1024
 _COMPILED = [(m, re.compile(f"^{p}$"), op, fn, auth) for m, p, op, fn, auth in _ROUTES]
+
+
+def route_table() -> list[tuple[str, str]]:
+    """(HTTP method, path regex after ``/api/v1/``) of every endpoint (for fuzzers and docs)."""
+    return [(m, p) for m, p, _, _, _ in _ROUTES]
 
 
 def default_data_dir() -> Path:
@@ -111,9 +130,28 @@ class _HTTPServer(ThreadingHTTPServer):
         self._conns: set[socket.socket] = set()
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        # One handler thread per connection, but never more than max_connections: beyond that the
+        # connection gets an immediate 503 (retried by every client) from the accept thread itself.
         with self._conn_lock:
-            self._conns.add(request)
+            full = len(self._conns) >= self.owner.max_connections
+            if not full:
+                self._conns.add(request)
+        if full:
+            self._refuse(request)
+            return
         super().process_request(request, client_address)
+
+    def _refuse(self, request: Any) -> None:
+        try:
+            request.setblocking(False)
+            request.send(_BUSY_ANSWER)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def active_connections(self) -> int:
+        with self._conn_lock:
+            return len(self._conns)
 
     def shutdown_request(self, request: Any) -> None:
         with self._conn_lock:
@@ -218,54 +256,39 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def _dispatch(self, method: str) -> None:
+        try:
+            declared = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            declared = 0
+        if declared <= _BIG_BODY_BYTES and "chunked" not in (self.headers.get("Transfer-Encoding") or "").lower():
+            self._dispatch_bounded(method)
+            return
+        with self.server.owner.big_bodies:
+            self._dispatch_bounded(method)
+
+    def _dispatch_bounded(self, method: str) -> None:
         owner = self.server.owner
         split = urlsplit(self.path)
-        path = split.path
-        headers = self.headers
-        recorded_headers = {k: v for k, v in headers.items() if k.lower() != "x-api-key"}
         body = b""
         unread_body = False
-        drop = False
-        # (status, body, content type, headers) of the answer; decided completely before anything is written
-        answer: tuple[int, bytes, str, Mapping[str, str]]
+        # (status, body, content type, headers) of the answer, None = drop the connection; decided completely
+        # before anything is written
+        answer: tuple[int, bytes, str, Mapping[str, str]] | None
         try:
             try:
-                body = self._read_body(owner.max_body_bytes)
+                proto = "application/x-protobuf" in (self.headers.get("Content-Type") or "")
+                body = self._read_body(owner.max_body_bytes if proto else min(owner.max_body_bytes,
+                                                                               owner.max_json_body_bytes))
             except HTTPError:
                 unread_body = True  # the rest of the body must not be parsed as the next request
                 raise
-            route = self._route(method, path)
-            _, op, fn_name, needs_auth, params = route
-            delay = owner.faults.delay_for(op)
-            if delay > 0:
-                time.sleep(delay)
-            if owner.faults.should_drop(op):
-                drop = True
-                answer = (0, b"", "", {})
-            else:
-                scripted = owner.faults.scripted_response(op)
-                if scripted is not None:
-                    answer = _json_answer(scripted.status, scripted.body, scripted.headers)
-                else:
-                    api_key = ""
-                    if needs_auth:
-                        api_key = self._authenticate()
-                    call = Call(method=method, op=op, params=params, query=dict(parse_qsl(split.query)),
-                                headers=headers, body=body, owner=owner_of_key(api_key) if api_key else "",
-                                api_key=api_key)
-                    result = getattr(owner.api, fn_name)(call)
-                    if isinstance(result, Answer):
-                        answer = (result.status, result.body, result.content_type, result.headers)
-                    else:
-                        answer = _json_answer(200, result)
-        except HTTPError as exc:
-            answer = _json_answer(exc.status, {"detail": exc.detail}, exc.headers)
-        except Exception as exc:
-            logger.exception("unhandled error in %s %s", method, path)
-            answer = _json_answer(500, {"detail": f"internal server error: {type(exc).__name__}: {exc}"})
+            answer = self._answer(method, split.path, split.query, body)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an answer (see _error_answer)
+            answer = self._error_answer(exc, method, split.path)
         # Record before answering: a client that inspects ``requests`` right after its call returned sees it.
-        owner._record(RecordedRequest(method, path, recorded_headers, body, answer[0]))
-        if drop:
+        recorded_headers = {k: v for k, v in self.headers.items() if k.lower() != "x-api-key"}
+        owner._record(RecordedRequest(method, split.path, recorded_headers, body, 0 if answer is None else answer[0]))
+        if answer is None:
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -281,6 +304,42 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if unread_body:
             self._lingering_close()
+
+    def _answer(self, method: str, path: str, query: str, body: bytes) -> tuple[int, bytes, str, Mapping[str, str]] | None:
+        """Route, apply the scripted faults, authenticate and call the endpoint (None = drop the connection)."""
+        owner = self.server.owner
+        _, op, fn_name, needs_auth, params = self._route(method, path)
+        delay = owner.faults.delay_for(op)
+        if delay > 0:
+            time.sleep(delay)
+        if owner.faults.should_drop(op):
+            return None
+        scripted = owner.faults.scripted_response(op)
+        if scripted is not None:
+            return _json_answer(scripted.status, scripted.body, scripted.headers)
+        api_key, who = self._authenticate() if needs_auth else ("", "")
+        call = Call(method=method, op=op, params=params, query=dict(parse_qsl(query)), headers=self.headers,
+                    body=body, owner=who, api_key=api_key)
+        result = getattr(owner.api, fn_name)(call)
+        if isinstance(result, Answer):
+            return result.status, result.body, result.content_type, result.headers
+        return _json_answer(200, result)
+
+    @staticmethod
+    def _error_answer(exc: Exception, method: str, path: str) -> tuple[int, bytes, str, Mapping[str, str]]:
+        """The answer for a failure: its HTTPError, a 4xx for malformed input, a 500 only for a server bug."""
+        if isinstance(exc, HTTPError):
+            return _json_answer(exc.status, {"detail": exc.detail}, exc.headers)
+        if isinstance(exc, RecursionError):
+            return _json_answer(400, {"detail": f"{path}: the request is nested too deeply; flatten it"})
+        if isinstance(exc, UnicodeEncodeError):
+            return _json_answer(400, {"detail": f"{path}: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff "
+                                                f"without its pair); send valid Unicode text"})
+        if isinstance(exc, MemoryError):
+            return _json_answer(413, {"detail": f"{path}: the request needs more memory than this server allows; "
+                                                f"send less data per request"})
+        logger.error("unhandled error in %s %s", method, path, exc_info=exc)
+        return _json_answer(500, {"detail": f"internal server error: {type(exc).__name__}: {exc}"})
 
     def _lingering_close(self) -> None:
         """Half-close, then read and discard what the client still sends before closing.
@@ -324,18 +383,22 @@ class _Handler(BaseHTTPRequestHandler):
                             {"Allow": ", ".join(sorted(set(allowed)))})
         raise HTTPError(404, f"unknown endpoint {method} {path}")
 
-    def _authenticate(self) -> str:
+    def _authenticate(self) -> tuple[str, str]:
+        """(the credential, its owner id); a JWT minted by this server stands for the key it was exchanged for."""
         key = (self.headers.get("X-API-Key") or "").strip()
         allowed = self.server.owner.api_keys
         if not key:
             raise HTTPError(401, "missing API key: send it in the X-API-Key header (any key starting with 'tml-' "
                                  "works on the local server unless it was started with --api-key)")
+        api = self.server.owner.api
+        if key.startswith("eyJ") and api is not None:
+            return key, api.authenticate_jwt(key)
         if allowed is not None:
             if key not in allowed:
                 raise HTTPError(401, "invalid API key: this local server only accepts the keys given with --api-key")
         elif not key.startswith("tml-"):
             raise HTTPError(401, "invalid API key: it must start with 'tml-' (e.g. TINKER_API_KEY=tml-local)")
-        return key
+        return key, owner_of_key(key)
 
     def _send(self, status: int, body: bytes, content_type: str, headers: Mapping[str, str]) -> int:
         try:
@@ -374,6 +437,10 @@ class LocalTinkerServer:
             ``fwdbwd_max_chunk_len`` to exercise client-side chunking).
         session_timeout_s: a session without any request (heartbeats included) for this long, measured with
             ``clock``, expires: work on it and its heartbeats then answer 410.
+        max_json_body_bytes: JSON bodies (which expand most in memory) larger than this are refused with 413.
+        max_connections: open connections beyond this get an immediate 503 (one handler thread each).
+        jwt_auth: mint JWTs on ``POST /api/v1/auth/token`` and announce ``pjwt_auth_enabled`` (the signing
+            secret is kept in ``data_dir``, so tokens survive a restart).
 
     Live training models and unsaved samplers are persisted in ``data_dir`` and survive a restart on the
     same ``data_dir`` (a client keeps training the same model_id with the next seq_id).
@@ -395,6 +462,9 @@ class LocalTinkerServer:
         sample_workers: int | None = None,
         client_config_overrides: Mapping[str, Any] | None = None,
         session_timeout_s: float = 600.0,
+        max_json_body_bytes: int = 16 * 1024 * 1024,
+        max_connections: int = 256,
+        jwt_auth: bool = False,
         _engine_module: Any = None,
     ) -> None:
         if session_timeout_s <= 0:
@@ -407,6 +477,12 @@ class LocalTinkerServer:
         self.api_keys = frozenset(api_keys) if api_keys else None
         self.long_poll_s = long_poll_s
         self.max_body_bytes = max_body_bytes
+        self.max_json_body_bytes = max_json_body_bytes
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        self.max_connections = max_connections
+        self.big_bodies = threading.BoundedSemaphore(_BIG_BODIES)
+        self.jwt_auth = jwt_auth
         self.clock = clock
         self.faults = FaultInjector()
         self.requests: list[RecordedRequest] = []
@@ -446,7 +522,8 @@ class LocalTinkerServer:
         self.api = Api(store=self.store, faults=self.faults, clock=self.clock, long_poll_s=self.long_poll_s,
                        base_url=lambda: self.url, engine_module=self._engine_module,
                        sample_workers=self._sample_workers, client_config=self.client_config_overrides,
-                       session_timeout_s=self.session_timeout_s)
+                       session_timeout_s=self.session_timeout_s,
+                       jwt_secret=secret_file(self.data_dir / "jwt_secret") if self.jwt_auth else None)
         httpd = _HTTPServer((self.host, self.port), _Handler)
         httpd.owner = self
         self.port = httpd.server_address[1]
@@ -456,6 +533,10 @@ class LocalTinkerServer:
         self._thread.start()
         logger.info("local Tinker server listening on %s (data in %s)", self.url, self.data_dir)
         return self
+
+    def active_connections(self) -> int:
+        """Open client connections right now (each holds one handler thread; see ``max_connections``)."""
+        return 0 if self._httpd is None else self._httpd.active_connections()
 
     def serve_forever(self) -> None:
         """Block until :meth:`stop` is called (from another thread or a signal handler)."""

@@ -38,6 +38,14 @@ CREATE TABLE IF NOT EXISTS samplers (
     sampler_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, owner TEXT NOT NULL, base_model TEXT NOT NULL,
     model_path TEXT, created_at REAL NOT NULL, ephemeral INTEGER NOT NULL DEFAULT 0);
 """
+# Columns added after the first release: (table, column, SQL type). Added to older databases on open.
+_ADDED_COLUMNS = (
+    ("sessions", "display_name", "TEXT"),
+    ("runs", "project_id", "TEXT"),
+    ("runs", "trainable", "INTEGER NOT NULL DEFAULT 1"),
+    ("checkpoints", "user_metadata", "TEXT"),
+    ("samplers", "clients", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 def owner_of_key(api_key: str) -> str:
@@ -53,6 +61,9 @@ class SessionRow:
     last_heartbeat: float
     project_id: str | None
     finished_reason: str | None
+    display_name: str | None = None
+    user_metadata: dict[str, Any] | None = None
+    finished_detail: str | None = None
 
 
 @attrs.frozen
@@ -65,6 +76,8 @@ class RunRow:
     user_metadata: dict[str, Any] | None
     created_at: float
     last_request_time: float
+    project_id: str | None = None
+    trainable: bool = True
 
 
 @attrs.frozen
@@ -78,6 +91,7 @@ class CheckpointRow:
     public: bool
     expires_at: float | None
     directory: str
+    user_metadata: dict[str, str] | None = None
 
     @property
     def tinker_path(self) -> str:
@@ -85,7 +99,7 @@ class CheckpointRow:
 
     @property
     def checkpoint_type(self) -> str:
-        return "training" if self.kind == "weights" else "sampler"
+        return {"weights": "training", "sampler_weights": "sampler"}.get(self.kind, "external")
 
 
 @attrs.frozen
@@ -111,6 +125,10 @@ class Store:
         self._db.row_factory = sqlite3.Row
         with self._lock, self._db:
             self._db.executescript(_SCHEMA)
+            for table, column, sql_type in _ADDED_COLUMNS:
+                have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
 
     def close(self) -> None:
         with self._lock:
@@ -122,20 +140,48 @@ class Store:
 
     # -- sessions --------------------------------------------------------------------------------
     def add_session(self, session_id: str, owner: str, *, project_id: str | None, tags: list[str],
-                    user_metadata: Any) -> None:
+                    user_metadata: Any, display_name: str | None = None) -> None:
         now = self._clock()
         self._exec(
-            "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,NULL,NULL)",
-            (session_id, owner, now, now, project_id, json.dumps(tags), json.dumps(user_metadata)),
+            "INSERT INTO sessions (session_id, owner, created_at, last_heartbeat, project_id, tags, user_metadata, "
+            "display_name) VALUES (?,?,?,?,?,?,?,?)",
+            (session_id, owner, now, now, project_id, json.dumps(tags), json.dumps(user_metadata), display_name),
         )
 
+    _SESSION_COLUMNS = ("session_id, owner, created_at, last_heartbeat, project_id, finished_reason, display_name, "
+                        "user_metadata, finished_detail")
+
+    @staticmethod
+    def _session(row: sqlite3.Row) -> SessionRow:
+        d = dict(row)
+        meta = json.loads(d["user_metadata"]) if d["user_metadata"] else None
+        d["user_metadata"] = meta if isinstance(meta, dict) else None
+        return SessionRow(**d)
+
     def get_session(self, session_id: str) -> SessionRow | None:
+        rows = self._exec(f"SELECT {self._SESSION_COLUMNS} FROM sessions WHERE session_id=?", (session_id,))
+        return self._session(rows[0]) if rows else None
+
+    def owner_sessions(self, owner: str) -> list[SessionRow]:
+        """All sessions of ``owner``, newest first."""
+        rows = self._exec(f"SELECT {self._SESSION_COLUMNS} FROM sessions WHERE owner=? "
+                          f"ORDER BY created_at DESC, session_id DESC", (owner,))
+        return [self._session(r) for r in rows]
+
+    def session_checkpoint_stats(self, session_id: str) -> tuple[int, int]:
+        """(number of checkpoints, total bytes) of the training runs made in a session."""
+        row = self._exec("SELECT COUNT(*) AS n, COALESCE(SUM(c.size_bytes), 0) AS b FROM checkpoints c "
+                         "JOIN runs r ON c.run_id = r.run_id WHERE r.session_id=?", (session_id,))[0]
+        return int(row["n"]), int(row["b"])
+
+    def storage_by_project(self, owner: str) -> list[tuple[str | None, int, int]]:
+        """(project id, checkpoint count, bytes) of ``owner``'s current checkpoints."""
         rows = self._exec(
-            "SELECT session_id, owner, created_at, last_heartbeat, project_id, finished_reason "
-            "FROM sessions WHERE session_id=?",
-            (session_id,),
-        )
-        return SessionRow(**dict(rows[0])) if rows else None
+            "SELECT COALESCE(r.project_id, s.project_id) AS project, COUNT(*) AS n, "
+            "COALESCE(SUM(c.size_bytes), 0) AS b FROM checkpoints c JOIN runs r ON c.run_id = r.run_id "
+            "LEFT JOIN sessions s ON r.session_id = s.session_id WHERE c.owner=? GROUP BY project ORDER BY project",
+            (owner,))
+        return [(r["project"], int(r["n"]), int(r["b"])) for r in rows]
 
     def list_sessions(self, owner: str, *, limit: int, offset: int) -> list[str]:
         rows = self._exec(
@@ -158,11 +204,13 @@ class Store:
 
     # -- runs ------------------------------------------------------------------------------------
     def add_run(self, run_id: str, session_id: str, owner: str, base_model: str, lora_config: dict[str, Any],
-                user_metadata: Any) -> None:
+                user_metadata: Any, *, project_id: str | None = None, trainable: bool = True) -> None:
         now = self._clock()
         self._exec(
-            "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?)",
-            (run_id, session_id, owner, base_model, json.dumps(lora_config), json.dumps(user_metadata), now, now),
+            "INSERT OR REPLACE INTO runs (run_id, session_id, owner, base_model, lora_config, user_metadata, "
+            "created_at, last_request_time, project_id, trainable) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (run_id, session_id, owner, base_model, json.dumps(lora_config), json.dumps(user_metadata), now, now,
+             project_id, int(trainable)),
         )
 
     def touch_run(self, run_id: str) -> None:
@@ -173,6 +221,7 @@ class Store:
         d = dict(row)
         d["lora_config"] = json.loads(d["lora_config"])
         d["user_metadata"] = json.loads(d["user_metadata"]) if d["user_metadata"] else None
+        d["trainable"] = bool(d["trainable"])
         return RunRow(**d)
 
     def get_run(self, run_id: str) -> RunRow | None:
@@ -202,14 +251,16 @@ class Store:
         return self.data_dir / "runs" / safe_run / kind / name
 
     def add_checkpoint(self, run_id: str, checkpoint_id: str, owner: str, directory: Path,
-                       ttl_seconds: int | None) -> CheckpointRow:
+                       ttl_seconds: int | None, *, user_metadata: dict[str, str] | None = None) -> CheckpointRow:
         now = self._clock()
         size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
         kind = checkpoint_id.split("/", 1)[0]
         expires = now + ttl_seconds if ttl_seconds else None
         self._exec(
-            "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,0,?,?)",
-            (run_id, checkpoint_id, kind, owner, now, size, expires, str(directory)),
+            "INSERT OR REPLACE INTO checkpoints (run_id, checkpoint_id, kind, owner, time, size_bytes, public, "
+            "expires_at, directory, user_metadata) VALUES (?,?,?,?,?,?,0,?,?,?)",
+            (run_id, checkpoint_id, kind, owner, now, size, expires, str(directory),
+             json.dumps(user_metadata) if user_metadata else None),
         )
         self.touch_run(run_id)
         row = self.get_checkpoint(run_id, checkpoint_id)
@@ -220,6 +271,7 @@ class Store:
     def _ckpt(row: sqlite3.Row) -> CheckpointRow:
         d = dict(row)
         d["public"] = bool(d["public"])
+        d["user_metadata"] = json.loads(d["user_metadata"]) if d["user_metadata"] else None
         return CheckpointRow(**d)
 
     def _purge_expired(self) -> None:
@@ -267,7 +319,8 @@ class Store:
     def add_sampler(self, sampler_id: str, session_id: str, owner: str, base_model: str,
                     model_path: str | None, *, ephemeral: bool = False) -> None:
         self._exec(
-            "INSERT OR REPLACE INTO samplers VALUES (?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO samplers (sampler_id, session_id, owner, base_model, model_path, created_at, "
+            "ephemeral) VALUES (?,?,?,?,?,?,?)",
             (sampler_id, session_id, owner, base_model, model_path, self._clock(), int(ephemeral)),
         )
 
@@ -276,8 +329,16 @@ class Store:
         if not rows:
             return None
         d = dict(rows[0])
+        d.pop("clients", None)
         d["ephemeral"] = bool(d["ephemeral"])
         return SamplerRow(**d)
+
+    def join_sampler(self, sampler_id: str) -> int:
+        """The next clone number of a sampling session (1, 2, ...; the original client is 0)."""
+        with self._lock, self._db:
+            self._db.execute("UPDATE samplers SET clients = clients + 1 WHERE sampler_id=?", (sampler_id,))
+            row = self._db.execute("SELECT clients FROM samplers WHERE sampler_id=?", (sampler_id,)).fetchone()
+        return int(row["clients"]) if row else 0
 
     def samplers_of_session(self, session_id: str) -> list[str]:
         return [r["sampler_id"] for r in self._exec(

@@ -361,3 +361,8 @@ def datetime_field(*, default: Any = attrs.NOTHING, **kw: Any) -> Any:
 def converted_field(converter: Any, *, default: Any = attrs.NOTHING, **kw: Any) -> Any:
     """A field with a custom converter (a plain function or an ``attrs.Converter``)."""
     return attrs.field(default=default, converter=converter, **kw)
+
+
+# Field metadata: leave the field off the wire while it equals its default (new optional keys that
+# servers predating them would refuse), instead of the usual "always send non-None defaults".
+OMIT_DEFAULT = {"serde_omit_default": True}

@@ -17,7 +17,6 @@ from ._common import (
     choice_field,
     converted_field,
     datetime_field,
-    float_field,
     instance_field,
     int_field,
     json_dict_field,
@@ -25,20 +24,20 @@ from ._common import (
     str_field,
     str_list_field,
 )
+from ._optimizer import AdamOptimizerConfig, OptimizerConfig, check_optimizer_config
 
 __all__ = [
     "AssignSessionProjectRequest",
     "AuditLogEntry",
     "AuditLogResponse",
-    "BillingEventInfo",
-    "BillingUsageEvent",
-    "BillingUsageResponse",
-    "BillingUsageSession",
     "Checkpoint",
     "CheckpointArchiveUrlResponse",
     "CheckpointType",
     "CheckpointsListResponse",
+    "CopyWeightsRequest",
+    "CopyWeightsResponse",
     "Cursor",
+    "ExternalWeightsUrlsResponse",
     "GetSamplerResponse",
     "GetServerCapabilitiesResponse",
     "GetSessionResponse",
@@ -71,6 +70,7 @@ class Checkpoint:
     tinker_path: str = str_field()
     size_bytes: int | None = int_field(default=None, minimum=0)
     public: bool = bool_field(default=False)
+    user_metadata: dict[str, str] | None = json_dict_field(default=None)
     expires_at: datetime | None = datetime_field(default=None)
 
 
@@ -200,6 +200,8 @@ class GetSessionResponse:
 
     training_run_ids: list[str] = str_list_field()
     sampler_ids: list[str] = str_list_field()
+    user_metadata: dict[str, str] | None = json_dict_field(default=None)
+    display_name: str | None = str_field(default=None)
 
 
 @attrs.frozen
@@ -233,6 +235,7 @@ class WeightsInfoResponse:
 
     base_model: str = str_field()
     is_lora: bool = bool_field()
+    optimizer_config: OptimizerConfig = converted_field(check_optimizer_config, factory=AdamOptimizerConfig)
     lora_rank: int | None = int_field(default=None, minimum=0)
     train_unembed: bool | None = bool_field(default=None)
     train_mlp: bool | None = bool_field(default=None)
@@ -292,59 +295,33 @@ class AuditLogResponse:
 
 
 @attrs.frozen
-class BillingEventInfo:
-    """What one billing bucket counts; which fields are set depends on ``type``.
+class CopyWeightsRequest:
+    """Copy a checkpoint into a project: give ``destination_project_id``, or ``session_id`` + ``model_seq_id``."""
 
-    ``training`` / ``sampling_sample``: ``token_count``; ``sampling_prefill``: ``token_count`` and
-    ``cached``; ``checkpoint``: ``count``; ``storage``: ``gigabyte_hours`` (0.38 also ``free``).
-    One lenient class instead of the official SDK's five (same attribute names), so an event type the
-    server adds later still parses instead of failing the whole listing.
-    """
-
-    token_count: int | None = int_field(default=None, minimum=0)
-    cached: bool | None = bool_field(default=None)
-    count: int | None = int_field(default=None, minimum=0)
-    gigabyte_hours: float | None = float_field(default=None)
-    free: bool | None = bool_field(default=None)
-    type: str = str_field(default="training")
-
-
-@attrs.frozen
-class BillingUsageEvent:
-    """Usage of one kind in one hour bucket."""
-
-    bucket_start: datetime = datetime_field()
-    bucket_end: datetime = datetime_field()
-    event_info: BillingEventInfo = instance_field(BillingEventInfo)
-    base_model: str | None = str_field(default=None)
-    user_id: str | None = str_field(default=None)
-    user_name: str | None = str_field(default=None)
+    source_path: str = str_field()
     session_id: str | None = str_field(default=None)
-    project_id: str | None = str_field(default=None)
+    model_seq_id: int | None = int_field(default=None, minimum=0)
+    destination_project_id: str | None = str_field(default=None)
+    ttl_seconds: int | None = int_field(default=None, minimum=1)
+    weights_access_token: str | None = str_field(default=None, repr=False)
 
 
 @attrs.frozen
-class BillingUsageSession:
-    """Per-session facts attached to a billing report."""
+class CopyWeightsResponse:
+    """Result of copy_weights: the path of the new copy."""
 
-    user_metadata: dict[str, str] | None = json_dict_field(default=None)
+    tinker_path: str = str_field()
 
 
-def _sessions(value: Any, self_: Any, field: Any) -> dict[str, BillingUsageSession]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise TypeError(f"{_where(self_, field)} must be a dict of session id -> BillingUsageSession")
-    for key, item in value.items():
-        check_str(key, f"{_where(self_, field)} key")
-        if not isinstance(item, BillingUsageSession):
-            raise TypeError(f"{_where(self_, field)}[{key!r}] must be a BillingUsageSession, got {type(item).__name__}")
+def _url_map(value: Any, self_: Any, field: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise TypeError(f"{_where(self_, field)} must be a dict of file path -> URL")
     return dict(value)
 
 
 @attrs.frozen
-class BillingUsageResponse:
-    """Billing usage events of a time range and the sessions they belong to."""
+class ExternalWeightsUrlsResponse:
+    """Signed download URLs of an external-weights checkpoint, per file path, valid until ``expires``."""
 
-    data: list[BillingUsageEvent] = list_of_field(BillingUsageEvent)
-    sessions: dict[str, BillingUsageSession] = converted_field(_conv(_sessions), factory=dict)
+    urls: dict[str, str] = converted_field(_conv(_url_map))
+    expires: datetime = datetime_field()

@@ -4,11 +4,12 @@
 # ruff: noqa: RUF009
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from ._common import (
+    OMIT_DEFAULT,
     _conv,
     _describe,
     _where,
@@ -26,15 +27,23 @@ from ._common import (
 )
 from ._model_input import ModelInput
 from ._numbers import to_numbers, to_optional_floats
+from ._tensor import TensorData
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy
 
 __all__ = [
     "CreateSamplingSessionRequest",
     "CreateSamplingSessionResponse",
+    "JoinSamplingSessionRequest",
+    "JoinSamplingSessionResponse",
+    "PromptAltTokens",
     "SampleRequest",
     "SampleResponse",
     "SampledSequence",
     "SamplingParams",
     "StopReason",
+    "TopkLogprobs",
 ]
 
 StopReason = Literal["length", "stop"]
@@ -92,6 +101,12 @@ class SampleRequest:
     seq_id: int | None = int_field(default=None, minimum=0)
     prompt_logprobs: bool | None = bool_field(default=None)
     topk_prompt_logprobs: int = int_field(default=0, minimum=0)
+    # 0.38 options: sent only when set, so servers predating them see no new key.
+    topk_sample_logprobs: int = int_field(default=0, minimum=0, metadata=OMIT_DEFAULT)
+    target_prompt_logprobs: TensorData | None = instance_field(TensorData, default=None)
+    prompt_alt_tokens_k: int = int_field(default=0, minimum=0, metadata=OMIT_DEFAULT)
+    prompt_logprobs_last_n: int | None = int_field(default=None, minimum=1)
+    record_stability_info: bool | None = bool_field(default=None)
     type: Literal["sample"] = tag_field("sample")
 
 
@@ -101,13 +116,67 @@ def _logprobs(value: Any, self_: Any, field: Any) -> Any:
     return to_numbers(value, "d", _where(self_, field))  # one typed buffer, list-like
 
 
+# A top-k row: up to k (token_id, logprob) pairs, or None where nothing was reported.
+TopkRows = list[list[tuple[int, float]] | None]
+_MASK_LOGPROB = -99999.0  # fills empty top-k cells in the dense (numpy) form, as the official SDK does
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("the *_np properties need numpy: pip install 'tinker-sync[numpy]'") from None
+    return numpy
+
+
+@attrs.frozen
+class TopkLogprobs:
+    """Top-k logprobs as two dense ``(length, k)`` numpy matrices (empty cells: token 0, logprob -99999)."""
+
+    token_ids: numpy.ndarray
+    logprobs: numpy.ndarray
+
+
+def _topk_dense(rows: TopkRows) -> TopkLogprobs:
+    np = _numpy()
+    k = max((len(r) for r in rows if r), default=0)
+    ids = np.zeros((len(rows), k), dtype=np.int32)
+    lps = np.full((len(rows), k), _MASK_LOGPROB, dtype=np.float32)
+    for i, row in enumerate(rows):
+        for j, (tok, lp) in enumerate(row or ()):
+            ids[i, j] = tok
+            lps[i, j] = lp
+    return TopkLogprobs(token_ids=ids, logprobs=lps)
+
+
 @attrs.frozen
 class SampledSequence:
-    """One generated sequence."""
+    """One generated sequence; ``tokens_np``/``logprobs_np`` give numpy views when numpy is installed.
+
+    ``sequence_id`` (0.38) names the sequence for later requests (provenance spans, stability info).
+    """
 
     stop_reason: StopReason = choice_field(STOP_REASONS)
     tokens: list[int] = converted_field(_conv(lambda v, s, f: to_numbers(v, "I", _where(s, f))))
     logprobs: list[float] | None = converted_field(_conv(_logprobs), default=None)
+    sequence_id: str | None = str_field(default=None)
+    topk_logprobs: TopkRows | None = converted_field(_conv(lambda v, s, f: _topk(v, s, f)), default=None)
+
+    @property
+    def tokens_np(self) -> numpy.ndarray:
+        """The tokens as a 1-D int32 numpy array (needs numpy)."""
+        array: numpy.ndarray = _numpy().asarray(self.tokens, dtype=_numpy().int32)
+        return array
+
+    @property
+    def logprobs_np(self) -> numpy.ndarray | None:
+        """The logprobs as a 1-D float32 numpy array, or None when not requested (needs numpy)."""
+        return None if self.logprobs is None else _numpy().asarray(self.logprobs, dtype=_numpy().float32)
+
+    @property
+    def topk_logprobs_np(self) -> TopkLogprobs | None:
+        """The per-token top-k logprobs as dense matrices, or None when not requested (needs numpy)."""
+        return None if self.topk_logprobs is None else _topk_dense(self.topk_logprobs)
 
     def __attrs_post_init__(self) -> None:
         if self.logprobs is not None and len(self.logprobs) != len(self.tokens):
@@ -149,6 +218,15 @@ def _topk(value: Any, self_: Any, field: Any) -> Any:
 
 
 @attrs.frozen
+class PromptAltTokens:
+    """``prompt_alt_tokens_k`` draws at every prompt position after the first: two ``[len(prompt) - 1, k]``
+    tensors, int64 ``tokens`` and their float32 ``logprobs``."""
+
+    tokens: TensorData = instance_field(TensorData)
+    logprobs: TensorData = instance_field(TensorData)
+
+
+@attrs.frozen
 class SampleResponse:
     """Sampled sequences, plus prompt logprobs when requested."""
 
@@ -158,7 +236,24 @@ class SampleResponse:
         _conv(_topk), default=None
     )
     prompt_cache_hit_tokens: int = int_field(default=0, minimum=0)
+    target_prompt_logprobs: TensorData | None = instance_field(TensorData, default=None)
+    prompt_alt_tokens: PromptAltTokens | None = instance_field(PromptAltTokens, default=None)
     type: Literal["sample"] = tag_field("sample")
+
+    @property
+    def prompt_logprobs_np(self) -> numpy.ndarray | None:
+        """Prompt logprobs as a float32 numpy array, NaN where none was computed (needs numpy)."""
+        if self.prompt_logprobs is None:
+            return None
+        np = _numpy()
+        # The buffer holds NaN where the list shows None: a zero-copy view for decoded responses.
+        array: numpy.ndarray = np.asarray(self.prompt_logprobs, dtype=np.float32)
+        return array
+
+    @property
+    def topk_prompt_logprobs_np(self) -> TopkLogprobs | None:
+        """Prompt top-k logprobs as dense matrices, or None when not requested (needs numpy)."""
+        return None if self.topk_prompt_logprobs is None else _topk_dense(self.topk_prompt_logprobs)
 
 
 @attrs.frozen
@@ -186,3 +281,19 @@ class CreateSamplingSessionResponse:
 
     sampling_session_id: str = str_field()
     type: Literal["create_sampling_session"] = tag_field("create_sampling_session")
+
+
+@attrs.frozen
+class JoinSamplingSessionRequest:
+    """Join an existing sampling session (an unpickled SamplingClient asks for its clone id)."""
+
+    sampling_session_id: str = str_field()
+    type: Literal["join_sampling_session"] = tag_field("join_sampling_session")
+
+
+@attrs.frozen
+class JoinSamplingSessionResponse:
+    """The server-allocated clone id of the joining client (the original client is 0)."""
+
+    client_counter: int = int_field(minimum=0)
+    type: Literal["join_sampling_session"] = tag_field("join_sampling_session")

@@ -55,6 +55,9 @@ class ClientConfigResponse:
     sample_enable_stuck_detection: bool = bool_field(default=True)
     sample_max_concurrent_requests: int = int_field(default=2000, minimum=1)
     use_pyqwest_transport: bool = bool_field(default=True)
+    sample_use_retrieve_futures: bool = bool_field(default=False)
+    custom_loss_server_side: bool = bool_field(default=False)
+    sample_join_sampling_session: bool = bool_field(default=False)
     create_model_via_load_weights: bool = bool_field(default=False)
 
 
@@ -82,6 +85,7 @@ class CreateSessionRequest:
     tags: list[str] = str_list_field(factory=list)
     user_metadata: dict[str, Any] = json_dict_field(factory=dict, none_as_empty=True)
     project_id: str | None = str_field(default=None)
+    display_name: str | None = str_field(default=None)
     type: Literal["create_session"] = tag_field("create_session")
 
 

@@ -10,25 +10,37 @@ from typing import Any, Literal
 import attrs
 
 from ._common import (
+    OMIT_DEFAULT,
     _describe,
     bool_field,
     check_choice,
+    choice_field,
     converted_field,
     float_dict_field,
-    float_field,
     instance_field,
     int_field,
     json_dict_field,
     list_of_field,
     str_field,
+    str_list_field,
     tag_field,
 )
+from ._console import checkpoint_console_url, checkpoint_playground_url
 from ._model_input import ModelInput
 from ._numbers import NumberArray
+from ._optimizer import (
+    AdamOptimizerConfig,
+    AdamParams,
+    DimuonParams,
+    OptimizerConfig,
+    OptimParams,
+    check_optimizer_config,
+)
+from ._provenance import ProvenanceSpans, check_spans, check_tiling
+from ._rest import ParsedCheckpointTinkerPath
 from ._tensor import TensorData
 
 __all__ = [
-    "AdamParams",
     "CreateModelRequest",
     "CreateModelResponse",
     "Datum",
@@ -48,6 +60,10 @@ __all__ = [
     "ModelData",
     "OptimStepRequest",
     "OptimStepResponse",
+    "SamplingClientKind",
+    "SaveWeightsExternalRequest",
+    "SaveWeightsExternalResponse",
+    "SaveWeightsExternalResponseInternal",
     "SaveWeightsForSamplerRequest",
     "SaveWeightsForSamplerResponse",
     "SaveWeightsForSamplerResponseInternal",
@@ -70,6 +86,8 @@ LOSS_FNS: tuple[str, ...] = (
     "stable_reinforce",
     "custom",
 )
+SamplingClientKind = Literal["snapshot", "inflight"]
+_SAMPLING_CLIENT_KINDS: tuple[str, ...] = ("snapshot", "inflight")
 LossFnInputs = dict[str, TensorData]
 LossFnOutput = dict[str, TensorData]
 
@@ -143,7 +161,29 @@ class Datum:
     """
 
     model_input: ModelInput = instance_field(ModelInput)
-    loss_fn_inputs: dict[str, TensorData] = converted_field(_coerce_loss_fn_inputs)
+    loss_fn_inputs: dict[str, TensorData] = converted_field(_coerce_loss_fn_inputs, factory=dict)
+    model_input_spans: ProvenanceSpans | None = converted_field(
+        lambda v: check_spans(v, "Datum.model_input_spans"), default=None
+    )
+    loss_fn_input_spans: ProvenanceSpans | None = converted_field(
+        lambda v: check_spans(v, "Datum.loss_fn_input_spans"), default=None
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if (self.model_input_spans is None) != (self.loss_fn_input_spans is None):
+            raise ValueError("Datum provenance comes as a pair: set both model_input_spans and loss_fn_input_spans or neither")
+
+    def with_provenance(self, model_input: ProvenanceSpans, loss_fn_inputs: ProvenanceSpans) -> Datum:
+        """A copy carrying provenance spans for ``model_input`` and ``loss_fn_inputs["target_tokens"]``.
+
+        Raises:
+            ValueError: the spans do not tile the field they annotate exactly.
+        """
+        check_tiling("model_input", check_spans(model_input, "model_input") or [], self.model_input.length)
+        target = self.loss_fn_inputs.get("target_tokens")
+        if target is not None and target.shape is not None and len(target.shape) == 1:
+            check_tiling("loss_fn_inputs", check_spans(loss_fn_inputs, "loss_fn_inputs") or [], target.shape[0])
+        return attrs.evolve(self, model_input_spans=model_input, loss_fn_input_spans=loss_fn_inputs)
 
 
 def _loss_fn(where: str):  # type: ignore[no-untyped-def]
@@ -162,38 +202,62 @@ class ForwardBackwardInput:
     loss_fn_config: dict[str, float] | None = float_dict_field(default=None)
 
 
-@attrs.frozen
+@attrs.frozen(init=False)
 class ForwardBackwardRequest:
-    """The forward_backward request body (protobuf on the 0.25 wire; see ``_proto``).
+    """A forward_backward request: ``forward_backward_input`` for ``model_id`` (protobuf on the 0.25+ wire).
 
+    Built as officially, ``ForwardBackwardRequest(forward_backward_input=..., model_id=..., seq_id=...)``, or
+    from the parts, ``ForwardBackwardRequest(model_id=..., data=..., loss_fn=..., loss_fn_config=...)``.
     ``forward_only`` makes it a forward pass (no gradients). ``seq_id`` 0/None means unset.
     """
 
+    forward_backward_input: ForwardBackwardInput = instance_field(ForwardBackwardInput)
     model_id: str = str_field()
-    data: list[Datum] = list_of_field(Datum)
-    loss_fn: LossFnType = converted_field(_loss_fn("ForwardBackwardRequest.loss_fn"))
     seq_id: int | None = int_field(default=None, minimum=0)
-    loss_fn_config: dict[str, float] | None = float_dict_field(default=None)
     forward_only: bool = bool_field(default=False)
+
+    def __init__(
+        self,
+        forward_backward_input: ForwardBackwardInput | None = None,
+        model_id: str | None = None,
+        seq_id: int | None = None,
+        *,
+        forward_only: bool = False,
+        data: list[Datum] | None = None,
+        loss_fn: LossFnType | None = None,
+        loss_fn_config: dict[str, float] | None = None,
+    ) -> None:
+        if forward_backward_input is None:
+            if data is None or loss_fn is None:
+                raise TypeError("ForwardBackwardRequest needs forward_backward_input (or data and loss_fn)")
+            forward_backward_input = ForwardBackwardInput(data=data, loss_fn=loss_fn, loss_fn_config=loss_fn_config)
+        elif data is not None or loss_fn is not None or loss_fn_config is not None:
+            raise TypeError("ForwardBackwardRequest takes forward_backward_input or data/loss_fn/loss_fn_config, not both")
+        if model_id is None:
+            raise TypeError("ForwardBackwardRequest needs model_id")
+        self.__attrs_init__(forward_backward_input, model_id, seq_id, forward_only)
 
     @classmethod
     def from_input(
         cls, fb_input: ForwardBackwardInput, *, model_id: str, seq_id: int | None = None, forward_only: bool = False
     ) -> ForwardBackwardRequest:
         """Build from a ForwardBackwardInput."""
-        return cls(
-            model_id=model_id,
-            data=fb_input.data,
-            loss_fn=fb_input.loss_fn,
-            seq_id=seq_id,
-            loss_fn_config=fb_input.loss_fn_config,
-            forward_only=forward_only,
-        )
+        return cls(fb_input, model_id, seq_id, forward_only=forward_only)
 
     @property
-    def forward_backward_input(self) -> ForwardBackwardInput:
-        """The data/loss part as a ForwardBackwardInput."""
-        return ForwardBackwardInput(data=self.data, loss_fn=self.loss_fn, loss_fn_config=self.loss_fn_config)
+    def data(self) -> list[Datum]:
+        """The examples (``forward_backward_input.data``)."""
+        return self.forward_backward_input.data
+
+    @property
+    def loss_fn(self) -> LossFnType:
+        """The loss (``forward_backward_input.loss_fn``)."""
+        return self.forward_backward_input.loss_fn
+
+    @property
+    def loss_fn_config(self) -> dict[str, float] | None:
+        """The loss settings (``forward_backward_input.loss_fn_config``)."""
+        return self.forward_backward_input.loss_fn_config
 
 
 @attrs.frozen
@@ -239,26 +303,48 @@ class ForwardBackwardOutput:
     metrics: dict[str, float] = float_dict_field()
 
 
-@attrs.frozen
-class AdamParams:
-    """Adam(W) hyper-parameters for optim_step (all always sent)."""
-
-    learning_rate: float = float_field(default=1e-4, minimum=0.0)
-    beta1: float = float_field(default=0.9, minimum=0.0, maximum=1.0, max_exclusive=True)
-    beta2: float = float_field(default=0.95, minimum=0.0, maximum=1.0, max_exclusive=True)
-    eps: float = float_field(default=1e-12, minimum=0.0, min_exclusive=True)
-    weight_decay: float = float_field(default=0.0, minimum=0.0)
-    grad_clip_norm: float = float_field(default=0.0, minimum=0.0)
+def _optim_params(value: Any) -> OptimParams:
+    if not isinstance(value, (AdamParams, DimuonParams)):
+        raise TypeError(f"OptimStepRequest.optim_params must be AdamParams or DimuonParams, got {type(value).__name__}")
+    return value
 
 
-@attrs.frozen
+@attrs.frozen(init=False)
 class OptimStepRequest:
-    """Apply one optimizer step to the accumulated gradients."""
+    """Apply one optimizer step to the accumulated gradients.
 
-    adam_params: AdamParams = instance_field(AdamParams)
+    ``optim_params`` travels as ``adam_params`` (AdamParams) or ``optimizer_params`` (other families), as
+    the official SDK sends it; ``adam_params=`` is accepted as the 0.25 spelling.
+    """
+
+    optim_params: OptimParams = converted_field(_optim_params)
     model_id: str = str_field()
     seq_id: int | None = int_field(default=None, minimum=0)
     type: Literal["optim_step"] = tag_field("optim_step")
+
+    def __init__(
+        self,
+        optim_params: OptimParams | None = None,
+        model_id: str | None = None,
+        seq_id: int | None = None,
+        type: Literal["optim_step"] = "optim_step",  # the wire name (cattrs passes it); shadows the builtin here
+        *,
+        adam_params: AdamParams | None = None,
+        optimizer_params: OptimParams | None = None,
+    ) -> None:
+        given = [p for p in (optim_params, adam_params, optimizer_params) if p is not None]
+        if len(given) != 1:
+            raise TypeError("OptimStepRequest needs exactly one of optim_params, adam_params, optimizer_params")
+        if adam_params is not None and not isinstance(adam_params, AdamParams):
+            raise TypeError(f"OptimStepRequest.adam_params must be AdamParams, got {adam_params.__class__.__name__}")
+        if model_id is None:
+            raise TypeError("OptimStepRequest needs model_id")
+        self.__attrs_init__(given[0], model_id, seq_id, type)
+
+    @property
+    def adam_params(self) -> AdamParams | None:
+        """``optim_params`` when it is AdamParams, else None (the 0.25 attribute)."""
+        return self.optim_params if isinstance(self.optim_params, AdamParams) else None
 
 
 @attrs.frozen
@@ -293,6 +379,10 @@ class CreateModelRequest:
     base_model: str = str_field()
     user_metadata: dict[str, Any] | None = json_dict_field(default=None)
     lora_config: LoraConfig | None = instance_field(LoraConfig, default=None)
+    # Sent only when not Adam (the server's default), so servers older than 0.38 see no new key.
+    optimizer_config: OptimizerConfig = converted_field(
+        check_optimizer_config, default=AdamOptimizerConfig(), metadata=OMIT_DEFAULT
+    )
     type: Literal["create_model"] = tag_field("create_model")
 
 
@@ -313,7 +403,13 @@ class SaveWeightsRequest:
     seq_id: int | None = int_field(default=None, minimum=0)
     ttl_seconds: int | None = int_field(default=None, minimum=1)
     overwrite: bool = bool_field(default=False)
+    user_metadata: dict[str, str] | None = json_dict_field(default=None)
     type: Literal["save_weights"] = tag_field("save_weights")
+
+
+def _checkpoint_console_url(tinker_path: str) -> str:
+    parsed = ParsedCheckpointTinkerPath.from_tinker_path(tinker_path)
+    return checkpoint_console_url(parsed.training_run_id, parsed.checkpoint_id)
 
 
 @attrs.frozen
@@ -323,6 +419,10 @@ class SaveWeightsResponse:
     path: str = str_field()
     type: Literal["save_weights"] = tag_field("save_weights")
 
+    def get_console_url(self) -> str:
+        """The Tinker Console page of this checkpoint."""
+        return _checkpoint_console_url(self.path)
+
 
 @attrs.frozen
 class SaveWeightsForSamplerRequest:
@@ -331,8 +431,11 @@ class SaveWeightsForSamplerRequest:
     model_id: str = str_field()
     path: str | None = str_field(default=None)
     sampling_session_seq_id: int | None = int_field(default=None, minimum=0)
+    # Sent only when not the default, so servers older than 0.38 see no new key.
+    kind: SamplingClientKind = choice_field(_SAMPLING_CLIENT_KINDS, default="snapshot", metadata=OMIT_DEFAULT)
     seq_id: int | None = int_field(default=None, minimum=0)
     ttl_seconds: int | None = int_field(default=None, minimum=1)
+    user_metadata: dict[str, str] | None = json_dict_field(default=None)
     type: Literal["save_weights_for_sampler"] = tag_field("save_weights_for_sampler")
 
 
@@ -352,6 +455,14 @@ class SaveWeightsForSamplerResponse:
     path: str = str_field()
     type: Literal["save_weights_for_sampler"] = tag_field("save_weights_for_sampler")
 
+    def get_console_url(self) -> str:
+        """The Tinker Console page of this sampler checkpoint."""
+        return _checkpoint_console_url(self.path)
+
+    def get_playground_url(self) -> str:
+        """A Tinker Playground URL set up with this checkpoint."""
+        return checkpoint_playground_url(self.path)
+
 
 @attrs.frozen
 class LoadWeightsRequest:
@@ -365,6 +476,7 @@ class LoadWeightsRequest:
     model_seq_id: int | None = int_field(default=None, minimum=0)
     base_model: str | None = str_field(default=None)
     user_metadata: dict[str, Any] | None = json_dict_field(default=None)
+    optimizer_config: OptimizerConfig | None = converted_field(check_optimizer_config, default=None)
     weights_access_token: str | None = str_field(default=None, repr=False)
     type: Literal["load_weights"] = tag_field("load_weights")
 
@@ -409,6 +521,7 @@ class GetInfoResponse:
 
     model_id: str = str_field()
     model_data: ModelData = instance_field(ModelData)
+    optimizer_config: OptimizerConfig = converted_field(check_optimizer_config, factory=AdamOptimizerConfig)
     is_lora: bool | None = bool_field(default=None)
     lora_rank: int | None = int_field(default=None)
     model_name: str | None = str_field(default=None)
@@ -429,3 +542,32 @@ class UnloadModelResponse:
 
     model_id: str = str_field()
     type: Literal["unload_model"] = tag_field("unload_model")
+
+
+@attrs.frozen
+class SaveWeightsExternalRequest:
+    """Export the weights in an external (Hugging Face) format under ``path``."""
+
+    model_id: str = str_field()
+    path: str = str_field()
+    seq_id: int | None = int_field(default=None, minimum=0)
+    ttl_seconds: int | None = int_field(default=None, minimum=1)
+    age_encryption_recipients: list[str] | None = str_list_field(default=None)
+    type: Literal["save_weights_external"] = tag_field("save_weights_external")
+
+
+@attrs.frozen
+class SaveWeightsExternalResponseInternal:
+    """What the save_weights_external future returns."""
+
+    path: str | None = str_field(default=None)
+    size_bytes: int | None = int_field(default=None, minimum=0)
+    type: Literal["save_weights_external"] = tag_field("save_weights_external")
+
+
+@attrs.frozen
+class SaveWeightsExternalResponse:
+    """Public result of save_weights_external: the ``tinker://RUN/external_weights/NAME`` path."""
+
+    path: str = str_field()
+    type: Literal["save_weights_external"] = tag_field("save_weights_external")
