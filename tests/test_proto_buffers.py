@@ -60,9 +60,12 @@ def test_float32_data_reads_as_rounded_python_floats() -> None:
 def test_json_pickle_copy_and_equality_of_the_types() -> None:
     req = _request([1, 2, 3], [2, 3, 0], [1.0, 0.5, 0.0])
     data = _serde.unstructure(req)
-    chunk = data["data"][0]["model_input"]["chunks"][0]
+    datum = data["forward_backward_input"]["data"][0]
+    chunk = datum["model_input"]["chunks"][0]
     assert chunk == {"tokens": [1, 2, 3], "type": "encoded_text"} and type(chunk["tokens"]) is list
-    assert json.loads(_serde.dumps(req))["data"][0]["loss_fn_inputs"]["weights"]["data"] == [1.0, 0.5, 0.0]
+    assert type(datum["loss_fn_inputs"]["weights"]["data"]) is list
+    wire = json.loads(_serde.dumps(req))["forward_backward_input"]["data"][0]
+    assert wire["loss_fn_inputs"]["weights"]["data"] == [1.0, 0.5, 0.0]
     assert _serde.loads(_serde.dumps(req), T.ForwardBackwardRequest) == req
     assert pickle.loads(pickle.dumps(req)) == req and copy.deepcopy(req) == req and copy.copy(req) == req
     assert req.data[0].loss_fn_inputs["target_tokens"] != T.TensorData(data=[2, 3, 1], dtype="int64", shape=[3])
