@@ -28,6 +28,7 @@ from ._protowire import (
     fields,
     int32,
     int64,
+    length_at,
     map_entry,
     message_map_entry,
     repeated_int64,
@@ -645,16 +646,6 @@ def _decode_sequence(data: memoryview, where: str) -> SampledSequence:
         raise ProtoDecodeError(f"{where}: {exc}") from None
 
 
-def _length_at(buf: memoryview, pos: int, limit: int) -> tuple[int, int]:
-    """A length varint at ``pos`` -> (end of the value, start of the value); -1 when it does not fit."""
-    b = buf[pos] if pos < limit else 0x80
-    if b < 0x80:
-        return pos + 1 + b, pos + 1
-    if pos + 1 < limit and buf[pos + 1] < 0x80:
-        return pos + 2 + ((b & 0x7F) | (buf[pos + 1] << 7)), pos + 2
-    return -1, -1
-
-
 def _array_at(buf: memoryview, pos: int, end: int, code: Literal["I", "f"]) -> tuple[NumberArray | None, int]:
     """The length-delimited array value whose length varint starts at ``pos`` -> (view, end of the value);
     (None, -1) when it does not fit in ``end`` or is not whole items."""
@@ -662,7 +653,7 @@ def _array_at(buf: memoryview, pos: int, end: int, code: Literal["I", "f"]) -> t
         vstart = pos + 2
         vend = vstart + ((buf[pos] & 0x7F) | (buf[pos + 1] << 7))
     else:
-        vend, vstart = _length_at(buf, pos, end)
+        vend, vstart = length_at(buf, pos, end)
     if vend < 0 or vend > end or (vend - vstart) % 4:
         return None, -1
     return NumberArray(buf[vstart:vend].cast(code), code), vend
@@ -697,7 +688,7 @@ def _fast_sample_response(buf: memoryview) -> SampleResponse | None:
             start = pos + 3
             end = start + ((buf[pos + 1] & 0x7F) | (buf[pos + 2] << 7))
         else:
-            end, start = _length_at(buf, pos + 1, n)
+            end, start = length_at(buf, pos + 1, n)
         if key == 0x0A and 0 < end <= n:  # sequences[]
             seq = _fast_sequence(buf, start, end)
             if seq is None:
