@@ -45,7 +45,7 @@ nitpick_ignore_regex = [
                   r"|BaseException|ValueError|TypeError|RuntimeError|TimeoutError)"),
     (r"py:exc", r"(TypeError|ValueError)(/(TypeError|ValueError))*"),
     # Internal classes that appear in signatures and return annotations; not part of the public API.
-    (r"py:class", r"(tinker_sync\..*\._.*|Runtime|FailResponse|tinker_sync\.local\._faults\.FailResponse)"),
+    (r"py:class", r"(tinker_sync\.(.*\.)?_.*|Runtime|FailResponse|tinker_sync\.local\._faults\.FailResponse)"),
     # Raised by ServiceClient/ClientConfig (a ValueError); documented as tinker_sync._config.InvalidConfigError.
     (r"py:exc", r"InvalidConfigError"),
 ]

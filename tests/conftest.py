@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,30 @@ else:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 TEST_API_KEY = "tml-test-key-0123456789"
+
+
+def sent_forward_backward(record: Any) -> Any:
+    """The ForwardBackwardRequest a recorded ``POST /forward_backward`` carried (a zstd body decompressed)."""
+    from tinker_sync._proto import decode_forward_backward_request
+
+    body = record.body
+    if {k.lower(): v for k, v in record.headers.items()}.get("content-encoding") == "zstd":
+        import zstandard
+
+        body = zstandard.ZstdDecompressor().decompress(body)
+    return decode_forward_backward_request(body)
+
+
+@pytest.fixture
+def service(local_server: Any) -> Iterator[Any]:
+    """A ServiceClient on ``local_server`` (closed with cancel_pending=True after the test)."""
+    from tinker_sync import ServiceClient
+
+    client = ServiceClient(api_key=TEST_API_KEY, base_url=local_server.url)
+    try:
+        yield client
+    finally:
+        client.close(cancel_pending=True)
 
 
 @pytest.fixture

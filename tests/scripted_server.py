@@ -207,6 +207,17 @@ def wait_for(pred: Callable[[], object], timeout_s: float = 10.0) -> bool:
     return False
 
 
+def answer_session(srv: ScriptedServer, session_id: str = "s1") -> ScriptedServer:
+    """Default answers to a client session's bookkeeping: client config, create_session, heartbeats, finish,
+    and create_sampling_session (``<session_id>:sample:0``)."""
+    srv.default("/api/v1/client/config", Reply(200, {}))
+    srv.default("/api/v1/create_session", Reply(200, {"session_id": session_id}))
+    srv.default("/api/v1/session_heartbeat", Reply(200, {"type": "session_heartbeat"}))
+    srv.default(f"/api/v1/sessions/{session_id}/finish", Reply(200, {}))
+    srv.default("/api/v1/create_sampling_session", Reply(200, {"sampling_session_id": f"{session_id}:sample:0"}))
+    return srv
+
+
 # -- sampling sessions with batched polling (retrieve_futures) and cancels ------------------------
 
 _RETRIEVE_FUTURES = "/api/v1/retrieve_futures"

@@ -37,35 +37,7 @@ DELIBERATE: dict[tuple[str, str], str] = {
 
 # Gaps still being closed: (client, member) -> what is missing. The lead shrinks this at each merge;
 # test_known_gaps_are_current fails when an entry is no longer a gap.
-_CLIENTS_HELPER = "being built on the clients branch (issue 8)"
-KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("SamplingClient", "compute_logprobs"): _CLIENTS_HELPER,
-    ("SamplingClient", "create"): _CLIENTS_HELPER,
-    ("SamplingClient", "from_sampler_handle"): _CLIENTS_HELPER,
-    ("SamplingClient", "get_sampler_handle"): _CLIENTS_HELPER,
-    ("SamplingClient", "get_telemetry"): _CLIENTS_HELPER,
-    ("SamplingClient", "on_queue_state_change"): _CLIENTS_HELPER,
-    ("SamplingClient", "sample"): _CLIENTS_HELPER,
-    ("ServiceClient", "__init__"): _CLIENTS_HELPER,
-    ("ServiceClient", "close"): _CLIENTS_HELPER,
-    ("ServiceClient", "copy_weights"): _CLIENTS_HELPER,
-    ("ServiceClient", "create_custom_loss"): _CLIENTS_HELPER,
-    ("ServiceClient", "create_lora_training_client"): _CLIENTS_HELPER,
-    ("ServiceClient", "create_sampling_client"): _CLIENTS_HELPER,
-    ("ServiceClient", "create_training_client_from_state"): _CLIENTS_HELPER,
-    ("ServiceClient", "get_console_url"): _CLIENTS_HELPER,
-    ("ServiceClient", "get_telemetry"): _CLIENTS_HELPER,
-    ("TrainingClient", "create_sampling_client"): _CLIENTS_HELPER,
-    ("TrainingClient", "forward_backward_custom"): _CLIENTS_HELPER,
-    ("TrainingClient", "get_console_url"): _CLIENTS_HELPER,
-    ("TrainingClient", "get_info"): _CLIENTS_HELPER,
-    ("TrainingClient", "get_telemetry"): _CLIENTS_HELPER,
-    ("TrainingClient", "optim_step"): _CLIENTS_HELPER,
-    ("TrainingClient", "save_state"): _CLIENTS_HELPER,
-    ("TrainingClient", "save_weights_and_get_sampling_client"): _CLIENTS_HELPER,
-    ("TrainingClient", "save_weights_external"): _CLIENTS_HELPER,
-    ("TrainingClient", "save_weights_for_sampler"): _CLIENTS_HELPER,
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 # ---- types --------------------------------------------------------------------------------------

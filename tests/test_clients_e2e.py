@@ -6,30 +6,20 @@ import json
 import pickle
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import pytest
 import requests
 
-from tests.conftest import TEST_API_KEY
+from tests.conftest import TEST_API_KEY, sent_forward_backward
 from tinker_sync import ClientClosedError, RequestFailedError, types
-from tinker_sync._proto import decode_forward_backward_request
+from tinker_sync._session import Heartbeat, heartbeat_should_warn
 from tinker_sync.service_client import ServiceClient
 from tinker_sync.training_client import TrainingClient
 
 MODEL = "tinker-sync/tiny-byte"
 T = 60.0  # generous timeout for every .result()
-
-
-@pytest.fixture
-def service(local_server: Any) -> Iterator[ServiceClient]:
-    client = ServiceClient(api_key=TEST_API_KEY, base_url=local_server.url)
-    try:
-        yield client
-    finally:
-        client.close(cancel_pending=True)
 
 
 def _example(tok: Any, text: str) -> types.Datum:
@@ -80,11 +70,11 @@ def test_blocking_script_trains_saves_samples_and_lists(local_server: Any) -> No
         rest = service.create_rest_client()
         ckpts = rest.list_checkpoints(training.model_id).result(T).checkpoints
         assert {c.checkpoint_id for c in ckpts} >= {"weights/step-8", "sampler_weights/final"}
-        info = training.get_info().result(T)
+        info = training.get_info()
         assert info.model_id == training.model_id
         assert sampler.get_base_model() == MODEL
     # the session was finished and no client thread survives
-    assert _posts(local_server, f"/api/v1/sessions/{service._session_id}/finish", at_least=1)
+    assert _posts(local_server, f"/api/v1/sessions/{service.session_id}/finish", at_least=1)
     assert not [t for t in threading.enumerate() if t.name.startswith("tinker-sync-") and not t.name.startswith("tinker-sync-local") and t.is_alive()]
 
 
@@ -130,7 +120,7 @@ def test_seq_ids_ordered_across_threads(local_server: Any, service: ServiceClien
         if r.status != 200 or r.method != "POST":
             continue
         if r.path == "/api/v1/forward_backward":
-            seqs.append(decode_forward_backward_request(r.body).seq_id)
+            seqs.append(sent_forward_backward(r).seq_id)
         elif r.path == "/api/v1/optim_step":
             seqs.append(json.loads(r.body)["seq_id"])
     assert seqs == list(range(1, 61))  # sent in seq_id order, no gaps, no duplicates
@@ -148,7 +138,7 @@ def _forward_with_limits(tmp_path: Any, data: list[types.Datum], **limits: int) 
         with ServiceClient(api_key=TEST_API_KEY, base_url=server.url) as service:
             training = service.create_lora_training_client(MODEL, rank=4, seed=1)
             out = training.forward(data).result(T)
-        return out, [decode_forward_backward_request(r.body) for r in _posts(server, "/api/v1/forward_backward", at_least=1)]
+        return out, [sent_forward_backward(r) for r in _posts(server, "/api/v1/forward_backward", at_least=1)]
 
 
 def test_chunking_by_count_and_bytes_merges_results(tmp_path: Any) -> None:
@@ -232,7 +222,7 @@ def test_forward_backward_answer_lost_after_apply_is_not_doubled(local_server: A
         clean.optim_step(adam).result(T)
         after = [c.forward([datum]).result(T).metrics["loss:sum"] for c in (faulty, clean)]
         assert after[0] == pytest.approx(after[1], rel=1e-5)
-    sent = [decode_forward_backward_request(r.body) for r in _posts(local_server, "/api/v1/forward_backward", at_least=5)]
+    sent = [sent_forward_backward(r) for r in _posts(local_server, "/api/v1/forward_backward", at_least=5)]
     faulty_seqs = [(q.seq_id, q.forward_only) for q in sent if q.model_id == faulty.model_id]
     assert faulty_seqs.count((1, False)) == 2  # the same seq_id went out twice
 
@@ -292,8 +282,8 @@ def test_futures_are_real_and_cancellable_and_close_cancels(local_server: Any) -
 
 
 def test_bad_arguments_raise_now_and_send_nothing(local_server: Any, service: ServiceClient) -> None:
-    training = service.create_lora_training_client(MODEL, rank=4)
-    sampler = service.create_sampling_client(base_model=MODEL)
+    training = service.create_lora_training_client(MODEL, rank=4).result(T)
+    sampler = service.create_sampling_client(base_model=MODEL).result(T)
     rest = service.create_rest_client()
     good = types.Datum(model_input=types.ModelInput.from_ints([1, 2]),
                        loss_fn_inputs={"target_tokens": [2, 3], "weights": [1.0, 1.0]})
@@ -403,29 +393,34 @@ def test_heartbeat_and_finish(local_server: Any) -> None:
         client.create_rest_client()
 
 
-def test_heartbeat_stops_on_410_and_warns_after_silence(local_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_heartbeat_stops_on_410(local_server: Any) -> None:
     client = ServiceClient(api_key=TEST_API_KEY, base_url=local_server.url, heartbeat_interval_s=0.02)
     try:
         sid = client.session_id
-        thread = client._heartbeat_thread
-        assert thread is not None
         # another process finishes the session: the next heartbeat gets 410 and the loop ends
-        client._runtime.request("POST", f"/api/v1/sessions/{sid}/finish", body={"reason": {"type": "success"}})
-        thread.join(T)
-        assert not thread.is_alive()
-        # a failing heartbeat only warns once nothing succeeded for more than 120 s (fake clock)
-        now = [1000.0]
-        client._clock = lambda: now[0]
-        client._last_heartbeat_ok = 990.0
-        with caplog.at_level("DEBUG", logger="tinker_sync.service_client"):
-            client._heartbeat_failed(RuntimeError("boom"))
-            assert not [r for r in caplog.records if r.levelname == "WARNING"]
-            now[0] = 1200.0
-            client._heartbeat_failed(RuntimeError("boom"))
-        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
-        assert len(warnings) == 1 and "210 s" in warnings[0].getMessage()
+        requests.post(f"{local_server.url}/api/v1/sessions/{sid}/finish", json={"reason": {"type": "success"}},
+                      headers={"X-API-Key": TEST_API_KEY}, timeout=T).raise_for_status()
+        deadline = time.monotonic() + T
+        while any(t.name == "tinker-sync-heartbeat" and t.is_alive() for t in threading.enumerate()):
+            assert time.monotonic() < deadline, "the heartbeat thread did not stop after a 410"
+            time.sleep(0.02)
     finally:
         client.close()
+
+
+def test_heartbeat_warns_only_after_two_minutes_of_silence(caplog: pytest.LogCaptureFixture) -> None:
+    """A failing heartbeat logs at DEBUG; a WARNING only once nothing succeeded for more than 120 s (fake clock)."""
+    now = [1000.0]
+    beat = Heartbeat(None, "s1", 10.0, clock=lambda: now[0])  # type: ignore[arg-type]  # never started
+    with caplog.at_level("DEBUG", logger="tinker_sync._session"):
+        now[0] = 1100.0
+        beat.failed(RuntimeError("boom"))
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
+        now[0] = 1210.0
+        beat.failed(RuntimeError("boom"))
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "210 s" in warnings[0].getMessage()
+    assert not heartbeat_should_warn(120.0) and heartbeat_should_warn(120.5)
 
 
 # ---- REST -----------------------------------------------------------------------------------------
@@ -440,7 +435,7 @@ def _training_with_checkpoints(service: ServiceClient) -> tuple[TrainingClient, 
 
 def test_rest_client_methods(local_server: Any, service: ServiceClient) -> None:
     training, wpath, spath = _training_with_checkpoints(service)
-    service.create_lora_training_client(MODEL, rank=4)
+    service.create_lora_training_client(MODEL, rank=4).result(T)
     rest = service.create_rest_client()
     runs = rest.list_training_runs(limit=1).result(T)
     assert runs.cursor.total_count >= 2 and len(runs.training_runs) == 1

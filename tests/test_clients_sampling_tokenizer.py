@@ -37,7 +37,7 @@ def test_sampler_base_model_that_is_a_local_path_is_refused(
     hostile = str(tokenizer_file.parent if as_dir else tokenizer_file)
     server.default("/api/v1/samplers/s:sample:0", Reply(200, {"sampler_id": "s:sample:0", "base_model": hostile}))
     runtime = Runtime(ClientConfig(base_url=server.url, api_key=f"tml-{uuid.uuid4().hex}"))
-    sampler = SamplingClient(None, "s:sample:0", runtime=runtime)
+    sampler = SamplingClient(None, sampling_session_id="s:sample:0", runtime=runtime)
     try:
         with pytest.raises(ValueError, match="not a Hugging Face hub id"):
             sampler.get_tokenizer()

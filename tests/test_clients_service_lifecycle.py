@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.scripted_server import RecordedRequest, Reply, ScriptedServer
+from tests.scripted_server import RecordedRequest, Reply, ScriptedServer, answer_session
 from tinker_sync import ServiceClient, types
 from tinker_sync._exceptions import ClientClosedError
 from tinker_sync._retry import RetryPolicy
@@ -29,12 +29,7 @@ def _key() -> str:
 @pytest.fixture
 def server() -> Iterator[ScriptedServer]:
     with ScriptedServer() as srv:
-        srv.default("/api/v1/client/config", Reply(200, {}))
-        srv.default("/api/v1/create_session", Reply(200, {"session_id": "s1"}))
-        srv.default("/api/v1/session_heartbeat", Reply(200, {"type": "session_heartbeat"}))
-        srv.default("/api/v1/sessions/s1/finish", Reply(200, {}))
-        srv.default("/api/v1/create_sampling_session", Reply(200, {"sampling_session_id": "s1:sample:0"}))
-        yield srv
+        yield answer_session(srv)
 
 
 def _service(srv: ScriptedServer, **kw: object) -> ServiceClient:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_API_KEY
-from tests.scripted_server import RecordedRequest, Reply, ScriptedServer
+from tests.scripted_server import RecordedRequest, Reply, ScriptedServer, answer_session
 from tinker_sync import ServiceClient, types
 from tinker_sync._exceptions import NotFoundError
 from tinker_sync._retry import RetryPolicy
@@ -27,11 +27,7 @@ T = 30
 @pytest.fixture
 def server() -> Iterator[ScriptedServer]:
     with ScriptedServer() as srv:
-        srv.default("/api/v1/client/config", Reply(200, {}))
-        srv.default("/api/v1/create_session", Reply(200, {"session_id": "s1"}))
-        srv.default("/api/v1/session_heartbeat", Reply(200, {}))
-        srv.default("/api/v1/sessions/s1/finish", Reply(200, {}))
-        yield srv
+        yield answer_session(srv)
 
 
 def _key() -> str:
@@ -44,19 +40,23 @@ def test_unknown_constructor_kwargs_are_named() -> None:
         ServiceClient(api_key=_key(), base_url="http://127.0.0.1:1", bogus_knob=1, display_nam="x")
 
 
-def test_official_constructor_kwargs_map_onto_the_config() -> None:
+def test_official_constructor_kwargs_map_onto_the_config(server: ScriptedServer) -> None:
     sc = ServiceClient(
-        user_metadata={"team": "a"}, project_id="p1", api_key=_key(), base_url="http://127.0.0.1:1",
+        {"team": "a"}, "p1", api_key=_key(), base_url=server.url, display_name="run 7",
         timeout=12.5, max_retries=3, default_headers={"X-A": "1"}, default_headers_overrides={"X-B": "2"},
     )
     try:
-        cfg = sc._config
+        cfg = sc.config
         assert cfg.read_timeout_s == 12.5 and cfg.connect_timeout_s == 5.0
         assert cfg.retry.max_attempts == 4
         assert dict(cfg.default_headers) == {"X-A": "1", "X-B": "2"}
-        assert sc._project_id == "p1" and sc._user_metadata == {"team": "a"}
+        sc.session_id  # noqa: B018 - creates the session
     finally:
         sc.close()
+    (create,) = server.requests_to("/api/v1/create_session")
+    body = create.json()
+    assert body["user_metadata"] == {"team": "a"} and body["project_id"] == "p1" and body["display_name"] == "run 7"
+    assert create.header("X-B") == "2"
 
 
 def test_httpx_like_timeout_object() -> None:
@@ -66,14 +66,14 @@ def test_httpx_like_timeout_object() -> None:
 
     sc = ServiceClient(api_key=_key(), base_url="http://127.0.0.1:1", timeout=Timeout())
     try:
-        assert (sc._config.read_timeout_s, sc._config.connect_timeout_s) == (33.0, 2.0)
+        assert (sc.config.read_timeout_s, sc.config.connect_timeout_s) == (33.0, 2.0)
     finally:
         sc.close()
 
 
-def test_positional_user_metadata_gets_a_porting_hint() -> None:
-    with pytest.raises(TypeError, match="user_metadata=... .*by keyword"):
-        ServiceClient({"team": "a"})  # type: ignore[arg-type]
+def test_positional_api_key_gets_a_porting_hint() -> None:
+    with pytest.raises(TypeError, match=r"first positional parameter is user_metadata.*ServiceClient\(api_key=...\)"):
+        ServiceClient(_key())  # type: ignore[arg-type]
 
 
 # ---- create_sampling_client -------------------------------------------------------------------
@@ -95,10 +95,9 @@ def test_create_sampling_client_still_needs_one_of_them(server: ScriptedServer) 
 
 
 # ---- create_training_client_from_state(..., weights_access_token) -----------------------------
-def test_from_state_sends_the_weights_access_token(server: ScriptedServer) -> None:
-    token = "tml-foreign-account-token-42"
-    path = "tinker://other:train:0/weights/ckpt"
-    server.default("/api/v1/weights_info", Reply(200, {"base_model": "base/m", "is_lora": True, "lora_rank": 8}))
+def _script_from_state(server: ScriptedServer, path: str, **info: Any) -> None:
+    """weights_info answers ``info`` (a LoRA rank-8 checkpoint of base/m); create_model and load_weights succeed."""
+    server.default("/api/v1/weights_info", Reply(200, {"base_model": "base/m", "is_lora": True, "lora_rank": 8, **info}))
     server.default("/api/v1/create_model", Reply(200, {"request_id": "create"}))
     server.default("/api/v1/load_weights", Reply(200, {"request_id": "load"}))
 
@@ -108,6 +107,12 @@ def test_from_state_sends_the_weights_access_token(server: ScriptedServer) -> No
         return Reply(200, {"path": path, "type": "load_weights"})
 
     server.default(RF, poll)
+
+
+def test_from_state_sends_the_weights_access_token(server: ScriptedServer) -> None:
+    token = "tml-foreign-account-token-42"
+    path = "tinker://other:train:0/weights/ckpt"
+    _script_from_state(server, path)
     main_key = _key()
     with ServiceClient(api_key=main_key, base_url=server.url, retry=RetryPolicy(max_attempts=1)) as sc:
         tc = sc.create_training_client_from_state_with_optimizer(path, None, {"k": "v"}, weights_access_token=token)
@@ -119,6 +124,27 @@ def test_from_state_sends_the_weights_access_token(server: ScriptedServer) -> No
     (load,) = server.requests_to("/api/v1/load_weights")
     assert load.json()["weights_access_token"] == token and load.json()["optimizer"] is True
     assert load.header("X-API-Key") == main_key
+
+
+@pytest.mark.parametrize(("with_optimizer", "given", "expected"), [
+    (True, None, {"type": "dimuon", "version": 1}),  # restoring the state needs the checkpoint's family
+    (False, None, None),  # weights only: the default (Adam), left off the wire
+    (False, types.DimuonOptimizerConfig(), {"type": "dimuon", "version": 1}),
+])
+def test_from_state_chooses_the_optimizer_family(
+    server: ScriptedServer, with_optimizer: bool, given: Any, expected: Any
+) -> None:
+    path = "tinker://r:train:0/weights/ckpt"
+    _script_from_state(server, path, optimizer_config={"type": "dimuon", "version": 1})
+    with ServiceClient(api_key=_key(), base_url=server.url, retry=RetryPolicy(max_attempts=1)) as sc:
+        if with_optimizer:
+            tc = sc.create_training_client_from_state_with_optimizer(path).result(T)
+        else:
+            tc = sc.create_training_client_from_state(path, optimizer=given).result(T)
+        assert tc.model_id == "s1:train:0"
+    (create,) = server.requests_to("/api/v1/create_model")
+    assert create.json().get("optimizer_config") == expected
+    assert create.json()["lora_config"]["rank"] == 8
 
 
 def test_from_state_refuses_metadata_in_the_base_model_slot(server: ScriptedServer) -> None:
@@ -138,7 +164,7 @@ def test_from_state_with_a_token_against_the_local_server(local_server: Any) -> 
     # without the token the other account cannot see the private checkpoint
     with ServiceClient(api_key="tml-other-account-key-01234", base_url=local_server.url) as other, \
             pytest.raises(NotFoundError):
-        other.create_training_client_from_state(path)
+        other.create_training_client_from_state(path).result(T)
 
 
 # ---- RestClient ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import TEST_API_KEY
+from tests.conftest import TEST_API_KEY, sent_forward_backward
 from tinker_sync import RequestFailedError, types
 from tinker_sync._executor import Executor, LanePoisonedError, SequencedLane
 from tinker_sync._proto import decode_forward_backward_request, encode_forward_backward_request
@@ -25,15 +25,6 @@ from tinker_sync.training_client import TrainingClient
 MODEL = "tinker-sync/tiny-byte"
 T = 60.0
 ADAM = types.AdamParams(learning_rate=5e-2)
-
-
-@pytest.fixture
-def service(local_server: Any) -> Iterator[ServiceClient]:
-    client = ServiceClient(api_key=TEST_API_KEY, base_url=local_server.url)
-    try:
-        yield client
-    finally:
-        client.close(cancel_pending=True)
 
 
 @pytest.fixture
@@ -65,7 +56,7 @@ def _sequenced(server: Any, model_id: str) -> list[tuple[str, int]]:
             continue
         path = r.path.split("?")[0]
         if path == "/api/v1/forward_backward":
-            req = decode_forward_backward_request(r.body)
+            req = sent_forward_backward(r)
             if req.model_id == model_id:
                 out.append(("forward" if req.forward_only else "forward_backward", req.seq_id or 0))
         elif path in ("/api/v1/optim_step", "/api/v1/save_weights", "/api/v1/load_weights",
@@ -109,19 +100,19 @@ def test_unencodable_datum_in_a_later_chunk_sends_nothing_and_keeps_the_client_u
 
 def test_prepared_bodies_equal_the_plain_encoding_with_the_seq_id() -> None:
     """The seq_id spliced into a pre-encoded body gives exactly the bytes of a full encoding."""
-    from tinker_sync.training_client import _Prepared
+    from tinker_sync._chunking import PreparedRequest
 
     data = [_datum([1, 2, 3]), _datum([4, 5])]
     for seq in (1, 127, 128, 300, 2**31 - 1):
         req = types.ForwardBackwardRequest(model_id="s:train:0", data=data, loss_fn="cross_entropy",
                                            loss_fn_config={"a": 1.0}, forward_only=True)
-        prepared = _Prepared.protobuf(req, "forward")
+        prepared = PreparedRequest.protobuf(req, "forward")
         full = encode_forward_backward_request(
             types.ForwardBackwardRequest(model_id="s:train:0", seq_id=seq, data=data, loss_fn="cross_entropy",
                                          loss_fn_config={"a": 1.0}, forward_only=True))
         assert prepared.with_seq(seq) == full
         assert decode_forward_backward_request(prepared.with_seq(seq)).seq_id == seq
-        opt = _Prepared.json("/api/v1/optim_step", "OptimStep", types.OptimStepResponse,
+        opt = PreparedRequest.json("/api/v1/optim_step", "OptimStep", types.OptimStepResponse,
                              types.OptimStepRequest(adam_params=ADAM, model_id="m"), "optim_step")
         assert json.loads(opt.with_seq(seq)) == json.loads(
             json.dumps({**json.loads(opt.body), "seq_id": seq}))
@@ -245,7 +236,7 @@ def test_custom_loss_whose_forward_fails_on_the_server_releases_its_slots(servic
 
 
 def test_per_datum_validation_says_what_to_fix(local_server: Any, service: ServiceClient) -> None:
-    training = service.create_lora_training_client(MODEL, rank=4)
+    training = service.create_lora_training_client(MODEL, rank=4).result(T)
     good = _datum([1, 2, 3])
     local_server.clear_requests()
     n = list(range(1, 20))
@@ -318,7 +309,7 @@ def test_save_weights_and_get_sampling_client_name_is_deprecated_and_ephemeral(
     training = service.create_lora_training_client(MODEL, rank=4, seed=3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sampler = training.save_weights_and_get_sampling_client(name="keep-me", retry_config=None)
+        sampler = training.save_weights_and_get_sampling_client(name="keep-me", retry_config=None).result(T)
     assert any(issubclass(w.category, DeprecationWarning) and "name" in str(w.message) for w in caught)
     saves = [json.loads(r.body) for r in _sent(local_server, "/api/v1/save_weights_for_sampler")]
     assert len(saves) == 1 and "path" not in saves[0] and saves[0]["sampling_session_seq_id"] >= 0
@@ -335,11 +326,12 @@ def test_save_weights_and_get_sampling_client_name_is_deprecated_and_ephemeral(
     assert fut.result(T).compute_logprobs(types.ModelInput.from_ints([1, 2])).result(T)[0] is None
 
 
-def test_get_info_returns_a_future(service: ServiceClient) -> None:
+def test_get_info_blocks_and_get_info_future_returns_a_future(service: ServiceClient) -> None:
     training = service.create_lora_training_client(MODEL, rank=4)
-    fut = training.get_info()
+    fut = training.get_info_future()
     assert type(fut) is Future
     assert fut.result(T).model_id == training.model_id
+    assert training.get_info() == fut.result(T)
 
 
 # ---- lane slots (pure logic) ---------------------------------------------------------------------

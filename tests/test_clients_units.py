@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import io
 import tarfile
+from concurrent.futures import CancelledError, Future
 from pathlib import Path
 
 import pytest
 
 from tinker_sync import types
+from tinker_sync._chunking import (
+    chunk_data,
+    combine_forward_backward_outputs,
+    estimate_datum_bytes,
+    reduce_metrics,
+)
+from tinker_sync._client_future import ClientFuture, forward_client_methods
 from tinker_sync.cli import CLIError, _human_size, format_table, safe_extract
 from tinker_sync.rest_client import iter_pages
 from tinker_sync.tokenizer import (
@@ -16,12 +24,6 @@ from tinker_sync.tokenizer import (
     get_tokenizer,
     model_input_from_text,
     resolve_tokenizer_id,
-)
-from tinker_sync.training_client import (
-    chunk_data,
-    combine_forward_backward_outputs,
-    estimate_datum_bytes,
-    reduce_metrics,
 )
 
 
@@ -219,3 +221,56 @@ def test_format_table_and_sizes() -> None:
     lines = text.splitlines()
     assert lines[0] == "T" and lines[1].startswith("A     Long header")
     assert _human_size(10) == "10 B" and _human_size(2048) == "2.0 KB" and _human_size(None) == "-"
+
+
+# ---- ClientFuture: a Future of a client that is also usable as the client ---------------------------
+
+
+class _Client:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._secret = "s"
+
+    def greet(self, who: str, *, punct: str = "!") -> str:
+        """Say hello."""
+        return f"{self.name} greets {who}{punct}"
+
+
+class _ClientFuture(ClientFuture[_Client], _Client):
+    pass
+
+
+forward_client_methods(_ClientFuture, _Client)
+
+
+def test_client_future_forwards_methods_and_attributes_once_resolved() -> None:
+    fut = _ClientFuture()
+    assert isinstance(fut, Future) and isinstance(fut, _Client)
+    assert repr(fut) == "<_ClientFuture: pending>"
+    fut.set_result(_Client("a"))
+    assert fut.greet("b", punct="?") == "a greets b?" and fut.name == "a"
+    assert "Say hello." in (_ClientFuture.greet.__doc__ or "")
+    with pytest.raises(AttributeError):
+        fut._secret  # noqa: B018 - private attributes are not forwarded
+    assert repr(fut).startswith("<_ClientFuture: <")
+
+
+def test_client_future_failure_and_cancellation_reach_every_use() -> None:
+    failed = _ClientFuture.following(_failed(ValueError("no model")))
+    assert "failed: ValueError('no model')" in repr(failed)
+    with pytest.raises(ValueError, match="no model"):
+        failed.greet("x")
+    with pytest.raises(ValueError, match="no model"):
+        failed.name  # noqa: B018
+    source: Future[_Client] = Future()
+    follower = _ClientFuture.following(source)
+    source.cancel()
+    assert follower.cancelled() and repr(follower) == "<_ClientFuture: cancelled>"
+    with pytest.raises(CancelledError):
+        follower.greet("x")
+
+
+def _failed(exc: BaseException) -> Future[_Client]:
+    fut: Future[_Client] = Future()
+    fut.set_exception(exc)
+    return fut

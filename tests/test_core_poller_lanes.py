@@ -309,7 +309,7 @@ def test_a_training_loop_against_the_local_server(local_server: Any) -> None:
     from tinker_sync.service_client import ServiceClient
 
     with ServiceClient(api_key=TEST_API_KEY, base_url=local_server.url) as service:
-        training = service.create_lora_training_client("tinker-sync/tiny-byte", rank=4, seed=0)
+        training = service.create_lora_training_client("tinker-sync/tiny-byte", rank=4, seed=0).result(60)
         inputs: dict[str, Any] = {"target_tokens": [2, 3, 4, 5], "weights": [1.0, 1.0, 1.0, 1.0]}  # lists coerced
         datum = types.Datum(model_input=types.ModelInput.from_ints([1, 2, 3, 4]), loss_fn_inputs=inputs)
         futs: list[Future[Any]] = []

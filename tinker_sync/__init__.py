@@ -7,6 +7,7 @@ import logging
 from . import types
 from ._chat_template import ChatTemplateError
 from ._config import ClientConfig, InvalidConfigError
+from ._custom_loss import LossHandle
 from ._download import ArchiveRefusedError, DownloadError, download_signed_url, safe_extract, tqdm_progress
 from ._exceptions import (
     APIConnectionError,
@@ -31,10 +32,10 @@ from ._executor import LanePoisonedError
 from ._retry import RetryPolicy
 from ._version import __version__
 from .rest_client import RestClient, TraceExportError, TraceExportTimeoutError, WhoamiUnavailableError
-from .sampling_client import SamplingClient
+from .sampling_client import SamplingClient, SamplingClientFuture
 from .service_client import ServiceClient
 from .tokenizer import Tokenizer, TokenizerLoadError
-from .training_client import TrainingClient
+from .training_client import TrainingClient, TrainingClientFuture
 
 # The commonly used wire types, at the top level like the official SDK's (``tinker.ModelInput``...).
 from .types import (
@@ -101,6 +102,7 @@ __all__ = [
     "InvalidConfigError",
     "LanePoisonedError",
     "LoraConfig",
+    "LossHandle",
     "ModelID",
     "ModelInput",
     "ModelInputChunk",
@@ -120,6 +122,7 @@ __all__ = [
     "SampledProvenanceSpan",
     "SampledSequence",
     "SamplingClient",
+    "SamplingClientFuture",
     "SamplingParams",
     "ServiceClient",
     "StopReason",
@@ -131,6 +134,7 @@ __all__ = [
     "TraceExportError",
     "TraceExportTimeoutError",
     "TrainingClient",
+    "TrainingClientFuture",
     "TrainingRun",
     "UnprocessableEntityError",
     "WhoamiUnavailableError",

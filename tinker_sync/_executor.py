@@ -330,6 +330,11 @@ class LaneSlot:
         return f"LaneSlot({self._entry.label!r}, filled={self._entry.ready})"
 
     @property
+    def lane(self) -> SequencedLane:
+        """The lane this slot belongs to."""
+        return self._lane
+
+    @property
     def filled(self) -> bool:
         """True once ``submit()`` or ``fail()`` was called."""
         return self._entry.ready

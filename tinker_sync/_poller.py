@@ -1,13 +1,8 @@
 """Result polling (``POST /api/v1/retrieve_future``): the pure ``decide()`` and the FuturePoller threads.
 
-<<<<<<< HEAD
 ``decide()`` maps one poll outcome to what happens next (docs/protocol.rst §3.3-3.4); FuturePoller runs a
 small pool of daemon threads that poll the tracked calls round-robin and resolve their Futures. Where
 the server offers it, sample calls wait on one batched poll per sampling session (``_batch_poller``).
-=======
-``decide()`` maps one poll outcome to what happens next (docs/protocol.rst §3.3-3.4); FuturePoller runs a small
-pool of daemon threads that poll the tracked calls round-robin and resolve their Futures.
->>>>>>> main
 """
 
 from __future__ import annotations
@@ -49,8 +44,8 @@ logger = logging.getLogger(__name__)
 
 RETRIEVE_PATH = "/api/v1/retrieve_future"
 # What a 0.25 client sends for sample / forward_backward results (docs/protocol.rst §1.3, §3.2): protobuf only.
-# The hosted service answers those in protobuf for a 0.25 client either way; listing JSON too (the
-# 0.18.1-0.24 form) would invite a server to pick JSON. decide() still accepts a JSON answer.
+# The hosted service answers those in protobuf for a 0.25 client either way; listing JSON too (the 0.18.1-0.24
+# form) would invite a server to pick JSON. decide() still accepts a JSON answer.
 PROTO_ACCEPT = "application/x-protobuf"
 _MAX_BAD_REQUESTS = 3  # a bare 400 may come from a proxy: retry 3 times before failing
 _MAX_RESUBMITS = 3  # 410 (future expired) -> re-POST at most this many times per call
@@ -178,8 +173,7 @@ def decide(
         return _decide_ok(hdrs, content, expected_type, state, request_id)
     if status == 408:
         body = parse_error_body(content)
-        qs = body.get("queue_state") if isinstance(body, dict) else None
-        reason = body.get("queue_state_reason") if isinstance(body, dict) else None
+        qs, reason = (body.get("queue_state"), body.get("queue_state_reason")) if isinstance(body, dict) else (None, None)
         return PollAgain(_reset(state, bad_requests=0, server_errors=0), qs, reason)
     if status >= 500:
         n = state.server_errors
@@ -290,6 +284,7 @@ class PolledCall:
         lane: object | None = None,
         batch: SessionTarget | None = None,
         label: str = "",
+        on_queue_state: Callable[[str, str | None], None] | None = None,
     ) -> None:
         self.request_id = request_id
         self.expected_type = expected_type
@@ -310,6 +305,8 @@ class PolledCall:
         self.batched = False  # was reported complete by the batched poll: ack it once fetched
         self.label = label or request_type
         self.lost: BaseException | None = None  # the server lost it and it could not be re-sent
+        # The caller's observer, as 0.38 calls it: each try_again naming a state, "active" once resolved; never raises.
+        self.on_queue_state = on_queue_state
 
     @property
     def step(self) -> str:
@@ -613,8 +610,7 @@ class FuturePoller:
             return len(self._threads)
 
     def _ensure_threads(self) -> None:
-        # Called with the lock held whenever a call becomes ready: start one more thread if no idle
-        # thread can take it, up to max_pollers.
+        # Called with the lock held whenever a call becomes ready: one more thread if none idle (<= max_pollers).
         if self._closing:
             return
         idle = len(self._threads) - self._busy
@@ -742,6 +738,11 @@ class FuturePoller:
                 sequenced=call.lane is not None,
             )
         call.state = decision.state
+        hook = call.on_queue_state
+        if hook is not None and isinstance(decision, PollAgain) and decision.queue_state is not None:
+            hook(decision.queue_state, decision.reason)
+        elif hook is not None and isinstance(decision, (Done, Fail)):
+            hook("active", None)  # a pause ends with the call: try_again never says "active"
         if isinstance(decision, Done):
             set_result(call.future, decision.value)
             return 0.0, True

@@ -62,6 +62,7 @@ __all__ = [
     "encode_forward_backward_output",
     "encode_forward_backward_request",
     "encode_sample_response",
+    "insert_forward_backward_seq_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -310,6 +311,19 @@ def _decode_image_chunk(body: list[tuple[int, int, Any]], where: str) -> ImageCh
             expect(gwt, VARINT, f"{where}.image.expected_tokens")
             expected = int32(gv)
     return ImageChunk(data=img, format=fmt, expected_tokens=expected)  # type: ignore[arg-type]
+
+
+def insert_forward_backward_seq_id(body: bytes, model_id: str, seq_id: int) -> bytes:
+    """``body`` (a ForwardBackwardRequest encoded without seq_id) with field 2 ``seq_id`` added.
+
+    The field goes right after field 1 (model_id), which gives the bytes a full encoding would; cheap
+    enough to run inside the client's seq_id critical section.
+    """
+    if not 0 < seq_id < 1 << 31:
+        raise ValueError(f"ForwardBackwardRequest.seq_id must be in [1, 2**31), got {seq_id}")
+    raw = model_id.encode("utf-8")
+    split = 1 + len(_varint(len(raw))) + len(raw) if raw else 0  # key 0x0a + length + bytes
+    return body[:split] + b"\x10" + _varint(seq_id) + body[split:]
 
 
 def _decode_chunk(data: memoryview, where: str) -> Any:

@@ -38,13 +38,14 @@ from ._decide import (
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
+    APIStatusError,
     ClientClosedError,
     RateLimitError,
     redact,
     register_secret,
     unregister_secret,
 )
-from ._executor import Activity, Executor, SequencedLane, propagate_failure, set_exception
+from ._executor import Activity, Executor, LaneSlot, SequencedLane, propagate_failure, set_exception
 from ._poller import FuturePoller, PolledCall, SessionTarget
 from ._ratelimit import RateLimiter, get_shared_limiter
 from ._transport import HTTPResponse, Transport
@@ -123,6 +124,16 @@ def _parse(resp: HTTPResponse, response_type: type[T] | None, method: str, path:
                 f"{method} {path}: the response is not JSON", body=redact(resp.content)[:1000]
             ) from exc
     return _serde.loads(resp.content, response_type)
+
+
+# A sequenced POST refused with this answer header had its seq_id consumed by the server (the local server
+# sends it): the model's later requests still run, so the refusal fails only its own call.
+SEQ_ID_CONSUMED_HEADER = "x-tinker-seq-id-consumed"
+
+
+def seq_id_consumed(exc: APIStatusError) -> bool:
+    """Whether a 4xx refusal of a sequenced request says that the server consumed its seq_id."""
+    return 400 <= exc.status_code < 500 and any(k.lower() == SEQ_ID_CONSUMED_HEADER for k in exc.headers)
 
 
 _NO_OPTIONS = CallOptions()
@@ -371,7 +382,7 @@ class Runtime:
         response_type: type[T] | None,
         *,
         request_type: str,
-        lane: SequencedLane | None = None,
+        lane: SequencedLane | LaneSlot | None = None,
         sampling: bool = False,
         body: bytes | None = None,
         content_type: str = "application/json",
@@ -379,6 +390,7 @@ class Runtime:
         label: str = "",
         rebuild: Callable[[], Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        on_queue_state: Callable[[str, str | None], None] | None = None,
     ) -> Future[T]:
         """POST a future-returning request, then poll its result; returns ``Future[response_type]``.
 
@@ -394,7 +406,8 @@ class Runtime:
         seq_id is their slot in the model's order (a new one would leave a gap the server waits for
         forever, and the server de-duplicates on (model_id, seq_id) if the first run did happen).
         ``headers`` go with the POST (and its re-sends), e.g. ``Content-Encoding: zstd`` for a body
-        compressed by ``_compress.encode_fwdbwd``.
+        compressed by ``_compress.encode_fwdbwd``. ``on_queue_state(state, reason)`` (must not raise) is called
+        from the poller on every try_again naming a queue state, then with ``"active"`` once the call resolved.
 
         Raises:
             ClientClosedError: immediately, if the runtime is closed.
@@ -415,7 +428,7 @@ class Runtime:
         # The lane runs start() one call at a time in seq_id order, so the poller sees a lane's calls in
         # the order the server finishes them and polls only the oldest unresolved one. A LaneSlot (a
         # place reserved in a lane) belongs to its lane.
-        poll_lane: object | None = None if lane is None else getattr(lane, "_lane", lane)
+        poll_lane: SequencedLane | None = lane.lane if isinstance(lane, LaneSlot) else lane
         outer: Future[T] = Future()
         self.register(outer)
         self._hold_secrets(_body_secrets(request), outer)
@@ -436,11 +449,18 @@ class Runtime:
         def start() -> None:
             if lane is None and outer.done():
                 return  # cancelled before it was sent: nothing to do
-            request_id = post(payload, ctype, key)
+            try:
+                request_id = post(payload, ctype, key)
+            except APIStatusError as exc:
+                if lane is None or not seq_id_consumed(exc):
+                    raise  # a lane call: the lane is poisoned (the server may wait for this seq_id forever)
+                set_exception(outer, exc)  # refused, but the server moved past its seq_id: the lane goes on
+                return
             call = PolledCall(
                 request_id=request_id, expected_type=response_type, request_type=request_type,
                 future=outer, resubmit=resubmit, started_at=started, lane=poll_lane,
                 batch=SessionTarget.of_request(request) if sampling else None, label=label or request_type,
+                on_queue_state=on_queue_state,
             )
             call.round_trip_s = self._clock() - started
             self.poller.track(call)

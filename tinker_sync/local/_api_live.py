@@ -319,9 +319,10 @@ class LiveApi(ApiBase):
                 return dup
         try:
             job = prepare(model)
-        except HTTPError:
+        except HTTPError as exc:
             if seq is not None:
                 self._refuse(model, seq)
+                exc.headers["X-Tinker-Seq-Id-Consumed"] = str(seq)  # the client's lane goes on past it
             raise
         fut, created = self.add_future(ServerFuture(rid, request_type, call.op, call.owner, model_id=model.model_id))
         if not created:
