@@ -22,6 +22,7 @@ from ._protowire import (
     VARINT,
     ProtoDecodeError,
     Writer,
+    bf16_to_f32_bytes,
     double,
     double_map_entry,
     expect,
@@ -69,23 +70,17 @@ logger = logging.getLogger(__name__)
 
 PROTO_CONTENT_TYPE = "application/x-protobuf"
 _EMPTY = memoryview(b"")
-_varint = varint  # training_client splices seq_id into an encoded body with it
 
-# DType enum.
-_DT_UNSPECIFIED, _DT_FLOAT32, _DT_INT64, _DT_INT32, _DT_BFLOAT16 = 0, 1, 2, 3, 4
+_DT_UNSPECIFIED, _DT_FLOAT32, _DT_INT64, _DT_INT32, _DT_BFLOAT16 = 0, 1, 2, 3, 4  # the DType enum
 _DTYPE_TO_ENUM = {"float32": _DT_FLOAT32, "int64": _DT_INT64}
 _DTYPE_TO_CODE = {"float32": "f", "int64": "q"}
 _DTYPE_FIELD = {"float32": b"\x18\x01", "int64": b"\x18\x02"}  # Tensor.dtype (field 3, varint)
 _ENUM_TO_DTYPE = {_DT_FLOAT32: "float32", _DT_INT64: "int64", _DT_INT32: "int64", _DT_BFLOAT16: "float32"}
 _ENUM_ITEMSIZE = {_DT_FLOAT32: 4, _DT_INT64: 8, _DT_INT32: 4, _DT_BFLOAT16: 2}
 
-# StopReason enum.
-_STOP_TO_ENUM = {"stop": 0, "length": 1}
+_STOP_TO_ENUM = {"stop": 0, "length": 1}  # the StopReason enum
 _ENUM_TO_STOP = {0: "stop", 1: "length"}
-
-# Top-k filler cell for missing entries: (token 0, logprob -99999.0).
-_TOPK_FILLER_ID = 0
-_TOPK_FILLER_LP = -99999.0
+_TOPK_FILLER_ID, _TOPK_FILLER_LP = 0, -99999.0  # the top-k cell of a missing entry
 
 
 # --------------------------------------------------------------------------------------------------
@@ -118,20 +113,10 @@ def _wire_numbers(dtype_enum: int, data: memoryview, where: str) -> NumberArray:
         if dtype_enum == _DT_INT32:
             return from_wire(data, "i").as_code("q")
         if dtype_enum == _DT_BFLOAT16:
-            return from_wire(_bf16_to_f32_bytes(data), "f")
+            return from_wire(bf16_to_f32_bytes(data), "f")
     except ValueError as exc:
         raise ProtoDecodeError(f"{where}: {exc}") from None
     raise ProtoDecodeError(f"{where}.dtype: unsupported dtype enum {dtype_enum}")
-
-
-def _bf16_to_f32_bytes(data: memoryview) -> bytes:
-    """bfloat16 is the high half of a float32: interleave two zero bytes per item (C-level slicing)."""
-    if len(data) % 2:
-        raise ValueError(f"{len(data)} bytes is not a whole number of 2-byte items")
-    out = bytearray(2 * len(data))
-    out[2::4] = data[0::2]
-    out[3::4] = data[1::2]
-    return bytes(out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,13 +151,13 @@ def _tensor_entry(w: Writer, key: str, td: TensorData) -> None:
     raw = wire_bytes(data, _DTYPE_TO_CODE[td.dtype])
     tail = _DTYPE_FIELD[td.dtype]
     if td.shape is not None and td.shape:
-        shape = b"".join([_varint(n) for n in td.shape])
-        tail += b"\x22" + _varint(len(shape)) + shape
+        shape = b"".join([varint(n) for n in td.shape])
+        tail += b"\x22" + varint(len(shape)) + shape
     n = len(raw)
-    tensor_size = 1 + len(_varint(n)) + n + len(tail)
+    tensor_size = 1 + len(varint(n)) + n + len(tail)
     kb = key.encode("utf-8")
-    entry = b"\x0a" + _varint(len(kb)) + kb + b"\x12" + _varint(tensor_size)
-    head = b"\x12" + _varint(len(entry) + tensor_size) + entry + b"\x0a" + _varint(n)
+    entry = b"\x0a" + varint(len(kb)) + kb + b"\x12" + varint(tensor_size)
+    head = b"\x12" + varint(len(entry) + tensor_size) + entry + b"\x0a" + varint(n)
     w.parts += (head, raw, tail)
     w.size += len(head) + n + len(tail)
 
@@ -247,10 +232,10 @@ def _text_chunk(w: Writer, chunk: EncodedTextChunk, where: str) -> None:
     """Datum.model_input += Chunk{encoded_text{tokens}}: one header part, then the tokens in place."""
     raw = _token_bytes(chunk.tokens, where)
     n = len(raw)
-    inner = (b"\x0a" + _varint(n)) if n else b""
+    inner = (b"\x0a" + varint(n)) if n else b""
     text_size = len(inner) + n
-    text = b"\x0a" + _varint(text_size) + inner
-    head = b"\x0a" + _varint(len(text) + n) + text
+    text = b"\x0a" + varint(text_size) + inner
+    head = b"\x0a" + varint(len(text) + n) + text
     w.parts += (head, raw)
     w.size += len(head) + n
 
@@ -322,8 +307,9 @@ def insert_forward_backward_seq_id(body: bytes, model_id: str, seq_id: int) -> b
     if not 0 < seq_id < 1 << 31:
         raise ValueError(f"ForwardBackwardRequest.seq_id must be in [1, 2**31), got {seq_id}")
     raw = model_id.encode("utf-8")
-    split = 1 + len(_varint(len(raw))) + len(raw) if raw else 0  # key 0x0a + length + bytes
-    return body[:split] + b"\x10" + _varint(seq_id) + body[split:]
+    split = 1 + len(varint(len(raw))) + len(raw) if raw else 0  # key 0x0a + length + bytes
+    view = memoryview(body)  # the halves are joined through views: the body is copied once, not twice
+    return b"".join((view[:split], b"\x10", varint(seq_id), view[split:]))
 
 
 def _decode_chunk(data: memoryview, where: str) -> Any:

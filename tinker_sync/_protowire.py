@@ -261,3 +261,13 @@ def length_at(buf: memoryview, pos: int, limit: int) -> tuple[int, int]:
     if pos + 1 < limit and buf[pos + 1] < 0x80:
         return pos + 2 + ((b & 0x7F) | (buf[pos + 1] << 7)), pos + 2
     return -1, -1
+
+
+def bf16_to_f32_bytes(data: memoryview) -> bytes:
+    """bfloat16 is the high half of a float32: interleave two zero bytes per item (C-level slicing)."""
+    if len(data) % 2:
+        raise ValueError(f"{len(data)} bytes is not a whole number of 2-byte items")
+    out = bytearray(2 * len(data))
+    out[2::4] = data[0::2]
+    out[3::4] = data[1::2]
+    return bytes(out)
