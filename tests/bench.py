@@ -1,12 +1,20 @@
-"""Client-overhead benchmark: tinker_sync against the official SDK, both talking to the local server.
+"""Client-overhead benchmark: tinker_sync against the official SDK(s) and plain ``json``, in one run.
 
-    python -m tests.bench                              # tinker_sync only
-    python -m tests.bench --official /path/to/python   # also an interpreter that has `tinker` installed
+    python -m tests.bench                                      # tinker_sync (and json) only
+    python -m tests.bench --official /venv025/bin/python --official /venv038/bin/python
 
-The server runs in its own process, and each client workload runs in a fresh subprocess. For each one,
-the report gives wall time, the client process's own CPU time (user+sys: the client overhead that
-this project tries to keep small), its peak RSS and the most threads it had alive at once. Not a test:
-numbers vary by machine, so nothing here asserts a speed.
+Two parts, every workload in a fresh subprocess per client:
+
+* codec (tests/bench_codec_workload.py): build + encode of a 128 x 2,048 forward_backward request from
+  plain lists (int64 targets, float32 weights), decode of a 64 x 1,024 forward_backward output and of an
+  8 x 512 sample response with prompt logprobs (best CPU time of several runs, alternating clients), and
+  the peak RSS growth while building + encoding the 128 x 2,048 request, against its wire size;
+* server: sample calls fanned out from 64 threads and pipelined forward_backward + optim_step against
+  the local server in another process: wall time, the client process's own CPU time (user+sys), peak
+  RSS and the most threads alive at once.
+
+Ratios are tinker_sync / official for each official SDK given. Not a test: numbers vary by machine,
+so nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 # One workload script for both clients: the official SDK and tinker_sync share these public names.
 _WORKLOAD = textwrap.dedent(
@@ -44,7 +53,7 @@ _WORKLOAD = textwrap.dedent(
         params = types.SamplingParams(max_tokens=1, temperature=1.0, seed=0)
         def one(i):
             return sampler.sample(prompt=prompt, num_samples=1, sampling_params=params).result(timeout=600)
-        with ThreadPoolExecutor(max_workers=16) as pool:
+        with ThreadPoolExecutor(max_workers=int(sys.argv[5])) as pool:
             results = list(pool.map(one, range(n)))
         assert len(results) == n and all(r.sequences for r in results)
     elif kind == "train":
@@ -97,42 +106,151 @@ def _start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("the local server did not start")
 
 
-def _run(python: str, module: str, url: str, kind: str, n: int) -> dict[str, float]:
-    env = dict(os.environ, TINKER_TELEMETRY="0", OPENBLAS_NUM_THREADS="1")
-    out = subprocess.run([python, "-c", _WORKLOAD, module, url, kind, str(n)], check=False, capture_output=True, text=True,
-                         env=env, timeout=900)
+_ROOT = Path(__file__).resolve().parent.parent
+_CODEC = Path(__file__).resolve().parent / "bench_codec_workload.py"
+
+
+def _env() -> dict[str, str]:
+    # tinker_sync from this checkout; harmless for the official SDK's interpreter.
+    path = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, TINKER_TELEMETRY="0", OPENBLAS_NUM_THREADS="1", PYTHONPATH=path)
+
+
+def _run(python: str, module: str, url: str, kind: str, n: int, threads: int) -> dict[str, float]:
+    out = subprocess.run([python, "-c", _WORKLOAD, module, url, kind, str(n), str(threads)], check=False,
+                         capture_output=True, text=True, env=_env(), timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"{module} {kind} failed:\n{out.stderr[-3000:]}")
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def _codec(python: str, kind: str, lib: str, body_file: Path | None = None) -> dict[str, Any]:
+    cmd = [python, str(_CODEC), kind, lib] + ([str(body_file)] if body_file else [])
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(), timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"{lib} {kind} failed:\n{out.stderr[-3000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _response_bodies(tmp: Path) -> dict[str, tuple[Path, Path]]:
+    """The decode inputs, made with tinker_sync's encoders: protobuf bodies and their JSON twins."""
+    import random
+
+    from tinker_sync import _proto, _serde
+    from tinker_sync import types as T
+
+    rng = random.Random(1)
+    outputs = [{key: T.TensorData(data=[-rng.random() * 10 for _ in range(1024)], dtype="float32", shape=[1024])
+                for key in ("logprobs", "elementwise_loss")} for _ in range(64)]
+    fwdbwd = T.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord", loss_fn_outputs=outputs,
+                                     metrics={"loss:sum": 123.0})
+    seqs = [T.SampledSequence(stop_reason="length", tokens=[rng.randrange(50_000) for _ in range(512)],
+                              logprobs=[-rng.random() for _ in range(512)]) for _ in range(8)]
+    sample = T.SampleResponse(sequences=seqs, prompt_logprobs=[None] + [-rng.random() for _ in range(511)])
+    bodies = {}
+    for name, obj, encode in (("decode_fwdbwd", fwdbwd, _proto.encode_forward_backward_output),
+                              ("decode_sample", sample, _proto.encode_sample_response)):
+        proto_file, json_file = tmp / f"{name}.pb", tmp / f"{name}.json"
+        proto_file.write_bytes(encode(obj))  # type: ignore[operator]
+        json_file.write_bytes(_serde.dumps(obj))
+        bodies[name] = (proto_file, json_file)
+    return bodies
+
+
+def _codec_table(clients: list[tuple[str, str, str]], rounds: int, tmp: Path) -> None:
+    bodies = _response_bodies(tmp)
+    rows: list[tuple[str, str, dict[str, float]]] = [
+        ("build_encode", "build+encode 128x2048 request (ms)", {}),
+        ("decode_fwdbwd", "decode 64x1024 fwd-bwd output (ms)", {}),
+        ("decode_sample", "decode 8x512 sample + prompt lp (ms)", {}),
+    ]
+    for kind, _, best in rows:
+        for _ in range(rounds):  # alternate the clients, keep each one's best
+            for label, python, lib in clients:
+                body = None
+                if kind in bodies:
+                    body = bodies[kind][1] if lib == "json" else bodies[kind][0]
+                ms = _codec(python, kind, lib, body)["ms"]
+                best[label] = min(best.get(label, ms), ms)
+    memory: dict[str, float] = {}
+    traced: dict[str, float] = {}
+    wire_mb = 0.0
+    for label, python, lib in clients:
+        result = _codec(python, "memory", lib)
+        memory[label], traced[label] = result["peak_growth_mb"], result["traced_peak_mb"]
+        if lib != "json":
+            wire_mb = result["wire_mb"]
+    labels = [label for label, _, _ in clients]
+    officials = [label for label in labels if label.startswith("official")]
+    head = f"{'codec workload':40}" + "".join(f"{label:>15}" for label in labels)
+    head += "".join(f"{'vs ' + o:>20}" for o in officials)
+    print(head)
+    for _, title, best in rows:
+        line = f"{title:40}" + "".join(f"{best[label]:15.3f}" for label in labels)
+        line += "".join(f"{best['tinker_sync'] / best[o]:19.2f}x" for o in officials)
+        print(line)
+    line = f"{'peak RSS growth, 128x2048 (MB)':40}" + "".join(f"{memory[label]:15.1f}" for label in labels)
+    line += "".join(f"{memory['tinker_sync'] / memory[o]:19.2f}x" for o in officials if memory[o] > 0)
+    print(line)
+    print(f"{'  ... / protobuf wire size':40}" + "".join(f"{memory[label] / wire_mb:14.2f}x" for label in labels)
+          + f"   (wire {wire_mb:.2f} MB)")
+    print(f"{'peak traced allocations / wire size':40}" + "".join(f"{traced[label] / wire_mb:14.2f}x" for label in labels),
+          flush=True)
+
+
+def _official_label(python: str) -> str:
+    out = subprocess.run([python, "-c", "import tinker; print(tinker.__version__)"], check=True, capture_output=True,
+                         text=True, env=_env(), timeout=120)
+    version = out.stdout.strip()
+    return "official " + ".".join(version.split(".")[:2])
+
+
+def _server_table(clients: list[tuple[str, str, str]], args: argparse.Namespace, tmp: Path) -> None:
+    (tmp / "server").mkdir(exist_ok=True)
+    proc, url = _start_server(tmp / "server")
+    try:
+        print(f"{'client':15} {'workload':22} {'wall s':>8} {'client cpu s':>13} {'cpu ms/call':>12} "
+              f"{'peak rss MB':>12} {'threads':>8}")
+        cpu_per_call: dict[str, float] = {}
+        workloads = (("sample", args.samples, args.samples, args.threads), ("train", args.steps, 2 * args.steps, 1))
+        for kind, n, calls, threads in workloads:
+            for label, python, module in clients:
+                runs = [_run(python, module, url, kind, n, threads) for _ in range(args.repeat)]
+                best = min(runs, key=lambda r: r["cpu_s"])
+                cpu_per_call[f"{label} {kind}"] = 1000 * best["cpu_s"] / calls
+                title = f"{kind} x{n}" + (f" /{threads} thr" if kind == "sample" else "")
+                print(f"{label:15} {title:22} {best['wall_s']:8.2f} {best['cpu_s']:13.3f} "
+                      f"{1000 * best['cpu_s'] / calls:12.3f} {best['peak_rss_mb']:12.1f} "
+                      f"{int(best['peak_threads']):8d}", flush=True)
+        for kind, *_ in workloads:
+            for label, _, _ in clients[1:]:
+                ratio = cpu_per_call[f"tinker_sync {kind}"] / cpu_per_call[f"{label} {kind}"]
+                print(f"client CPU per {kind} call: tinker_sync / {label} = {ratio:.2f}x")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--official", metavar="PYTHON", help="an interpreter with the official `tinker` SDK installed")
+    parser.add_argument("--official", metavar="PYTHON", action="append", default=[],
+                        help="an interpreter with the official `tinker` SDK installed (repeatable: 0.25 and 0.38)")
     parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=64, help="fan-out of the sample workload")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="codec runs per client (best kept)")
+    parser.add_argument("--skip-server", action="store_true", help="codec workloads only")
     args = parser.parse_args(argv)
 
-    clients = [("tinker_sync", sys.executable)]
-    if args.official:
-        clients.append(("tinker", args.official))
+    print("command: python -m tests.bench " + " ".join(sys.argv[1:] if argv is None else argv), flush=True)
+    officials = [(_official_label(python), python, "tinker") for python in args.official]
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = _start_server(Path(tmp))
-        try:
-            print(f"{'client':12} {'workload':18} {'wall s':>8} {'client cpu s':>13} {'cpu ms/call':>12} "
-                  f"{'peak rss MB':>12} {'threads':>8}")
-            for kind, n, calls in (("sample", args.samples, args.samples), ("train", args.steps, 2 * args.steps)):
-                for module, python in clients:
-                    runs = [_run(python, module, url, kind, n) for _ in range(args.repeat)]
-                    best = min(runs, key=lambda r: r["cpu_s"])
-                    label = f"{kind} x{n}"
-                    print(f"{module:12} {label:18} {best['wall_s']:8.2f} {best['cpu_s']:13.3f} "
-                          f"{1000 * best['cpu_s'] / calls:12.3f} {best['peak_rss_mb']:12.1f} "
-                          f"{int(best['peak_threads']):8d}", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        _codec_table([("tinker_sync", sys.executable, "tinker_sync"), *officials,
+                      ("json", sys.executable, "json")], args.rounds, Path(tmp))
+        if not args.skip_server:
+            print()
+            _server_table([("tinker_sync", sys.executable, "tinker_sync"), *officials], args, Path(tmp))
     return 0
 
 

@@ -18,7 +18,7 @@ from tests.test_types_strategies import (
     texts,
     token_lists,
 )
-from tinker_sync import _proto
+from tinker_sync import _proto, _protowire
 from tinker_sync._proto import ProtoDecodeError
 from tinker_sync.types._training import LOSS_FNS
 
@@ -195,19 +195,19 @@ def test_output_num_datums_fallback_and_trailing_shape() -> None:
     data = _proto.encode_forward_backward_output(out)
     assert _proto.decode_forward_backward_output(data) == out
     # Rebuild each record without num_datums (field 3) to exercise the fallback to the offsets count.
-    w = _proto._Writer()
-    for f, wt, v in _proto._fields(data, "test"):
+    w = _protowire.Writer()
+    for f, wt, v in _protowire.fields(data, "test"):
         assert wt == 2
         if f == 2:
-            inner = _proto._Writer()
-            for g, gwt, gv in _proto._fields(v, "test"):
+            inner = _protowire.Writer()
+            for g, gwt, gv in _protowire.fields(v, "test"):
                 if g != 3:
                     assert gwt == 2
                     inner.blob(g, bytes(gv), always=True)
-            w.message(2, inner.buf)
+            w.message(2, inner)
         else:
             w.blob(f, bytes(v), always=True)
-    stripped = bytes(w.buf)
+    stripped = w.getvalue()
     assert len(stripped) == len(data) - 2
     assert _proto.decode_forward_backward_output(stripped) == out
 

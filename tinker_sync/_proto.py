@@ -1,20 +1,42 @@
-"""Hand-written protobuf (proto3) wire codec for the ``tinker_public`` messages of docs/protocol.rst §15.
+"""Hand-written protobuf (proto3) wire codec for the ``tinker_public`` messages (docs/protocol.rst §15).
 
 No protobuf dependency: varints, length-delimited fields, packed repeated ints, maps as repeated entry
-messages, proto3 default elision and explicit presence for ``optional``. Numeric arrays travel as raw
-little-endian bytes (stdlib ``array``; byte-swapped on big-endian hosts). Unknown fields are skipped.
+messages, proto3 default elision and explicit presence for ``optional``. Unknown fields are skipped.
+
+Numeric arrays travel as raw little-endian bytes, and no number is touched one by one in Python:
+encoding references each typed buffer (NumberArray) in the body and copies it once (byte-swapped only on
+big-endian hosts); decoding builds the types through trusted constructors around zero-copy views of the
+body, which become Python lists only when a user reads them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import struct
-import sys
-from array import array
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+from ._protowire import (
+    I64,
+    LEN,
+    VARINT,
+    ProtoDecodeError,
+    Writer,
+    bf16_to_f32_bytes,
+    double,
+    double_map_entry,
+    expect,
+    fields,
+    int32,
+    int64,
+    length_at,
+    map_entry,
+    message_map_entry,
+    repeated_int64,
+    string,
+    uint32,
+    varint,
+)
 from .types import Datum as _Datum
 from .types import (
     DmelChunk,
@@ -28,6 +50,8 @@ from .types import (
     SampleResponse,
     TensorData,
 )
+from .types._numbers import BIG_ENDIAN, NumberArray, from_wire, to_numbers, trusted, trusted_builder, wire_bytes
+from .types._tensor import trusted_tensor
 
 __all__ = [
     "PROTO_CONTENT_TYPE",
@@ -45,269 +69,97 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PROTO_CONTENT_TYPE = "application/x-protobuf"
+_EMPTY = memoryview(b"")
 
-_BIG_ENDIAN = sys.byteorder == "big"
-_U64 = (1 << 64) - 1
-_U32 = (1 << 32) - 1
-
-# Wire types.
-_VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
-
-# DType enum.
-_DT_UNSPECIFIED, _DT_FLOAT32, _DT_INT64, _DT_INT32, _DT_BFLOAT16 = 0, 1, 2, 3, 4
+_DT_UNSPECIFIED, _DT_FLOAT32, _DT_INT64, _DT_INT32, _DT_BFLOAT16 = 0, 1, 2, 3, 4  # the DType enum
 _DTYPE_TO_ENUM = {"float32": _DT_FLOAT32, "int64": _DT_INT64}
-_ENUM_TO_CODE = {_DT_FLOAT32: "f", _DT_INT64: "q", _DT_INT32: "i", _DT_BFLOAT16: "H"}
+_DTYPE_TO_CODE = {"float32": "f", "int64": "q"}
+_DTYPE_FIELD = {"float32": b"\x18\x01", "int64": b"\x18\x02"}  # Tensor.dtype (field 3, varint)
+_ENUM_TO_DTYPE = {_DT_FLOAT32: "float32", _DT_INT64: "int64", _DT_INT32: "int64", _DT_BFLOAT16: "float32"}
+_ENUM_ITEMSIZE = {_DT_FLOAT32: 4, _DT_INT64: 8, _DT_INT32: 4, _DT_BFLOAT16: 2}
 
-# StopReason enum.
-_STOP_TO_ENUM = {"stop": 0, "length": 1}
+_STOP_TO_ENUM = {"stop": 0, "length": 1}  # the StopReason enum
 _ENUM_TO_STOP = {0: "stop", 1: "length"}
-
-# Top-k filler cell for missing entries: (token 0, logprob -99999.0).
-_TOPK_FILLER_ID = 0
-_TOPK_FILLER_LP = -99999.0
-
-
-class ProtoDecodeError(ValueError):
-    """A protobuf body is malformed or does not fit the expected message."""
+_TOPK_FILLER_ID, _TOPK_FILLER_LP = 0, -99999.0  # the top-k cell of a missing entry
 
 
 # --------------------------------------------------------------------------------------------------
-# little-endian arrays
+# typed buffers <-> wire bytes
 
 
-def _le_bytes(code: str, values: Any) -> bytes:
-    arr = array(code, values)
-    if _BIG_ENDIAN:
-        arr.byteswap()
-    return arr.tobytes()
+def _numbers_of(values: Any, code: str) -> NumberArray:
+    return values if isinstance(values, NumberArray) else to_numbers(values, code, "value")
 
 
-def _le_array(code: str, data: bytes | memoryview, where: str) -> array[Any]:
-    arr = array(code)
-    if len(data) % arr.itemsize:
-        raise ProtoDecodeError(f"{where}: {len(data)} bytes is not a whole number of {arr.itemsize}-byte items")
-    arr.frombytes(data)
-    if _BIG_ENDIAN:
-        arr.byteswap()
-    return arr
+def _token_bytes(tokens: Any, where: str) -> Any:
+    """Token ids as int32 wire bytes; the ids are uint32 in the buffer, so check the top bit (C-level)."""
+    raw = wire_bytes(_numbers_of(tokens, "I"), "I")
+    if not bytes(raw)[3::4].isascii():  # byte 3 of each little-endian item holds bit 31
+        raise ValueError(f"{where}: token ids must be < 2**31 to fit the int32 wire format")
+    return raw
 
 
-def _bf16_to_float32(raw: array[Any]) -> list[float]:
-    widened = array("I", (v << 16 for v in raw))
-    out = array("f")
-    out.frombytes(widened.tobytes())
-    return out.tolist()
+def _index_bytes(values: list[int]) -> Any:
+    return wire_bytes(to_numbers(values, "q", "index"), "q")
 
 
-# --------------------------------------------------------------------------------------------------
-# writer
-
-
-def _varint(value: int) -> bytes:
-    if value < 0:
-        value &= _U64
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-class _Writer:
-    __slots__ = ("buf",)
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def key(self, field: int, wire_type: int) -> None:
-        self.buf += _varint((field << 3) | wire_type)
-
-    def varint(self, field: int, value: int, *, always: bool = False) -> None:
-        if value or always:
-            self.key(field, _VARINT)
-            self.buf += _varint(value)
-
-    def boolean(self, field: int, value: bool) -> None:
-        if value:
-            self.key(field, _VARINT)
-            self.buf.append(1)
-
-    def double(self, field: int, value: float, *, always: bool = False) -> None:
-        if value or always:
-            self.key(field, _I64)
-            self.buf += struct.pack("<d", value)
-
-    def blob(self, field: int, value: bytes | bytearray, *, always: bool = False) -> None:
-        if value or always:
-            self.key(field, _LEN)
-            self.buf += _varint(len(value))
-            self.buf += value
-
-    def string(self, field: int, value: str, *, always: bool = False) -> None:
-        self.blob(field, value.encode("utf-8"), always=always)
-
-    def message(self, field: int, payload: bytes | bytearray) -> None:
-        self.blob(field, payload, always=True)
-
-    def packed_int64(self, field: int, values: list[int]) -> None:
-        if values:
-            payload = b"".join(_varint(v) for v in values)
-            self.blob(field, payload, always=True)
-
-    def map_double(self, field: int, mapping: dict[str, float] | None) -> None:
-        for k, v in (mapping or {}).items():
-            entry = _Writer()
-            entry.string(1, k, always=True)
-            entry.double(2, float(v), always=True)
-            self.message(field, entry.buf)
-
-    def map_message(self, field: int, mapping: dict[str, bytes]) -> None:
-        for k, payload in mapping.items():
-            entry = _Writer()
-            entry.string(1, k, always=True)
-            entry.message(2, payload)
-            self.message(field, entry.buf)
-
-
-# --------------------------------------------------------------------------------------------------
-# reader
-
-
-def _read_varint(buf: memoryview, pos: int, where: str) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    n = len(buf)
-    while True:
-        if pos >= n:
-            raise ProtoDecodeError(f"{where}: truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            raise ProtoDecodeError(f"{where}: varint longer than 10 bytes")
-
-
-def _fields(data: bytes | bytearray | memoryview, where: str) -> list[tuple[int, int, Any]]:
-    """Split a message into (field number, wire type, value); value is int or a memoryview slice."""
-    buf = memoryview(data) if not isinstance(data, memoryview) else data
-    out: list[tuple[int, int, Any]] = []
-    pos, n = 0, len(buf)
-    value: Any
-    while pos < n:
-        key, pos = _read_varint(buf, pos, where)
-        field, wt = key >> 3, key & 7
-        if field == 0:
-            raise ProtoDecodeError(f"{where}: invalid field number 0")
-        if wt == _VARINT:
-            value, pos = _read_varint(buf, pos, f"{where} field {field}")
-        elif wt == _I64:
-            if pos + 8 > n:
-                raise ProtoDecodeError(f"{where} field {field}: truncated 64-bit value")
-            value, pos = buf[pos : pos + 8], pos + 8
-        elif wt == _I32:
-            if pos + 4 > n:
-                raise ProtoDecodeError(f"{where} field {field}: truncated 32-bit value")
-            value, pos = buf[pos : pos + 4], pos + 4
-        elif wt == _LEN:
-            length, pos = _read_varint(buf, pos, f"{where} field {field}")
-            if pos + length > n:
-                raise ProtoDecodeError(
-                    f"{where} field {field}: length {length} runs past the end of the message ({n - pos} bytes left)"
-                )
-            value, pos = buf[pos : pos + length], pos + length
-        else:
-            raise ProtoDecodeError(f"{where} field {field}: unsupported wire type {wt}")
-        out.append((field, wt, value))
-    return out
-
-
-def _expect(wt: int, want: int, where: str) -> None:
-    if wt != want:
-        names = {0: "varint", 1: "64-bit", 2: "length-delimited", 5: "32-bit"}
-        raise ProtoDecodeError(f"{where}: expected a {names[want]} field, got wire type {wt}")
-
-
-def _int32(v: int) -> int:
-    v &= _U32
-    return v - (1 << 32) if v & 0x80000000 else v
-
-
-def _int64(v: int) -> int:
-    v &= _U64
-    return v - (1 << 64) if v & (1 << 63) else v
-
-
-def _string(value: memoryview, where: str) -> str:
+def _wire_numbers(dtype_enum: int, data: memoryview, where: str) -> NumberArray:
+    """Trusted: wire bytes of ``dtype_enum`` -> NumberArray in the public dtype (int32/bf16 widened)."""
     try:
-        return bytes(value).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtoDecodeError(f"{where}: not valid UTF-8") from None
-
-
-def _repeated_int64(wt: int, value: Any, where: str, out: list[int]) -> None:
-    if wt == _VARINT:
-        out.append(_int64(value))
-    elif wt == _LEN:
-        pos = 0
-        while pos < len(value):
-            v, pos = _read_varint(value, pos, where)
-            out.append(_int64(v))
-    else:
-        raise ProtoDecodeError(f"{where}: expected packed or varint int64 values, got wire type {wt}")
-
-
-def _map_entry(value: memoryview, where: str) -> tuple[str, int, Any]:
-    key = ""
-    val: tuple[int, Any] = (-1, None)
-    for f, wt, v in _fields(value, where):
-        if f == 1:
-            _expect(wt, _LEN, f"{where}.key")
-            key = _string(v, f"{where}.key")
-        elif f == 2:
-            val = (wt, v)
-    return key, val[0], val[1]
-
-
-def _double_map_entry(value: memoryview, where: str) -> tuple[str, float]:
-    key, wt, v = _map_entry(value, where)
-    if wt == -1:
-        return key, 0.0
-    _expect(wt, _I64, f"{where}[{key!r}]")
-    return key, struct.unpack("<d", v)[0]
+        if dtype_enum == _DT_FLOAT32:
+            return from_wire(data, "f")
+        if dtype_enum == _DT_INT64:
+            return from_wire(data, "q")
+        if dtype_enum == _DT_INT32:
+            return from_wire(data, "i").as_code("q")
+        if dtype_enum == _DT_BFLOAT16:
+            return from_wire(bf16_to_f32_bytes(data), "f")
+    except ValueError as exc:
+        raise ProtoDecodeError(f"{where}: {exc}") from None
+    raise ProtoDecodeError(f"{where}.dtype: unsupported dtype enum {dtype_enum}")
 
 
 # --------------------------------------------------------------------------------------------------
 # Tensor / TensorData
 
 
-def _encode_tensor(td: TensorData, where: str) -> bytes:
-    w = _Writer()
-    code = "q" if td.dtype == "int64" else "f"
+def _encode_tensor(td: TensorData) -> Writer:
+    w = Writer()
+    code = _DTYPE_TO_CODE[td.dtype]
+    data: Any = td.data
     if td.sparse_crow_indices is not None and td.sparse_col_indices is not None:
-        csr = _Writer()
-        csr.blob(1, _le_bytes(code, td.data))
-        csr.blob(2, _le_bytes("q", td.sparse_crow_indices))
-        csr.blob(3, _le_bytes("q", td.sparse_col_indices))
-        w.message(2, csr.buf)
+        csr = Writer()
+        csr.blob(1, wire_bytes(data, code))
+        csr.blob(2, _index_bytes(td.sparse_crow_indices))
+        csr.blob(3, _index_bytes(td.sparse_col_indices))
+        w.message(2, csr)
     else:
-        w.blob(1, _le_bytes(code, td.data), always=True)  # oneof member: present even when empty
+        w.blob(1, wire_bytes(data, code), always=True)  # oneof member: present even when empty
     w.varint(3, _DTYPE_TO_ENUM[td.dtype])
     if td.shape is not None:
         w.packed_int64(4, td.shape)
-    return bytes(w.buf)
+    return w
 
 
-def _numbers(code: str, data: memoryview, where: str) -> tuple[list[Any], str]:
-    raw = _le_array(code, data, where)
-    if code == "H":
-        return _bf16_to_float32(raw), "float32"
-    if code == "f":
-        return raw.tolist(), "float32"
-    return raw.tolist(), "int64"  # int64, and int32 widened to int64
+def _tensor_entry(w: Writer, key: str, td: TensorData) -> None:
+    """Datum.loss_fn_inputs[key] = td (map field 2). Dense tensors take a short path: three parts, the
+    values referenced in place, the same bytes as ``w.map_message(2, key, _encode_tensor(td))``."""
+    if td.sparse_crow_indices is not None:
+        w.map_message(2, key, _encode_tensor(td))
+        return
+    data: Any = td.data
+    raw = wire_bytes(data, _DTYPE_TO_CODE[td.dtype])
+    tail = _DTYPE_FIELD[td.dtype]
+    if td.shape is not None and td.shape:
+        shape = b"".join([varint(n) for n in td.shape])
+        tail += b"\x22" + varint(len(shape)) + shape
+    n = len(raw)
+    tensor_size = 1 + len(varint(n)) + n + len(tail)
+    kb = key.encode("utf-8")
+    entry = b"\x0a" + varint(len(kb)) + kb + b"\x12" + varint(tensor_size)
+    head = b"\x12" + varint(len(entry) + tensor_size) + entry + b"\x0a" + varint(n)
+    w.parts += (head, raw, tail)
+    w.size += len(head) + n + len(tail)
 
 
 def _decode_tensor(data: memoryview, where: str) -> TensorData:
@@ -315,40 +167,38 @@ def _decode_tensor(data: memoryview, where: str) -> TensorData:
     csr: memoryview | None = None
     dtype_enum = _DT_UNSPECIFIED
     shape: list[int] = []
-    for f, wt, v in _fields(data, where):
+    for f, wt, v in fields(data, where):
         if f == 1:
-            _expect(wt, _LEN, f"{where}.dense")
+            expect(wt, LEN, f"{where}.dense")
             dense, csr = v, None
         elif f == 2:
-            _expect(wt, _LEN, f"{where}.sparse_csr")
+            expect(wt, LEN, f"{where}.sparse_csr")
             csr, dense = v, None
         elif f == 3:
-            _expect(wt, _VARINT, f"{where}.dtype")
-            dtype_enum = _int32(v)
+            expect(wt, VARINT, f"{where}.dtype")
+            dtype_enum = int32(v)
         elif f == 4:
-            _repeated_int64(wt, v, f"{where}.shape", shape)
-    code = _ENUM_TO_CODE.get(dtype_enum)
-    if code is None:
+            repeated_int64(wt, v, f"{where}.shape", shape)
+    dtype = _ENUM_TO_DTYPE.get(dtype_enum)
+    if dtype is None:
         raise ProtoDecodeError(f"{where}.dtype: unsupported dtype enum {dtype_enum}")
-    try:
-        if csr is not None:
-            parts: dict[int, memoryview] = {}
-            for f, wt, v in _fields(csr, f"{where}.sparse_csr"):
-                if f in (1, 2, 3):
-                    _expect(wt, _LEN, f"{where}.sparse_csr field {f}")
-                    parts[f] = v
-            empty = memoryview(b"")
-            values, dtype = _numbers(code, parts.get(1, empty), f"{where}.sparse_csr.values")
-            crow = _le_array("q", parts.get(2, empty), f"{where}.sparse_csr.crow_indices").tolist()
-            col = _le_array("q", parts.get(3, empty), f"{where}.sparse_csr.col_indices").tolist()
-            return TensorData(
-                data=values, dtype=dtype, shape=shape, sparse_crow_indices=crow, sparse_col_indices=col  # type: ignore[arg-type]
-            )
-        values, dtype = _numbers(code, dense if dense is not None else memoryview(b""), f"{where}.dense")
-        return TensorData(data=values, dtype=dtype, shape=shape or None)  # type: ignore[arg-type]
+    if csr is None:
+        values = _wire_numbers(dtype_enum, dense if dense is not None else _EMPTY, f"{where}.dense")
+        if shape and math.prod(shape) != len(values):
+            raise ProtoDecodeError(f"{where}: shape {shape} holds {math.prod(shape)} elements but data has {len(values)}")
+        return trusted_tensor(values, dtype, shape or None)  # type: ignore[arg-type]
+    parts: dict[int, memoryview] = {}
+    for f, wt, v in fields(csr, f"{where}.sparse_csr"):
+        if f in (1, 2, 3):
+            expect(wt, LEN, f"{where}.sparse_csr field {f}")
+            parts[f] = v
+    values = _wire_numbers(dtype_enum, parts.get(1, _EMPTY), f"{where}.sparse_csr.values")
+    index = [_wire_numbers(_DT_INT64, parts.get(f, _EMPTY), f"{where}.sparse_csr.{name}").tolist()
+             for f, name in ((2, "crow_indices"), (3, "col_indices"))]
+    try:  # CSR indices are cross-checked by the full constructor
+        return TensorData(data=values, dtype=dtype, shape=shape, sparse_crow_indices=index[0],  # type: ignore[arg-type]
+                          sparse_col_indices=index[1])
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, ProtoDecodeError):
-            raise
         raise ProtoDecodeError(f"{where}: {exc}") from exc
 
 
@@ -356,24 +206,18 @@ def _decode_tensor(data: memoryview, where: str) -> TensorData:
 # ForwardBackwardRequest
 
 
-def _encode_chunk(chunk: Any, where: str) -> bytes:
-    inner = _Writer()
-    outer = _Writer()
-    if isinstance(chunk, EncodedTextChunk):
-        try:
-            inner.blob(1, _le_bytes("i", chunk.tokens))
-        except OverflowError:
-            raise ValueError(f"{where}: token ids must be < 2**31 to fit the int32 wire format") from None
-        outer.message(1, inner.buf)
-    elif isinstance(chunk, ImageChunk):
+def _encode_chunk(chunk: Any, where: str) -> Writer:
+    inner = Writer()
+    outer = Writer()
+    if isinstance(chunk, ImageChunk):
         inner.blob(1, chunk.data)
         inner.string(2, chunk.format)
         if chunk.expected_tokens is not None:
             inner.varint(3, chunk.expected_tokens, always=True)
-        outer.message(2, inner.buf)
+        outer.message(2, inner)
     elif isinstance(chunk, DmelChunk):
         inner.blob(1, chunk.dmel)
-        outer.message(3, inner.buf)
+        outer.message(3, inner)
     elif isinstance(chunk, ImageAssetPointerChunk):
         raise ValueError(  # noqa: TRY004 - a valid chunk type that this wire format cannot carry
             f"{where}: an ImageAssetPointerChunk cannot be sent in a forward_backward request; "
@@ -381,20 +225,39 @@ def _encode_chunk(chunk: Any, where: str) -> bytes:
         )
     else:
         raise TypeError(f"{where}: unsupported chunk type {type(chunk).__name__}")
-    return bytes(outer.buf)
+    return outer
 
 
-def _encode_datum(datum: _Datum, where: str) -> bytes:
-    w = _Writer()
+def _text_chunk(w: Writer, chunk: EncodedTextChunk, where: str) -> None:
+    """Datum.model_input += Chunk{encoded_text{tokens}}: one header part, then the tokens in place."""
+    raw = _token_bytes(chunk.tokens, where)
+    n = len(raw)
+    inner = (b"\x0a" + varint(n)) if n else b""
+    text_size = len(inner) + n
+    text = b"\x0a" + varint(text_size) + inner
+    head = b"\x0a" + varint(len(text) + n) + text
+    w.parts += (head, raw)
+    w.size += len(head) + n
+
+
+def _encode_datum(datum: _Datum, where: str) -> Writer:
+    w = Writer()
     for i, chunk in enumerate(datum.model_input.chunks):
-        w.message(1, _encode_chunk(chunk, f"{where}.model_input.chunks[{i}]"))
-    w.map_message(2, {k: _encode_tensor(v, f"{where}.loss_fn_inputs[{k!r}]") for k, v in datum.loss_fn_inputs.items()})
-    return bytes(w.buf)
+        if isinstance(chunk, EncodedTextChunk):
+            _text_chunk(w, chunk, f"{where}.model_input.chunks[{i}]")
+        else:
+            w.message(1, _encode_chunk(chunk, f"{where}.model_input.chunks[{i}]"))
+    for key, tensor in datum.loss_fn_inputs.items():
+        _tensor_entry(w, key, tensor)
+    return w
 
 
 def encode_forward_backward_request(req: ForwardBackwardRequest) -> bytes:
-    """Serialise a ForwardBackwardRequest (the 0.25 ``POST /forward_backward`` body)."""
-    w = _Writer()
+    """Serialise a ForwardBackwardRequest (the 0.25 ``POST /forward_backward`` body).
+
+    Each typed buffer is copied once, straight into the body.
+    """
+    w = Writer()
     w.string(1, req.model_id)
     if req.seq_id:
         if req.seq_id >= 1 << 31:
@@ -405,7 +268,34 @@ def encode_forward_backward_request(req: ForwardBackwardRequest) -> bytes:
     w.string(4, req.loss_fn)
     w.map_double(5, req.loss_fn_config)
     w.boolean(6, req.forward_only)
-    return bytes(w.buf)
+    return w.getvalue()
+
+
+def _decode_text_chunk(body: list[tuple[int, int, Any]], where: str) -> EncodedTextChunk:
+    tokens = _EMPTY
+    for g, gwt, gv in body:
+        if g == 1:
+            expect(gwt, LEN, f"{where}.encoded_text.tokens")
+            tokens = gv
+    try:
+        return trusted(EncodedTextChunk, tokens=from_wire(tokens, "I"))
+    except ValueError as exc:
+        raise ProtoDecodeError(f"{where}.encoded_text.tokens: {exc}") from None
+
+
+def _decode_image_chunk(body: list[tuple[int, int, Any]], where: str) -> ImageChunk:
+    img, fmt, expected = b"", "", None
+    for g, gwt, gv in body:
+        if g == 1:
+            expect(gwt, LEN, f"{where}.image.data")
+            img = bytes(gv)
+        elif g == 2:
+            expect(gwt, LEN, f"{where}.image.format")
+            fmt = string(gv, f"{where}.image.format")
+        elif g == 3:
+            expect(gwt, VARINT, f"{where}.image.expected_tokens")
+            expected = int32(gv)
+    return ImageChunk(data=img, format=fmt, expected_tokens=expected)  # type: ignore[arg-type]
 
 
 def insert_forward_backward_seq_id(body: bytes, model_id: str, seq_id: int) -> bytes:
@@ -417,43 +307,27 @@ def insert_forward_backward_seq_id(body: bytes, model_id: str, seq_id: int) -> b
     if not 0 < seq_id < 1 << 31:
         raise ValueError(f"ForwardBackwardRequest.seq_id must be in [1, 2**31), got {seq_id}")
     raw = model_id.encode("utf-8")
-    split = 1 + len(_varint(len(raw))) + len(raw) if raw else 0  # key 0x0a + length + bytes
-    return body[:split] + b"\x10" + _varint(seq_id) + body[split:]
+    split = 1 + len(varint(len(raw))) + len(raw) if raw else 0  # key 0x0a + length + bytes
+    view = memoryview(body)  # the halves are joined through views: the body is copied once, not twice
+    return b"".join((view[:split], b"\x10", varint(seq_id), view[split:]))
 
 
 def _decode_chunk(data: memoryview, where: str) -> Any:
     chunk: Any = None
-    for f, wt, v in _fields(data, where):
+    for f, wt, v in fields(data, where):
         if f not in (1, 2, 3):
             continue
-        _expect(wt, _LEN, f"{where} field {f}")
-        body = _fields(v, where)
+        expect(wt, LEN, f"{where} field {f}")
+        body = fields(v, where)
         if f == 1:
-            tokens = memoryview(b"")
-            for g, gwt, gv in body:
-                if g == 1:
-                    _expect(gwt, _LEN, f"{where}.encoded_text.tokens")
-                    tokens = gv
-            ints = _le_array("i", tokens, f"{where}.encoded_text.tokens").tolist()
-            chunk = EncodedTextChunk(tokens=ints)
+            chunk = _decode_text_chunk(body, where)
         elif f == 2:
-            img, fmt, expected = b"", "", None
-            for g, gwt, gv in body:
-                if g == 1:
-                    _expect(gwt, _LEN, f"{where}.image.data")
-                    img = bytes(gv)
-                elif g == 2:
-                    _expect(gwt, _LEN, f"{where}.image.format")
-                    fmt = _string(gv, f"{where}.image.format")
-                elif g == 3:
-                    _expect(gwt, _VARINT, f"{where}.image.expected_tokens")
-                    expected = _int32(gv)
-            chunk = ImageChunk(data=img, format=fmt, expected_tokens=expected)  # type: ignore[arg-type]
+            chunk = _decode_image_chunk(body, where)
         else:
             dmel = b""
             for g, gwt, gv in body:
                 if g == 1:
-                    _expect(gwt, _LEN, f"{where}.dmel.dmel")
+                    expect(gwt, LEN, f"{where}.dmel.dmel")
                     dmel = bytes(gv)
             chunk = DmelChunk(dmel=dmel)
     if chunk is None:
@@ -464,18 +338,26 @@ def _decode_chunk(data: memoryview, where: str) -> Any:
 def _decode_datum(data: memoryview, where: str) -> _Datum:
     chunks: list[Any] = []
     inputs: dict[str, TensorData] = {}
-    for f, wt, v in _fields(data, where):
+    for f, wt, v in fields(data, where):
         if f == 1:
-            _expect(wt, _LEN, f"{where}.model_input")
+            expect(wt, LEN, f"{where}.model_input")
             chunks.append(_decode_chunk(v, f"{where}.model_input[{len(chunks)}]"))
         elif f == 2:
-            _expect(wt, _LEN, f"{where}.loss_fn_inputs")
-            key, vwt, vv = _map_entry(v, f"{where}.loss_fn_inputs")
-            if vwt == -1:
-                vv, vwt = memoryview(b""), _LEN
-            _expect(vwt, _LEN, f"{where}.loss_fn_inputs[{key!r}]")
+            expect(wt, LEN, f"{where}.loss_fn_inputs")
+            key, vv = message_map_entry(v, f"{where}.loss_fn_inputs")
             inputs[key] = _decode_tensor(vv, f"{where}.loss_fn_inputs[{key!r}]")
     return _Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs)
+
+
+def _loss_config_v2_entry(v: memoryview, where: str) -> tuple[str, float | None]:
+    """0.38 loss_fn_config_v2: map<string, {double number = 1; string text = 2}>; only numbers are read."""
+    k, vwt, vv = map_entry(v, where)
+    number = None
+    if vwt == LEN:
+        for g, gwt, gv in fields(vv, f"{where}[{k!r}]"):
+            if g == 1 and gwt == I64:
+                number = double(gv)
+    return k, number
 
 
 def decode_forward_backward_request(data: bytes) -> ForwardBackwardRequest:
@@ -490,33 +372,31 @@ def decode_forward_backward_request(data: bytes) -> ForwardBackwardRequest:
     config: dict[str, float] = {}
     config_v2: dict[str, float] = {}
     try:
-        for f, wt, v in _fields(data, where):
+        for f, wt, v in fields(data, where):
             if f == 1:
-                _expect(wt, _LEN, f"{where}.model_id")
-                model_id = _string(v, f"{where}.model_id")
+                expect(wt, LEN, f"{where}.model_id")
+                model_id = string(v, f"{where}.model_id")
             elif f == 2:
-                _expect(wt, _VARINT, f"{where}.seq_id")
-                seq_id = _int32(v)
+                expect(wt, VARINT, f"{where}.seq_id")
+                seq_id = int32(v)
             elif f == 3:
-                _expect(wt, _LEN, f"{where}.data")
+                expect(wt, LEN, f"{where}.data")
                 datums.append(_decode_datum(v, f"{where}.data[{len(datums)}]"))
             elif f == 4:
-                _expect(wt, _LEN, f"{where}.loss_fn")
-                loss_fn = _string(v, f"{where}.loss_fn")
+                expect(wt, LEN, f"{where}.loss_fn")
+                loss_fn = string(v, f"{where}.loss_fn")
             elif f == 5:
-                _expect(wt, _LEN, f"{where}.loss_fn_config")
-                k, val = _double_map_entry(v, f"{where}.loss_fn_config")
+                expect(wt, LEN, f"{where}.loss_fn_config")
+                k, val = double_map_entry(v, f"{where}.loss_fn_config")
                 config[k] = val
             elif f == 6:
-                _expect(wt, _VARINT, f"{where}.forward_only")
+                expect(wt, VARINT, f"{where}.forward_only")
                 forward_only = bool(v)
-            elif f == 7:  # 0.38 loss_fn_config_v2: map<string, {double number = 1; string text = 2}>
-                _expect(wt, _LEN, f"{where}.loss_fn_config_v2")
-                k, vwt, vv = _map_entry(v, f"{where}.loss_fn_config_v2")
-                if vwt == _LEN:
-                    for g, gwt, gv in _fields(vv, f"{where}.loss_fn_config_v2[{k!r}]"):
-                        if g == 1 and gwt == _I64:
-                            config_v2[k] = struct.unpack("<d", gv)[0]
+            elif f == 7:
+                expect(wt, LEN, f"{where}.loss_fn_config_v2")
+                k, number = _loss_config_v2_entry(v, f"{where}.loss_fn_config_v2")
+                if number is not None:
+                    config_v2[k] = number
         for k, val in config_v2.items():
             config.setdefault(k, val)
         if seq_id < 0:
@@ -543,29 +423,24 @@ def _record_signature(out: dict[str, TensorData]) -> tuple[Any, ...]:
     return tuple((k, td.dtype, tuple(td.dense_shape()[1:])) for k, td in sorted(out.items()))
 
 
-def _encode_record(outputs: list[dict[str, TensorData]], type_tag: str) -> bytes:
-    w = _Writer()
+def _encode_record(outputs: list[dict[str, TensorData]], type_tag: str) -> Writer:
+    w = Writer()
     w.string(1, type_tag)
-    fields: dict[str, bytes] = {}
     for key in sorted(outputs[0]):
         first = outputs[0][key]
-        code = "q" if first.dtype == "int64" else "f"
-        itemsize = 8 if code == "q" else 4
-        data = bytearray()
+        code = _DTYPE_TO_CODE[first.dtype]
+        parts = [wire_bytes(_numbers_of(out[key].dense_data(), code), code) for out in outputs]
         offsets = [0]
-        for out in outputs:
-            values = out[key].dense_data()
-            data += _le_bytes(code, values)
-            offsets.append(offsets[-1] + len(values) * itemsize)
-        bt = _Writer()
-        bt.blob(1, data)
-        bt.blob(2, _le_bytes("q", offsets))
+        for part in parts:
+            offsets.append(offsets[-1] + len(part))
+        bt = Writer()
+        bt.blob(1, b"".join(parts))
+        bt.blob(2, _index_bytes(offsets))
         bt.varint(3, _DTYPE_TO_ENUM[first.dtype])
         bt.packed_int64(4, first.dense_shape()[1:])
-        fields[key] = bytes(bt.buf)
-    w.map_message(2, fields)
+        w.map_message(2, key, bt)
     w.varint(3, len(outputs))
-    return bytes(w.buf)
+    return w
 
 
 def encode_forward_backward_output(out: ForwardBackwardOutput) -> bytes:
@@ -573,7 +448,7 @@ def encode_forward_backward_output(out: ForwardBackwardOutput) -> bytes:
 
     Consecutive datums with the same keys, dtypes and trailing shapes share one record.
     """
-    w = _Writer()
+    w = Writer()
     w.string(1, out.loss_fn_output_type)
     group: list[dict[str, TensorData]] = []
     signature: tuple[Any, ...] | None = None
@@ -587,72 +462,76 @@ def encode_forward_backward_output(out: ForwardBackwardOutput) -> bytes:
     if group:
         w.message(2, _encode_record(group, "ArrayRecord"))
     w.map_double(3, out.metrics)
-    return bytes(w.buf)
+    return w.getvalue()
 
 
 def _decode_batched(data: memoryview, where: str) -> tuple[memoryview, list[int], int, list[int]]:
-    payload, offsets_raw = memoryview(b""), memoryview(b"")
+    payload, offsets_raw = _EMPTY, _EMPTY
     dtype_enum = _DT_UNSPECIFIED
     trailing: list[int] = []
-    for f, wt, v in _fields(data, where):
+    for f, wt, v in fields(data, where):
         if f == 1:
-            _expect(wt, _LEN, f"{where}.data")
+            expect(wt, LEN, f"{where}.data")
             payload = v
         elif f == 2:
-            _expect(wt, _LEN, f"{where}.offsets")
+            expect(wt, LEN, f"{where}.offsets")
             offsets_raw = v
         elif f == 3:
-            _expect(wt, _VARINT, f"{where}.dtype")
-            dtype_enum = _int32(v)
+            expect(wt, VARINT, f"{where}.dtype")
+            dtype_enum = int32(v)
         elif f == 4:
-            _repeated_int64(wt, v, f"{where}.trailing_shape", trailing)
-    offsets = _le_array("q", offsets_raw, f"{where}.offsets").tolist()
+            repeated_int64(wt, v, f"{where}.trailing_shape", trailing)
+    offsets = _wire_numbers(_DT_INT64, offsets_raw, f"{where}.offsets").tolist()
     return payload, offsets, dtype_enum, trailing
+
+
+def _check_offsets(offsets: list[int], num_datums: int, nbytes: int, itemsize: int, where: str) -> None:
+    if len(offsets) != num_datums + 1:
+        raise ProtoDecodeError(f"{where}.offsets: expected {num_datums + 1} byte offsets, got {len(offsets)}")
+    if num_datums and (offsets[0] != 0 or offsets[-1] != nbytes):
+        raise ProtoDecodeError(
+            f"{where}.offsets must start at 0 and end at len(data) = {nbytes}, got {offsets[0]}..{offsets[-1]}"
+        )
+    for i in range(num_datums):
+        if offsets[i + 1] < offsets[i]:
+            raise ProtoDecodeError(f"{where}.offsets must be non-decreasing (datum {i}: {offsets[i]} > {offsets[i + 1]})")
+        if (offsets[i + 1] - offsets[i]) % itemsize:
+            raise ProtoDecodeError(f"{where} datum {i}: {offsets[i + 1] - offsets[i]} bytes is not a whole number "
+                                   f"of {itemsize}-byte items")
 
 
 def _decode_record(data: memoryview, where: str) -> list[dict[str, TensorData]]:
     num_datums = 0
-    fields: dict[str, tuple[memoryview, list[int], int, list[int]]] = {}
-    for f, wt, v in _fields(data, where):
+    record: dict[str, tuple[memoryview, list[int], int, list[int]]] = {}
+    for f, wt, v in fields(data, where):
         if f == 2:
-            _expect(wt, _LEN, f"{where}.fields")
-            key, vwt, vv = _map_entry(v, f"{where}.fields")
-            if vwt == -1:
-                vv, vwt = memoryview(b""), _LEN
-            _expect(vwt, _LEN, f"{where}.fields[{key!r}]")
-            fields[key] = _decode_batched(vv, f"{where}.fields[{key!r}]")
+            expect(wt, LEN, f"{where}.fields")
+            key, vv = message_map_entry(v, f"{where}.fields")
+            record[key] = _decode_batched(vv, f"{where}.fields[{key!r}]")
         elif f == 3:
-            _expect(wt, _VARINT, f"{where}.num_datums")
-            num_datums = _int64(v)
+            expect(wt, VARINT, f"{where}.num_datums")
+            num_datums = int64(v)
     if num_datums < 0:
         raise ProtoDecodeError(f"{where}.num_datums must be >= 0, got {num_datums}")
-    if num_datums == 0 and fields:
-        num_datums = max(len(next(iter(fields.values()))[1]) - 1, 0)
+    if num_datums == 0 and record:
+        num_datums = max(len(next(iter(record.values()))[1]) - 1, 0)
     outputs: list[dict[str, TensorData]] = [{} for _ in range(num_datums)]
-    for key, (payload, offsets, dtype_enum, trailing) in fields.items():
+    for key, (payload, offsets, dtype_enum, trailing) in record.items():
         fw = f"{where}.fields[{key!r}]"
-        code = _ENUM_TO_CODE.get(dtype_enum)
-        if code is None:
+        dtype = _ENUM_TO_DTYPE.get(dtype_enum)
+        if dtype is None:
             raise ProtoDecodeError(f"{fw}.dtype: unsupported dtype enum {dtype_enum}")
-        if len(offsets) != num_datums + 1:
-            raise ProtoDecodeError(f"{fw}.offsets: expected {num_datums + 1} byte offsets, got {len(offsets)}")
-        if num_datums and (offsets[0] != 0 or offsets[-1] != len(payload)):
-            raise ProtoDecodeError(
-                f"{fw}.offsets must start at 0 and end at len(data) = {len(payload)}, got {offsets[0]}..{offsets[-1]}"
-            )
+        _check_offsets(offsets, num_datums, len(payload), _ENUM_ITEMSIZE[dtype_enum], fw)
         if any(t <= 0 for t in trailing):
             raise ProtoDecodeError(f"{fw}.trailing_shape must be positive, got {trailing}")
         inner = math.prod(trailing)
+        values = _wire_numbers(dtype_enum, payload, fw)  # one view; per-datum slices below share it
+        scale = _ENUM_ITEMSIZE[dtype_enum]
         for i in range(num_datums):
-            start, end = offsets[i], offsets[i + 1]
-            if end < start:
-                raise ProtoDecodeError(f"{fw}.offsets must be non-decreasing (datum {i}: {start} > {end})")
-            values, dtype = _numbers(code, payload[start:end], f"{fw} datum {i}")
-            if len(values) % inner:
-                raise ProtoDecodeError(
-                    f"{fw} datum {i}: {len(values)} elements do not fit trailing_shape {trailing}"
-                )
-            outputs[i][key] = TensorData(data=values, dtype=dtype, shape=[len(values) // inner, *trailing])  # type: ignore[arg-type]
+            start, end = offsets[i] // scale, offsets[i + 1] // scale
+            if (end - start) % inner:
+                raise ProtoDecodeError(f"{fw} datum {i}: {end - start} elements do not fit trailing_shape {trailing}")
+            outputs[i][key] = trusted_tensor(values.view(start, end), dtype, [(end - start) // inner, *trailing])  # type: ignore[arg-type]
     return outputs
 
 
@@ -662,113 +541,191 @@ def decode_forward_backward_output(data: bytes) -> ForwardBackwardOutput:
     Raises:
         ProtoDecodeError: malformed bytes (message names the message/field).
     """
+    try:
+        return _decode_forward_backward_output(data)
+    except ProtoDecodeError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ProtoDecodeError(f"ForwardBackwardOutput: {exc}") from exc
+
+
+def _decode_forward_backward_output(data: bytes) -> ForwardBackwardOutput:
     where = "ForwardBackwardOutput"
     output_type = ""
     outputs: list[dict[str, TensorData]] = []
     metrics: dict[str, float] = {}
-    try:
-        for f, wt, v in _fields(data, where):
-            if f == 1:
-                _expect(wt, _LEN, f"{where}.loss_fn_output_type")
-                output_type = _string(v, f"{where}.loss_fn_output_type")
-            elif f == 2:
-                _expect(wt, _LEN, f"{where}.loss_fn_outputs")
-                outputs.extend(_decode_record(v, f"{where}.loss_fn_outputs[record]"))
-            elif f == 3:
-                _expect(wt, _LEN, f"{where}.metrics")
-                k, val = _double_map_entry(v, f"{where}.metrics")
-                metrics[k] = val
-        output_type = output_type.rsplit(":", 1)[-1] or "ArrayRecord"
-        return ForwardBackwardOutput(loss_fn_output_type=output_type, loss_fn_outputs=outputs, metrics=metrics)
-    except ProtoDecodeError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ProtoDecodeError(f"{where}: {exc}") from exc
+    for f, wt, v in fields(data, where):
+        if f == 1:
+            expect(wt, LEN, f"{where}.loss_fn_output_type")
+            output_type = string(v, f"{where}.loss_fn_output_type")
+        elif f == 2:
+            expect(wt, LEN, f"{where}.loss_fn_outputs")
+            outputs.extend(_decode_record(v, f"{where}.loss_fn_outputs[record]"))
+        elif f == 3:
+            expect(wt, LEN, f"{where}.metrics")
+            k, val = double_map_entry(v, f"{where}.metrics")
+            metrics[k] = val
+    output_type = output_type.rsplit(":", 1)[-1] or "ArrayRecord"
+    return trusted(ForwardBackwardOutput, loss_fn_output_type=output_type, loss_fn_outputs=outputs, metrics=metrics)
 
 
 # --------------------------------------------------------------------------------------------------
 # SampleResponse
 
 
-def _encode_sequence(seq: SampledSequence) -> bytes:
-    w = _Writer()
+def _encode_sequence(seq: SampledSequence) -> Writer:
+    w = Writer()
     w.varint(1, _STOP_TO_ENUM[seq.stop_reason])
-    w.blob(2, _le_bytes("i", seq.tokens))
+    w.blob(2, _token_bytes(seq.tokens, "SampledSequence.tokens"))
     if seq.logprobs is not None:
-        w.blob(3, _le_bytes("f", seq.logprobs), always=True)
-    return bytes(w.buf)
+        w.blob(3, wire_bytes(_numbers_of(seq.logprobs, "f"), "f"), always=True)
+    return w
+
+
+def _encode_topk(rows: list[list[tuple[int, float]] | None]) -> Writer:
+    k = max((len(r) for r in rows if r), default=0)
+    ids: list[int] = []
+    lps: list[float] = []
+    for row in rows:
+        row = row or []
+        ids.extend(t for t, _ in row)
+        lps.extend(lp for _, lp in row)
+        pad = k - len(row)
+        ids.extend([_TOPK_FILLER_ID] * pad)
+        lps.extend([_TOPK_FILLER_LP] * pad)
+    t = Writer()
+    t.blob(1, _token_bytes(ids, "SampleResponse.topk_prompt_logprobs"))
+    t.blob(2, wire_bytes(to_numbers(lps, "f", "logprobs"), "f"))
+    t.varint(3, k)
+    t.varint(4, len(rows))
+    return t
 
 
 def encode_sample_response(resp: SampleResponse) -> bytes:
     """Serialise a SampleResponse (docs/protocol.rst §15.1 conventions), for the local server."""
-    w = _Writer()
+    w = Writer()
     for seq in resp.sequences:
         w.message(1, _encode_sequence(seq))
-    if resp.prompt_logprobs is not None:
-        nan = float("nan")
-        w.blob(2, _le_bytes("f", [nan if x is None else x for x in resp.prompt_logprobs]), always=True)
+    if resp.prompt_logprobs is not None:  # None entries are NaN in the buffer already
+        w.blob(2, wire_bytes(_numbers_of(resp.prompt_logprobs, "f"), "f"), always=True)
     if resp.topk_prompt_logprobs is not None:
-        rows = resp.topk_prompt_logprobs
-        k = max((len(r) for r in rows if r), default=0)
-        ids: list[int] = []
-        lps: list[float] = []
-        for row in rows:
-            row = row or []
-            ids.extend(t for t, _ in row)
-            lps.extend(lp for _, lp in row)
-            pad = k - len(row)
-            ids.extend([_TOPK_FILLER_ID] * pad)
-            lps.extend([_TOPK_FILLER_LP] * pad)
-        t = _Writer()
-        t.blob(1, _le_bytes("i", ids))
-        t.blob(2, _le_bytes("f", lps))
-        t.varint(3, k)
-        t.varint(4, len(rows))
-        w.message(3, t.buf)
+        w.message(3, _encode_topk(resp.topk_prompt_logprobs))
     w.varint(4, resp.prompt_cache_hit_tokens)
-    return bytes(w.buf)
+    return w.getvalue()
+
+
+_new_sequence = trusted_builder(SampledSequence)
+_new_response = trusted_builder(SampleResponse)
+_STOP_NAMES = ("stop", "length")
+_EMPTY_TOKENS = from_wire(b"", "I")
 
 
 def _decode_sequence(data: memoryview, where: str) -> SampledSequence:
     stop_enum = 0
-    tokens: list[int] = []
-    logprobs: list[float] | None = None
-    for f, wt, v in _fields(data, where):
+    tokens = logprobs = None
+    for f, wt, v in fields(data, where):
         if f == 1:
-            _expect(wt, _VARINT, f"{where}.stop_reason")
-            stop_enum = _int32(v)
+            expect(wt, VARINT, f"{where}.stop_reason")
+            stop_enum = int32(v)
         elif f == 2:
-            _expect(wt, _LEN, f"{where}.tokens")
-            tokens = _le_array("i", v, f"{where}.tokens").tolist()
+            expect(wt, LEN, f"{where}.tokens")
+            tokens = v
         elif f == 3:
-            _expect(wt, _LEN, f"{where}.logprobs")
-            logprobs = _le_array("f", v, f"{where}.logprobs").tolist() or None
+            expect(wt, LEN, f"{where}.logprobs")
+            logprobs = v
     stop_reason = _ENUM_TO_STOP.get(stop_enum)
     if stop_reason is None:
         raise ProtoDecodeError(f"{where}.stop_reason: unknown StopReason enum value {stop_enum}")
-    return SampledSequence(stop_reason=stop_reason, tokens=tokens, logprobs=logprobs)  # type: ignore[arg-type]
+    try:
+        return _new_sequence(
+            stop_reason=stop_reason,
+            tokens=from_wire(tokens if tokens is not None else _EMPTY, "I"),
+            logprobs=from_wire(logprobs, "f") if logprobs else None,
+        )
+    except ValueError as exc:
+        raise ProtoDecodeError(f"{where}: {exc}") from None
+
+
+def _array_at(buf: memoryview, pos: int, end: int, code: Literal["I", "f"]) -> tuple[NumberArray | None, int]:
+    """The length-delimited array value whose length varint starts at ``pos`` -> (view, end of the value);
+    (None, -1) when it does not fit in ``end`` or is not whole items."""
+    if pos + 1 < end and buf[pos] >= 0x80 and buf[pos + 1] < 0x80:  # 2-byte length (128 B .. 16 KiB), inlined
+        vstart = pos + 2
+        vend = vstart + ((buf[pos] & 0x7F) | (buf[pos + 1] << 7))
+    else:
+        vend, vstart = length_at(buf, pos, end)
+    if vend < 0 or vend > end or (vend - vstart) % 4:
+        return None, -1
+    return NumberArray(buf[vstart:vend].cast(code), code), vend
+
+
+def _fast_sequence(buf: memoryview, pos: int, end: int) -> SampledSequence | None:
+    """Straight-line read of ``[stop_reason] [tokens] [logprobs]`` in the order the servers write them."""
+    stop, tokens, logprobs = 0, _EMPTY_TOKENS, None
+    if pos + 1 < end and buf[pos] == 0x08:
+        stop, pos = buf[pos + 1], pos + 2
+        if stop > 1:
+            return None
+    if pos < end and buf[pos] == 0x12:
+        tokens, pos = _array_at(buf, pos + 1, end, "I")  # type: ignore[assignment]
+    if 0 <= pos < end and buf[pos] == 0x1A:
+        logprobs, pos = _array_at(buf, pos + 1, end, "f")
+        logprobs = logprobs or None  # empty logprobs bytes: not requested
+    if pos != end or tokens is None:
+        return None
+    return _new_sequence(stop_reason=_STOP_NAMES[stop], tokens=tokens, logprobs=logprobs)
+
+
+def _fast_sample_response(buf: memoryview) -> SampleResponse | None:
+    """The common layout (sequences of stop_reason/tokens/logprobs, prompt logprobs, cache hits, lengths below
+    16 KiB) in one inline pass; None for anything else, which the general reader then handles with its checks."""
+    n, pos = len(buf), 0
+    sequences: list[SampledSequence] = []
+    prompt_logprobs, cache_hits = None, 0
+    while pos < n:
+        key = buf[pos]
+        if pos + 2 < n and buf[pos + 1] >= 0x80 and buf[pos + 2] < 0x80:  # 2-byte length, inlined
+            start = pos + 3
+            end = start + ((buf[pos + 1] & 0x7F) | (buf[pos + 2] << 7))
+        else:
+            end, start = length_at(buf, pos + 1, n)
+        if key == 0x0A and 0 < end <= n:  # sequences[]
+            seq = _fast_sequence(buf, start, end)
+            if seq is None:
+                return None
+            sequences.append(seq)
+            pos = end
+        elif key == 0x12 and 0 < end <= n and (end - start) % 4 == 0:  # prompt_logprobs
+            if end > start:
+                prompt_logprobs = NumberArray(buf[start:end].cast("f"), "f", nan_as_none=True)
+            pos = end
+        elif key == 0x20 and pos + 1 < n and buf[pos + 1] < 0x80:  # prompt_cache_hit_tokens (< 128)
+            cache_hits, pos = buf[pos + 1], pos + 2
+        else:
+            return None
+    return _new_response(sequences=sequences, prompt_logprobs=prompt_logprobs, prompt_cache_hit_tokens=cache_hits)
 
 
 def _decode_topk(data: memoryview, where: str) -> list[list[tuple[int, float]] | None] | None:
-    ids_raw, lps_raw = memoryview(b""), memoryview(b"")
+    ids_raw, lps_raw = _EMPTY, _EMPTY
     k = n = 0
-    for f, wt, v in _fields(data, where):
+    for f, wt, v in fields(data, where):
         if f == 1:
-            _expect(wt, _LEN, f"{where}.token_ids")
+            expect(wt, LEN, f"{where}.token_ids")
             ids_raw = v
         elif f == 2:
-            _expect(wt, _LEN, f"{where}.logprobs")
+            expect(wt, LEN, f"{where}.logprobs")
             lps_raw = v
         elif f == 3:
-            _expect(wt, _VARINT, f"{where}.k")
-            k = v & _U32
+            expect(wt, VARINT, f"{where}.k")
+            k = uint32(v)
         elif f == 4:
-            _expect(wt, _VARINT, f"{where}.prompt_length")
-            n = v & _U32
+            expect(wt, VARINT, f"{where}.prompt_length")
+            n = uint32(v)
     if not (n > 0 and k > 0):
         return None
-    ids = _le_array("i", ids_raw, f"{where}.token_ids").tolist()
-    lps = _le_array("f", lps_raw, f"{where}.logprobs").tolist()
+    ids = _wire_numbers(_DT_INT32, ids_raw, f"{where}.token_ids").tolist()
+    lps = _wire_numbers(_DT_FLOAT32, lps_raw, f"{where}.logprobs").tolist()
     if len(ids) != n * k or len(lps) != n * k:
         raise ProtoDecodeError(
             f"{where}: expected prompt_length x k = {n} x {k} = {n * k} cells, got {len(ids)} ids and {len(lps)} logprobs"
@@ -792,36 +749,46 @@ def decode_sample_response(data: bytes) -> SampleResponse:
     Raises:
         ProtoDecodeError: malformed bytes or an unknown stop reason (message names the field).
     """
-    where = "SampleResponse"
-    sequences: list[SampledSequence] = []
-    prompt_logprobs: list[float | None] | None = None
-    topk: list[list[tuple[int, float]] | None] | None = None
-    cache_hits = 0
+    if not BIG_ENDIAN:
+        fast = _fast_sample_response(memoryview(data))
+        if fast is not None:
+            return fast
     try:
-        for f, wt, v in _fields(data, where):
-            if f == 1:
-                _expect(wt, _LEN, f"{where}.sequences")
-                sequences.append(_decode_sequence(v, f"{where}.sequences[{len(sequences)}]"))
-            elif f == 2:
-                _expect(wt, _LEN, f"{where}.prompt_logprobs")
-                values = _le_array("f", v, f"{where}.prompt_logprobs").tolist()
-                prompt_logprobs = [None if math.isnan(x) else x for x in values] if values else None
-            elif f == 3:
-                _expect(wt, _LEN, f"{where}.topk_prompt_logprobs")
-                topk = _decode_topk(v, f"{where}.topk_prompt_logprobs")
-            elif f == 4:
-                _expect(wt, _VARINT, f"{where}.prompt_cache_hit_tokens")
-                cache_hits = _int32(v)
-        return SampleResponse(
-            sequences=sequences,
-            prompt_logprobs=prompt_logprobs,
-            topk_prompt_logprobs=topk,
-            prompt_cache_hit_tokens=max(cache_hits, 0),
-        )
+        return _decode_sample_response(data)
     except ProtoDecodeError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ProtoDecodeError(f"{where}: {exc}") from exc
+        raise ProtoDecodeError(f"SampleResponse: {exc}") from exc
+
+
+def _decode_sample_response(data: bytes) -> SampleResponse:
+    where = "SampleResponse"
+    sequences: list[SampledSequence] = []
+    prompt_logprobs = topk = None
+    cache_hits = 0
+    for f, wt, v in fields(data, where):
+        if f == 1:
+            expect(wt, LEN, f"{where}.sequences")
+            sequences.append(_decode_sequence(v, f"{where}.sequences[{len(sequences)}]"))
+        elif f == 2:
+            expect(wt, LEN, f"{where}.prompt_logprobs")
+            if v:
+                prompt_logprobs = _prompt_logprobs(v, f"{where}.prompt_logprobs")
+        elif f == 3:
+            expect(wt, LEN, f"{where}.topk_prompt_logprobs")
+            topk = _decode_topk(v, f"{where}.topk_prompt_logprobs")
+        elif f == 4:
+            expect(wt, VARINT, f"{where}.prompt_cache_hit_tokens")
+            cache_hits = int32(v)
+    return trusted(SampleResponse, sequences=sequences, prompt_logprobs=prompt_logprobs,
+                   topk_prompt_logprobs=topk, prompt_cache_hit_tokens=max(cache_hits, 0))
+
+
+def _prompt_logprobs(v: memoryview, where: str) -> NumberArray:
+    try:
+        return from_wire(v, "f", nan_as_none=True)  # NaN (no logprob) reads as None
+    except ValueError as exc:
+        raise ProtoDecodeError(f"{where}: {exc}") from None
 
 
 PROTO_DECODERS: dict[type, Callable[[bytes], Any]] = {

@@ -26,6 +26,7 @@ from cattrs.preconf.json import make_converter as _make_json_converter
 from . import types as wire
 from ._exceptions import APIResponseValidationError
 from .types._common import parse_datetime
+from .types._numbers import NumberArray, plain_list
 from .types._provenance import ProvenanceSpan
 from .types._sampling import StopCondition
 
@@ -130,7 +131,8 @@ def configure_converter(c: cattrs.Converter) -> None:
     )
     # Lists of scalars go through as the same list object: json.dumps handles them at C speed,
     # and the attrs converters validate/copy them in one pass on the way in.
-    c.register_unstructure_hook_func(_is_fast_list, _identity)
+    c.register_unstructure_hook_func(_is_fast_list, plain_list)  # typed buffers (NumberArray) become lists
+    c.register_unstructure_hook(NumberArray, plain_list)
     c.register_structure_hook_func(_is_fast_list, _list_passthrough)
 
     # Omit None, never non-None defaults (except fields marked OMIT_DEFAULT, new keys older servers

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -16,8 +16,8 @@ from ._common import (
     int_field,
     str_field,
     tag_field,
-    token_list,
 )
+from ._numbers import to_numbers
 
 __all__ = [
     "DmelChunk",
@@ -32,12 +32,13 @@ _IMAGE_FORMATS = ("png", "jpeg")
 
 
 def _tokens(value: object) -> list[int]:
-    return token_list(value, "EncodedTextChunk.tokens")
+    # One typed buffer (uint32 ids: int32 on the wire), list-like for readers; numpy input kept as is.
+    return to_numbers(value, "I", "EncodedTextChunk.tokens")  # type: ignore[return-value]
 
 
 @attrs.frozen
 class EncodedTextChunk:
-    """A run of already-tokenized text."""
+    """A run of already-tokenized text (``tokens``: a list, numpy array or torch tensor of ids)."""
 
     tokens: list[int] = converted_field(_tokens)
     type: Literal["encoded_text"] = tag_field("encoded_text")
@@ -47,6 +48,17 @@ class EncodedTextChunk:
     def length(self) -> int:
         """Number of tokens in the chunk."""
         return len(self.tokens)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the tokens on the wire (4 bytes each), from the buffer length."""
+        return 4 * len(self.tokens)
+
+    @property
+    def tokens_np(self) -> Any:
+        """The tokens as a zero-copy numpy int32 view (the wire's type); imports numpy lazily."""
+        tokens: Any = self.tokens
+        return tokens.to_numpy()
 
 
 def _image_bytes(where: str) -> Callable[[object], bytes]:
@@ -153,7 +165,7 @@ class ModelInput:
     def to_ints(self) -> list[int]:
         """All tokens as one list (only for text-only inputs)."""
         if len(self.chunks) == 1 and isinstance(self.chunks[0], EncodedTextChunk):
-            return list(self.chunks[0].tokens)
+            return self.chunks[0].tokens.tolist()  # type: ignore[attr-defined,no-any-return]  # a NumberArray
         out: list[int] = []
         for i, chunk in enumerate(self.chunks):
             if not isinstance(chunk, EncodedTextChunk):
@@ -177,5 +189,5 @@ class ModelInput:
         check_int(token, "ModelInput.append_int(token)", minimum=0)
         if self.chunks and isinstance(self.chunks[-1], EncodedTextChunk):
             last = self.chunks[-1]
-            return ModelInput(chunks=[*self.chunks[:-1], EncodedTextChunk(tokens=[*last.tokens, token])])
+            return ModelInput(chunks=[*self.chunks[:-1], EncodedTextChunk(tokens=last.tokens + [token])])
         return ModelInput(chunks=[*self.chunks, EncodedTextChunk(tokens=[token])])

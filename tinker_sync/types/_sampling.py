@@ -18,7 +18,6 @@ from ._common import (
     choice_field,
     converted_field,
     float_field,
-    float_list,
     instance_field,
     int_field,
     list_of_field,
@@ -27,6 +26,7 @@ from ._common import (
     token_list,
 )
 from ._model_input import ModelInput
+from ._numbers import to_numbers, to_optional_floats
 from ._tensor import TensorData
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -113,7 +113,7 @@ class SampleRequest:
 def _logprobs(value: Any, self_: Any, field: Any) -> Any:
     if value is None:
         return None
-    return float_list(value, _where(self_, field))
+    return to_numbers(value, "d", _where(self_, field))  # one typed buffer, list-like
 
 
 # A top-k row: up to k (token_id, logprob) pairs, or None where nothing was reported.
@@ -157,7 +157,7 @@ class SampledSequence:
     """
 
     stop_reason: StopReason = choice_field(STOP_REASONS)
-    tokens: list[int] = converted_field(_conv(lambda v, s, f: token_list(v, _where(s, f))))
+    tokens: list[int] = converted_field(_conv(lambda v, s, f: to_numbers(v, "I", _where(s, f))))
     logprobs: list[float] | None = converted_field(_conv(_logprobs), default=None)
     sequence_id: str | None = str_field(default=None)
     topk_logprobs: TopkRows | None = converted_field(_conv(lambda v, s, f: _topk(v, s, f)), default=None)
@@ -188,18 +188,7 @@ class SampledSequence:
 def _prompt_logprobs(value: Any, self_: Any, field: Any) -> Any:
     if value is None:
         return None
-    where = _where(self_, field)
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"{where} must be a list of float or None, got {type(value).__name__}")
-    out: list[float | None] = []
-    for i, item in enumerate(value):
-        if item is None:
-            out.append(None)
-        elif isinstance(item, (int, float)) and not isinstance(item, bool):
-            out.append(float(item))
-        else:
-            raise TypeError(f"{where} must be a list of float or None; item {i} is {_describe(item)}")
-    return out
+    return to_optional_floats(value, "d", _where(self_, field))  # None entries kept as NaN in the buffer
 
 
 def _topk(value: Any, self_: Any, field: Any) -> Any:
@@ -257,7 +246,8 @@ class SampleResponse:
         if self.prompt_logprobs is None:
             return None
         np = _numpy()
-        array: numpy.ndarray = np.asarray([np.nan if x is None else x for x in self.prompt_logprobs], dtype=np.float32)
+        # The buffer holds NaN where the list shows None: a zero-copy view for decoded responses.
+        array: numpy.ndarray = np.asarray(self.prompt_logprobs, dtype=np.float32)
         return array
 
     @property

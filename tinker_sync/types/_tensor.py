@@ -1,4 +1,8 @@
-"""TensorData: a flat, typed array with an optional shape and optional CSR sparsity."""
+"""TensorData: a flat, typed array with an optional shape and optional CSR sparsity.
+
+The values live in one typed buffer (a NumberArray: ``array.array``, or the caller's numpy array without a
+copy); ``data`` reads like the official SDK's list.
+"""
 
 # attrs fields are built by validating factories (str_field(), int_field(), ...), not dataclass defaults.
 # ruff: noqa: RUF009
@@ -11,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from ._common import check_choice, choice_field, converted_field, float_list, int_list
+from ._common import check_choice, choice_field, converted_field, int_list
+from ._numbers import NumberArray, to_numbers, trusted_builder
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
@@ -21,6 +26,8 @@ __all__ = ["TensorData", "TensorDtype"]
 
 TensorDtype = Literal["int64", "float32"]
 _DTYPES = ("int64", "float32")
+_CODES = {"int64": "q", "float32": "f"}
+_WIRE_ITEMSIZE = {"int64": 8, "float32": 4}
 
 
 def _optional_index_list(where: str) -> Callable[[Any], list[int] | None]:
@@ -38,6 +45,8 @@ class TensorData:
 
     With ``sparse_crow_indices``/``sparse_col_indices`` set, ``data`` holds only the non-zero values of
     a 2-D CSR matrix and ``shape`` is required. float32 data is rounded to float32 at construction.
+    ``data`` accepts a list, a numpy array or a torch tensor (kept without a copy when it already has the
+    dtype) and reads back as a list-like NumberArray; ``to_numpy()`` is a zero-copy view.
     """
 
     data: list[int | float] = attrs.field()  # validated in __attrs_post_init__ (depends on dtype)
@@ -52,35 +61,16 @@ class TensorData:
 
     def __attrs_post_init__(self) -> None:
         check_choice(self.dtype, "TensorData.dtype", _DTYPES)
-        if self.dtype == "int64":
-            data: list[Any] = int_list(self.data, "TensorData.data (dtype int64)")
-        else:
-            data = float_list(self.data, "TensorData.data (dtype float32)", float32=True)
+        raw: Any = self.data
+        data = to_numbers(raw, _CODES[self.dtype], f"TensorData.data (dtype {self.dtype})")
         object.__setattr__(self, "data", data)
         crow, col, shape = self.sparse_crow_indices, self.sparse_col_indices, self.shape
+        if shape is None and crow is None and len(getattr(raw, "shape", ())) > 1:
+            object.__setattr__(self, "shape", shape := [int(n) for n in raw.shape])
         if (crow is None) != (col is None):
             raise ValueError("TensorData.sparse_crow_indices and sparse_col_indices must be given together")
         if crow is not None and col is not None:
-            if shape is None or len(shape) != 2:
-                raise ValueError(f"a sparse (CSR) TensorData needs a 2-D shape, got shape={shape!r}")
-            nrows, ncols = shape
-            if len(crow) != nrows + 1:
-                raise ValueError(
-                    f"TensorData.sparse_crow_indices must have shape[0] + 1 = {nrows + 1} entries, got {len(crow)}"
-                )
-            if crow[0] != 0 or crow[-1] != len(data):
-                raise ValueError(
-                    "TensorData.sparse_crow_indices must start at 0 and end at len(data) = "
-                    f"{len(data)}, got {crow[0]}..{crow[-1]}"
-                )
-            if any(a > b for a, b in itertools.pairwise(crow)):
-                raise ValueError("TensorData.sparse_crow_indices must be non-decreasing")
-            if len(col) != len(data):
-                raise ValueError(
-                    f"TensorData.sparse_col_indices must have one entry per value ({len(data)}), got {len(col)}"
-                )
-            if col and max(col) >= ncols:
-                raise ValueError(f"TensorData.sparse_col_indices must be < shape[1] = {ncols}, got {max(col)}")
+            _check_csr(crow, col, shape, len(data))
         elif shape is not None and math.prod(shape) != len(data):
             raise ValueError(
                 f"TensorData.shape {shape} holds {math.prod(shape)} elements but data has {len(data)}"
@@ -91,12 +81,20 @@ class TensorData:
         """True for CSR tensors."""
         return self.sparse_crow_indices is not None
 
+    @property
+    def nbytes(self) -> int:
+        """Size on the wire: the values in ``dtype`` plus 8 bytes per CSR index (no list is walked)."""
+        size = len(self.data) * _WIRE_ITEMSIZE[self.dtype]
+        if self.sparse_crow_indices is not None and self.sparse_col_indices is not None:
+            size += 8 * (len(self.sparse_crow_indices) + len(self.sparse_col_indices))
+        return size
+
     def dense_shape(self) -> list[int]:
         """The shape, defaulting to 1-D ``[len(data)]``."""
         return list(self.shape) if self.shape is not None else [len(self.data)]
 
     def dense_data(self) -> list[Any]:
-        """The flattened row-major values with CSR expanded (zeros filled in)."""
+        """The flattened row-major values with CSR expanded (zeros filled in); list-like."""
         if self.sparse_crow_indices is None or self.sparse_col_indices is None:
             return self.data
         nrows, ncols = self.dense_shape()
@@ -112,45 +110,51 @@ class TensorData:
     def tolist(self) -> list[Any]:
         """The values as (nested) Python lists following ``shape``."""
         flat = self.dense_data()
+        flat = flat.tolist() if isinstance(flat, NumberArray) else list(flat)
         shape = self.dense_shape()
         if len(shape) <= 1:
-            return list(flat)
+            return flat
         return _nest(flat, shape)
 
     @classmethod
     def from_numpy(cls, array: numpy.ndarray) -> TensorData:
-        """Build from a numpy array (floats -> float32, ints/bools -> int64); imports numpy lazily."""
+        """Build from a numpy array (floats -> float32, ints/bools -> int64), sharing its memory when it
+        is already a contiguous float32/int64 array; imports numpy lazily."""
         import numpy as np
 
         arr = np.asarray(array)
         if arr.dtype.kind == "f":
             dtype: TensorDtype = "float32"
-            flat: Any = arr.astype(np.float32, copy=False).ravel()
         elif arr.dtype.kind in "iub":
             dtype = "int64"
-            flat = arr.astype(np.int64, copy=False).ravel()
         else:
             raise TypeError(f"TensorData.from_numpy supports float, int and bool arrays, got dtype {arr.dtype}")
-        return cls(data=flat.tolist(), dtype=dtype, shape=list(arr.shape))
+        return cls(data=arr, dtype=dtype, shape=list(arr.shape))  # type: ignore[arg-type]
 
     def to_numpy(self) -> numpy.ndarray:
-        """As a numpy array of ``dtype`` and ``shape`` (CSR expanded); imports numpy lazily."""
+        """As a numpy array of ``dtype`` and ``shape`` (CSR expanded); a zero-copy view for dense tensors
+        (read-only when decoded from a response); imports numpy lazily."""
         import numpy as np
 
+        if self.sparse_crow_indices is None:
+            data: Any = self.data
+            return data.to_numpy().reshape(self.dense_shape())  # type: ignore[no-any-return]
         np_dtype = np.int64 if self.dtype == "int64" else np.float32
         return np.asarray(self.dense_data(), dtype=np_dtype).reshape(self.dense_shape())
 
     @classmethod
     def from_torch(cls, tensor: torch.Tensor) -> TensorData:
-        """Build from a torch tensor (sparse CSR tensors stay sparse); imports torch lazily."""
+        """Build from a torch tensor (sparse CSR tensors stay sparse); imports torch lazily.
+
+        CPU tensors of dtype float32/int64 are shared without a copy.
+        """
         import torch
 
         t = tensor.detach().cpu()
         if t.layout == torch.sparse_csr:
             dtype: TensorDtype = "float32" if t.dtype.is_floating_point else "int64"
-            values = t.values().to(torch.float32 if dtype == "float32" else torch.int64)
             return cls(
-                data=values.tolist(),
+                data=t.values(),
                 dtype=dtype,
                 shape=list(t.shape),
                 sparse_crow_indices=t.crow_indices().tolist(),
@@ -158,18 +162,47 @@ class TensorData:
             )
         if t.is_sparse:
             t = t.to_dense()
-        if t.dtype.is_floating_point:
-            return cls(data=t.to(torch.float32).reshape(-1).tolist(), dtype="float32", shape=list(t.shape))
         if t.dtype.is_complex:
             raise TypeError(f"TensorData.from_torch does not support complex tensors ({t.dtype})")
-        return cls(data=t.to(torch.int64).reshape(-1).tolist(), dtype="int64", shape=list(t.shape))
+        dtype = "float32" if t.dtype.is_floating_point else "int64"
+        return cls(data=t, dtype=dtype, shape=list(t.shape))
 
     def to_torch(self) -> torch.Tensor:
-        """As a dense torch tensor of ``dtype`` and ``shape``; imports torch lazily."""
+        """As a dense torch tensor of ``dtype`` and ``shape`` (sharing memory when the buffer is writable);
+        imports torch lazily."""
         import torch
 
-        torch_dtype = torch.int64 if self.dtype == "int64" else torch.float32
-        return torch.tensor(self.dense_data(), dtype=torch_dtype).reshape(self.dense_shape())
+        arr = self.to_numpy()
+        return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+
+
+_new_tensor = trusted_builder(TensorData)
+
+
+def trusted_tensor(data: NumberArray, dtype: TensorDtype, shape: list[int] | None) -> TensorData:
+    """A dense TensorData from decoded wire values, without re-validation (decoders only)."""
+    return _new_tensor(data=data, dtype=dtype, shape=shape)
+
+
+def _check_csr(crow: list[int], col: list[int], shape: list[int] | None, nvalues: int) -> None:
+    if shape is None or len(shape) != 2:
+        raise ValueError(f"a sparse (CSR) TensorData needs a 2-D shape, got shape={shape!r}")
+    nrows, ncols = shape
+    if len(crow) != nrows + 1:
+        raise ValueError(
+            f"TensorData.sparse_crow_indices must have shape[0] + 1 = {nrows + 1} entries, got {len(crow)}"
+        )
+    if crow[0] != 0 or crow[-1] != nvalues:
+        raise ValueError(
+            "TensorData.sparse_crow_indices must start at 0 and end at len(data) = "
+            f"{nvalues}, got {crow[0]}..{crow[-1]}"
+        )
+    if any(a > b for a, b in itertools.pairwise(crow)):
+        raise ValueError("TensorData.sparse_crow_indices must be non-decreasing")
+    if len(col) != nvalues:
+        raise ValueError(f"TensorData.sparse_col_indices must have one entry per value ({nvalues}), got {len(col)}")
+    if col and max(col) >= ncols:
+        raise ValueError(f"TensorData.sparse_col_indices must be < shape[1] = {ncols}, got {max(col)}")
 
 
 def _nest(flat: list[Any], shape: list[int]) -> list[Any]:

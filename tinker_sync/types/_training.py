@@ -27,6 +27,7 @@ from ._common import (
 )
 from ._console import checkpoint_console_url, checkpoint_playground_url
 from ._model_input import ModelInput
+from ._numbers import NumberArray
 from ._optimizer import (
     AdamOptimizerConfig,
     AdamParams,
@@ -102,7 +103,7 @@ _LIST_KEY_DTYPES: dict[str, str] = {
 }
 
 
-def _list_to_tensor(key: str, value: list[Any] | tuple[Any, ...]) -> TensorData:
+def _list_to_tensor(key: str, value: list[Any] | tuple[Any, ...] | NumberArray) -> TensorData:
     dtype = _LIST_KEY_DTYPES.get(key)
     if dtype is None:
         raise ValueError(
@@ -132,7 +133,7 @@ def _coerce_loss_fn_inputs(value: Any) -> dict[str, TensorData]:
             raise TypeError(f"Datum.loss_fn_inputs keys must be str, got {_describe(key)}")
         if isinstance(item, TensorData):
             out[key] = item
-        elif isinstance(item, (list, tuple)):
+        elif isinstance(item, (list, tuple, NumberArray)):  # NumberArray: e.g. a sampled sequence's tokens
             try:
                 out[key] = _list_to_tensor(key, item)
             except (TypeError, ValueError) as exc:
