@@ -153,8 +153,9 @@ class TensorData:
         t = tensor.detach().cpu()
         if t.layout == torch.sparse_csr:
             dtype: TensorDtype = "float32" if t.dtype.is_floating_point else "int64"
+            values: Any = t.values()  # the field's converter takes any buffer; its annotation is the list form
             return cls(
-                data=t.values(),
+                data=values,
                 dtype=dtype,
                 shape=list(t.shape),
                 sparse_crow_indices=t.crow_indices().tolist(),
@@ -165,7 +166,8 @@ class TensorData:
         if t.dtype.is_complex:
             raise TypeError(f"TensorData.from_torch does not support complex tensors ({t.dtype})")
         dtype = "float32" if t.dtype.is_floating_point else "int64"
-        return cls(data=t, dtype=dtype, shape=list(t.shape))
+        dense: Any = t
+        return cls(data=dense, dtype=dtype, shape=list(t.shape))
 
     def to_torch(self) -> torch.Tensor:
         """As a dense torch tensor of ``dtype`` and ``shape`` (sharing memory when the buffer is writable);
