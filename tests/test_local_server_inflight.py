@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,14 @@ def test_inflight_sessions_share_the_newest_inflight_save(service: ServiceClient
     fixed = tc.save_weights_and_get_sampling_client().result(T)
     assert _view(fixed) == trained
 
-    _train(tc)
-    newest = tc.save_weights_and_get_sampling_client(kind="inflight").result(T)
-    assert _view(newest) == _view(early) == _view(late) != trained
-    assert _view(fixed) == trained
+    copy = pickle.loads(pickle.dumps(early))  # a serialized copy (as sent to a worker) joins the same session
+    try:
+        _train(tc)
+        newest = tc.save_weights_and_get_sampling_client(kind="inflight").result(T)
+        assert _view(newest) == _view(early) == _view(late) == _view(copy) != trained
+        assert _view(fixed) == trained
+    finally:
+        copy.close()
 
 
 def test_inflight_targets_are_per_training_model(service: ServiceClient) -> None:
@@ -108,8 +113,7 @@ def test_inflight_target_survives_restarts_and_journaled_saves_publish(tmp_path:
     data = tmp_path / "d"
     with LocalTinkerServer(data_dir=data, long_poll_s=1.0) as srv:
         api = Api(srv.url)
-        sid = api.session()
-        mid = api.model(sid)
+        mid = api.model(api.session())
         early = api.result(_save_inflight(api, mid, 1, 0))["sampling_session_id"]
         start = _prompt_logprobs(api, early, 0)
         api.result(api.post("forward_backward", fwdbwd(mid, 2)))
@@ -126,7 +130,7 @@ def test_inflight_target_survives_restarts_and_journaled_saves_publish(tmp_path:
     with LocalTinkerServer(data_dir=data, long_poll_s=1.0) as srv:
         api = Api(srv.url)
         late = api.result(api.post("save_weights_for_sampler", body))["sampling_session_id"]  # retry: first answer
-        assert late == f"{sid}:sample:1"
+        assert late == early.replace(":sample:0", ":sample:1")  # the session's next sampling session
         trained = _prompt_logprobs(api, late, 0)
         assert trained != start and _prompt_logprobs(api, early, 2) == trained
         assert api.ok("GET", f"samplers/{early}") == {"sampler_id": early, "base_model": BASE}
