@@ -51,7 +51,7 @@ def test_lone_surrogate_is_a_400_and_never_reaches_sqlite(api: Api) -> None:
     body = json.dumps({"session_id": sid, "sampling_session_seq_id": 0, "base_model": BASE}).encode()
     body = body.replace(BASE.encode(), b"x\\udfff")
     assert "surrogate" in _detail(_raw_post(api, "create_sampling_session", body), 400)
-    body = b'{"model_id": "a\\ud800b", "path": "f", "seq_id": 2}'  # found by python -m tests.soak fuzz
+    body = b'{"model_id": "a\\ud800b", "path": "f", "seq_id": 2}'  # found by the fuzzer (python -m tests.soak fuzz)
     assert _raw_post(api, "save_weights", body).status_code in (400, 404)
 
 
