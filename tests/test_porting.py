@@ -365,7 +365,6 @@ def test_038_copy_weights(local_server: Any, tc: tinker.TrainingClient) -> None:
     assert copied.startswith("tinker://") and copied != path
 
 
-@server_gap("kind='inflight' sampler weights are refused by name (inflight saves shared by later clients)")
 def test_038_inflight_sampling_client_follows_later_saves(tc: tinker.TrainingClient) -> None:
     prompt = _prompt(tc.get_tokenizer(), TEXT)
     sampler = tc.save_weights_and_get_sampling_client(kind="inflight").result(T)

@@ -102,6 +102,19 @@ def path_ok(resp: Any) -> bool:
     return str(resp.path).startswith("tinker://")
 
 
+def inflight_follows(tc: Any) -> bool:
+    """An inflight sampler made before a training step samples from the next inflight save's weights."""
+    early = resolve(tc.save_weights_and_get_sampling_client(kind="inflight"))
+    before = early.compute_logprobs(PROMPT).result(timeout=TIMEOUT)
+    tc.forward_backward(DATA, "cross_entropy").result(timeout=TIMEOUT)
+    tc.optim_step(types.AdamParams(learning_rate=5e-2)).result(timeout=TIMEOUT)
+    late = resolve(tc.save_weights_and_get_sampling_client(kind="inflight"))
+    after = late.compute_logprobs(PROMPT).result(timeout=TIMEOUT)
+    if after == before or early.compute_logprobs(PROMPT).result(timeout=TIMEOUT) != after:
+        raise AssertionError(f"the earlier inflight sampler did not follow the later save: {before} -> {after}")
+    return True
+
+
 def main() -> int:
     sc = tinker.ServiceClient(base_url=BASE_URL, api_key=KEY)
     version = getattr(tinker, "__version__", "?")
@@ -221,6 +234,9 @@ def main() -> int:
                      .sample(PROMPT, 1, PARAMS).result(timeout=TIMEOUT))
         if has(samp, "get_telemetry"):
             step("SamplingClient.get_telemetry", samp.get_telemetry)
+
+    if "kind" in inspect.signature(tinker.TrainingClient.save_weights_and_get_sampling_client).parameters:
+        step("TrainingClient.save_weights_and_get_sampling_client(kind='inflight')", lambda: inflight_follows(tc))
 
     # -- state round trips ---------------------------------------------------------------------
     if state is not None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._api_common import PROTO_CONTENT_TYPE, ApiBase, Call, HTTPError
+from ._inflight import InflightTargets
 from ._jobs import JobError, ServerFuture, request_id_for
 from ._live import LiveModel, adapter_tensors, decode_result, encode_result
 
@@ -45,6 +46,7 @@ class LiveApi(ApiBase):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._persisted_rids: dict[str, str] | None = None  # request id -> model id of pre-restart results
+        self.inflight = InflightTargets(self.live, self.adapter_from_tensors)  # kind="inflight" sampler weights
         self.resumed = threading.Event()
 
     def resume_journaled(self) -> None:

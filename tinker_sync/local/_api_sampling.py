@@ -133,9 +133,12 @@ class SamplingApi(LiveApi):
         self.use_session_id(row.session_id, "asample")
         with self.lock:
             return self.samplers.setdefault(sid, LiveSampler(sid, row.owner, row.base_model, row.model_path,
-                                                             session_id=row.session_id, persisted=persisted))
+                                                             session_id=row.session_id, persisted=persisted,
+                                                             inflight_of=row.inflight_of))
 
     def _sampler_adapter(self, s: LiveSampler) -> Any:
+        if s.inflight_of is not None:  # the newest inflight save of its model, looked up per request
+            return self.inflight.current(s.inflight_of)
         with s.lock:
             if not s.loaded:
                 if s.model_path is not None:

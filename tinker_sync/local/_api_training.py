@@ -45,6 +45,7 @@ from ._api_common import (
     text_tokens,
 )
 from ._api_live import LiveApi
+from ._inflight import inflight_refusal
 from ._jobs import JobError, ServerFuture, request_id_for
 from ._live import FwdBwdResult, LiveModel, LiveSampler
 from ._store import CheckpointRow, RunRow
@@ -315,9 +316,14 @@ class TrainingApi(LiveApi):
         w = "save_weights_for_sampler"
 
         def build(model: LiveModel, req: SaveWeightsForSamplerRequest, extra: dict[str, Any]) -> Callable[[], Any]:
-            if req.kind != "snapshot":
-                raise HTTPError(400, f"{w}: kind {req.kind!r} is not supported by the local server; only "
-                                     f"'snapshot' sampler weights (omit kind)")
+            if req.kind == "inflight":
+                why = inflight_refusal(path=req.path, sampling_session_seq_id=req.sampling_session_seq_id,
+                                       ttl_seconds=req.ttl_seconds, user_metadata=req.user_metadata)
+                if why is not None:
+                    raise HTTPError(400, f"{w}: {why}")
+                seq = req.sampling_session_seq_id
+                return lambda: {"type": "save_weights_for_sampler",
+                                "sampling_session_id": self._publish_inflight(model, seq)}
             if req.path is not None:
                 check_name(req.path, w)
             if req.path is None and req.sampling_session_seq_id is None:
@@ -351,6 +357,21 @@ class TrainingApi(LiveApi):
             self.samplers[sid] = LiveSampler(sid, model.owner, model.base_model, path, snap, loaded=True,
                                              session_id=model.session_id)
         self.store.add_sampler(sid, model.session_id, model.owner, model.base_model, path, ephemeral=True)
+        return sid
+
+    def _publish_inflight(self, model: LiveModel, sampling_seq: int | None) -> str:
+        """Replace ``model``'s shared inflight weights with its current ones; a new session sampling from them."""
+        sid = f"{model.session_id}:sample:{sampling_seq}"
+        snap = self.ready(model).snapshot()
+        generation = self.inflight.publish(model.model_id, snap, {"base_model": model.base_model,
+                                                                  "lora": self.adapter_cfg(snap)})
+        with self.lock:
+            self.samplers[sid] = LiveSampler(sid, model.owner, model.base_model, None, loaded=True,
+                                             session_id=model.session_id, inflight_of=model.model_id)
+        self.store.add_sampler(sid, model.session_id, model.owner, model.base_model, None,
+                               inflight_of=model.model_id)
+        logger.info("model %s: inflight weights #%d published (after %d optimizer steps); new session %s",
+                    model.model_id, generation, model.optim_steps, sid)
         return sid
 
     def save_weights_external(self, call: Call) -> Any:

@@ -116,6 +116,7 @@ class LiveSampler:
     lock: threading.Lock = attrs.Factory(threading.Lock)
     session_id: str | None = None
     persisted: bool = False  # unsaved weights kept under <data_dir>/live (see LiveStateStore)
+    inflight_of: str | None = None  # samples from this training model's shared inflight weights (see _inflight)
 
 
 def adapter_tensors(adapter: Any, tables: str) -> dict[str, Any]:

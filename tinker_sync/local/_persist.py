@@ -7,7 +7,8 @@ Layout under ``<data_dir>/live``::
     models/<key>.g<gen>.safetensors   accumulated gradients (rewritten by forward_backward; none while zero)
     models/<key>.results/<k>.json     one completed result each ("create" or a seq_id), written once
     models/<key>.pending/<seq>.json   journal: an accepted request not yet run (or a refused seq_id to skip)
-    samplers/<key>.safetensors        the weights of a sampler made by an unnamed save_weights_for_sampler
+    samplers/<key>.safetensors        the weights of a sampler made by an unnamed save_weights_for_sampler,
+                                      or (id "inflight:<model_id>") a model's shared inflight weights
 
 Every file goes through :func:`atomic_write` (temporary name, then ``os.replace``) and the metadata names
 the tensor generation it belongs to, so a crash at any point leaves the previous consistent state. Tensor

@@ -45,6 +45,7 @@ _ADDED_COLUMNS = (
     ("runs", "trainable", "INTEGER NOT NULL DEFAULT 1"),
     ("checkpoints", "user_metadata", "TEXT"),
     ("samplers", "clients", "INTEGER NOT NULL DEFAULT 0"),
+    ("samplers", "inflight_of", "TEXT"),
 )
 
 
@@ -111,6 +112,7 @@ class SamplerRow:
     model_path: str | None
     created_at: float
     ephemeral: bool  # bound to in-memory weights (unnamed save_weights_for_sampler); lost on restart
+    inflight_of: str | None = None  # the training model whose shared inflight weights it samples from
 
 
 class Store:
@@ -317,11 +319,11 @@ class Store:
 
     # -- samplers --------------------------------------------------------------------------------
     def add_sampler(self, sampler_id: str, session_id: str, owner: str, base_model: str,
-                    model_path: str | None, *, ephemeral: bool = False) -> None:
+                    model_path: str | None, *, ephemeral: bool = False, inflight_of: str | None = None) -> None:
         self._exec(
             "INSERT OR REPLACE INTO samplers (sampler_id, session_id, owner, base_model, model_path, created_at, "
-            "ephemeral) VALUES (?,?,?,?,?,?,?)",
-            (sampler_id, session_id, owner, base_model, model_path, self._clock(), int(ephemeral)),
+            "ephemeral, inflight_of) VALUES (?,?,?,?,?,?,?,?)",
+            (sampler_id, session_id, owner, base_model, model_path, self._clock(), int(ephemeral), inflight_of),
         )
 
     def get_sampler(self, sampler_id: str) -> SamplerRow | None:
