@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from ._exceptions import TinkerError
+
 __all__ = ["ProtoDecodeError"]
 
 _U64 = (1 << 64) - 1
@@ -23,8 +25,8 @@ _EMPTY = memoryview(b"")
 _SMALL_VARINTS = [bytes([i]) for i in range(128)]
 
 
-class ProtoDecodeError(ValueError):
-    """A protobuf body is malformed or does not fit the expected message."""
+class ProtoDecodeError(TinkerError, ValueError):
+    """A protobuf body is malformed or does not fit the expected message (a TinkerError and a ValueError)."""
 
 
 def varint(value: int) -> bytes:
