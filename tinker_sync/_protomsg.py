@@ -17,6 +17,7 @@ from ._protowire import (
     bf16_to_f32_bytes,
     expect,
     fields,
+    flat_message,
     int32,
     int64,
     repeated_int64,
@@ -119,7 +120,6 @@ def encode_tensor(td: TensorData) -> Writer:
     return w
 
 
-
 def decode_tensor(data: memoryview, where: str) -> TensorData:
     dense: memoryview | None = None
     csr: memoryview | None = None
@@ -184,23 +184,13 @@ def encode_topk(rows: list[list[tuple[int, float]] | None], where: str) -> Write
     return t
 
 
+_TOPK_FIELDS = {1: ("token_ids", LEN), 2: ("logprobs", LEN), 3: ("k", VARINT), 4: ("length", VARINT)}
+
 
 def decode_topk(data: memoryview, where: str) -> list[list[tuple[int, float]] | None] | None:
-    ids_raw, lps_raw = _EMPTY, _EMPTY
-    k = n = 0
-    for f, wt, v in fields(data, where):
-        if f == 1:
-            expect(wt, LEN, f"{where}.token_ids")
-            ids_raw = v
-        elif f == 2:
-            expect(wt, LEN, f"{where}.logprobs")
-            lps_raw = v
-        elif f == 3:
-            expect(wt, VARINT, f"{where}.k")
-            k = uint32(v)
-        elif f == 4:
-            expect(wt, VARINT, f"{where}.length")
-            n = uint32(v)
+    got = flat_message(data, where, _TOPK_FIELDS)
+    ids_raw, lps_raw = got.get("token_ids", _EMPTY), got.get("logprobs", _EMPTY)
+    k, n = uint32(got.get("k", 0)), uint32(got.get("length", 0))
     if not (n > 0 and k > 0):
         return None
     ids = wire_numbers(DT_INT32, ids_raw, f"{where}.token_ids").tolist()
@@ -249,6 +239,7 @@ def decode_prompt_alt_tokens(data: memoryview, where: str) -> PromptAltTokens:
 # ProvenanceSpan (Datum fields 3 and 4)
 
 _SPAN_ARM = {"prompt_tokens": 1, "sampled_tokens": 2}
+_SPAN_FIELDS = {1: ("sequence_id", LEN), 2: ("offset", VARINT), 3: ("length", VARINT)}
 
 
 def encode_spans(w: Writer, field: int, spans: list[Any] | None) -> None:
@@ -272,17 +263,9 @@ def decode_span(data: memoryview, where: str) -> PromptProvenanceSpan | SampledP
             kind, body = f, v
     if not kind:
         raise ProtoDecodeError(f"{where}: empty ProvenanceSpan (neither prompt_tokens nor sampled_tokens)")
-    sequence_id, offset, length = "", 0, 0
-    for f, wt, v in fields(body, where):
-        if f == 1:
-            expect(wt, LEN, f"{where}.sequence_id")
-            sequence_id = string(v, f"{where}.sequence_id")
-        elif f == 2:
-            expect(wt, VARINT, f"{where}.offset")
-            offset = int64(v)
-        elif f == 3:
-            expect(wt, VARINT, f"{where}.length")
-            length = int64(v)
+    got = flat_message(body, where, _SPAN_FIELDS)
+    sequence_id = string(got.get("sequence_id", _EMPTY), f"{where}.sequence_id")
+    offset, length = int64(got.get("offset", 0)), int64(got.get("length", 0))
     try:
         cls = PromptProvenanceSpan if kind == 1 else SampledProvenanceSpan
         return cls(sequence_id=sequence_id, offset=offset, length=length)

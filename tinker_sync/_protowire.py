@@ -188,6 +188,18 @@ def expect(wt: int, want: int, where: str) -> None:
         raise ProtoDecodeError(f"{where}: expected a {_WIRE_NAMES[want]} field, got wire type {wt}")
 
 
+def flat_message(data: memoryview, where: str, spec: dict[int, tuple[str, int]]) -> dict[str, Any]:
+    """A message of singular fields: ``spec`` maps field number -> (name, wire type); returns name -> raw value
+    (an int or a memoryview; the last occurrence wins, as proto3 merges). Other fields are skipped."""
+    out: dict[str, Any] = {}
+    for f, wt, v in fields(data, where):
+        entry = spec.get(f)
+        if entry is not None:
+            expect(wt, entry[1], f"{where}.{entry[0]}")
+            out[entry[0]] = v
+    return out
+
+
 def int32(v: int) -> int:
     v &= _U32
     return v - (1 << 32) if v & 0x80000000 else v
