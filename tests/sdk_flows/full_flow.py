@@ -24,6 +24,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import tinker
@@ -394,8 +395,11 @@ def main() -> int:
         # 0.38's CLI downloads training (weights) checkpoints; 0.25's downloads any archive.
         download_path = (state or sampler_path).path
         with tempfile.TemporaryDirectory() as out_dir:
-            step("cli checkpoint download", lambda: cli("checkpoint", "download", download_path,
-                                                        "--output", out_dir, "--force"))
+            def download() -> list[str]:
+                cli("checkpoint", "download", download_path, "--output", out_dir, "--force")
+                return [str(p) for p in Path(out_dir).rglob("*.safetensors")]
+
+            step("cli checkpoint download", download, lambda files: len(files) >= 1)
     commands = cli("--help")
     if "billing" in commands:
         step("cli billing usage", lambda: cli("billing", "usage", "2026-01-01", "2026-01-02"))
@@ -406,7 +410,7 @@ def main() -> int:
     if "auth" in commands:
         step("cli auth status", lambda: cli("auth", "status"))
         step("cli auth whoami", lambda: cli("auth", "whoami"))
-    if sid is not None and "export-trace" in cli("session", "--help"):
+    if sid is not None and "session" in commands and "export-trace" in cli("session", "--help"):
         step("cli session export-trace", lambda: cli("session", "export-trace", sid, "--url-only"),
              lambda out: "http" in out)
     return finish()
