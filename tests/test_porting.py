@@ -25,10 +25,6 @@ T = 60.0
 TEXT = "the quick brown fox jumps over the lazy dog"
 
 
-def server_gap(what: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"server: {what}")
-
-
 @pytest.fixture
 def sc(local_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tinker.ServiceClient]:
     # the official way: credentials and URL from the environment, ServiceClient() without arguments
