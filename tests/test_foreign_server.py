@@ -8,6 +8,11 @@ of them at a time.
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import subprocess
+import tarfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.conftest import TEST_API_KEY
 from tests.foreign_server import ForeignStyleProxy
@@ -149,6 +155,16 @@ def _check_rest(proxy: ForeignStyleProxy, service: ServiceClient, training: Any,
     assert {c.checkpoint_id: c.public for c in rest.list_checkpoints(training.model_id).result(T).checkpoints}[ckpt]
     rest.unpublish_checkpoint_from_tinker_path(state_path).result(T)
     assert not {c.checkpoint_id: c.public for c in rest.list_checkpoints(training.model_id).result(T).checkpoints}[ckpt]
+    run = rest.get_training_run(training.model_id).result(T)
+    assert run.lora_rank == 8 and run.last_checkpoint is not None and run.last_checkpoint.checkpoint_id == ckpt
+    rest.set_checkpoint_ttl_from_tinker_path(state_path, 7200).result(T)
+    assert {c.checkpoint_id: c.expires_at for c in rest.list_checkpoints(training.model_id).result(T).checkpoints}[ckpt]
+    rest.set_checkpoint_ttl_from_tinker_path(state_path, None).result(T)
+    expiry = {c.checkpoint_id: c.expires_at for c in rest.list_checkpoints(training.model_id).result(T).checkpoints}
+    assert expiry[ckpt] is None
+    archive = rest.get_checkpoint_archive_url(training.model_id, ckpt).result(T)  # by the listed id
+    with tarfile.open(fileobj=io.BytesIO(requests.get(archive.url, timeout=T).content)) as tar:
+        assert tar.getnames()
     # delete by the id the listing gave (bare where the server lists bare ids)
     assert rest.delete_checkpoint(training.model_id, smp).result(T) is None
     assert [c.checkpoint_id for c in rest.list_checkpoints(training.model_id).result(T).checkpoints] == [ckpt]
@@ -225,3 +241,28 @@ def test_every_client_flow_against_a_foreign_style(foreign: ForeignStyleProxy) -
 
         _check_rest(foreign, service, training, state.path)
         _check_style_seen(foreign)
+
+
+@pytest.mark.parametrize("env_var", ["TINKER_SDK_PYTHON", "TINKER_SDK038_PYTHON"])
+def test_official_sdk_accepts_the_foreign_styles(env_var: str, tmp_path: Path) -> None:
+    """The official SDK (in its own venv) runs its core flow against all styles at once (UUID ids: both
+    official SDKs refuse integer ids), so the proxy speaks styles the official SDK copes with."""
+    sdk_python = os.environ.get(env_var)
+    if not sdk_python:
+        pytest.skip(f"set {env_var} to a python with the official tinker SDK")
+    with LocalTinkerServer(data_dir=tmp_path / "server-data", long_poll_s=2.0) as server:
+        proxy = ForeignStyleProxy(server.url, _ALL_UUID).start()
+        try:
+            out = subprocess.run(
+                [sdk_python, str(Path(__file__).parent / "foreign_sdk_flow.py"), proxy.url, "1"],
+                capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
+                env={**os.environ, "TINKER_TELEMETRY": "0"},
+            )
+        finally:
+            proxy.stop()
+    lines = out.stdout.strip().splitlines()
+    result = json.loads(lines[-1]) if lines else {"ok": False, "error": out.stderr[-3000:]}
+    assert result["ok"], result
+    assert result["failed_future"] == "ValueError"  # the official poll loop's error for a 400 (3 re-polls)
+    assert result["info_type"] is None
+    assert set(_statuses(proxy, "/api/v1/forward_backward")) == {202}
