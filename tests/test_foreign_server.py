@@ -88,13 +88,12 @@ def _train(service: ServiceClient) -> tuple[Any, Any, list[types.Datum], list[fl
     assert MODEL in [m.model_name for m in caps.supported_models]
     training = service.create_lora_training_client(MODEL, rank=8, seed=0)
     tok = training.get_tokenizer()
-    data = [_example(tok, "the cat sat on the mat. "), _example(tok, "the dog sat on the log. ")]
-    losses = []
-    for _ in range(6):
-        fb = training.forward_backward(data, "cross_entropy")
-        opt = training.optim_step(types.AdamParams(learning_rate=2e-2))
-        losses.append(fb.result(T).metrics["loss:sum"])
-        opt.result(T)
+    data = [_example(tok, text) for text in ("the cat sat on the mat. ", "the dog sat on the log. ")]
+    # six steps submitted at once: a dozen futures in flight through the foreign answers
+    adam = types.AdamParams(learning_rate=2e-2)
+    steps = [(training.forward_backward(data, "cross_entropy"), training.optim_step(adam)) for _ in range(6)]
+    losses = [fb.result(T).metrics["loss:sum"] for fb, _ in steps]
+    assert all(isinstance(opt.result(T), types.OptimStepResponse) for _, opt in steps)
     assert losses[-1] < losses[0] * 0.8, losses
     info = training.get_info()
     assert info.model_id == training.model_id and info.model_data.model_name == MODEL and info.lora_rank == 8
