@@ -168,8 +168,10 @@ class Transport:
 
     def _set_credential(self, hdrs: dict[str, str], headers: Mapping[str, str] | None) -> str | None:
         """Put the provider's X-API-Key into ``hdrs``, unless the caller names one (the JWT exchange does)."""
-        if any(k.lower() == "x-api-key" for k in (headers or {})):
-            return None
+        if headers:
+            for k in headers:
+                if k.lower() == "x-api-key":
+                    return None
         hdrs["X-API-Key"] = value = self.credentials.header_value()
         return value
 
