@@ -123,8 +123,9 @@ def test_unknown_fields_are_refused_by_name(api: Api) -> None:
                                                           "base_model": BASE})["sampling_session_id"]
     body = {"sampling_session_id": sampler, "seq_id": 0, "num_samples": 1, "prompt": {"chunks": [
         {"type": "encoded_text", "tokens": [1, 2]}]}, "sampling_params": {"max_tokens": 2}}
-    for name, value in (("topk_sample_logprobs", 3), ("prompt_alt_tokens_k", 2)):
-        assert name in _detail(api.post("asample", {**body, name: value}), 400)  # no protobuf field for them yet
+    assert "prompt_alt_tokens_k" in _detail(api.post("asample", {**body, "prompt_alt_tokens_k": 10**6}), 400)
+    flat = {"data": [1], "dtype": "int64", "shape": [1]}  # not [len(prompt) - 1, K]
+    assert "target_prompt_logprobs" in _detail(api.post("asample", {**body, "target_prompt_logprobs": flat}), 400)
     assert "prompt_logprobs_last_n" in _detail(api.post("asample", {**body, "prompt_logprobs_last_n": 1}), 400)
     assert api.post("asample", {**body, "topk_sample_logprobs": 0, "prompt_alt_tokens_k": 0}).status_code == 200
     assert api.result(api.post("forward_backward", fwdbwd(mid, 4)))["metrics"]["loss:sum"] > 0

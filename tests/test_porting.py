@@ -25,10 +25,6 @@ T = 60.0
 TEXT = "the quick brown fox jumps over the lazy dog"
 
 
-def server_gap(what: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"server: {what}")
-
-
 @pytest.fixture
 def sc(local_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tinker.ServiceClient]:
     # the official way: credentials and URL from the environment, ServiceClient() without arguments
@@ -337,7 +333,6 @@ def test_038_console_urls(sc: tinker.ServiceClient, tc: tinker.TrainingClient) -
     assert tc.get_console_url().endswith(f"/training_runs/{tc.model_id}")
 
 
-@server_gap("sample(topk_sample_logprobs=) is refused by name: the protobuf SampleResponse codec has no topk field yet")
 def test_038_topk_sample_logprobs(sc: tinker.ServiceClient) -> None:
     sampler = sc.create_sampling_client(base_model=MODEL).result(T)
     resp = sampler.sample(types.ModelInput.from_ints([104, 105]), 1, types.SamplingParams(max_tokens=3),

@@ -1,7 +1,8 @@
 """The official SDK's full public surface (tests/sdk_flows/full_flow.py) against LocalTinkerServer.
 
 Each era runs in the official SDK's own Python, named by an environment variable (``.ci/run`` makes the
-venvs): TINKER_SDK_PYTHON for 0.25.0 and TINKER_SDK038_PYTHON for 0.38.0. Without one, its test is
+venvs): TINKER_SDK018_PYTHON for 0.18.0 (the last JSON-only client; its archive download follows the
+302 form), TINKER_SDK_PYTHON for 0.25.0 and TINKER_SDK038_PYTHON for 0.38.0. Without one, its test is
 skipped and says why.
 """
 
@@ -28,7 +29,7 @@ def server(tmp_path: Path) -> Iterator[LocalTinkerServer]:
         yield srv
 
 
-@pytest.mark.parametrize("env_var", ["TINKER_SDK_PYTHON", "TINKER_SDK038_PYTHON"])
+@pytest.mark.parametrize("env_var", ["TINKER_SDK018_PYTHON", "TINKER_SDK_PYTHON", "TINKER_SDK038_PYTHON"])
 def test_official_sdk_full_flow(env_var: str, server: LocalTinkerServer, tmp_path: Path) -> None:
     sdk_python = os.environ.get(env_var)
     if not sdk_python:

@@ -16,13 +16,32 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal
 
+from ._protomsg import (
+    DT_INT64,
+    DT_UNSPECIFIED,
+    DTYPE_TO_CODE,
+    DTYPE_TO_ENUM,
+    ENUM_ITEMSIZE,
+    ENUM_TO_DTYPE,
+    decode_prompt_alt_tokens,
+    decode_span,
+    decode_tensor,
+    decode_topk,
+    encode_prompt_alt_tokens,
+    encode_spans,
+    encode_tensor,
+    encode_topk,
+    index_bytes,
+    numbers_of,
+    token_bytes,
+    wire_numbers,
+)
 from ._protowire import (
     I64,
     LEN,
     VARINT,
     ProtoDecodeError,
     Writer,
-    bf16_to_f32_bytes,
     double,
     double_map_entry,
     expect,
@@ -34,7 +53,6 @@ from ._protowire import (
     message_map_entry,
     repeated_int64,
     string,
-    uint32,
     varint,
 )
 from .types import Datum as _Datum
@@ -50,7 +68,7 @@ from .types import (
     SampleResponse,
     TensorData,
 )
-from .types._numbers import BIG_ENDIAN, NumberArray, from_wire, to_numbers, trusted, trusted_builder, wire_bytes
+from .types._numbers import BIG_ENDIAN, NumberArray, from_wire, trusted, trusted_builder, wire_bytes
 from .types._tensor import trusted_tensor
 
 __all__ = [
@@ -71,84 +89,24 @@ logger = logging.getLogger(__name__)
 PROTO_CONTENT_TYPE = "application/x-protobuf"
 _EMPTY = memoryview(b"")
 
-_DT_UNSPECIFIED, _DT_FLOAT32, _DT_INT64, _DT_INT32, _DT_BFLOAT16 = 0, 1, 2, 3, 4  # the DType enum
-_DTYPE_TO_ENUM = {"float32": _DT_FLOAT32, "int64": _DT_INT64}
-_DTYPE_TO_CODE = {"float32": "f", "int64": "q"}
 _DTYPE_FIELD = {"float32": b"\x18\x01", "int64": b"\x18\x02"}  # Tensor.dtype (field 3, varint)
-_ENUM_TO_DTYPE = {_DT_FLOAT32: "float32", _DT_INT64: "int64", _DT_INT32: "int64", _DT_BFLOAT16: "float32"}
-_ENUM_ITEMSIZE = {_DT_FLOAT32: 4, _DT_INT64: 8, _DT_INT32: 4, _DT_BFLOAT16: 2}
 
 _STOP_TO_ENUM = {"stop": 0, "length": 1}  # the StopReason enum
 _ENUM_TO_STOP = {0: "stop", 1: "length"}
-_TOPK_FILLER_ID, _TOPK_FILLER_LP = 0, -99999.0  # the top-k cell of a missing entry
-
-
-# --------------------------------------------------------------------------------------------------
-# typed buffers <-> wire bytes
-
-
-def _numbers_of(values: Any, code: str) -> NumberArray:
-    return values if isinstance(values, NumberArray) else to_numbers(values, code, "value")
-
-
-def _token_bytes(tokens: Any, where: str) -> Any:
-    """Token ids as int32 wire bytes; the ids are uint32 in the buffer, so check the top bit (C-level)."""
-    raw = wire_bytes(_numbers_of(tokens, "I"), "I")
-    if not bytes(raw)[3::4].isascii():  # byte 3 of each little-endian item holds bit 31
-        raise ValueError(f"{where}: token ids must be < 2**31 to fit the int32 wire format")
-    return raw
-
-
-def _index_bytes(values: list[int]) -> Any:
-    return wire_bytes(to_numbers(values, "q", "index"), "q")
-
-
-def _wire_numbers(dtype_enum: int, data: memoryview, where: str) -> NumberArray:
-    """Trusted: wire bytes of ``dtype_enum`` -> NumberArray in the public dtype (int32/bf16 widened)."""
-    try:
-        if dtype_enum == _DT_FLOAT32:
-            return from_wire(data, "f")
-        if dtype_enum == _DT_INT64:
-            return from_wire(data, "q")
-        if dtype_enum == _DT_INT32:
-            return from_wire(data, "i").as_code("q")
-        if dtype_enum == _DT_BFLOAT16:
-            return from_wire(bf16_to_f32_bytes(data), "f")
-    except ValueError as exc:
-        raise ProtoDecodeError(f"{where}: {exc}") from None
-    raise ProtoDecodeError(f"{where}.dtype: unsupported dtype enum {dtype_enum}")
 
 
 # --------------------------------------------------------------------------------------------------
 # Tensor / TensorData
 
 
-def _encode_tensor(td: TensorData) -> Writer:
-    w = Writer()
-    code = _DTYPE_TO_CODE[td.dtype]
-    data: Any = td.data
-    if td.sparse_crow_indices is not None and td.sparse_col_indices is not None:
-        csr = Writer()
-        csr.blob(1, wire_bytes(data, code))
-        csr.blob(2, _index_bytes(td.sparse_crow_indices))
-        csr.blob(3, _index_bytes(td.sparse_col_indices))
-        w.message(2, csr)
-    else:
-        w.blob(1, wire_bytes(data, code), always=True)  # oneof member: present even when empty
-    w.varint(3, _DTYPE_TO_ENUM[td.dtype])
-    if td.shape is not None:
-        w.packed_int64(4, td.shape)
-    return w
-
-
 def _tensor_entry(w: Writer, key: str, td: TensorData) -> None:
     """Datum.loss_fn_inputs[key] = td (map field 2). Dense tensors take a short path: three parts, the
-    values referenced in place, the same bytes as ``w.map_message(2, key, _encode_tensor(td))``."""
+    values referenced in place, the same bytes as ``w.map_message(2, key, encode_tensor(td))``."""
     if td.sparse_crow_indices is not None:
-        w.map_message(2, key, _encode_tensor(td))
+        w.map_message(2, key, encode_tensor(td))
         return
     data: Any = td.data
-    raw = wire_bytes(data, _DTYPE_TO_CODE[td.dtype])
+    raw = wire_bytes(data, DTYPE_TO_CODE[td.dtype])
     tail = _DTYPE_FIELD[td.dtype]
     if td.shape is not None and td.shape:
         shape = b"".join([varint(n) for n in td.shape])
@@ -160,46 +118,6 @@ def _tensor_entry(w: Writer, key: str, td: TensorData) -> None:
     head = b"\x12" + varint(len(entry) + tensor_size) + entry + b"\x0a" + varint(n)
     w.parts += (head, raw, tail)
     w.size += len(head) + n + len(tail)
-
-
-def _decode_tensor(data: memoryview, where: str) -> TensorData:
-    dense: memoryview | None = None
-    csr: memoryview | None = None
-    dtype_enum = _DT_UNSPECIFIED
-    shape: list[int] = []
-    for f, wt, v in fields(data, where):
-        if f == 1:
-            expect(wt, LEN, f"{where}.dense")
-            dense, csr = v, None
-        elif f == 2:
-            expect(wt, LEN, f"{where}.sparse_csr")
-            csr, dense = v, None
-        elif f == 3:
-            expect(wt, VARINT, f"{where}.dtype")
-            dtype_enum = int32(v)
-        elif f == 4:
-            repeated_int64(wt, v, f"{where}.shape", shape)
-    dtype = _ENUM_TO_DTYPE.get(dtype_enum)
-    if dtype is None:
-        raise ProtoDecodeError(f"{where}.dtype: unsupported dtype enum {dtype_enum}")
-    if csr is None:
-        values = _wire_numbers(dtype_enum, dense if dense is not None else _EMPTY, f"{where}.dense")
-        if shape and math.prod(shape) != len(values):
-            raise ProtoDecodeError(f"{where}: shape {shape} holds {math.prod(shape)} elements but data has {len(values)}")
-        return trusted_tensor(values, dtype, shape or None)  # type: ignore[arg-type]
-    parts: dict[int, memoryview] = {}
-    for f, wt, v in fields(csr, f"{where}.sparse_csr"):
-        if f in (1, 2, 3):
-            expect(wt, LEN, f"{where}.sparse_csr field {f}")
-            parts[f] = v
-    values = _wire_numbers(dtype_enum, parts.get(1, _EMPTY), f"{where}.sparse_csr.values")
-    index = [_wire_numbers(_DT_INT64, parts.get(f, _EMPTY), f"{where}.sparse_csr.{name}").tolist()
-             for f, name in ((2, "crow_indices"), (3, "col_indices"))]
-    try:  # CSR indices are cross-checked by the full constructor
-        return TensorData(data=values, dtype=dtype, shape=shape, sparse_crow_indices=index[0],  # type: ignore[arg-type]
-                          sparse_col_indices=index[1])
-    except (TypeError, ValueError) as exc:
-        raise ProtoDecodeError(f"{where}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,7 +148,7 @@ def _encode_chunk(chunk: Any, where: str) -> Writer:
 
 def _text_chunk(w: Writer, chunk: EncodedTextChunk, where: str) -> None:
     """Datum.model_input += Chunk{encoded_text{tokens}}: one header part, then the tokens in place."""
-    raw = _token_bytes(chunk.tokens, where)
+    raw = token_bytes(chunk.tokens, where)
     n = len(raw)
     inner = (b"\x0a" + varint(n)) if n else b""
     text_size = len(inner) + n
@@ -249,6 +167,8 @@ def _encode_datum(datum: _Datum, where: str) -> Writer:
             w.message(1, _encode_chunk(chunk, f"{where}.model_input.chunks[{i}]"))
     for key, tensor in datum.loss_fn_inputs.items():
         _tensor_entry(w, key, tensor)
+    encode_spans(w, 3, datum.model_input_spans)
+    encode_spans(w, 4, datum.loss_fn_input_spans)
     return w
 
 
@@ -338,6 +258,7 @@ def _decode_chunk(data: memoryview, where: str) -> Any:
 def _decode_datum(data: memoryview, where: str) -> _Datum:
     chunks: list[Any] = []
     inputs: dict[str, TensorData] = {}
+    spans: dict[int, list[Any]] = {}
     for f, wt, v in fields(data, where):
         if f == 1:
             expect(wt, LEN, f"{where}.model_input")
@@ -345,8 +266,17 @@ def _decode_datum(data: memoryview, where: str) -> _Datum:
         elif f == 2:
             expect(wt, LEN, f"{where}.loss_fn_inputs")
             key, vv = message_map_entry(v, f"{where}.loss_fn_inputs")
-            inputs[key] = _decode_tensor(vv, f"{where}.loss_fn_inputs[{key!r}]")
-    return _Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs)
+            inputs[key] = decode_tensor(vv, f"{where}.loss_fn_inputs[{key!r}]")
+        elif f in (3, 4):
+            name = "model_input_spans" if f == 3 else "loss_fn_input_spans"
+            expect(wt, LEN, f"{where}.{name}")
+            runs = spans.setdefault(f, [])
+            runs.append(decode_span(v, f"{where}.{name}[{len(runs)}]"))
+    if spans and len(spans) == 1:  # a datum with spans on one side only: the empty side was elided
+        spans.setdefault(3, [])
+        spans.setdefault(4, [])
+    return _Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs,
+                  model_input_spans=spans.get(3), loss_fn_input_spans=spans.get(4))
 
 
 def _loss_config_v2_entry(v: memoryview, where: str) -> tuple[str, float | None]:
@@ -428,15 +358,15 @@ def _encode_record(outputs: list[dict[str, TensorData]], type_tag: str) -> Write
     w.string(1, type_tag)
     for key in sorted(outputs[0]):
         first = outputs[0][key]
-        code = _DTYPE_TO_CODE[first.dtype]
-        parts = [wire_bytes(_numbers_of(out[key].dense_data(), code), code) for out in outputs]
+        code = DTYPE_TO_CODE[first.dtype]
+        parts = [wire_bytes(numbers_of(out[key].dense_data(), code), code) for out in outputs]
         offsets = [0]
         for part in parts:
             offsets.append(offsets[-1] + len(part))
         bt = Writer()
         bt.blob(1, b"".join(parts))
-        bt.blob(2, _index_bytes(offsets))
-        bt.varint(3, _DTYPE_TO_ENUM[first.dtype])
+        bt.blob(2, index_bytes(offsets))
+        bt.varint(3, DTYPE_TO_ENUM[first.dtype])
         bt.packed_int64(4, first.dense_shape()[1:])
         w.map_message(2, key, bt)
     w.varint(3, len(outputs))
@@ -467,7 +397,7 @@ def encode_forward_backward_output(out: ForwardBackwardOutput) -> bytes:
 
 def _decode_batched(data: memoryview, where: str) -> tuple[memoryview, list[int], int, list[int]]:
     payload, offsets_raw = _EMPTY, _EMPTY
-    dtype_enum = _DT_UNSPECIFIED
+    dtype_enum = DT_UNSPECIFIED
     trailing: list[int] = []
     for f, wt, v in fields(data, where):
         if f == 1:
@@ -481,7 +411,7 @@ def _decode_batched(data: memoryview, where: str) -> tuple[memoryview, list[int]
             dtype_enum = int32(v)
         elif f == 4:
             repeated_int64(wt, v, f"{where}.trailing_shape", trailing)
-    offsets = _wire_numbers(_DT_INT64, offsets_raw, f"{where}.offsets").tolist()
+    offsets = wire_numbers(DT_INT64, offsets_raw, f"{where}.offsets").tolist()
     return payload, offsets, dtype_enum, trailing
 
 
@@ -518,15 +448,15 @@ def _decode_record(data: memoryview, where: str) -> list[dict[str, TensorData]]:
     outputs: list[dict[str, TensorData]] = [{} for _ in range(num_datums)]
     for key, (payload, offsets, dtype_enum, trailing) in record.items():
         fw = f"{where}.fields[{key!r}]"
-        dtype = _ENUM_TO_DTYPE.get(dtype_enum)
+        dtype = ENUM_TO_DTYPE.get(dtype_enum)
         if dtype is None:
             raise ProtoDecodeError(f"{fw}.dtype: unsupported dtype enum {dtype_enum}")
-        _check_offsets(offsets, num_datums, len(payload), _ENUM_ITEMSIZE[dtype_enum], fw)
+        _check_offsets(offsets, num_datums, len(payload), ENUM_ITEMSIZE[dtype_enum], fw)
         if any(t <= 0 for t in trailing):
             raise ProtoDecodeError(f"{fw}.trailing_shape must be positive, got {trailing}")
         inner = math.prod(trailing)
-        values = _wire_numbers(dtype_enum, payload, fw)  # one view; per-datum slices below share it
-        scale = _ENUM_ITEMSIZE[dtype_enum]
+        values = wire_numbers(dtype_enum, payload, fw)  # one view; per-datum slices below share it
+        scale = ENUM_ITEMSIZE[dtype_enum]
         for i in range(num_datums):
             start, end = offsets[i] // scale, offsets[i + 1] // scale
             if (end - start) % inner:
@@ -576,29 +506,12 @@ def _decode_forward_backward_output(data: bytes) -> ForwardBackwardOutput:
 def _encode_sequence(seq: SampledSequence) -> Writer:
     w = Writer()
     w.varint(1, _STOP_TO_ENUM[seq.stop_reason])
-    w.blob(2, _token_bytes(seq.tokens, "SampledSequence.tokens"))
+    w.blob(2, token_bytes(seq.tokens, "SampledSequence.tokens"))
     if seq.logprobs is not None:
-        w.blob(3, wire_bytes(_numbers_of(seq.logprobs, "f"), "f"), always=True)
+        w.blob(3, wire_bytes(numbers_of(seq.logprobs, "f"), "f"), always=True)
+    if seq.topk_logprobs is not None:
+        w.message(4, encode_topk(seq.topk_logprobs, "SampledSequence.topk_logprobs"))
     return w
-
-
-def _encode_topk(rows: list[list[tuple[int, float]] | None]) -> Writer:
-    k = max((len(r) for r in rows if r), default=0)
-    ids: list[int] = []
-    lps: list[float] = []
-    for row in rows:
-        row = row or []
-        ids.extend(t for t, _ in row)
-        lps.extend(lp for _, lp in row)
-        pad = k - len(row)
-        ids.extend([_TOPK_FILLER_ID] * pad)
-        lps.extend([_TOPK_FILLER_LP] * pad)
-    t = Writer()
-    t.blob(1, _token_bytes(ids, "SampleResponse.topk_prompt_logprobs"))
-    t.blob(2, wire_bytes(to_numbers(lps, "f", "logprobs"), "f"))
-    t.varint(3, k)
-    t.varint(4, len(rows))
-    return t
 
 
 def encode_sample_response(resp: SampleResponse) -> bytes:
@@ -607,10 +520,14 @@ def encode_sample_response(resp: SampleResponse) -> bytes:
     for seq in resp.sequences:
         w.message(1, _encode_sequence(seq))
     if resp.prompt_logprobs is not None:  # None entries are NaN in the buffer already
-        w.blob(2, wire_bytes(_numbers_of(resp.prompt_logprobs, "f"), "f"), always=True)
+        w.blob(2, wire_bytes(numbers_of(resp.prompt_logprobs, "f"), "f"), always=True)
     if resp.topk_prompt_logprobs is not None:
-        w.message(3, _encode_topk(resp.topk_prompt_logprobs))
+        w.message(3, encode_topk(resp.topk_prompt_logprobs, "SampleResponse.topk_prompt_logprobs"))
     w.varint(4, resp.prompt_cache_hit_tokens)
+    if resp.target_prompt_logprobs is not None:
+        w.message(5, encode_tensor(resp.target_prompt_logprobs))
+    if resp.prompt_alt_tokens is not None:
+        w.message(6, encode_prompt_alt_tokens(resp.prompt_alt_tokens))
     return w.getvalue()
 
 
@@ -623,6 +540,7 @@ _EMPTY_TOKENS = from_wire(b"", "I")
 def _decode_sequence(data: memoryview, where: str) -> SampledSequence:
     stop_enum = 0
     tokens = logprobs = None
+    topk = None
     for f, wt, v in fields(data, where):
         if f == 1:
             expect(wt, VARINT, f"{where}.stop_reason")
@@ -633,6 +551,9 @@ def _decode_sequence(data: memoryview, where: str) -> SampledSequence:
         elif f == 3:
             expect(wt, LEN, f"{where}.logprobs")
             logprobs = v
+        elif f == 4:
+            expect(wt, LEN, f"{where}.topk_sampled_logprobs")
+            topk = decode_topk(v, f"{where}.topk_sampled_logprobs")
     stop_reason = _ENUM_TO_STOP.get(stop_enum)
     if stop_reason is None:
         raise ProtoDecodeError(f"{where}.stop_reason: unknown StopReason enum value {stop_enum}")
@@ -641,6 +562,7 @@ def _decode_sequence(data: memoryview, where: str) -> SampledSequence:
             stop_reason=stop_reason,
             tokens=from_wire(tokens if tokens is not None else _EMPTY, "I"),
             logprobs=from_wire(logprobs, "f") if logprobs else None,
+            topk_logprobs=topk,
         )
     except ValueError as exc:
         raise ProtoDecodeError(f"{where}: {exc}") from None
@@ -706,43 +628,6 @@ def _fast_sample_response(buf: memoryview) -> SampleResponse | None:
     return _new_response(sequences=sequences, prompt_logprobs=prompt_logprobs, prompt_cache_hit_tokens=cache_hits)
 
 
-def _decode_topk(data: memoryview, where: str) -> list[list[tuple[int, float]] | None] | None:
-    ids_raw, lps_raw = _EMPTY, _EMPTY
-    k = n = 0
-    for f, wt, v in fields(data, where):
-        if f == 1:
-            expect(wt, LEN, f"{where}.token_ids")
-            ids_raw = v
-        elif f == 2:
-            expect(wt, LEN, f"{where}.logprobs")
-            lps_raw = v
-        elif f == 3:
-            expect(wt, VARINT, f"{where}.k")
-            k = uint32(v)
-        elif f == 4:
-            expect(wt, VARINT, f"{where}.prompt_length")
-            n = uint32(v)
-    if not (n > 0 and k > 0):
-        return None
-    ids = _wire_numbers(_DT_INT32, ids_raw, f"{where}.token_ids").tolist()
-    lps = _wire_numbers(_DT_FLOAT32, lps_raw, f"{where}.logprobs").tolist()
-    if len(ids) != n * k or len(lps) != n * k:
-        raise ProtoDecodeError(
-            f"{where}: expected prompt_length x k = {n} x {k} = {n * k} cells, got {len(ids)} ids and {len(lps)} logprobs"
-        )
-    rows: list[list[tuple[int, float]] | None] = []
-    for r in range(n):
-        base = r * k
-        if ids[base] == _TOPK_FILLER_ID and lps[base] == _TOPK_FILLER_LP:
-            rows.append(None)
-            continue
-        end = base + k
-        while end > base and ids[end - 1] == _TOPK_FILLER_ID and lps[end - 1] == _TOPK_FILLER_LP:
-            end -= 1
-        rows.append(list(zip(ids[base:end], lps[base:end])))
-    return rows
-
-
 def decode_sample_response(data: bytes) -> SampleResponse:
     """Parse a SampleResponse (poll result of asample).
 
@@ -764,8 +649,8 @@ def decode_sample_response(data: bytes) -> SampleResponse:
 def _decode_sample_response(data: bytes) -> SampleResponse:
     where = "SampleResponse"
     sequences: list[SampledSequence] = []
-    prompt_logprobs = topk = None
-    cache_hits = 0
+    out: dict[str, Any] = {"prompt_logprobs": None, "topk_prompt_logprobs": None, "prompt_cache_hit_tokens": 0,
+                           "target_prompt_logprobs": None, "prompt_alt_tokens": None}
     for f, wt, v in fields(data, where):
         if f == 1:
             expect(wt, LEN, f"{where}.sequences")
@@ -773,15 +658,20 @@ def _decode_sample_response(data: bytes) -> SampleResponse:
         elif f == 2:
             expect(wt, LEN, f"{where}.prompt_logprobs")
             if v:
-                prompt_logprobs = _prompt_logprobs(v, f"{where}.prompt_logprobs")
+                out["prompt_logprobs"] = _prompt_logprobs(v, f"{where}.prompt_logprobs")
         elif f == 3:
             expect(wt, LEN, f"{where}.topk_prompt_logprobs")
-            topk = _decode_topk(v, f"{where}.topk_prompt_logprobs")
+            out["topk_prompt_logprobs"] = decode_topk(v, f"{where}.topk_prompt_logprobs")
         elif f == 4:
             expect(wt, VARINT, f"{where}.prompt_cache_hit_tokens")
-            cache_hits = int32(v)
-    return trusted(SampleResponse, sequences=sequences, prompt_logprobs=prompt_logprobs,
-                   topk_prompt_logprobs=topk, prompt_cache_hit_tokens=max(cache_hits, 0))
+            out["prompt_cache_hit_tokens"] = max(int32(v), 0)
+        elif f == 5:
+            expect(wt, LEN, f"{where}.target_prompt_logprobs")
+            out["target_prompt_logprobs"] = decode_tensor(v, f"{where}.target_prompt_logprobs")
+        elif f == 6:
+            expect(wt, LEN, f"{where}.prompt_alt_tokens")
+            out["prompt_alt_tokens"] = decode_prompt_alt_tokens(v, f"{where}.prompt_alt_tokens")
+    return trusted(SampleResponse, sequences=sequences, **out)
 
 
 def _prompt_logprobs(v: memoryview, where: str) -> NumberArray:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from ._exceptions import TinkerError
+
 __all__ = ["ProtoDecodeError"]
 
 _U64 = (1 << 64) - 1
@@ -23,8 +25,8 @@ _EMPTY = memoryview(b"")
 _SMALL_VARINTS = [bytes([i]) for i in range(128)]
 
 
-class ProtoDecodeError(ValueError):
-    """A protobuf body is malformed or does not fit the expected message."""
+class ProtoDecodeError(TinkerError, ValueError):
+    """A protobuf body is malformed or does not fit the expected message (a TinkerError and a ValueError)."""
 
 
 def varint(value: int) -> bytes:
@@ -184,6 +186,18 @@ def fields(data: bytes | bytearray | memoryview, where: str) -> list[tuple[int, 
 def expect(wt: int, want: int, where: str) -> None:
     if wt != want:
         raise ProtoDecodeError(f"{where}: expected a {_WIRE_NAMES[want]} field, got wire type {wt}")
+
+
+def flat_message(data: memoryview, where: str, spec: dict[int, tuple[str, int]]) -> dict[str, Any]:
+    """A message of singular fields: ``spec`` maps field number -> (name, wire type); returns name -> raw value
+    (an int or a memoryview; the last occurrence wins, as proto3 merges). Other fields are skipped."""
+    out: dict[str, Any] = {}
+    for f, wt, v in fields(data, where):
+        entry = spec.get(f)
+        if entry is not None:
+            expect(wt, entry[1], f"{where}.{entry[0]}")
+            out[entry[0]] = v
+    return out
 
 
 def int32(v: int) -> int:

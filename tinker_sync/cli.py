@@ -160,7 +160,7 @@ def _rest(args: argparse.Namespace) -> RestClient:
     from .service_client import ServiceClient
 
     service: ServiceClient = ServiceClient()
-    args._service = service
+    args.service_client = service
     return service.create_rest_client()
 
 
@@ -484,7 +484,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
             err.write(f"  caused by: {exc.__cause__}\n")
         return 1
     finally:
-        service = getattr(args, "_service", None)
+        service = getattr(args, "service_client", None)
         if service is not None:
             service.close()
 

@@ -24,6 +24,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import tinker
@@ -56,6 +57,14 @@ def step(name: str, fn: Callable[[], Any], check: Callable[[Any], bool] | None =
 
 def has(obj: Any, name: str) -> bool:
     return callable(getattr(obj, name, None))
+
+
+def _topk_rows(seq: Any) -> int:
+    """How many top-k rows of two (token, logprob) pairs a sampled sequence carries (-1: none)."""
+    rows = seq.topk_logprobs
+    if rows is None or any(row is None or len(row) != 2 for row in rows):
+        return -1
+    return len(rows)
 
 
 def resolve(value: Any) -> Any:
@@ -216,12 +225,34 @@ def main() -> int:
              lambda lp: len(lp) == len(PROMPT.to_ints()))
         if "topk_sample_logprobs" in inspect.signature(tinker.SamplingClient.sample).parameters:
             step("SamplingClient.sample(topk_sample_logprobs)",
-                 lambda: samp.sample(PROMPT, 1, PARAMS, topk_sample_logprobs=2).result(timeout=TIMEOUT))
+                 lambda: samp.sample(PROMPT, 1, PARAMS, topk_sample_logprobs=2).result(timeout=TIMEOUT),
+                 lambda r: _topk_rows(r.sequences[0]) == len(r.sequences[0].tokens))
             step("SamplingClient.sample(prompt_logprobs_last_n)",
                  lambda: samp.sample(PROMPT, 1, PARAMS, include_prompt_logprobs=True,
                                      prompt_logprobs_last_n=3).result(timeout=TIMEOUT))
             step("SamplingClient.compute_logprobs(prompt_logprobs_last_n)",
                  lambda: samp.compute_logprobs(PROMPT, prompt_logprobs_last_n=3).result(timeout=TIMEOUT))
+            rows = len(PROMPT.to_ints()) - 1
+            dense_targets = types.TensorData(data=[t for i in range(rows) for t in (PROMPT.to_ints()[i + 1], -1)],
+                                             dtype="int64", shape=[rows, 2])
+            step("SamplingClient.sample(target_prompt_logprobs)",
+                 lambda: samp.sample(PROMPT, 1, PARAMS, target_prompt_logprobs=dense_targets).result(timeout=TIMEOUT),
+                 lambda r: list(r.target_prompt_logprobs.shape) == [rows, 2]
+                 and all(lp < 0 for lp in list(r.target_prompt_logprobs.data)[0::2])
+                 and all(lp == 0.0 for lp in list(r.target_prompt_logprobs.data)[1::2]))
+            crow = [0, 1] + [1] * (rows - 2) + [2]  # cells (0, 1) and (rows - 1, 0)
+            sparse_targets = types.TensorData(data=[104, 65], dtype="int64", shape=[rows, 2],
+                                              sparse_crow_indices=crow, sparse_col_indices=[1, 0])
+            step("SamplingClient.sample(target_prompt_logprobs, sparse CSR)",
+                 lambda: samp.sample(PROMPT, 1, PARAMS, target_prompt_logprobs=sparse_targets).result(timeout=TIMEOUT),
+                 lambda r: list(r.target_prompt_logprobs.sparse_crow_indices) == crow
+                 and list(r.target_prompt_logprobs.sparse_col_indices) == [1, 0]
+                 and len(r.target_prompt_logprobs.data) == 2 and all(lp < 0 for lp in r.target_prompt_logprobs.data))
+            step("SamplingClient.sample(prompt_alt_tokens_k)",
+                 lambda: samp.sample(PROMPT, 1, PARAMS, prompt_alt_tokens_k=3).result(timeout=TIMEOUT),
+                 lambda r: list(r.prompt_alt_tokens.tokens.shape) == [rows, 3]
+                 and list(r.prompt_alt_tokens.logprobs.shape) == [rows, 3]
+                 and all(lp <= 0 for lp in r.prompt_alt_tokens.logprobs.data))
         if has(samp, "get_base_model"):
             step("SamplingClient.get_base_model", samp.get_base_model, lambda m: m == MODEL)
         step("SamplingClient.get_tokenizer", lambda: samp.get_tokenizer().encode("hi"), lambda t: len(t) > 0)
@@ -364,8 +395,11 @@ def main() -> int:
         # 0.38's CLI downloads training (weights) checkpoints; 0.25's downloads any archive.
         download_path = (state or sampler_path).path
         with tempfile.TemporaryDirectory() as out_dir:
-            step("cli checkpoint download", lambda: cli("checkpoint", "download", download_path,
-                                                        "--output", out_dir, "--force"))
+            def download() -> list[str]:
+                cli("checkpoint", "download", download_path, "--output", out_dir, "--force")
+                return [str(p) for p in Path(out_dir).rglob("*.safetensors")]
+
+            step("cli checkpoint download", download, lambda files: len(files) >= 1)
     commands = cli("--help")
     if "billing" in commands:
         step("cli billing usage", lambda: cli("billing", "usage", "2026-01-01", "2026-01-02"))
@@ -376,7 +410,7 @@ def main() -> int:
     if "auth" in commands:
         step("cli auth status", lambda: cli("auth", "status"))
         step("cli auth whoami", lambda: cli("auth", "whoami"))
-    if sid is not None and "export-trace" in cli("session", "--help"):
+    if sid is not None and "session" in commands and "export-trace" in cli("session", "--help"):
         step("cli session export-trace", lambda: cli("session", "export-trace", sid, "--url-only"),
              lambda out: "http" in out)
     return finish()

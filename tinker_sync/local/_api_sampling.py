@@ -25,6 +25,7 @@ from ..types import (
     FuturesRetrieveRequest,
     JoinSamplingSessionRequest,
     SampleRequest,
+    TensorData,
 )
 from ..types._common import str_field
 from ._api_common import PROTO_CONTENT_TYPE, Answer, Call, HTTPError, parse_tinker_path, text_tokens
@@ -37,9 +38,25 @@ logger = logging.getLogger(__name__)
 MAX_SAMPLES_PER_REQUEST = 256
 MAX_PENDING_SAMPLES = 512
 _CLONE_STRIDE = 1_000_000_000  # a cloned SamplingClient's seq_ids start at clone * 1e9
-# 0.38 sample options the engine computes but whose protobuf result fields (SampleResponse 5/6, SampledSequence 4)
-# tinker_sync's codec does not write yet; every SDK polls sample results as protobuf, so they are refused.
-_UNDELIVERABLE = ("topk_sample_logprobs", "target_prompt_logprobs", "prompt_alt_tokens_k")
+
+
+def _target_ids(td: TensorData | None, where: str) -> tuple[Any, tuple[list[int], list[int]] | None]:
+    """``target_prompt_logprobs`` as a dense int64 matrix (-1 = no request) and its CSR layout when sparse."""
+    if td is None:
+        return None, None
+    import numpy as np
+
+    if td.dtype != "int64" or td.shape is None or len(td.shape) != 2:
+        raise HTTPError(400, f"{where}: target_prompt_logprobs must be a 2-D int64 tensor [len(prompt) - 1, K], got "
+                             f"dtype {td.dtype} and shape {td.shape}")
+    values = np.asarray(td.data, dtype=np.int64)
+    if td.sparse_crow_indices is None or td.sparse_col_indices is None:
+        return values.reshape(td.shape), None
+    crow, col = list(td.sparse_crow_indices), list(td.sparse_col_indices)
+    dense = np.full(td.shape, -1, dtype=np.int64)  # only the listed cells request anything
+    rows = [r for r in range(len(crow) - 1) for _ in range(crow[r + 1] - crow[r])]
+    dense[rows, col] = values
+    return dense, (crow, col)
 
 
 @attrs.frozen
@@ -176,10 +193,6 @@ class SamplingApi(LiveApi):
     def asample(self, call: Call) -> Any:
         w = "asample"
         req, _ = call.parse(SampleRequest)
-        asked = [name for name in _UNDELIVERABLE if getattr(req, name) not in (0, None)]
-        if asked:
-            raise HTTPError(400, f"{w}: {', '.join(asked)} cannot be returned by this server yet (its protobuf result "
-                                 f"fields are not encoded); omit {'them' if len(asked) > 1 else 'it'}")
         sampler = self._sampler_of(call, req)
         if req.seq_id is not None:
             rid = request_id_for(sampler.sampler_id, req.seq_id)
@@ -199,7 +212,9 @@ class SamplingApi(LiveApi):
                    "top_k": sp.top_k, "top_p": sp.top_p, "stop": sp.stop, "seed": sp.seed,
                    "prompt_logprobs": bool(req.prompt_logprobs) or bool(req.topk_prompt_logprobs),
                    "topk_prompt_logprobs": req.topk_prompt_logprobs,
-                   "prompt_logprobs_last_n": req.prompt_logprobs_last_n}
+                   "prompt_logprobs_last_n": req.prompt_logprobs_last_n,
+                   "topk_sample_logprobs": req.topk_sample_logprobs, "prompt_alt_tokens_k": req.prompt_alt_tokens_k}
+        options["target_prompt_logprobs"], target_csr = _target_ids(req.target_prompt_logprobs, w)
         try:
             engine.validate_sample(prompt, **options)
         except ValueError as exc:
@@ -218,7 +233,7 @@ class SamplingApi(LiveApi):
                 result = engine.sample(self._sampler_adapter(sampler), prompt, record_stability_info=record, **options)
                 if record and result.stability is not None:
                     self.keep_stability(sampler.session_id, dict(zip(seq_ids, result.stability, strict=True)))
-                return SampleOut(result)
+                return SampleOut(result, target_csr)
 
             log_key = None
             if req.sampling_session_id is not None:

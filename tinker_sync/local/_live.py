@@ -47,24 +47,60 @@ class FwdBwdResult:
             loss_fn_output_type="ArrayRecord", loss_fn_outputs=outs, metrics=dict(self.metrics)))
 
 
+def _lp(x: float, filler: float) -> float:
+    value = _finite(x)
+    return filler if value is None else value
+
+
 @attrs.define
 class SampleOut:
     result: Any  # engine SampleResult
+    target_csr: tuple[list[int], list[int]] | None = None  # the request's sparse target_prompt_logprobs layout
 
     def to_json(self) -> dict[str, Any]:
         r = self.result
-        seqs = [{"stop_reason": s.stop_reason, "tokens": [int(t) for t in s.tokens],
-                 "logprobs": [(_finite(x) if _finite(x) is not None else -9999.0) for x in s.logprobs]}
-                for s in r.sequences]
+        seqs: list[dict[str, Any]] = []
+        for s in r.sequences:
+            seq: dict[str, Any] = {"stop_reason": s.stop_reason, "tokens": [int(t) for t in s.tokens],
+                                   "logprobs": [_lp(x, -9999.0) for x in s.logprobs]}
+            if s.topk_logprobs is not None:
+                seq["topk_logprobs"] = [[[int(t), _lp(lp, -99999.0)] for t, lp in row] for row in s.topk_logprobs]
+            seqs.append(seq)
         out: dict[str, Any] = {"type": "sample", "sequences": seqs, "prompt_cache_hit_tokens": 0,
                                "prompt_logprobs": None, "topk_prompt_logprobs": None}
         if r.prompt_logprobs is not None:
             out["prompt_logprobs"] = [None if x is None else _finite(x) for x in r.prompt_logprobs]
         if r.topk_prompt_logprobs is not None:
             out["topk_prompt_logprobs"] = [
-                None if row is None else [[int(t), _finite(lp) if _finite(lp) is not None else -99999.0]
-                                          for t, lp in row]
+                None if row is None else [[int(t), _lp(lp, -99999.0)] for t, lp in row]
                 for row in r.topk_prompt_logprobs]
+        extra = self._tensors()
+        if extra:
+            from .. import _serde
+
+            out.update({k: _serde.unstructure(v) for k, v in extra.items()})
+        return out
+
+    def _tensors(self) -> dict[str, Any]:
+        """The 0.38 tensor results as wire types: target_prompt_logprobs (CSR when the request was), prompt_alt_tokens."""
+        from ..types import PromptAltTokens, TensorData
+
+        r = self.result
+        out: dict[str, Any] = {}
+        if r.target_prompt_logprobs is not None:
+            lps = r.target_prompt_logprobs.astype("float32")
+            if self.target_csr is None:
+                out["target_prompt_logprobs"] = TensorData.from_numpy(lps)
+            else:
+                crow, col = self.target_csr
+                rows = [r_ for r_ in range(len(crow) - 1) for _ in range(crow[r_ + 1] - crow[r_])]
+                out["target_prompt_logprobs"] = TensorData(
+                    data=lps[rows, col] if col else [], dtype="float32", shape=list(lps.shape),
+                    sparse_crow_indices=crow, sparse_col_indices=col)
+        if r.prompt_alt_tokens is not None:
+            tokens, logprobs = r.prompt_alt_tokens
+            out["prompt_alt_tokens"] = PromptAltTokens(tokens=TensorData.from_numpy(tokens.astype("int64")),
+                                                       logprobs=TensorData.from_numpy(logprobs.astype("float32")))
         return out
 
     def to_proto(self) -> bytes:
@@ -72,13 +108,14 @@ class SampleOut:
         from ..types import SampledSequence, SampleResponse
 
         j = self.to_json()
-        seqs = [SampledSequence(stop_reason=s["stop_reason"], tokens=s["tokens"], logprobs=s["logprobs"])
+        seqs = [SampledSequence(stop_reason=s["stop_reason"], tokens=s["tokens"], logprobs=s["logprobs"],
+                                topk_logprobs=s.get("topk_logprobs"))
                 for s in j["sequences"]]
         topk = j["topk_prompt_logprobs"]
         if topk is not None:
             topk = [None if row is None else [(t, lp) for t, lp in row] for row in topk]
         return _proto.encode_sample_response(SampleResponse(
-            sequences=seqs, prompt_logprobs=j["prompt_logprobs"], topk_prompt_logprobs=topk))
+            sequences=seqs, prompt_logprobs=j["prompt_logprobs"], topk_prompt_logprobs=topk, **self._tensors()))
 
 
 # ----------------------------------------------------------------------------------- live state

@@ -83,7 +83,7 @@ class TensorData:
 
     @property
     def nbytes(self) -> int:
-        """Size on the wire: the values in ``dtype`` plus 8 bytes per CSR index (no list is walked)."""
+        """The bytes these values take on the wire (``dtype`` width each, plus 8 per CSR index); no list is walked."""
         size = len(self.data) * _WIRE_ITEMSIZE[self.dtype]
         if self.sparse_crow_indices is not None and self.sparse_col_indices is not None:
             size += 8 * (len(self.sparse_crow_indices) + len(self.sparse_col_indices))
