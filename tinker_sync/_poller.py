@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
 
 RETRIEVE_PATH = "/api/v1/retrieve_future"
 # What a 0.25 client sends for sample / forward_backward results (docs/protocol.rst §1.3, §3.2): protobuf only.
@@ -706,9 +707,8 @@ class FuturePoller:
         }
         if state.iteration == 0 and call.round_trip_s is not None:
             headers["X-Tinker-Create-Promise-Roundtrip-Time"] = f"{call.round_trip_s:.6f}"
-        body = json.dumps(
-            {"request_id": call.request_id, "allow_metadata_only": state.allow_metadata_only}, separators=(",", ":")
-        ).encode()
+        poll = {"request_id": call.request_id, "allow_metadata_only": state.allow_metadata_only}
+        body = COMPACT_JSON.encode(poll).encode()
         try:
             resp = self._transport.send(
                 "POST",

@@ -132,6 +132,11 @@ class Transport:
             "https": _tracking_pool(HTTPSConnectionPool, self._inflight, self._inflight_lock),
         }
         self._manager = manager
+        # Without a proxy every request goes to the one pool of the base URL: take it once, and hand it
+        # the path, instead of letting the manager parse the absolute URL and look the pool up per call.
+        base = urlsplit(config.base_url)
+        self._base_path = base.path.rstrip("/")
+        self._pool: Any = None if proxy else manager.connection_from_url(config.base_url)
         # urllib3 retries nothing (one TCP connect per attempt): every retry and every wait belongs to
         # RetryPolicy, where it is visible, injectable and bounded.
         self._retries = Retry(
@@ -163,8 +168,10 @@ class Transport:
 
     def _set_credential(self, hdrs: dict[str, str], headers: Mapping[str, str] | None) -> str | None:
         """Put the provider's X-API-Key into ``hdrs``, unless the caller names one (the JWT exchange does)."""
-        if any(k.lower() == "x-api-key" for k in (headers or {})):
-            return None
+        if headers:
+            for k in headers:
+                if k.lower() == "x-api-key":
+                    return None
         hdrs["X-API-Key"] = value = self.credentials.header_value()
         return value
 
@@ -202,17 +209,25 @@ class Transport:
         timeout = self._timeouts.get(read_s)
         if timeout is None:
             timeout = self._timeouts[read_s] = urllib3.Timeout(connect=self._config.connect_timeout_s, read=read_s)
-        url = self._base_url + (path if path.startswith("/") else "/" + path)
+        target = path if path.startswith("/") else "/" + path
         if params:
             query = urlencode([(k, v) for k, v in params.items() if v is not None], doseq=True)
             if query:
-                url += ("&" if "?" in url else "?") + query
+                target += ("&" if "?" in target else "?") + query
+        pool = self._pool
         start = time.monotonic()
         try:
-            resp = self._manager.urlopen(
-                method, url, body=body, headers=hdrs, retries=self._retries, timeout=timeout,
-                redirect=False, preload_content=True, decode_content=True,
-            )
+            if pool is not None and not self._closed:
+                resp = pool.urlopen(
+                    method, self._base_path + target, body=body, headers=hdrs, retries=self._retries,
+                    timeout=timeout, redirect=False, assert_same_host=False, preload_content=True,
+                    decode_content=True,
+                )
+            else:
+                resp = self._manager.urlopen(
+                    method, self._base_url + target, body=body, headers=hdrs, retries=self._retries,
+                    timeout=timeout, redirect=False, preload_content=True, decode_content=True,
+                )
         except urllib3.exceptions.HTTPError as exc:
             reason: BaseException = exc.reason if isinstance(exc, MaxRetryError) and exc.reason is not None else exc
             error = self._translate(reason)
