@@ -24,7 +24,7 @@ import requests
 
 from tests.conftest import TEST_API_KEY
 from tests.foreign_server import ForeignStyleProxy
-from tinker_sync import APIResponseValidationError, BadRequestError, RequestFailedError, types
+from tinker_sync import BadRequestError, RequestFailedError, types
 from tinker_sync.local import LocalTinkerServer
 from tinker_sync.service_client import ServiceClient
 
@@ -47,16 +47,7 @@ STYLE_SETS = {
 }
 
 
-# Integer request ids: tinker_sync's runtime accepts only a string request_id in a submit answer (as both
-# official SDKs do; they refuse these servers too). The client fix belongs to tinker_sync/_runtime.py
-# (Runtime._post_future: accept a JSON integer, not a bool, and keep str(id)); strict, so the mark must go
-# when it lands.
-_INT_IDS_PENDING = pytest.mark.xfail(
-    strict=True, raises=APIResponseValidationError,
-    reason="Runtime._post_future refuses a JSON integer request_id (fix pending in tinker_sync/_runtime.py)",
-)
-_PARAMS = [pytest.param(name, id=name, marks=_INT_IDS_PENDING if "int_ids" in styles else ())
-           for name, styles in STYLE_SETS.items()]
+_PARAMS = [pytest.param(name, id=name) for name in STYLE_SETS]
 
 
 @pytest.fixture(params=_PARAMS)

@@ -498,14 +498,14 @@ class Runtime:
             "POST", path, body=payload, content_type=ctype, idempotency_key=key,
             sampling=sampling, prompt_bytes_estimate=prompt_bytes_estimate, headers=headers,
         )
-        if not isinstance(handle, dict) or not isinstance(handle.get("request_id"), str):
+        rid = handle.get("request_id") if isinstance(handle, dict) else None
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)):
             raise APIResponseValidationError(
                 f"POST {path}: expected a future handle {{'request_id': ...}}, got {str(handle)[:200]}",
                 body=handle,
                 expected_type="UntypedAPIFuture",
             )
-        request_id: str = handle["request_id"]
-        return request_id
+        return str(rid)  # some servers number their requests: the id goes back as a string
 
     # -- shutdown ------------------------------------------------------------------------------
     def wait_idle(self, timeout_s: float | None = None) -> bool:
