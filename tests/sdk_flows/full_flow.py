@@ -187,9 +187,9 @@ def main() -> int:
 
         step("TrainingClient.forward_backward_custom",
              lambda: tc.forward_backward_custom(DATA, custom_loss).result(timeout=TIMEOUT), lambda o: bool(o.metrics))
-    if has(types, "DimuonParams") or hasattr(types, "DimuonParams"):
+    if hasattr(types, "DimuonParams"):  # 0.38: optim_step's first parameter is optim_params
         step("TrainingClient.optim_step(optim_params=AdamParams)",
-             lambda: tc.optim_step(types.AdamParams(learning_rate=1e-3)).result(timeout=TIMEOUT))
+             lambda: tc.optim_step(optim_params=types.AdamParams(learning_rate=1e-3)).result(timeout=TIMEOUT))
 
     state = step("TrainingClient.save_state", lambda: tc.save_state("state").result(timeout=TIMEOUT), path_ok)
     sampler_path = step("TrainingClient.save_weights_for_sampler",
@@ -320,10 +320,9 @@ def main() -> int:
                  lambda r: len(r.checkpoints) >= 2)
         step("RestClient.list_user_checkpoints", lambda: rest.list_user_checkpoints().result(timeout=TIMEOUT),
              lambda r: len(r.checkpoints) >= 2)
-        step("RestClient.list_sessions", lambda: rest.list_sessions().result(timeout=TIMEOUT),
-             lambda r: len(r.sessions) >= 1)
-        sessions = step("RestClient.list_sessions (ids)", lambda: rest.list_sessions().result(timeout=TIMEOUT).sessions)
-        sid = sessions[0] if sessions else None
+        listed = step("RestClient.list_sessions", lambda: rest.list_sessions().result(timeout=TIMEOUT),
+                      lambda r: len(r.sessions) >= 1)
+        sid = listed.sessions[0] if listed is not None else None
         if sid is not None:
             step("RestClient.get_session", lambda: rest.get_session(sid).result(timeout=TIMEOUT))
         if sampler_path is not None:
