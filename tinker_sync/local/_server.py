@@ -129,6 +129,19 @@ class _HTTPServer(ThreadingHTTPServer):
         self._conn_lock = threading.Lock()
         self._conns: set[socket.socket] = set()
 
+    def shutdown(self) -> None:
+        """Stop serve_forever() now, not at its next poll tick: the loop checks its stop flag when the
+        selector wakes, so once the flag is set an empty connection wakes it."""
+        stopper = threading.Thread(target=super().shutdown, name="tinker-sync-local-stop", daemon=True)
+        stopper.start()
+        host, port = self.server_address[:2]
+        while stopper.is_alive():
+            try:
+                socket.create_connection((str(host), int(port)), timeout=0.2).close()
+            except OSError:
+                pass
+            stopper.join(0.01)
+
     def process_request(self, request: Any, client_address: Any) -> None:
         # One handler thread per connection, but never more than max_connections: beyond that the
         # connection gets an immediate 503 (retried by every client) from the accept thread itself.
