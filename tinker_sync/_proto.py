@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from ._protomsg import (
     DT_INT64,
@@ -48,9 +48,9 @@ from ._protowire import (
     fields,
     int32,
     int64,
-    length_at,
     map_entry,
     message_map_entry,
+    read_varint,
     repeated_int64,
     string,
     varint,
@@ -69,6 +69,7 @@ from .types import (
     TensorData,
 )
 from .types._numbers import BIG_ENDIAN, NumberArray, from_wire, trusted, trusted_builder, wire_bytes
+from .types._sampling import WireSpan, decoded_sequences
 from .types._tensor import trusted_tensor
 
 __all__ = [
@@ -534,7 +535,6 @@ def encode_sample_response(resp: SampleResponse) -> bytes:
 _new_sequence = trusted_builder(SampledSequence)
 _new_response = trusted_builder(SampleResponse)
 _STOP_NAMES = ("stop", "length")
-_EMPTY_TOKENS = from_wire(b"", "I")
 
 
 def _decode_sequence(data: memoryview, where: str) -> SampledSequence:
@@ -557,6 +557,9 @@ def _decode_sequence(data: memoryview, where: str) -> SampledSequence:
     stop_reason = _ENUM_TO_STOP.get(stop_enum)
     if stop_reason is None:
         raise ProtoDecodeError(f"{where}.stop_reason: unknown StopReason enum value {stop_enum}")
+    if logprobs and len(logprobs) != len(tokens or _EMPTY):
+        raise ProtoDecodeError(f"{where}.logprobs: {len(logprobs)} bytes for {len(tokens or _EMPTY)} bytes of tokens "
+                               "(one float32 per int32 token)")
     try:
         return _new_sequence(
             stop_reason=stop_reason,
@@ -568,64 +571,83 @@ def _decode_sequence(data: memoryview, where: str) -> SampledSequence:
         raise ProtoDecodeError(f"{where}: {exc}") from None
 
 
-def _array_at(buf: memoryview, pos: int, end: int, code: Literal["I", "f"]) -> tuple[NumberArray | None, int]:
-    """The length-delimited array value whose length varint starts at ``pos`` -> (view, end of the value);
-    (None, -1) when it does not fit in ``end`` or is not whole items."""
-    if pos + 1 < end and buf[pos] >= 0x80 and buf[pos + 1] < 0x80:  # 2-byte length (128 B .. 16 KiB), inlined
-        vstart = pos + 2
-        vend = vstart + ((buf[pos] & 0x7F) | (buf[pos + 1] << 7))
-    else:
-        vend, vstart = length_at(buf, pos, end)
-    if vend < 0 or vend > end or (vend - vstart) % 4:
-        return None, -1
-    return NumberArray(buf[vstart:vend].cast(code), code), vend
+def _span_at(buf: memoryview, pos: int, limit: int) -> tuple[int, int]:
+    """The length-delimited value whose length varint starts at ``pos`` -> (start, end); end -1 when the varint is
+    malformed or the value runs past ``limit``."""
+    try:
+        length, start = read_varint(buf, pos, "")
+    except ProtoDecodeError:
+        return -1, -1
+    return start, (start + length if start + length <= limit else -1)
 
 
-def _fast_sequence(buf: memoryview, pos: int, end: int) -> SampledSequence | None:
-    """Straight-line read of ``[stop_reason] [tokens] [logprobs]`` in the order the servers write them."""
-    stop, tokens, logprobs = 0, _EMPTY_TOKENS, None
-    if pos + 1 < end and buf[pos] == 0x08:
-        stop, pos = buf[pos + 1], pos + 2
-        if stop > 1:
-            return None
-    if pos < end and buf[pos] == 0x12:
-        tokens, pos = _array_at(buf, pos + 1, end, "I")  # type: ignore[assignment]
-    if 0 <= pos < end and buf[pos] == 0x1A:
-        logprobs, pos = _array_at(buf, pos + 1, end, "f")
-        logprobs = logprobs or None  # empty logprobs bytes: not requested
-    if pos != end or tokens is None:
-        return None
-    return _new_sequence(stop_reason=_STOP_NAMES[stop], tokens=tokens, logprobs=logprobs)
+def _sequence_span(buf: memoryview, p: int, end: int) -> WireSpan | None:
+    """The ``sequences[]`` entry in ``buf[p:end]``, in the layout servers write (``[stop_reason] [tokens]
+    [logprobs]``, each optional) -> its span; None for any other layout. 1- and 2-byte lengths are read inline."""
+    stop = 0
+    ls = le = -1
+    if p < end and buf[p] == 0x08:
+        stop = buf[p + 1]
+        p += 2
+    ts = te = p
+    if p < end and buf[p] == 0x12:
+        b = buf[p + 1]
+        if b < 0x80:
+            ts = p + 2
+            te = ts + b
+        elif buf[p + 2] < 0x80:
+            ts = p + 3
+            te = ts + ((b & 0x7F) | (buf[p + 2] << 7))
+        else:
+            ts, te = _span_at(buf, p + 1, end)
+        p = te
+    if 0 < p < end and buf[p] == 0x1A:
+        b = buf[p + 1]
+        if b < 0x80:
+            ls = p + 2
+            le = ls + b
+        elif buf[p + 2] < 0x80:
+            ls = p + 3
+            le = ls + ((b & 0x7F) | (buf[p + 2] << 7))
+        else:
+            ls, le = _span_at(buf, p + 1, end)
+        p = le
+    if p != end or stop > 1 or (te - ts) & 3 or (le > ls and le - ls != te - ts):
+        return None  # the general reader names the fault (logprobs need one entry per token)
+    return _STOP_NAMES[stop], buf, ts, te, ls if le > ls else -1, le, end  # empty logprobs: not requested
 
 
 def _fast_sample_response(buf: memoryview) -> SampleResponse | None:
-    """The common layout (sequences of stop_reason/tokens/logprobs, prompt logprobs, cache hits, lengths below
-    16 KiB) in one inline pass; None for anything else, which the general reader then handles with its checks."""
+    """The common layout (sequences of stop_reason/tokens/logprobs, prompt logprobs, cache hits below 128) in one
+    pass that only finds and checks where the numbers are; the sequences build their lists on first read. None for
+    anything else, which the general reader then handles with its checks."""
     n, pos = len(buf), 0
-    sequences: list[SampledSequence] = []
-    prompt_logprobs, cache_hits = None, 0
-    while pos < n:
-        key = buf[pos]
-        if pos + 2 < n and buf[pos + 1] >= 0x80 and buf[pos + 2] < 0x80:  # 2-byte length, inlined
-            start = pos + 3
-            end = start + ((buf[pos + 1] & 0x7F) | (buf[pos + 2] << 7))
-        else:
-            end, start = length_at(buf, pos + 1, n)
-        if key == 0x0A and 0 < end <= n:  # sequences[]
-            seq = _fast_sequence(buf, start, end)
-            if seq is None:
+    spans: list[WireSpan] = []
+    try:
+        while pos < n and buf[pos] == 0x0A:  # sequences[]
+            b, c = buf[pos + 1], buf[pos + 2]
+            start, end = ((pos + 2, pos + 2 + b) if b < 0x80 else (pos + 3, pos + 3 + ((b & 0x7F) | (c << 7)))
+                          if c < 0x80 else _span_at(buf, pos + 1, n))
+            span = _sequence_span(buf, start, end) if 0 < end <= n else None
+            if span is None:
                 return None
-            sequences.append(seq)
+            spans.append(span)
             pos = end
-        elif key == 0x12 and 0 < end <= n and (end - start) % 4 == 0:  # prompt_logprobs
-            if end > start:
-                prompt_logprobs = NumberArray(buf[start:end].cast("f"), "f", nan_as_none=True)
-            pos = end
-        elif key == 0x20 and pos + 1 < n and buf[pos + 1] < 0x80:  # prompt_cache_hit_tokens (< 128)
+        prompt_logprobs, cache_hits = None, 0
+        if pos < n and buf[pos] == 0x12:  # prompt_logprobs
+            start, pos = _span_at(buf, pos + 1, n)
+            if pos < 0 or (pos - start) % 4:
+                return None
+            if pos > start:
+                prompt_logprobs = NumberArray(buf[start:pos].cast("f"), "f", nan_as_none=True)
+        if pos + 1 < n and buf[pos] == 0x20 and buf[pos + 1] < 0x80:  # prompt_cache_hit_tokens
             cache_hits, pos = buf[pos + 1], pos + 2
-        else:
-            return None
-    return _new_response(sequences=sequences, prompt_logprobs=prompt_logprobs, prompt_cache_hit_tokens=cache_hits)
+    except IndexError:  # truncated: the general reader says where
+        return None
+    if pos != n:
+        return None
+    return _new_response(sequences=decoded_sequences(spans), prompt_logprobs=prompt_logprobs,
+                         prompt_cache_hit_tokens=cache_hits)
 
 
 def decode_sample_response(data: bytes) -> SampleResponse:

@@ -26,7 +26,7 @@ from ._common import (
     token_list,
 )
 from ._model_input import ModelInput
-from ._numbers import to_numbers, to_optional_floats
+from ._numbers import from_wire, to_numbers, to_optional_floats
 from ._tensor import TensorData
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -149,8 +149,48 @@ def _topk_dense(rows: TopkRows) -> TopkLogprobs:
     return TopkLogprobs(token_ids=ids, logprobs=lps)
 
 
+class _WireSpans:
+    """Base of SampledSequence: room for where a decoded sequence's numbers are in the response body.
+
+    A protobuf decoder (``decoded_sequences``) sets ``stop_reason`` and this span only; the other fields are
+    built on their first read (all at once, as the eager decoder would build them) and kept in their slots,
+    so later reads are plain slot reads. Everything that reads fields goes through attribute access (equality,
+    repr, pickling, copying, attrs.evolve/asdict, serialisation), so a decoded sequence and an eagerly built
+    one behave the same.
+    """
+
+    __slots__ = ("_wire",)
+
+    if not TYPE_CHECKING:  # keeps attribute checking for type checkers: only decoded fields come from here
+
+        def __getattr__(self, name: str) -> Any:
+            if name in _LAZY_FIELDS:
+                try:
+                    wire = object.__getattribute__(self, "_wire")
+                except AttributeError:
+                    pass
+                else:
+                    values = _span_fields(wire)
+                    for field_name, value in values.items():  # two threads may both build: same values
+                        object.__setattr__(self, field_name, value)
+                    return values[name]
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+# A decoded sequence's span: (stop reason, body, tokens start, tokens end, logprobs start (-1: none), logprobs end,
+# end of the entry), offsets in bytes into ``body``, a little-endian protobuf body already checked by the decoder.
+WireSpan = tuple[str, memoryview, int, int, int, int, int]
+_LAZY_FIELDS = frozenset({"tokens", "logprobs", "sequence_id", "topk_logprobs"})
+
+
+def _span_fields(span: WireSpan) -> dict[str, Any]:
+    _, body, ts, te, ls, le, _ = span
+    return {"tokens": from_wire(body[ts:te], "I"), "logprobs": from_wire(body[ls:le], "f") if ls >= 0 else None,
+            "sequence_id": None, "topk_logprobs": None}
+
+
 @attrs.frozen
-class SampledSequence:
+class SampledSequence(_WireSpans):
     """One generated sequence; ``tokens_np``/``logprobs_np`` give numpy views when numpy is installed.
 
     ``sequence_id`` (0.38) names the sequence for later requests (provenance spans, stability info).
@@ -183,6 +223,23 @@ class SampledSequence:
             raise ValueError(
                 f"SampledSequence.logprobs must have one entry per token ({len(self.tokens)}), got {len(self.logprobs)}"
             )
+
+
+_new_object = object.__new__
+_set_stop_reason = SampledSequence.__dict__["stop_reason"].__set__  # the slots' own setters: trusted values
+_set_span = _WireSpans.__dict__["_wire"].__set__
+
+
+def decoded_sequences(spans: list[WireSpan]) -> list[SampledSequence]:
+    """Trusted: sequences from their spans in a checked protobuf body; numbers become NumberArray views of the
+    body on first read (see ``_WireSpans``). Decoders only."""
+    out = []
+    for span in spans:
+        seq = _new_object(SampledSequence)
+        _set_stop_reason(seq, span[0])
+        _set_span(seq, span)
+        out.append(seq)
+    return out
 
 
 def _prompt_logprobs(value: Any, self_: Any, field: Any) -> Any:
