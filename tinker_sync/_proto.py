@@ -618,16 +618,20 @@ def _sequence_span(buf: memoryview, p: int, end: int) -> WireSpan | None:
 
 
 def _fast_sample_response(buf: memoryview) -> SampleResponse | None:
-    """The common layout (sequences of stop_reason/tokens/logprobs, prompt logprobs, cache hits below 128) in one
+    """The common layout (sequences of stop_reason/tokens/logprobs, then prompt logprobs and cache hits) in one
     pass that only finds and checks where the numbers are; the sequences build their lists on first read. None for
     anything else, which the general reader then handles with its checks."""
     n, pos = len(buf), 0
     spans: list[WireSpan] = []
     try:
         while pos < n and buf[pos] == 0x0A:  # sequences[]
-            b, c = buf[pos + 1], buf[pos + 2]
-            start, end = ((pos + 2, pos + 2 + b) if b < 0x80 else (pos + 3, pos + 3 + ((b & 0x7F) | (c << 7)))
-                          if c < 0x80 else _span_at(buf, pos + 1, n))
+            b = buf[pos + 1]
+            if b < 0x80:
+                start, end = pos + 2, pos + 2 + b
+            elif buf[pos + 2] < 0x80:
+                start, end = pos + 3, pos + 3 + ((b & 0x7F) | (buf[pos + 2] << 7))
+            else:
+                start, end = _span_at(buf, pos + 1, n)
             span = _sequence_span(buf, start, end) if 0 < end <= n else None
             if span is None:
                 return None
@@ -640,9 +644,10 @@ def _fast_sample_response(buf: memoryview) -> SampleResponse | None:
                 return None
             if pos > start:
                 prompt_logprobs = NumberArray(buf[start:pos].cast("f"), "f", nan_as_none=True)
-        if pos + 1 < n and buf[pos] == 0x20 and buf[pos + 1] < 0x80:  # prompt_cache_hit_tokens
-            cache_hits, pos = buf[pos + 1], pos + 2
-    except IndexError:  # truncated: the general reader says where
+        if pos < n and buf[pos] == 0x20:  # prompt_cache_hit_tokens
+            cache_hits, pos = read_varint(buf, pos + 1, "")
+            cache_hits = max(int32(cache_hits), 0)
+    except (IndexError, ProtoDecodeError):  # truncated: the general reader says where
         return None
     if pos != n:
         return None
