@@ -116,17 +116,18 @@ def test_numpy_views_share_the_body() -> None:
     assert back.prompt_logprobs_np is not None and math.isnan(back.prompt_logprobs_np[0])
 
 
+def _read_after(barrier: threading.Barrier, seq: T.SampledSequence, seen: list[Any]) -> None:
+    barrier.wait(timeout=10)
+    seen.append((seq.tokens, seq.logprobs))
+
+
 def test_threads_reading_one_fresh_sequence_see_the_same_values() -> None:
     for _ in range(20):
         seq = _decoded(_response()).sequences[4]
         seen: list[Any] = []
         barrier = threading.Barrier(6)
 
-        def read(seq: T.SampledSequence = seq) -> None:
-            barrier.wait(timeout=10)
-            seen.append((seq.tokens, seq.logprobs))
-
-        threads = [threading.Thread(target=read) for _ in range(6)]
+        threads = [threading.Thread(target=_read_after, args=(barrier, seq, seen)) for _ in range(6)]
         for t in threads:
             t.start()
         for t in threads:
