@@ -573,7 +573,7 @@ def _decode_sequence(data: memoryview, where: str) -> SampledSequence:
 
 def _span_at(buf: memoryview, pos: int, limit: int) -> tuple[int, int]:
     """The length-delimited value whose length varint starts at ``pos`` -> (start, end); end -1 when the varint is
-    malformed or the value runs past ``limit``."""
+    malformed or the value runs past ``limit``. (The hot loops read 1- and 2-byte lengths inline.)"""
     try:
         length, start = read_varint(buf, pos, "")
     except ProtoDecodeError:
@@ -583,35 +583,26 @@ def _span_at(buf: memoryview, pos: int, limit: int) -> tuple[int, int]:
 
 def _sequence_span(buf: memoryview, p: int, end: int) -> WireSpan | None:
     """The ``sequences[]`` entry in ``buf[p:end]``, in the layout servers write (``[stop_reason] [tokens]
-    [logprobs]``, each optional) -> its span; None for any other layout. 1- and 2-byte lengths are read inline."""
+    [logprobs]``, each optional) -> its span; None for any other layout."""
     stop = 0
-    ls = le = -1
     if p < end and buf[p] == 0x08:
         stop = buf[p + 1]
         p += 2
     ts = te = p
-    if p < end and buf[p] == 0x12:
-        b = buf[p + 1]
-        if b < 0x80:
-            ts = p + 2
-            te = ts + b
-        elif buf[p + 2] < 0x80:
-            ts = p + 3
-            te = ts + ((b & 0x7F) | (buf[p + 2] << 7))
-        else:
-            ts, te = _span_at(buf, p + 1, end)
-        p = te
-    if 0 < p < end and buf[p] == 0x1A:
-        b = buf[p + 1]
-        if b < 0x80:
-            ls = p + 2
-            le = ls + b
-        elif buf[p + 2] < 0x80:
-            ls = p + 3
-            le = ls + ((b & 0x7F) | (buf[p + 2] << 7))
-        else:
-            ls, le = _span_at(buf, p + 1, end)
-        p = le
+    ls = le = -1
+    for key in (0x12, 0x1A):  # tokens, then logprobs: the same layout; 1- and 2-byte lengths inlined
+        if 0 <= p < end and buf[p] == key:
+            b = buf[p + 1]
+            if b < 0x80:
+                start, p = p + 2, p + 2 + b
+            elif buf[p + 2] < 0x80:
+                start, p = p + 3, p + 3 + ((b & 0x7F) | (buf[p + 2] << 7))
+            else:
+                start, p = _span_at(buf, p + 1, end)
+            if key == 0x12:
+                ts, te = start, p
+            else:
+                ls, le = start, p
     if p != end or stop > 1 or (te - ts) & 3 or (le > ls and le - ls != te - ts):
         return None  # the general reader names the fault (logprobs need one entry per token)
     return _STOP_NAMES[stop], buf, ts, te, ls if le > ls else -1, le, end  # empty logprobs: not requested
@@ -626,7 +617,7 @@ def _fast_sample_response(buf: memoryview) -> SampleResponse | None:
     try:
         while pos < n and buf[pos] == 0x0A:  # sequences[]
             b = buf[pos + 1]
-            if b < 0x80:
+            if b < 0x80:  # 1- and 2-byte lengths (up to 16 KiB) inlined: a call costs more than the read
                 start, end = pos + 2, pos + 2 + b
             elif buf[pos + 2] < 0x80:
                 start, end = pos + 3, pos + 3 + ((b & 0x7F) | (buf[pos + 2] << 7))

@@ -180,12 +180,12 @@ class _WireSpans:
 # A decoded sequence's span: (stop reason, body, tokens start, tokens end, logprobs start (-1: none), logprobs end,
 # end of the entry), offsets in bytes into ``body``, a little-endian protobuf body already checked by the decoder.
 WireSpan = tuple[str, memoryview, int, int, int, int, int]
-_LAZY_FIELDS = frozenset({"tokens", "logprobs", "sequence_id", "topk_logprobs"})
+_LAZY_FIELDS = frozenset({"stop_reason", "tokens", "logprobs", "sequence_id", "topk_logprobs"})
 
 
 def _span_fields(span: WireSpan) -> dict[str, Any]:
-    _, body, ts, te, ls, le, _ = span
-    return {"tokens": from_wire(body[ts:te], "I"), "logprobs": from_wire(body[ls:le], "f") if ls >= 0 else None,
+    stop_reason, body, ts, te, ls, le, _ = span
+    return {"stop_reason": stop_reason, "tokens": from_wire(body[ts:te], "I"), "logprobs": from_wire(body[ls:le], "f") if ls >= 0 else None,
             "sequence_id": None, "topk_logprobs": None}
 
 
@@ -226,8 +226,7 @@ class SampledSequence(_WireSpans):
 
 
 _new_object = object.__new__
-_set_stop_reason = SampledSequence.__dict__["stop_reason"].__set__  # the slots' own setters: trusted values
-_set_span = _WireSpans.__dict__["_wire"].__set__
+_set_span = _WireSpans.__dict__["_wire"].__set__  # the slot's own setter
 
 
 def decoded_sequences(spans: list[WireSpan]) -> list[SampledSequence]:
@@ -236,7 +235,6 @@ def decoded_sequences(spans: list[WireSpan]) -> list[SampledSequence]:
     out = []
     for span in spans:
         seq = _new_object(SampledSequence)
-        _set_stop_reason(seq, span[0])
         _set_span(seq, span)
         out.append(seq)
     return out
