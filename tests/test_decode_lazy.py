@@ -179,3 +179,18 @@ def test_other_layouts_decode_through_the_general_reader() -> None:
     empty_last = _entry(None, None, None)  # an empty "stop" sequence written as two bytes at the very end
     assert _proto.decode_sample_response(empty_last) == T.SampleResponse(sequences=[_seq("stop", 0, logprobs=False)])
     assert _proto._fast_sample_response(memoryview(empty_last)) is not None
+
+
+def test_numpy_properties_of_built_responses_have_the_official_dtypes() -> None:
+    np = pytest.importorskip("numpy")
+    from tinker_sync.types._numbers import numpy_of
+
+    resp = _response()
+    seq = resp.sequences[1]
+    assert seq.tokens_np.dtype == np.int32 and seq.tokens_np.tolist() == [5, 12, 19]
+    assert np.shares_memory(seq.tokens_np, seq.tokens_np)  # a view of the token buffer
+    assert seq.logprobs_np is not None and seq.logprobs_np.dtype == np.float32  # float64 buffer: a float32 copy
+    assert seq.logprobs_np.tolist() == [-0.0, -0.125, -0.25]
+    prompt = resp.prompt_logprobs_np
+    assert prompt is not None and prompt.dtype == np.float32 and math.isnan(prompt[0]) and prompt[2] == -1.25
+    assert numpy_of([3, 4], "I").dtype == np.int32 and numpy_of((0.5,), "f").tolist() == [0.5]

@@ -116,9 +116,8 @@ class NumberArray(Sequence[Any]):
 
         Token ids ('I') read as int32, their wire type.
         """
-        import numpy as np
-
-        return np.frombuffer(self._mv, dtype=_VIEW_DTYPES[self._code])
+        frombuffer, dtypes = _NUMPY or _load_numpy()
+        return frombuffer(self._mv, dtypes[self._code])
 
     @property
     def typecode(self) -> str:
@@ -143,6 +142,29 @@ class NumberArray(Sequence[Any]):
         if code == self._code:
             return self
         return NumberArray(array(code, self._mv), code, nan_as_none=self._nan_as_none)
+
+
+_NUMPY: tuple[Callable[..., Any], dict[str, Any]] | None = None  # (numpy.frombuffer, code -> dtype) once loaded
+
+
+def _load_numpy() -> tuple[Callable[..., Any], dict[str, Any]]:
+    global _NUMPY
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("numpy views need numpy: pip install 'tinker-sync[numpy]'") from None
+    _NUMPY = (np.frombuffer, {code: np.dtype(name) for code, name in _VIEW_DTYPES.items()})
+    return _NUMPY
+
+
+def numpy_of(values: Any, code: str) -> Any:
+    """``values`` as a 1-D numpy array of ``code``'s item type ('I' reads as int32): a view of a NumberArray of
+    that type, a converted copy otherwise."""
+    frombuffer, dtypes = _NUMPY or _load_numpy()
+    if isinstance(values, NumberArray):
+        arr = values.to_numpy()
+        return arr if values.typecode == code else arr.astype(dtypes[code])
+    return frombuffer(to_numbers(values, code, "values").raw(), dtypes[code])
 
 
 def _cast(view: memoryview, code: str) -> memoryview:
@@ -175,7 +197,9 @@ def from_wire(data: bytes | memoryview, code: str, *, nan_as_none: bool = False)
         arr.byteswap()
         return NumberArray(arr, code, nan_as_none=nan_as_none)
     mv = data if type(data) is memoryview else memoryview(data)
-    return NumberArray(_cast(mv if mv.format == "B" else mv.cast("B"), code), code, nan_as_none)
+    if mv.format != "B":
+        mv = mv.cast("B")
+    return NumberArray(mv.cast(code), code, nan_as_none)  # type: ignore[call-overload]  # typeshed: literal codes
 
 
 def wire_bytes(numbers: NumberArray, code: str) -> memoryview | bytes:

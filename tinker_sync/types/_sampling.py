@@ -26,7 +26,7 @@ from ._common import (
     token_list,
 )
 from ._model_input import ModelInput
-from ._numbers import from_wire, to_numbers, to_optional_floats
+from ._numbers import from_wire, numpy_of, to_numbers, to_optional_floats
 from ._tensor import TensorData
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -166,14 +166,12 @@ class _WireSpans:
         def __getattr__(self, name: str) -> Any:
             if name in _LAZY_FIELDS:
                 try:
-                    wire = object.__getattribute__(self, "_wire")
+                    span = _get_span(self)
                 except AttributeError:
                     pass
                 else:
-                    values = _span_fields(wire)
-                    for field_name, value in values.items():  # two threads may both build: same values
-                        object.__setattr__(self, field_name, value)
-                    return values[name]
+                    _fill_from_span(self, span)  # two threads may both fill: the same values
+                    return object.__getattribute__(self, name)
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
@@ -181,12 +179,8 @@ class _WireSpans:
 # end of the entry), offsets in bytes into ``body``, a little-endian protobuf body already checked by the decoder.
 WireSpan = tuple[str, memoryview, int, int, int, int, int]
 _LAZY_FIELDS = frozenset({"stop_reason", "tokens", "logprobs", "sequence_id", "topk_logprobs"})
-
-
-def _span_fields(span: WireSpan) -> dict[str, Any]:
-    stop_reason, body, ts, te, ls, le, _ = span
-    return {"stop_reason": stop_reason, "tokens": from_wire(body[ts:te], "I"), "logprobs": from_wire(body[ls:le], "f") if ls >= 0 else None,
-            "sequence_id": None, "topk_logprobs": None}
+_get_span = _WireSpans.__dict__["_wire"].__get__
+_set_span = _WireSpans.__dict__["_wire"].__set__
 
 
 @attrs.frozen
@@ -204,14 +198,15 @@ class SampledSequence(_WireSpans):
 
     @property
     def tokens_np(self) -> numpy.ndarray:
-        """The tokens as a 1-D int32 numpy array (needs numpy)."""
-        array: numpy.ndarray = _numpy().asarray(self.tokens, dtype=_numpy().int32)
+        """The tokens as a 1-D int32 numpy array (needs numpy): a view of the buffer."""
+        array: numpy.ndarray = numpy_of(self.tokens, "I")
         return array
 
     @property
     def logprobs_np(self) -> numpy.ndarray | None:
-        """The logprobs as a 1-D float32 numpy array, or None when not requested (needs numpy)."""
-        return None if self.logprobs is None else _numpy().asarray(self.logprobs, dtype=_numpy().float32)
+        """The logprobs as a 1-D float32 numpy array, or None when not requested (needs numpy): a view of a
+        decoded response's buffer."""
+        return None if self.logprobs is None else numpy_of(self.logprobs, "f")
 
     @property
     def topk_logprobs_np(self) -> TopkLogprobs | None:
@@ -226,7 +221,19 @@ class SampledSequence(_WireSpans):
 
 
 _new_object = object.__new__
-_set_span = _WireSpans.__dict__["_wire"].__set__  # the slot's own setter
+# The slots' own setters: trusted values, set once (the class is frozen to everyone else).
+_SETTERS = tuple(SampledSequence.__dict__[name].__set__
+                 for name in ("stop_reason", "tokens", "logprobs", "sequence_id", "topk_logprobs"))
+
+
+def _fill_from_span(seq: SampledSequence, span: WireSpan) -> None:
+    set_stop, set_tokens, set_logprobs, set_sequence_id, set_topk = _SETTERS
+    stop_reason, body, ts, te, ls, le, _ = span
+    set_stop(seq, stop_reason)
+    set_tokens(seq, from_wire(body[ts:te], "I"))
+    set_logprobs(seq, from_wire(body[ls:le], "f") if ls >= 0 else None)
+    set_sequence_id(seq, None)
+    set_topk(seq, None)
 
 
 def decoded_sequences(spans: list[WireSpan]) -> list[SampledSequence]:
@@ -300,9 +307,8 @@ class SampleResponse:
         """Prompt logprobs as a float32 numpy array, NaN where none was computed (needs numpy)."""
         if self.prompt_logprobs is None:
             return None
-        np = _numpy()
         # The buffer holds NaN where the list shows None: a zero-copy view for decoded responses.
-        array: numpy.ndarray = np.asarray(self.prompt_logprobs, dtype=np.float32)
+        array: numpy.ndarray = numpy_of(self.prompt_logprobs, "f")
         return array
 
     @property
