@@ -194,3 +194,13 @@ def test_numpy_properties_of_built_responses_have_the_official_dtypes() -> None:
     prompt = resp.prompt_logprobs_np
     assert prompt is not None and prompt.dtype == np.float32 and math.isnan(prompt[0]) and prompt[2] == -1.25
     assert numpy_of([3, 4], "I").dtype == np.int32 and numpy_of((0.5,), "f").tolist() == [0.5]
+
+
+def test_prompt_logprobs_with_none_keep_their_checks() -> None:
+    resp = T.SampleResponse(sequences=[], prompt_logprobs=[None, -1, -0.5])
+    assert resp.prompt_logprobs == [None, -1.0, -0.5] and type(resp.prompt_logprobs[1]) is float
+    for bad, item in (([None, True], "item 1 is True"), ([None, -1.0, b"x"], "item 2 is b'x'")):
+        with pytest.raises(TypeError, match=f"prompt_logprobs must be a list of float or None; {item}"):
+            T.SampleResponse(sequences=[], prompt_logprobs=bad)
+    np = pytest.importorskip("numpy")
+    assert T.SampleResponse(sequences=[], prompt_logprobs=[None, np.float64(-2.0)]).prompt_logprobs == [None, -2.0]

@@ -300,6 +300,9 @@ def to_numbers(value: Any, code: str, where: str) -> NumberArray:
     raise TypeError(f"{where} must be a list of numbers")
 
 
+_PLAIN_NUMBERS = frozenset({float, int})
+
+
 def to_optional_floats(value: Any, code: str, where: str) -> NumberArray:
     """Numbers where ``None`` entries are allowed (stored as NaN, shown as None): prompt logprobs."""
     if isinstance(value, NumberArray) or _is_foreign_array(value):
@@ -312,10 +315,12 @@ def to_optional_floats(value: Any, code: str, where: str) -> NumberArray:
             out = NumberArray(array(code, items), code)
         except TypeError:
             nan = math.nan
-            for i, item in enumerate(items):
-                if item is not None and (isinstance(item, (bool, str, bytes)) or not isinstance(item, (int, float))):
-                    raise TypeError(f"{where} must be a list of float or None; item {i} is {_describe(item)}") from None
-            out = NumberArray(array(code, [nan if x is None else x for x in items]), code)
+            filled = [nan if x is None else x for x in items]
+            if not _PLAIN_NUMBERS.issuperset(map(type, filled)):  # C-level: only plain floats/ints skip the loop
+                for i, item in enumerate(items):
+                    if item is not None and (isinstance(item, (bool, str, bytes)) or not isinstance(item, (int, float))):
+                        raise TypeError(f"{where} must be a list of float or None; item {i} is {_describe(item)}") from None
+            out = NumberArray(array(code, filled), code)
     return NumberArray(_cast(out.raw(), code), code, nan_as_none=True)
 
 
