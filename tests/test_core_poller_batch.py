@@ -39,7 +39,7 @@ def _serve(sim: SessionSim) -> Iterator[ScriptedServer]:
 
 @pytest.fixture
 def sim() -> SessionSim:
-    return SessionSim(hold_s=2.0)
+    return SessionSim(hold_s=1.0)
 
 
 @pytest.fixture

@@ -98,7 +98,18 @@ def test_decide_batch_statuses() -> None:
         delays.append(d.delay_s)
         s = d.state
     assert delays == [1, 2, 4, 8, 16, 30, 30]
-    assert decide_batch_connection_error(BatchState(backoffs=3)).delay_s == 8
+    hinted = decide_batch(429, {"retry-after-ms": "20"}, b"", BatchState(backoffs=4))
+    assert isinstance(hinted, BatchRetry) and hinted.delay_s == 0.02 and hinted.state.backoffs == 5
+    dated = decide_batch(429, {"retry-after": "Thu, 01 Jan 1970 00:00:07 GMT"}, b"", BatchState(),
+                         wall_clock=lambda: 4.0)
+    assert isinstance(dated, BatchRetry) and dated.delay_s == 3.0
+    reconnects = []
+    s = BatchState()
+    for _ in range(12):
+        d = decide_batch_connection_error(s)
+        reconnects.append(d.delay_s)
+        s = d.state
+    assert reconnects == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30, 30]  # a lost connection: 50 ms first
     for status in (404, 405, 501):
         d = _b(status, {"detail": "Not Found"})
         assert isinstance(d, BatchGiveUp) and d.unsupported

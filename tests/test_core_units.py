@@ -258,10 +258,19 @@ def test_decide_error_statuses() -> None:
         delays.append(d.delay_s)
         s = d.state
     assert delays == [1, 2, 4, 8, 16, 30, 30]
-    # any HTTP response resets the backoff counter; connection errors back off the same way
+    # a Retry-After hint is honoured as given, whatever the count
+    hinted = _d(429, {}, state=PollState(backoffs=5), headers={"Retry-After": "3"})
+    assert isinstance(hinted, Backoff) and hinted.delay_s == 3 and hinted.state.backoffs == 6
+    # any HTTP response resets the backoff counter
     assert _d(408, {}, state=s).state.backoffs == 0
-    ce = decide_connection_error(APIConnectionError(), PollState(backoffs=2))
-    assert isinstance(ce, Backoff) and ce.delay_s == 4
+    # a lost connection polls again after 50 ms, doubling to 30 s
+    reconnects, s = [], PollState()
+    for _ in range(12):
+        ce = decide_connection_error(APIConnectionError(), s)
+        assert isinstance(ce, Backoff)
+        reconnects.append(ce.delay_s)
+        s = ce.state
+    assert reconnects == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30, 30]
     # 400: three immediate retries, then an error
     s = PollState()
     for _ in range(3):

@@ -21,6 +21,7 @@ import attrs
 from ._decide import new_idempotency_key
 from ._exceptions import APIConnectionError, APIResponseValidationError, from_response, parse_error_body
 from ._executor import mark_internal_thread
+from ._retry import poll_backoff_s
 
 if TYPE_CHECKING:
     from ._transport import Transport
@@ -50,7 +51,6 @@ _ACK_TIMEOUT_S = 5.0  # an ack-only poll (timeout 0) returns after one read
 _CANCEL_TIMEOUT_S = 30.0
 _CANCEL_ATTEMPTS = 3
 _MAX_BAD_ANSWERS = 3  # a bare 400 (proxy) or a malformed body: retry this many times, then give up
-_BACKOFF_MAX_S = 30.0
 _5XX_BASE_S = 0.05
 _5XX_MAX_S = 2.0
 _BILLING_RESET_S = 300.0
@@ -194,11 +194,13 @@ def decide_batch(
     now: float = 0.0,
     billing_pause_s: float = 5.0,
     billing_max_pause_s: float = 3600.0,
+    wall_clock: Callable[[], float] = time.time,
 ) -> BatchDecision:
-    """Decide what one retrieve_futures response means (pure; no I/O).
+    """Decide what one retrieve_futures response means (pure; no I/O; ``wall_clock`` only dates an
+    HTTP-date Retry-After).
 
     200 with completions moves the cursor; 408/5xx poll again (5xx after a short capped backoff);
-    429 backs off min(2**n, 30) s; a bare 400 or a malformed answer is retried 3 times, 1 s apart; a
+    429 waits for the server's Retry-After hint, or 1, 2, 4 ... 30 s without one; a bare 400 or a malformed answer is retried 3 times, 1 s apart; a
     cursor that goes back (the server lost its completion log) ends batching for the target;
     402 pauses like a per-future poll; 404/405/501 mean the server has no retrieve_futures, every
     other status ends batching for the target (per-future polling then reports the real error).
@@ -215,7 +217,8 @@ def decide_batch(
         return BatchRetry(min(_5XX_BASE_S * 2 ** min(n, 16), _5XX_MAX_S), attrs.evolve(fresh, server_errors=n + 1))
     if status == 429:
         n = state.backoffs
-        return BatchRetry(min(2.0 ** min(n, 16), _BACKOFF_MAX_S), attrs.evolve(state, backoffs=n + 1))
+        return BatchRetry(poll_backoff_s(n, status=429, headers=headers, wall_clock=wall_clock),
+                          attrs.evolve(state, backoffs=n + 1))
     if status == 402:
         since = state.billing_since if state.billing_since is not None else now
         if now - since < billing_max_pause_s:
@@ -261,9 +264,9 @@ def _bad_answer(exc: BaseException, state: BatchState) -> BatchDecision:
 
 
 def decide_batch_connection_error(state: BatchState) -> BatchDecision:
-    """A retrieve_futures poll got no HTTP response: back off min(2**n, 30) s and poll again."""
+    """A retrieve_futures poll got no HTTP response: poll again after 50 ms, doubling to 30 s."""
     n = state.backoffs
-    return BatchRetry(min(2.0 ** min(n, 16), _BACKOFF_MAX_S), attrs.evolve(state, backoffs=n + 1))
+    return BatchRetry(poll_backoff_s(n, status=None), attrs.evolve(state, backoffs=n + 1))
 
 
 def decide_probe(status: int | None, content: bytes) -> Literal["pending", "lost", "reported-late"]:

@@ -31,6 +31,7 @@ from ._exceptions import (
     parse_error_body,
 )
 from ._executor import Activity, LanePoisonedError, mark_internal_thread, set_exception, set_result
+from ._retry import poll_backoff_s
 
 if TYPE_CHECKING:
     from ._transport import Transport
@@ -54,7 +55,6 @@ _MAX_RESUBMITS = 3  # 410 (future expired) -> re-POST at most this many times pe
 # to 2 s) so a misbehaving server answering 500 instantly cannot turn the poller into a hot loop.
 _5XX_BASE_S = 0.05
 _5XX_MAX_S = 2.0
-_BACKOFF_MAX_S = 30.0  # 429 / connection errors: min(2**n, 30) s
 _BILLING_RESET_S = 300.0  # a 402 incident ends after 5 min without 402
 _PAUSE_WARN_EVERY_S = 60.0
 _WARM_POLLERS = 4  # poller threads kept while calls are tracked; more start on demand ...
@@ -151,8 +151,10 @@ def decide(
     billing_pause_s: float = 5.0,
     billing_max_pause_s: float = 3600.0,
     sequenced: bool = False,
+    wall_clock: Callable[[], float] = time.time,
 ) -> Decision:
-    """Decide what one poll response means (pure; no I/O).
+    """Decide what one poll response means (pure; no I/O; ``wall_clock`` only dates an HTTP-date
+    Retry-After).
 
     Args:
         status, headers, content: the HTTP response.
@@ -182,7 +184,8 @@ def decide(
         return PollAgain(_reset(state, server_errors=n + 1), delay_s=delay)
     if status == 429:
         n = state.backoffs
-        return Backoff(min(2.0 ** min(n, 16), _BACKOFF_MAX_S), attrs.evolve(state, backoffs=n + 1, iteration=state.iteration + 1))
+        delay = poll_backoff_s(n, status=429, headers=hdrs, wall_clock=wall_clock)
+        return Backoff(delay, attrs.evolve(state, backoffs=n + 1, iteration=state.iteration + 1))
     if status == 400 and state.bad_requests < _MAX_BAD_REQUESTS:
         return PollAgain(_reset(state, bad_requests=state.bad_requests + 1))
     if status == 410:
@@ -197,9 +200,9 @@ def decide(
 
 
 def decide_connection_error(exc: APIConnectionError, state: PollState) -> Decision:
-    """A poll got no HTTP response: back off min(2**n, 30) s and poll again."""
+    """A poll got no HTTP response: poll again after 50 ms, doubling to 30 s."""
     n = state.backoffs
-    return Backoff(min(2.0 ** min(n, 16), _BACKOFF_MAX_S), attrs.evolve(state, backoffs=n + 1))
+    return Backoff(poll_backoff_s(n, status=None), attrs.evolve(state, backoffs=n + 1))
 
 
 def _decide_ok(

@@ -16,7 +16,14 @@ from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
-__all__ = ["IDEMPOTENT_POST_PATHS", "SERVER_ERRORS", "RetryPolicy", "parse_http_date", "parse_retry_after"]
+__all__ = [
+    "IDEMPOTENT_POST_PATHS",
+    "SERVER_ERRORS",
+    "RetryPolicy",
+    "parse_http_date",
+    "parse_retry_after",
+    "poll_backoff_s",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +190,30 @@ def parse_retry_after(
     if not math.isfinite(value):
         return None
     return min(max(value, 0.0), max_s)
+
+
+_RECONNECT_FIRST_S = 0.05  # a poll that lost its connection: 50 ms, doubling
+_BUSY_FIRST_S = 1.0  # a poll answered 429 without a hint: 1 s, doubling
+_POLL_BACKOFF_MAX_S = 30.0
+
+
+def poll_backoff_s(
+    backoffs: int, *, status: int | None, headers: Mapping[str, str] | None = None,
+    wall_clock: Callable[[], float] = time.time,
+) -> float:
+    """How long a poller waits after its ``backoffs``-th consecutive 429 or lost connection (0-based).
+
+    A 429 with a usable Retry-After hint waits exactly that; a 429 without one waits 1, 2, 4 ... 30 s.
+    A lost connection (``status`` None) is usually a dropped keep-alive connection or a proxy's reset,
+    so it polls again after 50 ms, then 0.1, 0.2 ... up to 30 s while the errors go on (a poll that
+    stalls stalls every call it serves).
+    """
+    if status == 429:
+        hint = parse_retry_after(headers, now=wall_clock)
+        if hint is not None and hint > 0:
+            return hint
+    first = _RECONNECT_FIRST_S if status is None else _BUSY_FIRST_S
+    return float(min(first * 2.0 ** min(backoffs, 16), _POLL_BACKOFF_MAX_S))
 
 
 def parse_http_date(value: str | None) -> _dt.datetime | None:
