@@ -26,7 +26,7 @@ from ._common import (
     token_list,
 )
 from ._model_input import ModelInput
-from ._numbers import from_wire, numpy_of, to_numbers, to_optional_floats
+from ._numbers import NumberArray, numpy_of, to_numbers, to_optional_floats
 from ._tensor import TensorData
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -230,8 +230,9 @@ def _fill_from_span(seq: SampledSequence, span: WireSpan) -> None:
     set_stop, set_tokens, set_logprobs, set_sequence_id, set_topk = _SETTERS
     stop_reason, body, ts, te, ls, le, _ = span
     set_stop(seq, stop_reason)
-    set_tokens(seq, from_wire(body[ts:te], "I"))
-    set_logprobs(seq, from_wire(body[ls:le], "f") if ls >= 0 else None)
+    # Spans come from little-endian hosts only, their lengths already checked: views of the body as they are.
+    set_tokens(seq, NumberArray(body[ts:te].cast("I"), "I"))
+    set_logprobs(seq, NumberArray(body[ls:le].cast("f"), "f") if ls >= 0 else None)
     set_sequence_id(seq, None)
     set_topk(seq, None)
 
