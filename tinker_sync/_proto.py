@@ -6,7 +6,8 @@ messages, proto3 default elision and explicit presence for ``optional``. Unknown
 Numeric arrays travel as raw little-endian bytes, and no number is touched one by one in Python:
 encoding references each typed buffer (NumberArray) in the body and copies it once (byte-swapped only on
 big-endian hosts); decoding builds the types through trusted constructors around zero-copy views of the
-body, which become Python lists only when a user reads them.
+body, which become Python lists only when a user reads them. A sample response's sequences go further: the
+decoder checks where each one's numbers are and the SampledSequence builds its fields on first read.
 """
 
 from __future__ import annotations

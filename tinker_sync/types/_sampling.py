@@ -152,9 +152,9 @@ def _topk_dense(rows: TopkRows) -> TopkLogprobs:
 class _WireSpans:
     """Base of SampledSequence: room for where a decoded sequence's numbers are in the response body.
 
-    A protobuf decoder (``decoded_sequences``) sets ``stop_reason`` and this span only; the other fields are
-    built on their first read (all at once, as the eager decoder would build them) and kept in their slots,
-    so later reads are plain slot reads. Everything that reads fields goes through attribute access (equality,
+    A protobuf decoder (``decoded_sequences``) sets this span only; the fields are built on the first read of
+    any of them (all at once: views of the body, as the eager decoder builds them) and kept in their slots, so
+    later reads are plain slot reads. Everything that reads fields goes through attribute access (equality,
     repr, pickling, copying, attrs.evolve/asdict, serialisation), so a decoded sequence and an eagerly built
     one behave the same.
     """
