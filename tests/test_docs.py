@@ -58,6 +58,7 @@ def _python_blocks(rst: str) -> list[str]:
 def test_quick_start_script_runs_offline() -> None:
     block = _python_blocks((DOCS / "quickstart.rst").read_text(encoding="utf-8"))[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINKER_")}
+    env["TINKER_SYNC_TOKENIZER_BACKEND"] = "tokenizers"  # as without the [hf] extra (CI); no transformers import
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=300, env=env,
                          check=False)
