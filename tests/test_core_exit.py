@@ -41,11 +41,19 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def _default_sigint() -> None:
+    # A test runner's worker process (pytest-xdist) may ignore SIGINT, and an ignored signal stays
+    # ignored across exec: Python then installs no KeyboardInterrupt handler. The script must get
+    # Ctrl-C as a user's terminal delivers it.
+    if sys.platform != "win32":
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(mode: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(
         [sys.executable, "-c", SCRIPT, mode], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=_default_sigint,  # noqa: PLW1509 - no threads of ours run in the child before exec
     )
 
 
@@ -78,3 +86,39 @@ def test_a_clean_exit_without_close_does_not_wait_for_held_calls() -> None:
         proc.wait()
     assert proc.returncode == 0, err
     assert "ENDED ClientClosedError" in _out, _out + err  # the bounded wait ran out; the calls failed
+
+
+def _blocks_sigint(native_id: int) -> bool:
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    sigblk = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
+    return bool(int(sigblk.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread signal masks from Linux /proc")
+def test_every_thread_of_the_client_and_embedded_server_leaves_ctrl_c_to_the_main_thread(tmp_path: Path) -> None:
+    """The kernel gives a process-directed SIGINT to any thread not blocking it; Python raises
+    KeyboardInterrupt only in the main thread, and a main thread waiting in Future.result() is not
+    woken when another thread took the signal. So every thread tinker_sync starts blocks it."""
+    import threading
+
+    from tinker_sync import ServiceClient, types
+    from tinker_sync.local import LocalTinkerServer
+
+    assert not _blocks_sigint(threading.main_thread().native_id or 0)
+    with LocalTinkerServer(data_dir=tmp_path / "data") as server, \
+            ServiceClient(api_key="tml-exit-test-key-0123", base_url=server.url) as service:
+        model = service.get_server_capabilities().supported_models[0].model_name
+        training = service.create_lora_training_client(model, rank=4)
+        datum = types.Datum(model_input=types.ModelInput.from_ints([1, 2, 3]),
+                            loss_fn_inputs={"target_tokens": [2, 3, 4], "weights": [1.0, 1.0, 1.0]})
+        training.forward_backward([datum], "cross_entropy").result(timeout=60)
+        sampler = training.save_weights_and_get_sampling_client().result(timeout=60)
+        futs = [sampler.sample(types.ModelInput.from_ints([1, 2]), 1, types.SamplingParams(max_tokens=2))
+                for _ in range(8)]
+        assert all(len(f.result(timeout=60).sequences) == 1 for f in futs)
+        ours = [t for t in threading.enumerate() if t.name.startswith("tinker-sync") and t.native_id]
+        names = {t.name.rstrip("0123456789") for t in ours}
+        assert {"tinker-sync-worker-", "tinker-sync-local-http", "tinker-sync-heartbeat"} <= names, names
+        unblocked = [t.name for t in ours if not _blocks_sigint(t.native_id or 0)]
+        assert unblocked == []
+        assert not _blocks_sigint(threading.main_thread().native_id or 0)  # the caller's mask is untouched

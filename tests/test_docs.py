@@ -58,6 +58,7 @@ def _python_blocks(rst: str) -> list[str]:
 def test_quick_start_script_runs_offline() -> None:
     block = _python_blocks((DOCS / "quickstart.rst").read_text(encoding="utf-8"))[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINKER_")}
+    env["TINKER_SYNC_TOKENIZER_BACKEND"] = "tokenizers"  # as without the [hf] extra (CI); no transformers import
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=300, env=env,
                          check=False)
@@ -82,3 +83,13 @@ def test_every_example_is_described_and_tested() -> None:
     for script in sorted(p.name for p in (ROOT / "examples").glob("[!_]*.py")):
         assert f"``{script}``" in described, script
         assert f'"{script}"' in tested, script
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    line = readme.split("Install and run the tests::", 1)[1].strip().splitlines()[0].strip()
+    install, _, command = line.partition(" && ")
+    assert install.startswith("pip install -e") and command.startswith("python -m pytest"), line
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert ci.rstrip().splitlines()[-1] == command.replace("python ", "python3 ", 1)
+    assert "pytest-xdist" in (ROOT / "setup.cfg").read_text(encoding="utf-8")  # -n needs it in the test extra

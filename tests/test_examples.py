@@ -16,6 +16,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def _run(script: str, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINKER_")}
+    # the built-in tokenizer wrapper, as on a machine without the [hf] extra (CI): the examples then
+    # run the same code everywhere, without the seconds transformers and torch take to import
+    env["TINKER_SYNC_TOKENIZER_BACKEND"] = "tokenizers"
     out = subprocess.run([sys.executable, str(EXAMPLES / script), *args], check=False, capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -81,6 +81,16 @@ def test_bad_backend_name() -> None:
         tok_mod.get_tokenizer("tinker-sync/tiny-byte", backend="sentencepiece")  # type: ignore[arg-type]
 
 
+def test_backend_chosen_by_the_environment(tok_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(tok_mod.BACKEND_ENV, "tokenizers")
+    assert isinstance(tok_mod.get_tokenizer(str(tok_dir)), tok_mod.Tokenizer)
+    monkeypatch.setenv(tok_mod.BACKEND_ENV, "sentencepiece")
+    with pytest.raises(ValueError, match="TINKER_SYNC_TOKENIZER_BACKEND must be"):
+        tok_mod.get_tokenizer(str(tok_dir))
+    # an explicit backend= wins over the environment
+    assert isinstance(tok_mod.get_tokenizer(str(tok_dir), backend="tokenizers"), tok_mod.Tokenizer)
+
+
 def test_transformers_backend_matches_the_wrapper(tok_dir: Path) -> None:
     transformers = pytest.importorskip("transformers")
     hf = tok_mod.get_tokenizer(str(tok_dir), backend="transformers")

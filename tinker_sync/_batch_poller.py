@@ -20,7 +20,7 @@ import attrs
 
 from ._decide import new_idempotency_key
 from ._exceptions import APIConnectionError, APIResponseValidationError, from_response, parse_error_body
-from ._executor import mark_internal_thread
+from ._executor import block_exit_signals, mark_internal_thread
 from ._retry import poll_backoff_s
 
 if TYPE_CHECKING:
@@ -545,6 +545,7 @@ class CancelSender:
             return self._thread
 
     def _run(self) -> None:
+        block_exit_signals()
         while not self._stop.is_set():
             with self._lock:
                 batch = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]

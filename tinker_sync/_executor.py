@@ -7,10 +7,12 @@ until it resolves, so ``cancel()``, ``wait()`` and ``as_completed()`` behave as 
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
+import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import (
     CancelledError,
     Future,
@@ -72,9 +74,43 @@ def in_worker_thread() -> bool:
     return getattr(_worker_local, "is_worker", False)
 
 
+_EXIT_SIGNALS = frozenset(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)
+)
+
+
+def block_exit_signals() -> None:
+    """Keep Ctrl-C (SIGINT) and SIGTERM away from the calling thread (one of tinker_sync's own).
+
+    The kernel hands a process-directed signal to any thread that does not block it. Python runs
+    its handler (KeyboardInterrupt) only in the main thread, and a main thread blocked in
+    ``Future.result()`` is not woken when another thread took the signal: the script would sit until
+    its wait timed out. Blocked in every thread tinker_sync starts, the signal reaches the main
+    thread. New threads inherit the mask of the thread that starts them, so this also covers them.
+    """
+    if _EXIT_SIGNALS and hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, _EXIT_SIGNALS)
+
+
+@contextlib.contextmanager
+def exit_signals_blocked() -> Iterator[None]:
+    """Threads started inside this block (in the calling thread) keep exit signals away from them
+    (``block_exit_signals``); the caller's own mask is restored after it."""
+    if not (_EXIT_SIGNALS and hasattr(signal, "pthread_sigmask")):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _EXIT_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def mark_internal_thread() -> None:
-    """Mark the current thread as internal (pollers run chain() callbacks that may submit work)."""
+    """Mark the current thread as internal (pollers run chain() callbacks that may submit work) and
+    keep exit signals away from it (see ``block_exit_signals``)."""
     _worker_local.is_worker = True
+    block_exit_signals()
 
 
 class Activity:
@@ -116,7 +152,7 @@ class Executor:
 
     def _init_thread(self) -> None:
         threading.current_thread().name = f"tinker-sync-worker-{next(self._numbers)}"
-        _worker_local.is_worker = True
+        mark_internal_thread()
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` on a worker; the Future carries its result or exception.

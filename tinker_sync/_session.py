@@ -14,7 +14,7 @@ from ._auth import JwtCredentials, exchange_credential, token_exchange
 from ._batch_poller import PollFeatures
 from ._checks import ServerLimits
 from ._exceptions import APIStatusError, ClientClosedError, NotFoundError
-from ._executor import flatten
+from ._executor import block_exit_signals, flatten
 from ._runtime import Runtime
 
 __all__ = [
@@ -70,6 +70,7 @@ class Heartbeat:
             self.thread.join(timeout=_HEARTBEAT_TIMEOUT_S + 5)
 
     def _loop(self) -> None:
+        block_exit_signals()
         while not self._stop.wait(self._interval_s):
             try:
                 self._runtime.request(

@@ -362,11 +362,19 @@ def _load_transformers(tid: str, local_files: bool) -> Any:
         raise _hub_error(tid, exc) from exc
 
 
+BACKEND_ENV = "TINKER_SYNC_TOKENIZER_BACKEND"
+
+
 def _resolve_backend(backend: str) -> str:
     if backend not in ("auto", "transformers", "tokenizers"):
         raise ValueError(f"backend must be 'auto', 'transformers' or 'tokenizers', got {backend!r}")
     if backend != "auto":
         return backend
+    env = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if env in ("transformers", "tokenizers"):
+        return env
+    if env not in ("", "auto"):
+        raise ValueError(f"{BACKEND_ENV} must be 'auto', 'transformers' or 'tokenizers', got {env!r}")
     import importlib.util
 
     return "transformers" if importlib.util.find_spec("transformers") is not None else "tokenizers"
@@ -383,7 +391,10 @@ def get_tokenizer(
             ``/samplers``): those resolve only to the packaged tokenizer or a hub id, so a buggy or
             hostile server cannot make the client open local files. See ``get_server_tokenizer``.
         backend: ``"auto"`` (transformers when installed, as the official SDK returns; else the
-            tokenizers wrapper), or force ``"transformers"`` / ``"tokenizers"``.
+            tokenizers wrapper), or force ``"transformers"`` / ``"tokenizers"``. Under ``"auto"``,
+            the environment variable ``TINKER_SYNC_TOKENIZER_BACKEND`` may choose one of the two
+            (e.g. the light wrapper for a script that calls ``get_tokenizer()`` where transformers
+            is installed: it saves the seconds transformers and torch take to import).
 
     Returns:
         A transformers ``PreTrainedTokenizerFast`` or a ``Tokenizer`` (both have encode/decode,

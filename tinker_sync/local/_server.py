@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from .._executor import exit_signals_blocked
 from ._api import Answer, Api, Call, HTTPError
 from ._faults import FaultInjector, RecordedRequest
 from ._persist import secret_file
@@ -531,6 +532,12 @@ class LocalTinkerServer:
         if "numpy" not in sys.modules:
             for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 os.environ.setdefault(var, "1")
+        with exit_signals_blocked():  # the server's threads leave Ctrl-C to the main thread (see _executor)
+            self._start_serving()
+        logger.info("local Tinker server listening on %s (data in %s)", self.url, self.data_dir)
+        return self
+
+    def _start_serving(self) -> None:
         self.store = Store(self.data_dir, clock=self.clock)
         self.api = Api(store=self.store, faults=self.faults, clock=self.clock, long_poll_s=self.long_poll_s,
                        base_url=lambda: self.url, engine_module=self._engine_module,
@@ -544,8 +551,6 @@ class LocalTinkerServer:
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="tinker-sync-local-http", daemon=True)
         self._thread.start()
-        logger.info("local Tinker server listening on %s (data in %s)", self.url, self.data_dir)
-        return self
 
     def active_connections(self) -> int:
         """Open client connections right now (each holds one handler thread; see ``max_connections``)."""
