@@ -7,9 +7,9 @@ sleeping, no clock of its own: the runtime's loop sends, sleeps and waits as tol
 
 from __future__ import annotations
 
+import os
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
@@ -41,7 +41,7 @@ _DEFAULT_429_LARGE_PROMPT_S = 5.0
 
 def new_idempotency_key() -> str:
     """A fresh ``X-Idempotency-Key`` value (every attempt of one call carries the same one)."""
-    return f"tinker-sync-{uuid.uuid4().hex}"
+    return f"tinker-sync-{os.urandom(16).hex()}"  # 128 random bits (uuid4: 122), no UUID object
 
 
 def _optional_statuses(values: Iterable[int] | None) -> frozenset[int] | None:
