@@ -2,6 +2,7 @@
 
     python -m tests.bench                                      # tinker_sync (and json) only
     python -m tests.bench --official /venv025/bin/python --official /venv038/bin/python
+    python -m tests.bench --skip-codec --steps 0 --polling per-future     # one sample fan-out only
 
 Two parts, every workload in a fresh subprocess per client:
 
@@ -11,7 +12,11 @@ Two parts, every workload in a fresh subprocess per client:
   the peak RSS growth while building + encoding the 128 x 2,048 request, against its wire size;
 * server: sample calls fanned out from 64 threads and pipelined forward_backward + optim_step against
   the local server in another process: wall time, the client process's own CPU time (user+sys), peak
-  RSS and the most threads alive at once.
+  RSS and the most threads alive at once. The sample fan-out runs twice, against a server offering
+  batched polling (``sample_use_retrieve_futures``: one session-wide retrieve_futures long poll, used by
+  tinker_sync and 0.38) and against one that does not (every sample polled with its own retrieve_future);
+  ``--polling`` picks one. The clients alternate within each repeat; the lowest CPU of each is kept and the
+  range across repeats printed.
 
 Ratios are tinker_sync / official for each official SDK given. Not a test: numbers vary by machine,
 so nothing here asserts a speed.
@@ -86,13 +91,25 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+# The local server in its own process; ``batched`` is its client-config flag sample_use_retrieve_futures
+# (clients that honour it wait on one session-wide retrieve_futures poll instead of polling every sample).
+_SERVER = textwrap.dedent(
+    """
+    import sys, threading
+    from tinker_sync.local import LocalTinkerServer
+    port, data_dir, batched = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+    LocalTinkerServer(port=port, data_dir=data_dir,
+                      client_config_overrides={"sample_use_retrieve_futures": batched}).start()
+    threading.Event().wait()
+    """
+)
+
+
+def _start_server(data_dir: Path, *, batched: bool) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tinker_sync.local", "--port", str(port), "--data-dir", str(data_dir),
-         "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        [sys.executable, "-c", _SERVER, str(port), str(data_dir), "1" if batched else "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -206,29 +223,41 @@ def _official_label(python: str) -> str:
 
 
 def _server_table(clients: list[tuple[str, str, str]], args: argparse.Namespace, tmp: Path) -> None:
-    (tmp / "server").mkdir(exist_ok=True)
-    proc, url = _start_server(tmp / "server")
-    try:
-        print(f"{'client':15} {'workload':22} {'wall s':>8} {'client cpu s':>13} {'cpu ms/call':>12} "
-              f"{'peak rss MB':>12} {'threads':>8}")
-        cpu_per_call: dict[str, float] = {}
-        workloads = (("sample", args.samples, args.samples, args.threads), ("train", args.steps, 2 * args.steps, 1))
-        for kind, n, calls, threads in workloads:
-            for label, python, module in clients:
-                runs = [_run(python, module, url, kind, n, threads) for _ in range(args.repeat)]
-                best = min(runs, key=lambda r: r["cpu_s"])
-                cpu_per_call[f"{label} {kind}"] = 1000 * best["cpu_s"] / calls
-                title = f"{kind} x{n}" + (f" /{threads} thr" if kind == "sample" else "")
-                print(f"{label:15} {title:22} {best['wall_s']:8.2f} {best['cpu_s']:13.3f} "
-                      f"{1000 * best['cpu_s'] / calls:12.3f} {best['peak_rss_mb']:12.1f} "
-                      f"{int(best['peak_threads']):8d}", flush=True)
-        for kind, *_ in workloads:
-            for label, _, _ in clients[1:]:
-                ratio = cpu_per_call[f"tinker_sync {kind}"] / cpu_per_call[f"{label} {kind}"]
-                print(f"client CPU per {kind} call: tinker_sync / {label} = {ratio:.2f}x")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    print(f"{'client':15} {'workload':30} {'wall s':>8} {'client cpu s':>13} {'cpu ms/call':>12} "
+          f"{'peak rss MB':>12} {'threads':>8}")
+    cpu_per_call: dict[str, float] = {}
+    # Sample fan-out against a server that offers batched polling (retrieve_futures: 0.38 and tinker_sync
+    # use it) and one that does not (every client polls each sample with retrieve_future).
+    workloads = [("sample", mode, args.samples, args.samples, args.threads) for mode in args.polling]
+    if args.steps:
+        workloads.append(("train", args.polling[0], args.steps, 2 * args.steps, 1))
+    for kind, mode, n, calls, threads in workloads:
+        data_dir = tmp / f"server-{kind}-{mode}"
+        data_dir.mkdir(exist_ok=True)
+        proc, url = _start_server(data_dir, batched=mode == "batched")
+        try:
+            runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in clients}
+            for _ in range(args.repeat):  # alternate the clients, keep each one's lowest CPU
+                for label, python, module in clients:
+                    runs[label].append(_run(python, module, url, kind, n, threads))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        for label, _, _ in clients:
+            best = min(runs[label], key=lambda r: r["cpu_s"])
+            per_call = [1000 * r["cpu_s"] / calls for r in runs[label]]
+            key = f"{kind} {mode}" if kind == "sample" else kind
+            cpu_per_call[f"{label} {key}"] = min(per_call)
+            title = f"{kind} x{n}" + (f" /{threads} thr, {mode}" if kind == "sample" else "")
+            spread = f"  ({min(per_call):.3f}-{max(per_call):.3f})" if len(per_call) > 1 else ""
+            print(f"{label:15} {title:30} {best['wall_s']:8.2f} {best['cpu_s']:13.3f} "
+                  f"{min(per_call):12.3f} {best['peak_rss_mb']:12.1f} {int(best['peak_threads']):8d}{spread}",
+                  flush=True)
+    for kind, mode, *_ in workloads:
+        key = f"{kind} {mode}" if kind == "sample" else kind
+        for label, _, _ in clients[1:]:
+            ratio = cpu_per_call[f"tinker_sync {key}"] / cpu_per_call[f"{label} {key}"]
+            print(f"client CPU per {key} call: tinker_sync / {label} = {ratio:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,19 +266,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="an interpreter with the official `tinker` SDK installed (repeatable: 0.25 and 0.38)")
     parser.add_argument("--samples", type=int, default=400)
     parser.add_argument("--threads", type=int, default=64, help="fan-out of the sample workload")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=40, help="forward_backward + optim_step pairs (0: skip)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3, help="codec runs per client (best kept)")
     parser.add_argument("--skip-server", action="store_true", help="codec workloads only")
+    parser.add_argument("--skip-codec", action="store_true", help="server workloads only")
+    parser.add_argument("--polling", choices=["batched", "per-future"], action="append", default=None,
+                        help="server polling mode(s) of the sample workload (repeatable; default: both)")
     args = parser.parse_args(argv)
+    args.polling = args.polling or ["batched", "per-future"]
 
     print("command: python -m tests.bench " + " ".join(sys.argv[1:] if argv is None else argv), flush=True)
     officials = [(_official_label(python), python, "tinker") for python in args.official]
     with tempfile.TemporaryDirectory() as tmp:
-        _codec_table([("tinker_sync", sys.executable, "tinker_sync"), *officials,
-                      ("json", sys.executable, "json")], args.rounds, Path(tmp))
-        if not args.skip_server:
+        if not args.skip_codec:
+            _codec_table([("tinker_sync", sys.executable, "tinker_sync"), *officials,
+                          ("json", sys.executable, "json")], args.rounds, Path(tmp))
             print()
+        if not args.skip_server:
             _server_table([("tinker_sync", sys.executable, "tinker_sync"), *officials], args, Path(tmp))
     return 0
 
