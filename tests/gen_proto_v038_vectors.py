@@ -1,6 +1,7 @@
 """Reference bytes for tests/test_proto_v038.py from the official tinker 0.38 protobuf descriptor.
 
-Run with the official SDK's python (not collected by pytest): /path/to/tinker-0.38/bin/python tests/gen_proto_v038_vectors.py
+Run with the official SDK's python (not collected by pytest):
+/path/to/tinker-0.38/bin/python tests/gen_proto_v038_vectors.py
 """
 import math
 import struct

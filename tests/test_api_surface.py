@@ -154,7 +154,11 @@ def _params_problem(official: list[dict[str, Any]], sig: inspect.Signature, *, d
             return f"parameter {p['name']!r} defaults to {mine.default!r}, officially {official_default!r}"
     known = {p["name"] for p in official}
     for p in ours:
-        if p.name not in known and p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if (
+            p.name not in known
+            and p.default is inspect.Parameter.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ):
             return f"extra required parameter {p.name!r}"
     return None
 

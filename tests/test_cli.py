@@ -35,7 +35,9 @@ def test_version_and_usage_errors() -> None:
 
 
 def test_python_dash_m_entry_point() -> None:
-    proc = subprocess.run([sys.executable, "-m", "tinker_sync", "version"], capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinker_sync", "version"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0 and __version__ in proc.stdout
 
 

@@ -75,7 +75,10 @@ def test_blocking_script_trains_saves_samples_and_lists(local_server: Any) -> No
         assert sampler.get_base_model() == MODEL
     # the session was finished and no client thread survives
     assert _posts(local_server, f"/api/v1/sessions/{service.session_id}/finish", at_least=1)
-    assert not [t for t in threading.enumerate() if t.name.startswith("tinker-sync-") and not t.name.startswith("tinker-sync-local") and t.is_alive()]
+    assert not [
+        t for t in threading.enumerate()
+        if t.name.startswith("tinker-sync-") and not t.name.startswith("tinker-sync-local") and t.is_alive()
+    ]
 
 
 # ---- concurrency ----------------------------------------------------------------------------------
@@ -129,7 +132,9 @@ def test_seq_ids_ordered_across_threads(local_server: Any, service: ServiceClien
 # ---- chunking -------------------------------------------------------------------------------------
 
 
-def _forward_with_limits(tmp_path: Any, data: list[types.Datum], **limits: int) -> tuple[types.ForwardBackwardOutput, list[Any]]:
+def _forward_with_limits(
+    tmp_path: Any, data: list[types.Datum], **limits: int
+) -> tuple[types.ForwardBackwardOutput, list[Any]]:
     """forward() on a fresh server whose client config carries ``limits``; returns (output, fwd requests)."""
     from tinker_sync.local import LocalTinkerServer
 

@@ -81,7 +81,8 @@ def test_a_raising_override_does_not_stop_polling(server: ScriptedServer, caplog
 
 
 def test_the_default_hook_warns_once_for_a_pause(server: ScriptedServer, caplog: pytest.LogCaptureFixture) -> None:
-    server.script(RETRIEVE, *[Reply(200, {"type": "try_again", "request_id": "r1", "queue_state": "paused_capacity"})] * 2,
+    server.script(RETRIEVE,
+                  *[Reply(200, {"type": "try_again", "request_id": "r1", "queue_state": "paused_capacity"})] * 2,
                   Reply(200, RESULT))
     sampler = _sampler(server, SamplingClient)
     try:

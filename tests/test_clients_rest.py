@@ -153,7 +153,9 @@ class _Storage:
                 if rng and storage.ranges:
                     start = int(rng.removeprefix("bytes=").rstrip("-"))
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(storage.payload) - 1}/{len(storage.payload)}")
+                    self.send_header(
+                        "Content-Range", f"bytes {start}-{len(storage.payload) - 1}/{len(storage.payload)}"
+                    )
                 else:
                     self.send_response(200)
                 body = storage.payload[start:]

@@ -97,7 +97,9 @@ def test_create_sampling_client_still_needs_one_of_them(server: ScriptedServer) 
 # ---- create_training_client_from_state(..., weights_access_token) -----------------------------
 def _script_from_state(server: ScriptedServer, path: str, **info: Any) -> None:
     """weights_info answers ``info`` (a LoRA rank-8 checkpoint of base/m); create_model and load_weights succeed."""
-    server.default("/api/v1/weights_info", Reply(200, {"base_model": "base/m", "is_lora": True, "lora_rank": 8, **info}))
+    server.default(
+        "/api/v1/weights_info", Reply(200, {"base_model": "base/m", "is_lora": True, "lora_rank": 8, **info})
+    )
     server.default("/api/v1/create_model", Reply(200, {"request_id": "create"}))
     server.default("/api/v1/load_weights", Reply(200, {"request_id": "load"}))
 

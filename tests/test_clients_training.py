@@ -266,7 +266,8 @@ def test_per_datum_validation_says_what_to_fix(local_server: Any, service: Servi
     assert local_server.requests == []
     # a 2-D target (N x K) for cross_entropy is fine: only the first dimension must match
     two_d = types.Datum(model_input=types.ModelInput.from_ints([1, 2]),
-                        loss_fn_inputs={"target_tokens": types.TensorData(data=[2, 5, 3, 6], dtype="int64", shape=[2, 2]),
+                        loss_fn_inputs={"target_tokens": types.TensorData(data=[2, 5, 3, 6], dtype="int64",
+                                                                          shape=[2, 2]),
                                         "weights": types.TensorData(data=[1.0, 0.0, 1.0, 0.0], dtype="float32",
                                                                     shape=[2, 2])})
     assert training.forward([two_d]).result(T).metrics["loss:sum"] > 0

@@ -192,7 +192,9 @@ def test_limits_checks_without_a_server() -> None:
     check_datum_limits([_datum([1] * 50)], ModelLimits(), "fb")  # unknown limits: skipped
     with pytest.raises(ValueError, match=r"target_tokens'\]: token id -1 at position 1 is negative"):
         check_datum_limits([_datum([1, 2], target_tokens=[2, -1])], ModelLimits(), "fb")
-    two_chunks = types.ModelInput(chunks=[types.EncodedTextChunk(tokens=[1, 2]), types.EncodedTextChunk(tokens=[3, 12])])
+    two_chunks = types.ModelInput(
+        chunks=[types.EncodedTextChunk(tokens=[1, 2]), types.EncodedTextChunk(tokens=[3, 12])]
+    )
     with pytest.raises(ValueError, match=r"prompt: token id 12 at position 3 is out"):
         check_prompt_limits(two_chunks, 0, ModelLimits(max_context=None, vocab_size=10), "sample")
     check_prompt_limits(types.ModelInput.from_ints([1, 2]), 2, limits, "sample")

@@ -40,7 +40,8 @@ def _decoded(resp: T.SampleResponse) -> T.SampleResponse:
 
 
 @pytest.mark.parametrize("kw", [{}, {"prompt_logprobs": None, "prompt_cache_hit_tokens": 0},
-                                {"sequences": [], "prompt_cache_hit_tokens": 5}, {"sequences": [_seq("stop", 0, logprobs=False)]}])
+                                {"sequences": [], "prompt_cache_hit_tokens": 5},
+                                {"sequences": [_seq("stop", 0, logprobs=False)]}])
 def test_decoded_response_equals_the_eager_one(kw: dict[str, Any]) -> None:
     resp = _response(**kw)
     back = _decoded(resp)

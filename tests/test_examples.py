@@ -63,7 +63,9 @@ def test_rl_loop_reward_rises_with_ppo() -> None:
 
 def test_batch_sampling_streams_every_prompt_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "samples.jsonl"
-    stdout = _run("batch_sampling.py", "--prompts", "60", "--max-in-flight", "8", "--max-tokens", "4", "--output", str(out))
+    stdout = _run(
+        "batch_sampling.py", "--prompts", "60", "--max-in-flight", "8", "--max-tokens", "4", "--output", str(out)
+    )
     assert "0 already in" in stdout and re.search(r"sampled 60 prompts in .* prompts/s", stdout), stdout
     first = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in first) == list(range(60))
@@ -103,5 +105,7 @@ def test_checkpoints_walkthrough(tmp_path: Path) -> None:
 def test_rl_loop_draws_its_curves(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     png = tmp_path / "rewards.png"
-    stdout = _run("rl_loop.py", "--steps", "2", "--prompts", "2", "--group", "4", "--max-tokens", "4", "--plot", str(png))
+    stdout = _run(
+        "rl_loop.py", "--steps", "2", "--prompts", "2", "--group", "4", "--max-tokens", "4", "--plot", str(png)
+    )
     assert "plot written to" in stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

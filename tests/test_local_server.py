@@ -329,7 +329,9 @@ def test_out_of_order_arrival_and_duplicates_apply_once(api: Api, server: LocalT
     clash = api.post("forward_backward", fwdbwd(mid, 2))
     assert clash.status_code == 409 and "seq_id 2" in clash.json()["detail"]
     # a refused request consumes its seq so later ones are not stuck
-    bad = api.post("forward_backward", {**fwdbwd(mid, 4), "forward_backward_input": {"data": [], "loss_fn": "cross_entropy"}})
+    bad = api.post(
+        "forward_backward", {**fwdbwd(mid, 4), "forward_backward_input": {"data": [], "loss_fn": "cross_entropy"}}
+    )
     assert bad.status_code == 400 and "empty" in bad.json()["detail"]
     api.result(api.post("forward_backward", forward(mid, 5)))
 
@@ -618,7 +620,8 @@ def test_ttl_expiry_with_injected_clock(tmp_path: Path) -> None:
         gone = api.result(api.post("save_weights", {"model_id": mid, "path": "gone", "seq_id": 2,
                                                     "ttl_seconds": 7200}))["path"]
         listed = {c["tinker_path"]: c for c in api.ok("GET", "checkpoints")["checkpoints"]}
-        assert listed[gone]["expires_at"] == datetime.fromtimestamp(now[0] + 7200, UTC).isoformat() and listed[keep]["expires_at"] is None
+        assert listed[gone]["expires_at"] == datetime.fromtimestamp(now[0] + 7200, UTC).isoformat()
+        assert listed[keep]["expires_at"] is None
         ttl_url = f"{api.url}/api/v1/training_runs/{mid}/checkpoints/weights/keep/ttl"
         assert api.s.put(ttl_url, json={"ttl_seconds": 0}, timeout=5).status_code == 400
         for bad in (3599, 10 * 366 * 86400, 10**400, 1e12, True):  # 1 hour .. 10 years, integers only

@@ -27,7 +27,8 @@ def spawn(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tinker_sync.local", "--port", "0", "--data-dir", str(data_dir), "--long-poll", "1",
-         "--no-tokenizer-install", "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+         "--no-tokenizer-install", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert "listening on" in line, line

@@ -89,7 +89,9 @@ def test_huge_sparse_tensor_from_a_tiny_body_is_a_400(api: Api) -> None:
 
     datum["loss_fn_inputs"]["weights"] = {"data": [], "dtype": "float32", "shape": [n, 10**9],
                                           "sparse_crow_indices": [0] * (n + 1), "sparse_col_indices": []}
-    proto = _proto.encode_forward_backward_request(_serde.parse_request(fwdbwd(mid, 3, [datum]), ForwardBackwardRequest))
+    proto = _proto.encode_forward_backward_request(
+        _serde.parse_request(fwdbwd(mid, 3, [datum]), ForwardBackwardRequest)
+    )
     r = api.s.post(f"{api.url}/api/v1/forward_backward", data=proto, timeout=30,
                    headers={"Content-Type": "application/x-protobuf"})
     assert len(proto) < 1000 and "limit" in _detail(r, 400)  # the same check on the protobuf path
@@ -107,7 +109,9 @@ def test_unknown_fields_are_refused_by_name(api: Api) -> None:
     r = api.post("optim_step", {**optim(mid, 1), "momentum": 0.5})
     assert "'momentum'" in _detail(r, 400)
     # an optimizer request never runs as another optimizer
-    r = api.post("optim_step", {"model_id": mid, "seq_id": 2, "optimizer_params": {"type": "dimuon", "learning_rate": 1}})
+    r = api.post(
+        "optim_step", {"model_id": mid, "seq_id": 2, "optimizer_params": {"type": "dimuon", "learning_rate": 1}}
+    )
     assert "'adamw' optimizer" in _detail(r, 400)
     r = api.post("optim_step", {"model_id": mid, "seq_id": 3, "optimizer_params": {"type": "lion", "learning_rate": 1}})
     assert "lion" in _detail(r, 400)

@@ -120,7 +120,9 @@ def test_official_sdk_train_and_sample(server: LocalTinkerServer, tmp_path: Path
     script = tmp_path / "flow.py"
     script.write_text(FLOW)
     env = {**os.environ, "TINKER_TELEMETRY": "0"}
-    out = subprocess.run([SDK_PYTHON, str(script), server.url], capture_output=True, text=True, timeout=240, env=env, check=False)
+    out = subprocess.run(
+        [SDK_PYTHON, str(script), server.url], capture_output=True, text=True, timeout=240, env=env, check=False
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "SDK-INTEROP-OK" in out.stdout
 

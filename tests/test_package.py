@@ -32,7 +32,10 @@ def test_official_top_level_names_are_there() -> None:
 
 
 def test_importing_the_client_loads_neither_numpy_nor_the_local_server() -> None:
-    code = "import sys, tinker_sync; print(sorted(m for m in ('numpy', 'tinker_sync.local', 'torch') if m in sys.modules))"
+    code = (
+        "import sys, tinker_sync; "
+        "print(sorted(m for m in ('numpy', 'tinker_sync.local', 'torch') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -286,7 +286,9 @@ def test_038_user_metadata_and_project_positional(local_server: Any) -> None:
 
 
 def test_038_adam_optimizer_config(sc: tinker.ServiceClient, local_server: Any) -> None:
-    tc = sc.create_lora_training_client(base_model=MODEL, rank=4, optimizer=tinker.types.AdamOptimizerConfig()).result(T)
+    tc = sc.create_lora_training_client(
+        base_model=MODEL, rank=4, optimizer=tinker.types.AdamOptimizerConfig()
+    ).result(T)
     tc.forward_backward(_data(tc.get_tokenizer()), "cross_entropy").result(T)
     tc.optim_step(tinker.types.AdamParams(learning_rate=1e-3)).result(T)
     (create,) = _posted(local_server, "/api/v1/create_model")

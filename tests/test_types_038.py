@@ -70,7 +70,9 @@ def test_session_search_validation() -> None:
 
 
 def test_unions_structure_by_their_tag() -> None:
-    got = _serde.loads({"completions": [{"state": "failed", "request_id": "r"}], "cursor": 2}, T.FuturesRetrieveResponse)
+    got = _serde.loads(
+        {"completions": [{"state": "failed", "request_id": "r"}], "cursor": 2}, T.FuturesRetrieveResponse
+    )
     assert got.completions == [T.FutureFailed(request_id="r")]
     event = {"event": "GENERIC_EVENT", "event_id": "e", "event_name": "n", "event_session_index": 0,
              "severity": "INFO", "timestamp": "2031-01-01T00:00:00Z"}

@@ -122,7 +122,9 @@ def test_auto_without_transformers_is_the_wrapper(monkeypatch: pytest.MonkeyPatc
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a)
+    )
     tok = tok_mod.get_tokenizer("tinker-sync/tiny-byte")
     assert isinstance(tok, tok_mod.Tokenizer)
     assert tok.decode(tok.encode("abc", add_special_tokens=False)) == "abc"

@@ -322,7 +322,9 @@ class JwtCredentials:
             with self._lock:
                 if self._times is not None:
                     self._times = attrs.evolve(self._times, refresh_at=now + _RETRY_DELAY_S)
-            logger.warning("JWT refresh failed (the current token stays in use; retry in %.0f s): %s", _RETRY_DELAY_S, exc)
+            logger.warning(
+                "JWT refresh failed (the current token stays in use; retry in %.0f s): %s", _RETRY_DELAY_S, exc
+            )
             return cached
 
     def _fetch_or_fallback(self) -> str:

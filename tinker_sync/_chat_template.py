@@ -25,7 +25,9 @@ def select_chat_template(template: Any, name: str | None = None) -> str | None:
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
         chosen = named.get(name or "default")
         if chosen is None and name is not None:
-            raise ChatTemplateError(f"the tokenizer has no chat template named {name!r}; it has {sorted(str(k) for k in named)}")
+            raise ChatTemplateError(
+                f"the tokenizer has no chat template named {name!r}; it has {sorted(str(k) for k in named)}"
+            )
         return chosen if isinstance(chosen, str) else None
     raise ChatTemplateError(f"chat_template must be a str or a list of named templates, got {type(template).__name__}")
 

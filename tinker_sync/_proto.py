@@ -426,7 +426,9 @@ def _check_offsets(offsets: list[int], num_datums: int, nbytes: int, itemsize: i
         )
     for i in range(num_datums):
         if offsets[i + 1] < offsets[i]:
-            raise ProtoDecodeError(f"{where}.offsets must be non-decreasing (datum {i}: {offsets[i]} > {offsets[i + 1]})")
+            raise ProtoDecodeError(
+                f"{where}.offsets must be non-decreasing (datum {i}: {offsets[i]} > {offsets[i + 1]})"
+            )
         if (offsets[i + 1] - offsets[i]) % itemsize:
             raise ProtoDecodeError(f"{where} datum {i}: {offsets[i + 1] - offsets[i]} bytes is not a whole number "
                                    f"of {itemsize}-byte items")

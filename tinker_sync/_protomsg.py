@@ -143,7 +143,9 @@ def decode_tensor(data: memoryview, where: str) -> TensorData:
     if csr is None:
         values = wire_numbers(dtype_enum, dense if dense is not None else _EMPTY, f"{where}.dense")
         if shape and math.prod(shape) != len(values):
-            raise ProtoDecodeError(f"{where}: shape {shape} holds {math.prod(shape)} elements but data has {len(values)}")
+            raise ProtoDecodeError(
+                f"{where}: shape {shape} holds {math.prod(shape)} elements but data has {len(values)}"
+            )
         return trusted_tensor(values, dtype, shape or None)  # type: ignore[arg-type]
     parts: dict[int, memoryview] = {}
     for f, wt, v in fields(csr, f"{where}.sparse_csr"):

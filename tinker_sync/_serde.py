@@ -108,7 +108,8 @@ def _b64decode(value: Any, _: Any) -> bytes:
 
 # Leaf types whose validation (and int/float normalisation) the attrs classes do themselves.
 _PASSTHROUGH_LEAVES = (int, float, str, bool)
-_FAST_LISTS = (list[int], list[float], list[int | float], list[float | None], list[str])  # each field of these types checks its own items
+# Each field of these types checks its own items.
+_FAST_LISTS = (list[int], list[float], list[int | float], list[float | None], list[str])
 
 
 def configure_converter(c: cattrs.Converter) -> None:

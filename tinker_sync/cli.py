@@ -248,7 +248,11 @@ def cmd_checkpoint_info(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_checkpoint_publish(args: argparse.Namespace, out: TextIO) -> int:
     rest = _rest(args)
-    fn = rest.publish_checkpoint_from_tinker_path if args.command == "publish" else rest.unpublish_checkpoint_from_tinker_path
+    fn = (
+        rest.publish_checkpoint_from_tinker_path
+        if args.command == "publish"
+        else rest.unpublish_checkpoint_from_tinker_path
+    )
     fn(_check_path(args.path)).result(_TIMEOUT_S)
     return 0
 
@@ -322,7 +326,9 @@ def cmd_checkpoint_delete(args: argparse.Namespace, out: TextIO) -> int:
     deleted = len(paths) - len(failed)
     _emit(
         args, out, {"deleted_count": deleted, "failed": failed},
-        lambda: "\n".join([f"Deleted {deleted} checkpoint(s)"] + [f"Failed: {x['tinker_path']}: {x['error']}" for x in failed]),
+        lambda: "\n".join(
+            [f"Deleted {deleted} checkpoint(s)"] + [f"Failed: {x['tinker_path']}: {x['error']}" for x in failed]
+        ),
     )
     return 1 if failed else 0
 
@@ -402,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = tok_sub.add_parser("install", parents=[fmt],
                            help="make the local models' tokenizers loadable offline from the Hugging Face hub cache")
     p.add_argument("--cache-dir", default=None,
-                   help="hub cache directory (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)")
+                   help="hub cache directory "
+                        "(default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)")
     p.set_defaults(func=cmd_tokenizers_install)
 
     run = sub.add_parser("run", help="training runs", parents=[fmt])

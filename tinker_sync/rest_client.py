@@ -243,7 +243,9 @@ class RestClient:
             f"/api/v1/training_runs/{training_run_id}", types.TrainingRun, {"access_scope": _check_scope(access_scope)}
         )
 
-    def get_training_run_by_tinker_path(self, tinker_path: str, access_scope: str = "owned") -> Future[types.TrainingRun]:
+    def get_training_run_by_tinker_path(
+        self, tinker_path: str, access_scope: str = "owned"
+    ) -> Future[types.TrainingRun]:
         """The training run owning a checkpoint path. Returns Future[TrainingRun]."""
         return self.get_training_run(_parse(tinker_path).training_run_id, access_scope)
 
@@ -329,7 +331,9 @@ class RestClient:
         The server accepts 1 hour (3600) to 10 years and answers BadRequestError (400) outside that.
         """
         p = _parse(tinker_path)
-        if ttl_seconds is not None and (isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0):
+        if ttl_seconds is not None and (
+            isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0
+        ):
             raise ValueError(f"ttl_seconds must be a positive int, or None to remove the expiry; got {ttl_seconds!r}")
         path = self._ckpt_path(p.training_run_id, p.checkpoint_id) + "/ttl"
         body = {"ttl_seconds": ttl_seconds}  # null must be sent explicitly to remove the expiry
@@ -369,7 +373,9 @@ class RestClient:
         for attempt in range(building_attempts):
             last = attempt == building_attempts - 1
             try:
-                resp = runtime.request("GET", path, return_response=True, retry_statuses=None if last else _ARCHIVE_RETRY)
+                resp = runtime.request(
+                    "GET", path, return_response=True, retry_statuses=None if last else _ARCHIVE_RETRY
+                )
             except APIStatusError as exc:
                 if exc.status_code != 503 or last:
                     raise
@@ -490,7 +496,9 @@ class RestClient:
         return self._runtime.spawn(fetch, name=f"checkpoint download {tinker_path}")
 
     # ---- sessions and samplers ----------------------------------------------------------
-    def list_sessions(self, limit: int = 20, offset: int = 0, access_scope: str = "owned") -> Future[types.ListSessionsResponse]:
+    def list_sessions(
+        self, limit: int = 20, offset: int = 0, access_scope: str = "owned"
+    ) -> Future[types.ListSessionsResponse]:
         """One page of session ids. Returns Future[ListSessionsResponse]."""
         _check_page(limit, offset)
         return self._get(
@@ -513,7 +521,9 @@ class RestClient:
     def get_session(self, session_id: str, access_scope: str = "owned") -> Future[types.GetSessionResponse]:
         """Training runs and samplers of a session. Returns Future[GetSessionResponse]."""
         _check_str(session_id, "session_id")
-        return self._get(f"/api/v1/sessions/{session_id}", types.GetSessionResponse, {"access_scope": _check_scope(access_scope)})
+        return self._get(
+            f"/api/v1/sessions/{session_id}", types.GetSessionResponse, {"access_scope": _check_scope(access_scope)}
+        )
 
     def get_sampler(self, sampler_id: str) -> Future[types.GetSamplerResponse]:
         """Returns Future[GetSamplerResponse] (``base_model``, ``model_path``)."""
@@ -561,7 +571,9 @@ class RestClient:
                         )
                     return resp.url
                 if resp.status == "failed":
-                    raise TraceExportError(f"trace export of session {session_id} failed: {resp.error or 'unknown error'}")
+                    raise TraceExportError(
+                        f"trace export of session {session_id} failed: {resp.error or 'unknown error'}"
+                    )
                 if time.monotonic() + poll_interval_s > deadline:
                     raise TraceExportTimeoutError(
                         f"trace export of session {session_id} not ready after {timeout_s:.0f} s"

@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 
 _HEARTBEAT_INTERVAL_S = 10.0
 _DEFAULT_CLOSE_TIMEOUT_S = 300.0
-_CONFIG_FIELDS = frozenset(a.name for a in attrs.fields(ClientConfig) if a.init and a.name not in ("api_key", "base_url"))
+_CONFIG_FIELDS = frozenset(
+    a.name for a in attrs.fields(ClientConfig) if a.init and a.name not in ("api_key", "base_url")
+)
 
 
 def _timeouts_from(timeout: Any) -> dict[str, float]:
@@ -57,7 +59,10 @@ def _tags_from_env() -> list[str]:
 
 
 def _config_overrides(
-    overrides: dict[str, Any], timeout: Any, max_retries: int | None, default_headers_overrides: Mapping[str, str] | None
+    overrides: dict[str, Any],
+    timeout: Any,
+    max_retries: int | None,
+    default_headers_overrides: Mapping[str, str] | None,
 ) -> dict[str, Any]:
     """``overrides`` (ClientConfig fields) with the official SDK's knobs mapped onto them."""
     unknown = sorted(set(overrides) - _CONFIG_FIELDS)
@@ -67,7 +72,9 @@ def _config_overrides(
             f"named ones: the ClientConfig fields {', '.join(sorted(_CONFIG_FIELDS))}"
         )
     if default_headers_overrides is not None:
-        overrides["default_headers"] = {**dict(overrides.get("default_headers") or {}), **dict(default_headers_overrides)}
+        overrides["default_headers"] = {
+            **dict(overrides.get("default_headers") or {}), **dict(default_headers_overrides)
+        }
     if timeout is not None:
         overrides.update(_timeouts_from(timeout))
     if max_retries is not None:
@@ -213,7 +220,9 @@ class ServiceClient:
             rank=rank, seed=seed, train_unembed=train_unembed, train_mlp=train_mlp, train_attn=train_attn
         )
         metadata = check_user_metadata(user_metadata, "create_lora_training_client")
-        if optimizer is not None and not isinstance(optimizer, (types.AdamOptimizerConfig, types.DimuonOptimizerConfig)):
+        if optimizer is not None and not isinstance(
+            optimizer, (types.AdamOptimizerConfig, types.DimuonOptimizerConfig)
+        ):
             raise TypeError(
                 "create_lora_training_client: optimizer must be types.AdamOptimizerConfig() or "
                 f"types.DimuonOptimizerConfig(), got {type(optimizer).__name__}"
@@ -296,7 +305,9 @@ class ServiceClient:
             flags = {
                 k: v
                 for k, v in (
-                    ("train_mlp", info.train_mlp), ("train_attn", info.train_attn), ("train_unembed", info.train_unembed)
+                    ("train_mlp", info.train_mlp),
+                    ("train_attn", info.train_attn),
+                    ("train_unembed", info.train_unembed),
                 )
                 if v is not None
             }

@@ -344,7 +344,10 @@ class TrainingClient:
     def save_weights_for_sampler(
         self, name: str, ttl_seconds: int | None = None, user_metadata: dict[str, str] | None = None
     ) -> Future[types.SaveWeightsForSamplerResponse]:
-        """Save sampler weights as ``tinker://RUN/sampler_weights/NAME``. Returns Future[SaveWeightsForSamplerResponse]."""
+        """Save sampler weights as ``tinker://RUN/sampler_weights/NAME``.
+
+        Returns Future[SaveWeightsForSamplerResponse].
+        """
         check_name(name, "save_weights_for_sampler")
         request = types.SaveWeightsForSamplerRequest(
             model_id=self.model_id, path=name, ttl_seconds=check_ttl(ttl_seconds, "save_weights_for_sampler"),
@@ -375,7 +378,9 @@ class TrainingClient:
             raise TypeError(f"{where}: age_encryption_recipients must be a list of non-empty str or None")
         request = types.SaveWeightsExternalRequest(
             model_id=self.model_id, path=name, ttl_seconds=ttl,
-            age_encryption_recipients=list(age_encryption_recipients) if age_encryption_recipients is not None else None,
+            age_encryption_recipients=(
+                list(age_encryption_recipients) if age_encryption_recipients is not None else None
+            ),
         )
         fut = self._simple(
             "/api/v1/save_weights_external", "SaveWeightsExternal", types.SaveWeightsExternalResponseInternal,
@@ -411,8 +416,8 @@ class TrainingClient:
         def make(resp: types.SaveWeightsForSamplerResponseInternal) -> SamplingClient:
             if not resp.sampling_session_id:
                 raise ValueError("unnamed save_weights_for_sampler returned no sampling_session_id")
-            return SamplingClient(self._session, sampling_session_id=resp.sampling_session_id, base_model=self._base_model,
-                                  record_stability_info=record_stability_info)
+            return SamplingClient(self._session, sampling_session_id=resp.sampling_session_id,
+                                  base_model=self._base_model, record_stability_info=record_stability_info)
 
         return SamplingClientFuture.following(chain(self._save_for_sampler(request, where), make))
 

@@ -103,7 +103,9 @@ def train(client: TrainingClient, steps: int, *, seed: int, window: int, timeout
     for step in range(steps):
         if outcome.error is not None:
             break
-        pending.append((step, client.forward_backward(batch_for(step, seed, datums), "cross_entropy"), client.optim_step(adam)))
+        pending.append(
+            (step, client.forward_backward(batch_for(step, seed, datums), "cross_entropy"), client.optim_step(adam))
+        )
         if on_submitted is not None:
             on_submitted(step, [f for _, fb, opt in pending for f in (fb, opt) if not f.done()])
         while len(pending) >= window:

@@ -76,7 +76,8 @@ def _sample_worker(sampler: SamplingClient, indices: range, out: _Samples, deadl
 
 def _fan_out(sampler: SamplingClient, opts: FaultsOptions, deadline: float) -> _Samples:
     out = _Samples()
-    threads = [threading.Thread(target=_sample_worker, args=(sampler, range(t, opts.samples, opts.threads), out, deadline),
+    threads = [threading.Thread(target=_sample_worker,
+                                args=(sampler, range(t, opts.samples, opts.threads), out, deadline),
                                 name=f"soak-sampler-{t}", daemon=True) for t in range(opts.threads)]
     for t in threads:
         t.start()

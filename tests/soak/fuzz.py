@@ -41,8 +41,9 @@ _PROTO = "application/x-protobuf"
 _HUGE_INT = "1" + "0" * 400
 _VALUES: list[tuple[str, str]] = [
     ("null", "null"), ("true", "true"), ("string", '"x"'), ("-1", "-1"), ("0", "0"), ("float", "1.5"),
-    ("1e12", "1e12"), ("10**12", str(10**12)), ("2**63", str(2**63)), ("-2**63-1", str(-(2**63) - 1)), ("int beyond float", _HUGE_INT),
-    ("-int beyond float", "-" + _HUGE_INT), ("1e400 (inf)", "1e400"), ("NaN", "NaN"), ("-Infinity", "-Infinity"),
+    ("1e12", "1e12"), ("10**12", str(10**12)), ("2**63", str(2**63)), ("-2**63-1", str(-(2**63) - 1)),
+    ("int beyond float", _HUGE_INT), ("-int beyond float", "-" + _HUGE_INT), ("1e400 (inf)", "1e400"),
+    ("NaN", "NaN"), ("-Infinity", "-Infinity"),
     ("empty list", "[]"), ("empty object", "{}"), ("lone surrogate", '"\\ud800"'),
     ("surrogate in text", '"run\\udfffx"'), ("long string", json.dumps("a" * 100_000)),
     ("list of nulls", "[null, null]"), ("nested 5000", "[" * 5000 + "]" * 5000),
@@ -57,7 +58,8 @@ _SPARSE = [  # TensorData values (for a 2-token datum) with shapes the data cann
      "sparse_col_indices": [0]},
     {"data": [1.0], "dtype": "float32", "shape": [2, 2**62], "sparse_crow_indices": [0, 1, 1],
      "sparse_col_indices": [0]},
-    {"data": [1.0], "dtype": "float32", "shape": [2**31, 2**31], "sparse_crow_indices": [0, 1], "sparse_col_indices": [0]},
+    {"data": [1.0], "dtype": "float32", "shape": [2**31, 2**31], "sparse_crow_indices": [0, 1],
+     "sparse_col_indices": [0]},
     {"data": [1.0], "dtype": "float32", "shape": [10**30]},
     {"data": [1.0], "dtype": "float32", "shape": [-1]},
     {"data": [1.0], "dtype": "complex128", "shape": [1]},
@@ -125,7 +127,8 @@ def _client_built_cases(proxy: FaultProxy) -> tuple[list[Case], ServiceClient]:
             _quietly(training.forward_backward, [datum], "cross_entropy")
             for req in proxy.recorded[mark:]:
                 if req.path == "/api/v1/forward_backward":
-                    cases.append(Case("POST forward_backward", f"client-built sparse weights of shape {shape} (protobuf)",
+                    cases.append(Case("POST forward_backward",
+                                      f"client-built sparse weights of shape {shape} (protobuf)",
                                       req.method, req.path, req.body, req.headers))
     except BaseException:
         close_bounded(client)
@@ -160,7 +163,8 @@ def record_templates(server: ServerProcess) -> tuple[list[ProxiedRequest], list[
                          lambda: rest.list_checkpoints(run_id), lambda: rest.list_user_checkpoints(),
                          lambda: rest.list_sessions(), lambda: rest.get_session(client.session_id),
                          lambda: rest.assign_session_project(client.session_id, "fuzz"),
-                         lambda: rest.get_audit_log(), lambda: rest.get_billing_usage("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
+                         lambda: rest.get_audit_log(),
+                         lambda: rest.get_billing_usage("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
                          lambda: rest.whoami()):
                 _quietly(call)
             if state is not None:
@@ -185,7 +189,8 @@ def _fill_missing(templates: dict[str, list[ProxiedRequest]], session_id: str, m
     headers = (("X-API-Key", _KEY), ("Content-Type", "application/json"))
     tensor = {"data": [101, 108], "dtype": "int64", "shape": [2]}
     datum = {"model_input": {"chunks": [{"tokens": [104, 101], "type": "encoded_text"}]},
-             "loss_fn_inputs": {"target_tokens": tensor, "weights": {"data": [1.0, 1.0], "dtype": "float32", "shape": [2]}}}
+             "loss_fn_inputs": {"target_tokens": tensor,
+                                "weights": {"data": [1.0, 1.0], "dtype": "float32", "shape": [2]}}}
     fb_input = {"data": [datum], "loss_fn": "cross_entropy", "loss_fn_config": {"clip": 1.0}}
     json_forms = {
         "forward_backward": {"forward_backward_input": fb_input, "model_id": model_id, "seq_id": 10_000},

@@ -205,7 +205,9 @@ class Adapter:
             target = self.params[module][idx]
             value = tensors[name].T
             if value.shape != target.shape:
-                raise ValueError(f"tensor {name} has shape {list(tensors[name].shape)}, expected {list(target.T.shape)}")
+                raise ValueError(
+                    f"tensor {name} has shape {list(tensors[name].shape)}, expected {list(target.T.shape)}"
+                )
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"tensor {name} contains non-finite values")
             target[...] = value

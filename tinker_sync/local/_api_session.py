@@ -117,7 +117,9 @@ class SessionApi(ApiBase):
         row = self.session(call, call.params["id"], "sessions/finish")
         body = call.json()
         if not isinstance(body.get("reason"), dict):
-            raise HTTPError(400, "sessions/finish: 'reason' must be {\"type\": \"success\"|\"errored\"|\"interrupted\"}")
+            raise HTTPError(
+                400, "sessions/finish: 'reason' must be {\"type\": \"success\"|\"errored\"|\"interrupted\"}"
+            )
         req, _ = parse_body(body, FinishSessionRequest, "sessions/finish")
         self.store.finish_session(row.session_id, req.reason.type, req.detail)
         return {}

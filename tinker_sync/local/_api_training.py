@@ -351,7 +351,8 @@ class TrainingApi(LiveApi):
         sid = f"{model.session_id}:sample:{sampling_seq}"
         snap = self.ready(model).snapshot()
         if path is None:  # unsaved weights: keep a copy so the sampler survives a restart
-            self.live.save_sampler(sid, {f"p|{m}|{i}": t for m, pair in snap.params.items() for i, t in enumerate(pair)},
+            self.live.save_sampler(sid,
+                                   {f"p|{m}|{i}": t for m, pair in snap.params.items() for i, t in enumerate(pair)},
                                    {"base_model": model.base_model, "lora": self.adapter_cfg(snap)})
         with self.lock:
             self.samplers[sid] = LiveSampler(sid, model.owner, model.base_model, path, snap, loaded=True,
@@ -464,7 +465,9 @@ class TrainingApi(LiveApi):
 
     def weights_info(self, call: Call) -> Any:
         req, _ = call.parse(WeightsInfoRequest)
-        _, run = self.checkpoint_by_path(call, req.tinker_path, kinds=("weights", "sampler_weights", "external_weights"))
+        _, run = self.checkpoint_by_path(
+            call, req.tinker_path, kinds=("weights", "sampler_weights", "external_weights")
+        )
         cfg = run.lora_config
         return {"base_model": run.base_model, "is_lora": True, "lora_rank": cfg.get("rank"),
                 "train_unembed": cfg.get("train_unembed", True), "train_mlp": cfg.get("train_mlp", True),

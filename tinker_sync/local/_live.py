@@ -82,7 +82,7 @@ class SampleOut:
         return out
 
     def _tensors(self) -> dict[str, Any]:
-        """The 0.38 tensor results as wire types: target_prompt_logprobs (CSR when the request was), prompt_alt_tokens."""
+        """The 0.38 tensor results as wire types: target_prompt_logprobs (CSR if the request was), prompt_alt_tokens."""
         from ..types import PromptAltTokens, TensorData
 
         r = self.result

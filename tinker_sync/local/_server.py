@@ -319,7 +319,9 @@ class _Handler(BaseHTTPRequestHandler):
         if unread_body:
             self._lingering_close()
 
-    def _answer(self, method: str, path: str, query: str, body: bytes) -> tuple[int, bytes, str, Mapping[str, str]] | None:
+    def _answer(
+        self, method: str, path: str, query: str, body: bytes
+    ) -> tuple[int, bytes, str, Mapping[str, str]] | None:
         """Route, apply the scripted faults, authenticate and call the endpoint (None = drop the connection)."""
         owner = self.server.owner
         _, op, fn_name, needs_auth, params = self._route(method, path)

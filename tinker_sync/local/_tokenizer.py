@@ -170,8 +170,8 @@ def install_hub_cache(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Make every local model's tokenizer loadable offline from the hub cache; returns the cache directory.
 
     Writes ``models--tinker-sync--<name>/snapshots/<rev>/{tokenizer.json, tokenizer_config.json,
-    special_tokens_map.json, config.json}`` and ``refs/main`` (= ``<rev>``, a hash of the files, so reinstalling the same
-    files changes nothing and new files get a new snapshot). ``cache_dir=None`` uses :func:`default_hub_cache`.
+    special_tokens_map.json, config.json}`` and ``refs/main`` (= ``<rev>``, a hash of the files, so reinstalling the
+    same files changes nothing and new files get a new snapshot). ``cache_dir=None`` uses :func:`default_hub_cache`.
     Files are written to a temporary name and renamed, so a concurrent reader never sees half a file.
 
     Raises:

@@ -240,7 +240,9 @@ def _conv(fn: Any) -> Any:
 
 def str_field(*, default: Any = attrs.NOTHING, **kw: Any) -> Any:
     optional = default is None
-    return attrs.field(default=default, converter=_conv(lambda v, s, f: check_str(v, _where(s, f), optional=optional)), **kw)
+    return attrs.field(
+        default=default, converter=_conv(lambda v, s, f: check_str(v, _where(s, f), optional=optional)), **kw
+    )
 
 
 def int_field(*, default: Any = attrs.NOTHING, minimum: int | None = None, **kw: Any) -> Any:
@@ -279,7 +281,9 @@ def float_field(
 
 def bool_field(*, default: Any = attrs.NOTHING, **kw: Any) -> Any:
     optional = default is None
-    return attrs.field(default=default, converter=_conv(lambda v, s, f: check_bool(v, _where(s, f), optional=optional)), **kw)
+    return attrs.field(
+        default=default, converter=_conv(lambda v, s, f: check_bool(v, _where(s, f), optional=optional)), **kw
+    )
 
 
 def choice_field(choices: tuple[str, ...], *, default: Any = attrs.NOTHING, **kw: Any) -> Any:

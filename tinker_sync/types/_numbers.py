@@ -318,8 +318,12 @@ def to_optional_floats(value: Any, code: str, where: str) -> NumberArray:
             filled = [nan if x is None else x for x in items]
             if not _PLAIN_NUMBERS.issuperset(map(type, filled)):  # C-level: only plain floats/ints skip the loop
                 for i, item in enumerate(items):
-                    if item is not None and (isinstance(item, (bool, str, bytes)) or not isinstance(item, (int, float))):
-                        raise TypeError(f"{where} must be a list of float or None; item {i} is {_describe(item)}") from None
+                    if item is not None and (
+                        isinstance(item, (bool, str, bytes)) or not isinstance(item, (int, float))
+                    ):
+                        raise TypeError(
+                            f"{where} must be a list of float or None; item {i} is {_describe(item)}"
+                        ) from None
             out = NumberArray(array(code, filled), code)
     return NumberArray(_cast(out.raw(), code), code, nan_as_none=True)
 

@@ -273,7 +273,10 @@ def _topk(value: Any, self_: Any, field: Any) -> Any:
                 tok, lp = pair
             except (TypeError, ValueError):
                 raise TypeError(f"{where}[{i}] must hold (token_id, logprob) pairs; got {_describe(pair)}") from None
-            if isinstance(tok, bool) or not isinstance(tok, int) or isinstance(lp, bool) or not isinstance(lp, (int, float)):
+            if (
+                isinstance(tok, bool) or not isinstance(tok, int)
+                or isinstance(lp, bool) or not isinstance(lp, (int, float))
+            ):
                 raise TypeError(f"{where}[{i}] must hold (int token_id, float logprob) pairs; got {_describe(pair)}")
             pairs.append((tok, float(lp)))
         out.append(pairs)

@@ -108,7 +108,8 @@ def _list_to_tensor(key: str, value: list[Any] | tuple[Any, ...] | NumberArray) 
     if dtype is None:
         raise ValueError(
             f"Datum.loss_fn_inputs[{key!r}] is a plain list, but the dtype of key {key!r} is unknown; "
-            f"pass a TensorData (or a numpy array) instead. Lists are accepted for: {', '.join(sorted(_LIST_KEY_DTYPES))}"
+            f"pass a TensorData (or a numpy array) instead. "
+            f"Lists are accepted for: {', '.join(sorted(_LIST_KEY_DTYPES))}"
         )
     if value and isinstance(value[0], (list, tuple)):
         ncols = len(value[0])
@@ -171,7 +172,9 @@ class Datum:
 
     def __attrs_post_init__(self) -> None:
         if (self.model_input_spans is None) != (self.loss_fn_input_spans is None):
-            raise ValueError("Datum provenance comes as a pair: set both model_input_spans and loss_fn_input_spans or neither")
+            raise ValueError(
+                "Datum provenance comes as a pair: set both model_input_spans and loss_fn_input_spans or neither"
+            )
 
     def with_provenance(self, model_input: ProvenanceSpans, loss_fn_inputs: ProvenanceSpans) -> Datum:
         """A copy carrying provenance spans for ``model_input`` and ``loss_fn_inputs["target_tokens"]``.
@@ -232,7 +235,9 @@ class ForwardBackwardRequest:
                 raise TypeError("ForwardBackwardRequest needs forward_backward_input (or data and loss_fn)")
             forward_backward_input = ForwardBackwardInput(data=data, loss_fn=loss_fn, loss_fn_config=loss_fn_config)
         elif data is not None or loss_fn is not None or loss_fn_config is not None:
-            raise TypeError("ForwardBackwardRequest takes forward_backward_input or data/loss_fn/loss_fn_config, not both")
+            raise TypeError(
+                "ForwardBackwardRequest takes forward_backward_input or data/loss_fn/loss_fn_config, not both"
+            )
         if model_id is None:
             raise TypeError("ForwardBackwardRequest needs model_id")
         self.__attrs_init__(forward_backward_input, model_id, seq_id, forward_only)
