@@ -211,8 +211,8 @@ def _codec_table(clients: list[tuple[str, str, str]], rounds: int, tmp: Path) ->
     print(line)
     print(f"{'  ... / protobuf wire size':40}" + "".join(f"{memory[label] / wire_mb:14.2f}x" for label in labels)
           + f"   (wire {wire_mb:.2f} MB)")
-    print(f"{'peak traced allocations / wire size':40}" + "".join(f"{traced[label] / wire_mb:14.2f}x" for label in labels),
-          flush=True)
+    print(f"{'peak traced allocations / wire size':40}"
+          + "".join(f"{traced[label] / wire_mb:14.2f}x" for label in labels), flush=True)
 
 
 def _official_label(python: str) -> str:

@@ -9,8 +9,9 @@ client threads (counts, not times).
 
 A scripted server long-polls each retrieve_future like the hosted API: it holds the request until that
 result is released or ``--hold`` seconds pass (then answers try_again). Future i is released at
-``(N - 1 - i) * step`` seconds after all were submitted (the ``--late`` oldest ones ``--late-s`` later). Reports the wall time until every Future
-resolved and the lag between a result's release and its Future resolving (mean / max). Not a test.
+``(N - 1 - i) * step`` seconds after all were submitted (the ``--late`` oldest ones ``--late-s`` later).
+Reports the wall time until every Future resolved and the lag between a result's release and its
+Future resolving (mean / max). Not a test.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from tinker_sync._runtime import Runtime
 from tinker_sync._transport import Transport
 
 
-def run(n: int, hold_s: float, step_s: float, max_pollers: int | None, late: int = 0, late_s: float = 0.0) -> dict[str, float]:
+def run(
+    n: int, hold_s: float, step_s: float, max_pollers: int | None, late: int = 0, late_s: float = 0.0
+) -> dict[str, float]:
     released: dict[str, threading.Event] = {}
     release_at: dict[str, float] = {}
     ids = itertools.count()

@@ -59,7 +59,9 @@ def test_a_rejected_token_is_replaced_once_and_the_request_replayed(
     assert sent == [minter.minted[0], minter.minted[0], minter.minted[1]]
 
 
-def test_concurrent_first_requests_share_one_exchange(served: tuple[ScriptedServer, TokenMinter, Runtime, JwtCredentials]) -> None:
+def test_concurrent_first_requests_share_one_exchange(
+    served: tuple[ScriptedServer, TokenMinter, Runtime, JwtCredentials],
+) -> None:
     srv, minter, rt, _ = served
     futs = [rt.submit_request("POST", THING, body={}) for _ in range(12)]
     assert [f.result(timeout=T) for f in futs] == [{"ok": True}] * 12
@@ -71,7 +73,9 @@ def test_concurrent_first_requests_share_one_exchange(served: tuple[ScriptedServ
     assert len(minter.minted) == 2
 
 
-def test_a_refused_key_and_a_plain_401_surface(served: tuple[ScriptedServer, TokenMinter, Runtime, JwtCredentials]) -> None:
+def test_a_refused_key_and_a_plain_401_surface(
+    served: tuple[ScriptedServer, TokenMinter, Runtime, JwtCredentials],
+) -> None:
     srv, minter, rt, creds = served
     minter.api_key = "tml-some-other-key"
     with pytest.raises(AuthenticationError, match="invalid API key"):
@@ -84,7 +88,9 @@ def test_a_refused_key_and_a_plain_401_surface(served: tuple[ScriptedServer, Tok
     assert len(minter.minted) == 1 and creds.current() == minter.minted[0]
 
 
-def test_whoami_claims_from_the_exchanged_token(served: tuple[ScriptedServer, TokenMinter, Runtime, JwtCredentials]) -> None:
+def test_whoami_claims_from_the_exchanged_token(
+    served: tuple[ScriptedServer, TokenMinter, Runtime, JwtCredentials],
+) -> None:
     _, minter, _, creds = served
     claims = creds.claims()
     assert claims["sub"] == "tml:user:u-1" and claims["org_id"] == "o-1" and claims["email"] == "u1@example.com"

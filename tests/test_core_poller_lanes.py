@@ -199,7 +199,9 @@ def test_a_failed_head_releases_the_next(sim: tuple[ScriptedServer, ModelSim], r
     assert model.peak["m1"] == 1
 
 
-def test_a_410_on_the_head_resubmits_and_keeps_the_order(sim: tuple[ScriptedServer, ModelSim], runtime: Runtime) -> None:
+def test_a_410_on_the_head_resubmits_and_keeps_the_order(
+    sim: tuple[ScriptedServer, ModelSim], runtime: Runtime
+) -> None:
     srv, model = sim
     model.expire_once = {("m1", 1)}
     lane = runtime.new_lane("model m1")
@@ -280,7 +282,9 @@ def test_a_cancelled_waiting_call_is_dropped_without_a_poll(
     assert wait_for(lambda: poller.tracked() == 0)
 
 
-def test_close_fails_waiting_lane_calls(held: tuple[ScriptedServer, dict[str, threading.Event]], poller: FuturePoller) -> None:
+def test_close_fails_waiting_lane_calls(
+    held: tuple[ScriptedServer, dict[str, threading.Event]], poller: FuturePoller
+) -> None:
     srv, _ = held
     futs = [_track(poller, f"c{i}", "L") for i in range(4)]
     other = _track(poller, "x0", "M")
@@ -293,7 +297,9 @@ def test_close_fails_waiting_lane_calls(held: tuple[ScriptedServer, dict[str, th
     assert not {"c1", "c2", "c3"} & _polled(srv)
 
 
-def test_clean_close_waits_for_every_lane_call(held: tuple[ScriptedServer, dict[str, threading.Event]], poller: FuturePoller) -> None:
+def test_clean_close_waits_for_every_lane_call(
+    held: tuple[ScriptedServer, dict[str, threading.Event]], poller: FuturePoller
+) -> None:
     _, events = held
     futs = [_track(poller, f"d{i}", "L") for i in range(3)]
     for i in range(3):

@@ -41,7 +41,9 @@ def _track(poller: FuturePoller, rid: str) -> Future[object]:
     return fut
 
 
-def test_a_finished_result_is_not_stuck_behind_held_polls(held: tuple[ScriptedServer, dict[str, threading.Event]]) -> None:
+def test_a_finished_result_is_not_stuck_behind_held_polls(
+    held: tuple[ScriptedServer, dict[str, threading.Event]],
+) -> None:
     srv, events = held
     poller, transport = _poller(srv, max_pollers=8, warm_pollers=1, idle_retire_s=0.1)
     try:

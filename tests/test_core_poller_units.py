@@ -54,7 +54,8 @@ def test_decide_batch_completions_move_the_cursor() -> None:
     d = _b(200, {"completions": [
         {"state": "finished", "request_id": "a", "response_payload_uncompressed_size": 12},
         {"state": "failed", "request_id": "b"},
-        {"state": "finished", "request_id": 17, "response_payload_uncompressed_size": None},  # integer ids: other servers
+        # integer ids: other servers
+        {"state": "finished", "request_id": 17, "response_payload_uncompressed_size": None},
         {"state": "someday", "request_id": "c"},  # unknown state: the payload fetch tells
     ], "cursor": 9}, BatchState(cursor=5, backoffs=3, server_errors=2, bad_answers=1))
     assert isinstance(d, Completed)
@@ -303,7 +304,8 @@ def test_missing_zstandard_sends_uncompressed_and_names_the_extra(monkeypatch: p
     assert isinstance(err, _compress.CompressionUnavailableError) and err.__cause__ is refused
     assert "pip install 'tinker_sync[zstd]'" in str(err) and "proto_compress_fwdbwd" in str(err)
     named = BadRequestError("body must be zstd compressed", status_code=400)
-    assert isinstance(_compress.explain_refusal(named, headers_sent={}, server_asks=True), _compress.CompressionUnavailableError)
+    refusal = _compress.explain_refusal(named, headers_sent={}, server_asks=True)
+    assert isinstance(refusal, _compress.CompressionUnavailableError)
     other = BadRequestError("token id out of range", status_code=400)
     assert _compress.explain_refusal(other, headers_sent={}, server_asks=True) is other
     assert _compress.explain_refusal(refused, headers_sent={"Content-Encoding": "zstd"}, server_asks=True) is refused

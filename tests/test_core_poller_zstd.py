@@ -98,7 +98,9 @@ def test_submit_polled_sends_the_encoding_header(runtime: tuple[ScriptedServer, 
     assert srv.requests_to(FB)[0].header("Content-Encoding") == "zstd"
 
 
-def test_submit_polled_refusal_names_the_extra(runtime: tuple[ScriptedServer, Runtime], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_submit_polled_refusal_names_the_extra(
+    runtime: tuple[ScriptedServer, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
     srv, rt = runtime
     monkeypatch.setattr(_compress, "_zstd", lambda: None)
     srv.default(FB, _receiver(require_zstd=True))

@@ -65,5 +65,7 @@ def test_no_module_reads_a_private_attribute_it_does_not_define() -> None:
 
 def test_the_checker_finds_a_foreign_private_read(tmp_path: Path) -> None:
     sample = tmp_path / "m.py"
-    sample.write_text("class A:\n    def f(self, other):\n        self._mine = 1\n        return other._theirs, other._mine\n")
+    sample.write_text(
+        "class A:\n    def f(self, other):\n        self._mine = 1\n        return other._theirs, other._mine\n"
+    )
     assert _foreign_private_reads(sample) == ["m.py:4: other._theirs"]

@@ -200,10 +200,11 @@ def decide_batch(
     HTTP-date Retry-After).
 
     200 with completions moves the cursor; 408/5xx poll again (5xx after a short capped backoff);
-    429 waits for the server's Retry-After hint, or 1, 2, 4 ... 30 s without one; a bare 400 or a malformed answer is retried 3 times, 1 s apart; a
-    cursor that goes back (the server lost its completion log) ends batching for the target;
-    402 pauses like a per-future poll; 404/405/501 mean the server has no retrieve_futures, every
-    other status ends batching for the target (per-future polling then reports the real error).
+    429 waits for the server's Retry-After hint, or 1, 2, 4 ... 30 s without one; a bare 400 or a
+    malformed answer is retried 3 times, 1 s apart; a cursor that goes back (the server lost its
+    completion log) ends batching for the target; 402 pauses like a per-future poll; 404/405/501
+    mean the server has no retrieve_futures, every other status ends batching for the target
+    (per-future polling then reports the real error).
     """
     if status != 402 and state.billing_last is not None and now - state.billing_last > _BILLING_RESET_S:
         state = attrs.evolve(state, billing_since=None, billing_last=None)
@@ -446,7 +447,8 @@ class SessionPoller:
         content = b""
         try:
             resp = self._transport.send(
-                "POST", RETRIEVE_PATH, body=json.dumps({"request_id": request_id, "allow_metadata_only": True}).encode(),
+                "POST", RETRIEVE_PATH,
+                body=json.dumps({"request_id": request_id, "allow_metadata_only": True}).encode(),
                 content_type="application/json", timeout_s=_PROBE_TIMEOUT_S,
                 headers={"X-Tinker-Request-Type": "Sample", "X-Stainless-Read-Timeout": f"{_PROBE_TIMEOUT_S:g}",
                          "X-Idempotency-Key": new_idempotency_key()},

@@ -176,7 +176,8 @@ def decide(
         return _decide_ok(hdrs, content, expected_type, state, request_id)
     if status == 408:
         body = parse_error_body(content)
-        qs, reason = (body.get("queue_state"), body.get("queue_state_reason")) if isinstance(body, dict) else (None, None)
+        fields = body if isinstance(body, dict) else {}
+        qs, reason = fields.get("queue_state"), fields.get("queue_state_reason")
         return PollAgain(_reset(state, bad_requests=0, server_errors=0), qs, reason)
     if status >= 500:
         n = state.server_errors
@@ -195,7 +196,8 @@ def decide(
         if now - since < billing_max_pause_s:
             logger.info("billing blocks request %s; pausing %.0f s before polling again", request_id, billing_pause_s)
             return Backoff(billing_pause_s, _reset(state, billing_since=since, billing_last=now))
-    exc = from_response(status, parse_error_body(content), method="POST", path=RETRIEVE_PATH, request_id=request_id, headers=hdrs)
+    exc = from_response(status, parse_error_body(content), method="POST", path=RETRIEVE_PATH, request_id=request_id,
+                        headers=hdrs)
     return Fail(exc, _reset(state))
 
 
@@ -227,7 +229,8 @@ def _decide_ok(
             return Done(decoder(content), nxt)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             err = APIResponseValidationError(
-                f"could not decode the protobuf {name} of request {request_id}: {exc}", body=content[:1000], expected_type=name
+                f"could not decode the protobuf {name} of request {request_id}: {exc}", body=content[:1000],
+                expected_type=name,
             )
             err.__cause__ = exc
             return Fail(err, nxt)
@@ -721,17 +724,17 @@ class FuturePoller:
         poll = {"request_id": call.request_id, "allow_metadata_only": state.allow_metadata_only}
         body = COMPACT_JSON.encode(poll).encode()
         try:
-            resp = self._transport.send("POST", RETRIEVE_PATH, body=body, content_type="application/json", headers=headers,
-                                        timeout_s=self._poll_timeout_s, accept=call.accept)
+            resp = self._transport.send("POST", RETRIEVE_PATH, body=body, content_type="application/json",
+                                        headers=headers, timeout_s=self._poll_timeout_s, accept=call.accept)
         except APIConnectionError as exc:
             if self._closing:
                 return 0.0, True
             decision = decide_connection_error(exc, state)
             logger.debug("poll of %s got no response (%s); backing off", call.request_id, exc)
         else:
-            decision = decide(resp.status, resp.headers, resp.content, call.expected_type, state, request_id=call.request_id,
-                              now=self._clock(), billing_pause_s=self._billing[0], billing_max_pause_s=self._billing[1],
-                              sequenced=call.lane is not None)
+            decision = decide(resp.status, resp.headers, resp.content, call.expected_type, state,
+                              request_id=call.request_id, now=self._clock(), billing_pause_s=self._billing[0],
+                              billing_max_pause_s=self._billing[1], sequenced=call.lane is not None)
         call.state = decision.state
         hook = call.on_queue_state
         if hook is not None and isinstance(decision, PollAgain) and decision.queue_state is not None:
@@ -758,7 +761,8 @@ class FuturePoller:
     def _resubmit(self, call: PolledCall, decision: Resubmit) -> float:
         """Re-send a call whose result expired (410) or that the server lost (404, sequenced calls)."""
         lost = decision.exc or from_response(
-            410, "the result expired before it was fetched", method="POST", path=RETRIEVE_PATH, request_id=call.request_id
+            410, "the result expired before it was fetched", method="POST", path=RETRIEVE_PATH,
+            request_id=call.request_id,
         )
         if call.resubmit is None or call.resubmits >= _MAX_RESUBMITS:
             call.lost = lost  # before set_exception: its callbacks decide whether the lane has a gap

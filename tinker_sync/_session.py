@@ -125,7 +125,9 @@ def read_dynamic_config(runtime: Runtime, cfg: types.ClientConfigResponse) -> ty
     return dynamic
 
 
-def configure_from_server(runtime: Runtime) -> tuple[types.ClientConfigResponse, types.ClientDynamicConfigResponse | None]:
+def configure_from_server(
+    runtime: Runtime,
+) -> tuple[types.ClientConfigResponse, types.ClientDynamicConfigResponse | None]:
     """Read the server's client config and dynamic config (blocking) and use what they offer on ``runtime``.
 
     JWT credentials (``pjwt_auth_enabled``), batched ``retrieve_futures`` polling and ``cancel_future``. A

@@ -171,8 +171,10 @@ class SamplingClient:
         if not ok:
             raise ValueError("from_sampler_handle: not a handle made by SamplingClient.get_sampler_handle()")
         config = ClientConfig.from_env(api_key=api_key, base_url=base_url)
-        return SamplingClient(None, sampling_session_id=sid, base_model=state.get("base_model"), runtime=Runtime(config),
-                              seq_start=_fresh_seq_start(), record_stability_info=bool(state.get("record_stability_info")))
+        return SamplingClient(
+            None, sampling_session_id=sid, base_model=state.get("base_model"), runtime=Runtime(config),
+            seq_start=_fresh_seq_start(), record_stability_info=bool(state.get("record_stability_info")),
+        )
 
     def close(self) -> None:
         """Close the runtime of an unpickled copy (no-op for clients made by a ServiceClient)."""
@@ -214,7 +216,8 @@ class SamplingClient:
         # expired future again. 429 re-sends of the same POST keep their seq_id (runtime.request).
         return self._runtime.submit_polled(
             "/api/v1/asample", request, types.SampleResponse, request_type="Sample", sampling=True,
-            prompt_bytes_estimate=_prompt_bytes(request.prompt), rebuild=build, on_queue_state=self._observe_queue_state,
+            prompt_bytes_estimate=_prompt_bytes(request.prompt), rebuild=build,
+            on_queue_state=self._observe_queue_state,
         )
 
     def _observe_queue_state(self, queue_state: str, queue_state_reason: str | None) -> None:

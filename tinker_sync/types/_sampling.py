@@ -198,14 +198,15 @@ class SampledSequence(_WireSpans):
 
     @property
     def tokens_np(self) -> numpy.ndarray:
-        """The tokens as a 1-D int32 numpy array (needs numpy): a view of the buffer."""
+        """The tokens as a 1-D int32 numpy array (needs numpy), a view of the buffer."""
         array: numpy.ndarray = numpy_of(self.tokens, "I")
         return array
 
     @property
     def logprobs_np(self) -> numpy.ndarray | None:
-        """The logprobs as a 1-D float32 numpy array, or None when not requested (needs numpy): a view of a
-        decoded response's buffer."""
+        """The logprobs as a 1-D float32 numpy array, or None when not requested (needs numpy).
+
+        A view of a decoded response's buffer."""
         return None if self.logprobs is None else numpy_of(self.logprobs, "f")
 
     @property
