@@ -88,6 +88,12 @@ class LiveApi(ApiBase):
             model = self.models.get(model_id)
         if model is None:
             model = self.restore_model(model_id, call.owner)
+        if model is None and not self.resumed.is_set():
+            # Startup recovery may still be re-creating this model from its journaled create_model: a
+            # request that arrives meanwhile waits for it (bounded) instead of getting a 404.
+            self.resumed.wait(_RESUME_WAIT_S)
+            with self.lock:
+                model = self.models.get(model_id)
         if model is not None and model.owner == call.owner:
             return model
         with self.lock:
