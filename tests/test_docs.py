@@ -93,3 +93,4 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert ci.rstrip().splitlines()[-1] == command.replace("python ", "python3 ", 1)
     assert "pytest-xdist" in (ROOT / "setup.cfg").read_text(encoding="utf-8")  # -n needs it in the test extra
+    assert line in (DOCS / "quickstart.rst").read_text(encoding="utf-8")  # the docs give the same line
