@@ -162,3 +162,78 @@ def test_ca_bundle_setting_trusts_the_server(https_server: int, self_signed: tup
 def test_ca_bundle_must_be_a_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidConfigError, match="ca_bundle"):
         ClientConfig(base_url="https://127.0.0.1:9", api_key=KEY, ca_bundle=str(tmp_path / "missing.pem"))
+
+
+class _ForwardProxy:
+    """A plain HTTP forward proxy on 127.0.0.1: it records each absolute-form target and forwards it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None]] = []  # (target, the X-API-Key it carried)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                import http.client
+                from urllib.parse import urlsplit
+
+                proxy.seen.append((self.path, self.headers.get("X-API-Key")))
+                up = urlsplit(self.path)
+                conn = http.client.HTTPConnection(up.hostname or "", up.port or 80, timeout=10)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+                conn.request("GET", up.path + (f"?{up.query}" if up.query else ""), headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                self.send_response(resp.status)
+                self.send_header("Content-Type", resp.getheader("Content-Type") or "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
+                                        daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> _ForwardProxy:  # noqa: PYI034 - typing.Self needs Python 3.11
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_the_environment_proxy_is_used_and_no_proxy_bypasses_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.scripted_server import Reply, ScriptedServer
+    from tinker_sync._transport import Transport
+
+    for var in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    with ScriptedServer() as srv, _ForwardProxy() as proxy:
+        srv.default("/api/v1/healthz", Reply(200, {"status": "ok"}))
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        transport = Transport(ClientConfig(base_url=srv.url, api_key=KEY))
+        try:
+            assert transport.send("GET", "/api/v1/healthz").json() == {"status": "ok"}
+        finally:
+            transport.close()
+        assert proxy.seen == [(f"{srv.url}/api/v1/healthz", KEY)]  # absolute-form target via the proxy
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        transport = Transport(ClientConfig(base_url=srv.url, api_key=KEY))
+        try:
+            assert transport.send("GET", "/api/v1/healthz").status == 200
+        finally:
+            transport.close()
+        assert len(proxy.seen) == 1 and len(srv.requests_to("/api/v1/healthz")) == 2  # the second went direct
