@@ -129,10 +129,25 @@ def test_graceful_stop_keeps_queued_work(tmp_path: Path) -> None:
         assert r.status_code == 200 and "metrics" in r.json(), r.text
 
 
-def test_journaled_creation_runs_after_a_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("slow_recovery", [False, True], ids=["recovery", "request-before-recovery"])
+def test_journaled_creation_runs_after_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 slow_recovery: bool) -> None:
     """A create_model accepted but not run before the crash (its journal entry is all that is left) runs on
-    restart, then the requests queued behind it."""
+    restart, then the requests queued behind it. A request that arrives while the recovery is still
+    re-creating the model waits for it instead of getting a 404."""
     import base64
+    import time
+
+    from tinker_sync.local._api_live import LiveApi
+
+    if slow_recovery:
+        resume = LiveApi._resume
+
+        def late_resume(self: LiveApi, model_ids: list[str]) -> None:
+            time.sleep(0.5)  # the request below arrives first
+            resume(self, model_ids)
+
+        monkeypatch.setattr(LiveApi, "_resume", late_resume)
     import json
 
     from tinker_sync.local._persist import LiveStateStore
