@@ -20,7 +20,7 @@ import attrs
 
 from ._decide import new_idempotency_key
 from ._exceptions import APIConnectionError, APIResponseValidationError, from_response, parse_error_body
-from ._executor import block_exit_signals, mark_internal_thread
+from ._executor import mark_internal_thread, start_internal_thread
 from ._retry import poll_backoff_s
 
 if TYPE_CHECKING:
@@ -51,8 +51,6 @@ _ACK_TIMEOUT_S = 5.0  # an ack-only poll (timeout 0) returns after one read
 _CANCEL_TIMEOUT_S = 30.0
 _CANCEL_ATTEMPTS = 3
 _MAX_BAD_ANSWERS = 3  # a bare 400 (proxy) or a malformed body: retry this many times, then give up
-_5XX_BASE_S = 0.05
-_5XX_MAX_S = 2.0
 _BILLING_RESET_S = 300.0
 _IDLE_EXIT_S = 5.0  # a session poller thread exits after this long with nothing to poll or ack
 _EARLY_KEEP_S = 300.0  # a completion seen before its call registered is kept this long
@@ -215,7 +213,7 @@ def decide_batch(
         return BatchRetry(0.0, attrs.evolve(fresh, server_errors=0))
     if status >= 500 and status not in _UNSUPPORTED:
         n = state.server_errors
-        return BatchRetry(min(_5XX_BASE_S * 2 ** min(n, 16), _5XX_MAX_S), attrs.evolve(fresh, server_errors=n + 1))
+        return BatchRetry(poll_backoff_s(n, status=status), attrs.evolve(fresh, server_errors=n + 1))
     if status == 429:
         n = state.backoffs
         return BatchRetry(poll_backoff_s(n, status=429, headers=headers, wall_clock=wall_clock),
@@ -383,7 +381,7 @@ class SessionPoller:
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
+            start_internal_thread(self._thread)
 
     def _has_work(self) -> bool:
         return bool(self._waiting or self._retrieved or self._state.cursor > self._acked_cursor)
@@ -540,14 +538,13 @@ class CancelSender:
             self._queue.append(request_id)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="tinker-sync-poller-cancel", daemon=True)
-                self._thread.start()
+                start_internal_thread(self._thread)
 
     def thread(self) -> threading.Thread | None:
         with self._lock:
             return self._thread
 
     def _run(self) -> None:
-        block_exit_signals()
         while not self._stop.is_set():
             with self._lock:
                 batch = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]

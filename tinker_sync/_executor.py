@@ -74,29 +74,28 @@ def in_worker_thread() -> bool:
     return getattr(_worker_local, "is_worker", False)
 
 
-_EXIT_SIGNALS = frozenset(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)
+# Ctrl-C (SIGINT) and SIGTERM stay out of every thread tinker_sync starts. The kernel hands a
+# process-directed signal to any thread that does not block it; Python runs the handler
+# (KeyboardInterrupt) only in the main thread, and a main thread blocked in ``Future.result()`` is not
+# woken when another thread took the signal: the script would sit until its wait timed out. A thread
+# inherits the signal mask of the thread that creates it, so ours are started with the mask set.
+_EXIT_SIGNALS = (
+    frozenset(getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name))
+    if hasattr(signal, "pthread_sigmask") else frozenset()
 )
 
 
 def block_exit_signals() -> None:
-    """Keep Ctrl-C (SIGINT) and SIGTERM away from the calling thread (one of tinker_sync's own).
-
-    The kernel hands a process-directed signal to any thread that does not block it. Python runs
-    its handler (KeyboardInterrupt) only in the main thread, and a main thread blocked in
-    ``Future.result()`` is not woken when another thread took the signal: the script would sit until
-    its wait timed out. Blocked in every thread tinker_sync starts, the signal reaches the main
-    thread. New threads inherit the mask of the thread that starts them, so this also covers them.
-    """
-    if _EXIT_SIGNALS and hasattr(signal, "pthread_sigmask"):
+    """Keep exit signals away from the calling thread (for threads whose start we do not control)."""
+    if _EXIT_SIGNALS:
         signal.pthread_sigmask(signal.SIG_BLOCK, _EXIT_SIGNALS)
 
 
 @contextlib.contextmanager
 def exit_signals_blocked() -> Iterator[None]:
-    """Threads started inside this block (in the calling thread) keep exit signals away from them
-    (``block_exit_signals``); the caller's own mask is restored after it."""
-    if not (_EXIT_SIGNALS and hasattr(signal, "pthread_sigmask")):
+    """Threads started inside this block keep exit signals away from them from their first instruction;
+    the calling thread's own mask is restored after it."""
+    if not _EXIT_SIGNALS:
         yield
         return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _EXIT_SIGNALS)
@@ -106,11 +105,15 @@ def exit_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def start_internal_thread(thread: threading.Thread) -> None:
+    """Start one of tinker_sync's own threads with exit signals blocked in it (see ``_EXIT_SIGNALS``)."""
+    with exit_signals_blocked():
+        thread.start()
+
+
 def mark_internal_thread() -> None:
-    """Mark the current thread as internal (pollers run chain() callbacks that may submit work) and
-    keep exit signals away from it (see ``block_exit_signals``)."""
+    """Mark the current thread as internal (pollers run chain() callbacks that may submit work)."""
     _worker_local.is_worker = True
-    block_exit_signals()
 
 
 class Activity:
@@ -153,6 +156,7 @@ class Executor:
     def _init_thread(self) -> None:
         threading.current_thread().name = f"tinker-sync-worker-{next(self._numbers)}"
         mark_internal_thread()
+        block_exit_signals()  # ThreadPoolExecutor starts its workers itself, in whichever thread submits
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` on a worker; the Future carries its result or exception.

@@ -30,7 +30,14 @@ from ._exceptions import (
     from_response,
     parse_error_body,
 )
-from ._executor import Activity, LanePoisonedError, mark_internal_thread, set_exception, set_result
+from ._executor import (
+    Activity,
+    LanePoisonedError,
+    mark_internal_thread,
+    set_exception,
+    set_result,
+    start_internal_thread,
+)
 from ._retry import poll_backoff_s
 
 if TYPE_CHECKING:
@@ -51,10 +58,6 @@ RETRIEVE_PATH = "/api/v1/retrieve_future"
 PROTO_ACCEPT = "application/x-protobuf"
 _MAX_BAD_REQUESTS = 3  # a bare 400 may come from a proxy: retry 3 times before failing
 _MAX_RESUBMITS = 3  # 410 (future expired) -> re-POST at most this many times per call
-# 5xx on a poll: the official SDK polls again at once. We add a small capped backoff (50 ms doubling
-# to 2 s) so a misbehaving server answering 500 instantly cannot turn the poller into a hot loop.
-_5XX_BASE_S = 0.05
-_5XX_MAX_S = 2.0
 _BILLING_RESET_S = 300.0  # a 402 incident ends after 5 min without 402
 _PAUSE_WARN_EVERY_S = 60.0
 _WARM_POLLERS = 4  # poller threads kept while calls are tracked; more start on demand ...
@@ -153,8 +156,7 @@ def decide(
     sequenced: bool = False,
     wall_clock: Callable[[], float] = time.time,
 ) -> Decision:
-    """Decide what one poll response means (pure; no I/O; ``wall_clock`` only dates an HTTP-date
-    Retry-After).
+    """Decide what one poll response means (pure, no I/O; ``wall_clock`` dates an HTTP-date Retry-After).
 
     Args:
         status, headers, content: the HTTP response.
@@ -181,8 +183,7 @@ def decide(
         return PollAgain(_reset(state, bad_requests=0, server_errors=0), qs, reason)
     if status >= 500:
         n = state.server_errors
-        delay = min(_5XX_BASE_S * 2**min(n, 16), _5XX_MAX_S)
-        return PollAgain(_reset(state, server_errors=n + 1), delay_s=delay)
+        return PollAgain(_reset(state, server_errors=n + 1), delay_s=poll_backoff_s(n, status=status))
     if status == 429:
         n = state.backoffs
         delay = poll_backoff_s(n, status=429, headers=hdrs, wall_clock=wall_clock)
@@ -636,7 +637,7 @@ class FuturePoller:
             self._threads.append(t)
             self._started = [x for x in self._started if x.is_alive()]
             self._started.append(t)
-            t.start()
+            start_internal_thread(t)
 
     def _retire(self) -> None:
         me = threading.current_thread()

@@ -192,28 +192,35 @@ def parse_retry_after(
     return min(max(value, 0.0), max_s)
 
 
-_RECONNECT_FIRST_S = 0.05  # a poll that lost its connection: 50 ms, doubling
-_BUSY_FIRST_S = 1.0  # a poll answered 429 without a hint: 1 s, doubling
+_RECONNECT_FIRST_S = 0.05  # a poll that lost its connection: 50 ms, doubling to 30 s
+_BUSY_FIRST_S = 1.0  # a poll answered 429 without a hint: 1 s, doubling to 30 s
 _POLL_BACKOFF_MAX_S = 30.0
+_SERVER_ERROR_FIRST_S = 0.05  # a poll answered 5xx: 50 ms, doubling to 2 s
+_SERVER_ERROR_MAX_S = 2.0
 
 
 def poll_backoff_s(
     backoffs: int, *, status: int | None, headers: Mapping[str, str] | None = None,
     wall_clock: Callable[[], float] = time.time,
 ) -> float:
-    """How long a poller waits after its ``backoffs``-th consecutive 429 or lost connection (0-based).
+    """How long a poller waits after its ``backoffs``-th consecutive 429, 5xx or lost connection (0-based).
 
     A 429 with a usable Retry-After hint waits exactly that; a 429 without one waits 1, 2, 4 ... 30 s.
     A lost connection (``status`` None) is usually a dropped keep-alive connection or a proxy's reset,
     so it polls again after 50 ms, then 0.1, 0.2 ... up to 30 s while the errors go on (a poll that
-    stalls stalls every call it serves).
+    stalls stalls every call it serves). A 5xx: the official SDK polls again at once; 50 ms doubling
+    to 2 s keeps a server answering 500 instantly from turning the poller into a hot loop.
     """
-    if status == 429:
+    first, cap = _BUSY_FIRST_S, _POLL_BACKOFF_MAX_S
+    if status is None:
+        first = _RECONNECT_FIRST_S
+    elif status >= 500:
+        first, cap = _SERVER_ERROR_FIRST_S, _SERVER_ERROR_MAX_S
+    elif status == 429:
         hint = parse_retry_after(headers, now=wall_clock)
         if hint is not None and hint > 0:
             return hint
-    first = _RECONNECT_FIRST_S if status is None else _BUSY_FIRST_S
-    return float(min(first * 2.0 ** min(backoffs, 16), _POLL_BACKOFF_MAX_S))
+    return float(min(first * 2.0 ** min(backoffs, 16), cap))
 
 
 def parse_http_date(value: str | None) -> _dt.datetime | None:

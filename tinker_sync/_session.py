@@ -14,7 +14,7 @@ from ._auth import JwtCredentials, exchange_credential, token_exchange
 from ._batch_poller import PollFeatures
 from ._checks import ServerLimits
 from ._exceptions import APIStatusError, ClientClosedError, NotFoundError
-from ._executor import block_exit_signals, flatten
+from ._executor import flatten, start_internal_thread
 from ._runtime import Runtime
 
 __all__ = [
@@ -61,7 +61,7 @@ class Heartbeat:
         self.thread = threading.Thread(target=self._loop, name="tinker-sync-heartbeat", daemon=True)
 
     def start(self) -> None:
-        self.thread.start()
+        start_internal_thread(self.thread)
 
     def stop(self) -> None:
         """Stop beating and wait (bounded) for the thread to end."""
@@ -70,7 +70,6 @@ class Heartbeat:
             self.thread.join(timeout=_HEARTBEAT_TIMEOUT_S + 5)
 
     def _loop(self) -> None:
-        block_exit_signals()
         while not self._stop.wait(self._interval_s):
             try:
                 self._runtime.request(
