@@ -147,12 +147,18 @@ class NumberArray(Sequence[Any]):
 _NUMPY: tuple[Callable[..., Any], dict[str, Any]] | None = None  # (numpy.frombuffer, code -> dtype) once loaded
 
 
+def require_numpy(what: str) -> Any:
+    """The numpy module, or an ImportError saying that ``what`` needs it and how to install it."""
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{what} need numpy: pip install 'tinker-sync[numpy]'") from None
+    return numpy
+
+
 def _load_numpy() -> tuple[Callable[..., Any], dict[str, Any]]:
     global _NUMPY
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("numpy views need numpy: pip install 'tinker-sync[numpy]'") from None
+    np = require_numpy("numpy views")
     _NUMPY = (np.frombuffer, {code: np.dtype(name) for code, name in _VIEW_DTYPES.items()})
     return _NUMPY
 
@@ -197,9 +203,7 @@ def from_wire(data: bytes | memoryview, code: str, *, nan_as_none: bool = False)
         arr.byteswap()
         return NumberArray(arr, code, nan_as_none=nan_as_none)
     mv = data if type(data) is memoryview else memoryview(data)
-    if mv.format != "B":
-        mv = mv.cast("B")
-    return NumberArray(mv.cast(code), code, nan_as_none)  # type: ignore[call-overload]  # typeshed: literal codes
+    return NumberArray(_cast(mv if mv.format == "B" else mv.cast("B"), code), code, nan_as_none)
 
 
 def wire_bytes(numbers: NumberArray, code: str) -> memoryview | bytes:

@@ -26,7 +26,7 @@ from ._common import (
     token_list,
 )
 from ._model_input import ModelInput
-from ._numbers import NumberArray, numpy_of, to_numbers, to_optional_floats
+from ._numbers import NumberArray, numpy_of, require_numpy, to_numbers, to_optional_floats
 from ._tensor import TensorData
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,14 +121,6 @@ TopkRows = list[list[tuple[int, float]] | None]
 _MASK_LOGPROB = -99999.0  # fills empty top-k cells in the dense (numpy) form, as the official SDK does
 
 
-def _numpy() -> Any:
-    try:
-        import numpy
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("the *_np properties need numpy: pip install 'tinker-sync[numpy]'") from None
-    return numpy
-
-
 @attrs.frozen
 class TopkLogprobs:
     """Top-k logprobs as two dense ``(length, k)`` numpy matrices (empty cells: token 0, logprob -99999)."""
@@ -138,7 +130,7 @@ class TopkLogprobs:
 
 
 def _topk_dense(rows: TopkRows) -> TopkLogprobs:
-    np = _numpy()
+    np = require_numpy("the *_np properties")
     k = max((len(r) for r in rows if r), default=0)
     ids = np.zeros((len(rows), k), dtype=np.int32)
     lps = np.full((len(rows), k), _MASK_LOGPROB, dtype=np.float32)
