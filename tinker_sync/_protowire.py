@@ -267,16 +267,6 @@ def double_map_entry(value: memoryview, where: str) -> tuple[str, float]:
     return key, double(v)
 
 
-def length_at(buf: memoryview, pos: int, limit: int) -> tuple[int, int]:
-    """A length varint at ``pos`` -> (end of the value, start of the value); -1 when it does not fit."""
-    b = buf[pos] if pos < limit else 0x80
-    if b < 0x80:
-        return pos + 1 + b, pos + 1
-    if pos + 1 < limit and buf[pos + 1] < 0x80:
-        return pos + 2 + ((b & 0x7F) | (buf[pos + 1] << 7)), pos + 2
-    return -1, -1
-
-
 def bf16_to_f32_bytes(data: memoryview) -> bytes:
     """bfloat16 is the high half of a float32: interleave two zero bytes per item (C-level slicing)."""
     if len(data) % 2:
