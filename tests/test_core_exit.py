@@ -42,9 +42,9 @@ SCRIPT = textwrap.dedent(
 
 
 def _default_sigint() -> None:
-    # A test runner's worker process (pytest-xdist) may ignore SIGINT, and an ignored signal stays
+    # A suite started as a shell's background job runs with SIGINT ignored, and an ignored signal stays
     # ignored across exec: Python then installs no KeyboardInterrupt handler. The script must get
-    # Ctrl-C as a user's terminal delivers it.
+    # Ctrl-C as a user's terminal delivers it, however the suite was started.
     if sys.platform != "win32":
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
