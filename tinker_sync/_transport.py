@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import re
 import socket
 import ssl
 import sys
@@ -36,6 +37,7 @@ from urllib3.util.retry import Retry
 
 from ._auth import Credentials, StaticKey
 from ._config import ClientConfig, redact_url
+from ._connection import LeanHTTPConnection, LeanHTTPSConnection, lean_supported
 from ._exceptions import APICertificateError, APIConnectionError, APITimeoutError, redact
 from ._version import __version__
 
@@ -47,7 +49,22 @@ USER_AGENT = f"tinker_sync/{__version__} (Python {platform.python_version()})"
 
 
 def _lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}
+    # urllib3's HTTPHeaderDict lists a repeated field once per value: merged, it is one "a, b" (RFC 9110 5.3).
+    items = headers.itermerged() if isinstance(headers, urllib3.HTTPHeaderDict) else headers.items()
+    return {k.lower(): (_unfold(v) if "\n" in v else v) for k, v in items}
+
+
+def _unfold(value: str) -> str:
+    """A field value folded over lines (obsolete, RFC 9110 5.5) as one line: each fold becomes a space."""
+    return re.sub(r"\r?\n[ \t]+", " ", value)
+
+
+def _refuse_line_breaks(headers: Mapping[str, str]) -> None:
+    """Refuse a request field that would split the head (without echoing it: a value may be a secret)."""
+    for name, value in headers.items():
+        if any(c in text for text in (name, value) for c in "\r\n\x00"):
+            raise ValueError(f"request header {name.splitlines()[0][:40]!r}: its name or value contains a line "
+                             "break or NUL")
 
 
 @attrs.frozen
@@ -92,8 +109,31 @@ class _TrackingMixin:
         super()._put_conn(conn)  # type: ignore[misc]
 
 
-def _tracking_pool(base: type, inflight: set[Any], lock: threading.Lock) -> type:
-    return type(f"Tracking{base.__name__}", (_TrackingMixin, base), {"_inflight": inflight, "_inflight_lock": lock})
+def _tracking_pool(base: type, inflight: set[Any], lock: threading.Lock, connection_cls: type | None) -> type:
+    attrs_: dict[str, Any] = {"_inflight": inflight, "_inflight_lock": lock}
+    if connection_cls is not None:
+        attrs_["ConnectionCls"] = connection_cls
+    return type(f"Tracking{base.__name__}", (_TrackingMixin, base), attrs_)
+
+
+def _lean_wanted() -> bool:
+    """The lean exchange (``_connection``) unless TINKER_SYNC_LEAN_HTTP=0 asks for urllib3's own, or urllib3 is 1.x."""
+    return os.environ.get("TINKER_SYNC_LEAN_HTTP", "1").strip().lower() not in ("0", "false", "no", "off") and (
+        lean_supported()
+    )
+
+
+def _host_field(url: str) -> str | None:
+    """The Host field http.client would send for ``url`` (None where it would need IDNA: it then writes it)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if not host or not host.isascii():
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    default = 443 if parts.scheme == "https" else 80
+    return host if port is None or port == default else f"{host}:{port}"
 
 
 class Transport:
@@ -127,9 +167,14 @@ class Transport:
             manager = urllib3.ProxyManager(proxy, proxy_headers=proxy_headers, **pool_kw)
         else:
             manager = urllib3.PoolManager(**pool_kw)
+        lean = _lean_wanted()
         manager.pool_classes_by_scheme = {
-            "http": _tracking_pool(HTTPConnectionPool, self._inflight, self._inflight_lock),
-            "https": _tracking_pool(HTTPSConnectionPool, self._inflight, self._inflight_lock),
+            "http": _tracking_pool(
+                HTTPConnectionPool, self._inflight, self._inflight_lock, LeanHTTPConnection if lean else None
+            ),
+            "https": _tracking_pool(
+                HTTPSConnectionPool, self._inflight, self._inflight_lock, LeanHTTPSConnection if lean else None
+            ),
         }
         self._manager = manager
         # Without a proxy every request goes to the one pool of the base URL: take it once, and hand it
@@ -157,8 +202,13 @@ class Transport:
         userinfo = urlsplit(config.base_url).netloc.rpartition("@")[0]
         if userinfo:  # credentials in the base URL become HTTP basic auth, as with requests
             headers.update(urllib3.make_headers(basic_auth=unquote(userinfo)))
+        host = None if proxy or not lean else _host_field(config.base_url)
+        if host is not None and not any(k.lower() == "host" for k in headers):
+            # The field http.client would write; given here, the lean exchange can write the whole head.
+            headers = {"Host": host, **headers}
         self._headers = headers
         self._closed = False
+        self._lean = lean
 
     def __repr__(self) -> str:
         return f"Transport(base_url={redact_url(self._base_url)!r})"
@@ -204,6 +254,8 @@ class Transport:
         if content_type is not None and body is not None:
             hdrs["Content-Type"] = content_type
         if headers:
+            if not self._lean:  # the lean exchange refuses these itself; http.client would echo the value
+                _refuse_line_breaks(headers)
             hdrs.update(headers)
         read_s = timeout_s if timeout_s is not None else self._config.read_timeout_s
         timeout = self._timeouts.get(read_s)

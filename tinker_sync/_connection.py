@@ -1,0 +1,283 @@
+"""The connection class of the transport's urllib3 pool: urllib3's HTTPConnection, with a leaner exchange.
+
+urllib3 keeps everything that makes a connection pool: connecting, TLS, proxies, the pool's queue, the
+dropped-connection check, timeouts and ``urlopen``'s error handling. This subclass (set as the pool's
+``ConnectionCls``, urllib3's documented extension point) changes how one plain request is written and how
+its answer is read, which is where http.client spends most of a small call's CPU:
+
+* the request head is joined and checked once and written with one ``send`` (with the body when it is
+  small), instead of a ``putheader`` call per field, each encoding and checking its field on its own;
+* the response head is read line by line as http.client reads it, but the fields are split by hand
+  instead of by the ``email`` package's feed parser (docs/protocol.rst §1.3 lists what the API sends);
+  the body is read by http.client itself (Content-Length, chunked, close-delimited, 1xx skipped);
+* the urllib3 response is built from the body read in full, so urllib3 does not read it a second time
+  through its own buffering (it still decodes a ``Content-Encoding``).
+
+The lean way is taken only for what it covers byte for byte: an origin-form target of plain characters,
+a ``bytes`` body or none, a known method and a ``Host`` field given by the caller. Everything else
+(chunked uploads, streamed responses, absolute targets through a proxy) goes through urllib3's own code.
+A response head the quick split does not cover (folded or malformed fields) is parsed by http.client's
+own parser, so the fields come out as urllib3 would give them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import inspect
+import io
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.response import HTTPResponse
+
+__all__ = ["LeanHTTPConnection", "LeanHTTPSConnection", "LeanResponse", "lean_supported"]
+
+_MAXLINE = 65536  # http.client's limits for one head line and the number of fields
+_MAXHEADERS = 100
+_SMALL_BODY = 64 * 1024  # bodies up to this size go out in the head's send
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # urllib3 sends Content-Length: 0 for these without a body
+# An origin-form target needing no percent-encoding (urllib3 would leave it as it is).
+_PLAIN_TARGET = re.compile(r"/[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]*\Z").match
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match  # a field name (RFC 9110 token)
+_SIMPLE_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:").match  # a response field line the split covers
+_known_names: set[str] = set()  # field names already checked (the API uses a few dozen)
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
+_VERSION_STRING = "version_string" in inspect.signature(HTTPResponse.__init__).parameters
+
+
+def lean_supported() -> bool:
+    """Whether the installed urllib3 lets a connection build its own response (urllib3 2; 1.26 does not)."""
+    return "preload_content" in inspect.signature(HTTPConnection.request).parameters
+
+
+class LeanResponse(http.client.HTTPResponse):
+    """An http.client response whose head is split by hand; the fields are also kept as ``field_list``."""
+
+    def __init__(self, sock: Any, debuglevel: int = 0, method: str | None = None, url: str | None = None) -> None:
+        super().__init__(sock, debuglevel, method, url)
+        self.request_method = method
+        self.field_list: list[tuple[str, str]] = []
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return
+        while True:
+            version, status, reason = self._status_line()
+            lines, simple = self._field_lines()
+            if status != http.client.CONTINUE:
+                break
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        msg = http.client.HTTPMessage()
+        if simple:
+            pairs = self.field_list
+            for raw in lines:
+                name, _, value = str(raw, "iso-8859-1").partition(":")
+                value = value.lstrip(" \t").rstrip("\r\n")  # what the email parser keeps of a field
+                msg[name] = value
+                pairs.append((name, value))
+        else:
+            msg = http.client.parse_headers(io.BytesIO(b"".join(lines) + b"\r\n"))
+            self.field_list = list(msg.items())
+        self.headers = self.msg = msg
+        self._framing(msg, status)
+
+    def _framing(self, msg: http.client.HTTPMessage, status: int) -> None:
+        """Body framing and keep-alive, decided exactly as http.client decides them."""
+        tr_enc = msg.get("transfer-encoding")
+        self.chunked = bool(tr_enc and tr_enc.lower() == "chunked")
+        if self.chunked:
+            self.chunk_left = None
+        conn = msg.get("connection")
+        if self.version == 11:
+            self.will_close = bool(conn and "close" in conn.lower())
+        else:
+            pconn = msg.get("proxy-connection")
+            self.will_close = not (
+                msg.get("keep-alive")
+                or (conn and "keep-alive" in conn.lower())
+                or (pconn and "keep-alive" in pconn.lower())
+            )
+        self.length = None
+        length = msg.get("content-length")
+        if length and not self.chunked:
+            try:
+                n = int(length)
+            except ValueError:
+                n = -1
+            self.length = n if n >= 0 else None
+        if status in (204, 304) or 100 <= status < 200 or self.request_method == "HEAD":
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
+
+    def _status_line(self) -> tuple[str, int, str]:
+        assert self.fp is not None
+        line = self.fp.readline(_MAXLINE + 1)
+        if len(line) > _MAXLINE:
+            raise http.client.LineTooLong("status line")
+        if not line:
+            raise http.client.RemoteDisconnected("Remote end closed connection without response")
+        text = str(line, "iso-8859-1")
+        parts = text.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+            self.close()
+            raise http.client.BadStatusLine(text)
+        try:
+            status = int(parts[1])
+        except ValueError:
+            raise http.client.BadStatusLine(text) from None
+        if not 100 <= status <= 999:
+            raise http.client.BadStatusLine(text)
+        return parts[0], status, parts[2] if len(parts) > 2 else ""
+
+    def _field_lines(self) -> tuple[list[bytes], bool]:
+        """The head's field lines (raw), and whether every one is a plain ``name: value`` line."""
+        assert self.fp is not None
+        readline = self.fp.readline
+        lines: list[bytes] = []
+        simple = True
+        while True:
+            line = readline(_MAXLINE + 1)
+            if len(line) > _MAXLINE:
+                raise http.client.LineTooLong("header line")
+            if line in (b"\r\n", b"\n", b""):
+                return lines, simple
+            lines.append(line)
+            if len(lines) > _MAXHEADERS:
+                raise http.client.HTTPException(f"got more than {_MAXHEADERS} headers")
+            if simple and _SIMPLE_FIELD(line) is None:
+                simple = False
+
+
+def _lean_request(
+    conn: HTTPConnection, method: str, url: str, body: Any, headers: Mapping[str, str] | None, chunked: bool,
+    preload_content: bool, decode_content: bool, enforce_content_length: bool,
+) -> bool:
+    """Write the request the lean way; False (nothing written) where urllib3's own request() must do it."""
+    if not (
+        preload_content and not chunked and headers and (body is None or type(body) is bytes)
+        and method in _METHODS and _PLAIN_TARGET(url) is not None
+    ):
+        return False
+    head = _encode_head(method, url, headers, body)
+    if head is None:
+        return False
+    if conn.sock is not None:
+        conn.sock.settimeout(conn.timeout)
+    conn.lean_pending = (method, url, decode_content, enforce_content_length)  # type: ignore[attr-defined]
+    if body and len(body) <= _SMALL_BODY:
+        conn.send(head + body)
+    else:
+        conn.send(head)
+        if body:
+            conn.send(body)
+    return True
+
+
+def _lean_getresponse(conn: HTTPConnection, pending: tuple[str, str, bool, bool]) -> HTTPResponse:
+    """Read the answer to a lean request: head split by hand, body read in full by http.client."""
+    method, url, decode_content, enforce_content_length = pending
+    sock = conn.sock
+    assert sock is not None
+    sock.settimeout(conn.timeout)
+    raw = LeanResponse(sock, method=method)
+    try:
+        raw.begin()
+    except ConnectionError:
+        conn.close()
+        raise
+    if raw.will_close:
+        conn.close()  # the response goes on reading from its own file
+    try:
+        data = raw.read()
+    except BaseException:
+        conn.close()  # a half-read answer leaves the connection unusable
+        raise
+    raw.close()
+    headers = urllib3.HTTPHeaderDict()
+    for name, value in raw.field_list:
+        headers.add(name, value)
+    encoded = decode_content and headers.get("content-encoding", "identity").lower() != "identity"
+    extra: dict[str, Any] = {}
+    if _VERSION_STRING:
+        extra["version_string"] = "HTTP/1.0" if raw.version == 10 else "HTTP/1.1"
+    return HTTPResponse(
+        # urllib3 decodes what it reads itself; it keeps an empty bytes body as "no body" (None)
+        body=data if data and not encoded else io.BytesIO(data),
+        headers=headers, status=raw.status, version=raw.version, reason=raw.reason,
+        preload_content=True, decode_content=decode_content, original_response=raw,
+        enforce_content_length=enforce_content_length, request_method=method, request_url=url, **extra,
+    )
+
+
+def _encode_head(method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> bytes | None:
+    """The request line and fields as urllib3 would write them; None where urllib3's own way must decide.
+
+    Raises:
+        ValueError: a field value holds a line break or NUL (the value is not echoed: it may be a secret).
+    """
+    host = None
+    fields = []
+    for name, value in headers.items():
+        if name not in _known_names:
+            if type(name) is not str or _TOKEN(name) is None or name.lower() in _FRAMING:
+                return None
+            if len(_known_names) < 256:
+                _known_names.add(name)
+        if type(value) is not str:
+            return None
+        if name == "Host":
+            host = value
+        else:
+            fields.append(f"{name}: {value}")
+    if host is None:
+        return None
+    if body is not None:
+        fields.insert(0, f"Content-Length: {len(body)}")
+    elif method in _BODY_METHODS:
+        fields.insert(0, "Content-Length: 0")
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", *fields]
+    text = "\r\n".join(lines)
+    breaks = len(lines) - 1
+    if text.count("\r") != breaks or text.count("\n") != breaks or "\x00" in text:
+        raise ValueError("a request header value contains a line break or NUL")
+    try:
+        return (text + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError:
+        return None  # http.client refuses it with its own error
+
+
+class LeanHTTPConnection(HTTPConnection):
+    """urllib3's HTTPConnection with the lean exchange."""
+
+    lean_pending: tuple[str, str, bool, bool] | None = None  # method, target, decode_content, enforce_content_length
+
+    def request(  # type: ignore[override]
+        self, method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None, *,
+        chunked: bool = False, preload_content: bool = True, decode_content: bool = True,
+        enforce_content_length: bool = True,
+    ) -> None:
+        self.lean_pending = None
+        if not _lean_request(self, method, url, body, headers, chunked, preload_content, decode_content,
+                             enforce_content_length):
+            super().request(method, url, body=body, headers=headers, chunked=chunked, preload_content=preload_content,
+                            decode_content=decode_content, enforce_content_length=enforce_content_length)
+
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        pending, self.lean_pending = self.lean_pending, None
+        return super().getresponse() if pending is None else _lean_getresponse(self, pending)
+
+
+class LeanHTTPSConnection(LeanHTTPConnection, HTTPSConnection):
+    """urllib3's HTTPSConnection with the lean exchange (TLS, verification and proxies stay urllib3's)."""
