@@ -86,8 +86,10 @@ class RateLimiter:
                 ``max_wait_s`` from now.
             ClientClosedError: ``cancelled`` was set while waiting.
         """
-        budget = self.max_wait_s if max_wait_s is None else max_wait_s
         start = self._clock()
+        if self._until <= start and (cancelled is None or not cancelled.is_set()):
+            return 0.0  # the window is open (the usual case): no lock (a float is read whole)
+        budget = self.max_wait_s if max_wait_s is None else max_wait_s
         limit = start + budget
         if deadline is not None:
             limit = min(limit, deadline)

@@ -306,9 +306,12 @@ def unstructure(obj: Any) -> Any:
     return converter.unstructure(obj)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
+
+
 def dumps(obj: Any) -> bytes:
     """Serialise a wire object (or plain JSON data) to compact UTF-8 JSON bytes."""
-    return json.dumps(converter.unstructure(obj), separators=(",", ":")).encode("ascii")
+    return _COMPACT.encode(converter.unstructure(obj)).encode("ascii")
 
 
 def _type_name(cls: Any) -> str:

@@ -238,10 +238,16 @@ def _conv(fn: Any) -> Any:
     return attrs.Converter(fn, takes_self=True, takes_field=True)
 
 
+# Each converter below lets the plain, valid value through at once (the checks above only run, and the
+# "<Class>.<field>" of their message is only built, for anything else): a sample call builds about 30 fields.
+
+
 def str_field(*, default: Any = attrs.NOTHING, **kw: Any) -> Any:
     optional = default is None
     return attrs.field(
-        default=default, converter=_conv(lambda v, s, f: check_str(v, _where(s, f), optional=optional)), **kw
+        default=default,
+        converter=_conv(lambda v, s, f: v if type(v) is str else check_str(v, _where(s, f), optional=optional)),
+        **kw,
     )
 
 
@@ -249,7 +255,11 @@ def int_field(*, default: Any = attrs.NOTHING, minimum: int | None = None, **kw:
     optional = default is None
     return attrs.field(
         default=default,
-        converter=_conv(lambda v, s, f: check_int(v, _where(s, f), minimum=minimum, optional=optional)),
+        converter=_conv(
+            lambda v, s, f: v
+            if type(v) is int and (minimum is None or v >= minimum)
+            else check_int(v, _where(s, f), minimum=minimum, optional=optional)
+        ),
         **kw,
     )
 
@@ -266,14 +276,14 @@ def float_field(
     optional = default is None
 
     def convert(v: Any, s: Any, f: Any) -> Any:
-        where = _where(s, f)
-        v = check_float(v, where, optional=optional)
-        if v is None:
-            return v
+        if type(v) is not float or not math.isfinite(v):
+            v = check_float(v, _where(s, f), optional=optional)
+            if v is None:
+                return v
         if minimum is not None and (v <= minimum if min_exclusive else v < minimum):
-            raise ValueError(f"{where} must be {'>' if min_exclusive else '>='} {minimum:g}, got {v:g}")
+            raise ValueError(f"{_where(s, f)} must be {'>' if min_exclusive else '>='} {minimum:g}, got {v:g}")
         if maximum is not None and (v >= maximum if max_exclusive else v > maximum):
-            raise ValueError(f"{where} must be {'<' if max_exclusive else '<='} {maximum:g}, got {v:g}")
+            raise ValueError(f"{_where(s, f)} must be {'<' if max_exclusive else '<='} {maximum:g}, got {v:g}")
         return v
 
     return attrs.field(default=default, converter=_conv(convert), **kw)
@@ -282,7 +292,11 @@ def float_field(
 def bool_field(*, default: Any = attrs.NOTHING, **kw: Any) -> Any:
     optional = default is None
     return attrs.field(
-        default=default, converter=_conv(lambda v, s, f: check_bool(v, _where(s, f), optional=optional)), **kw
+        default=default,
+        converter=_conv(
+            lambda v, s, f: v if v is True or v is False else check_bool(v, _where(s, f), optional=optional)
+        ),
+        **kw,
     )
 
 
@@ -290,7 +304,11 @@ def choice_field(choices: tuple[str, ...], *, default: Any = attrs.NOTHING, **kw
     optional = default is None
     return attrs.field(
         default=default,
-        converter=_conv(lambda v, s, f: check_choice(v, _where(s, f), choices, optional=optional)),
+        converter=_conv(
+            lambda v, s, f: v
+            if type(v) is str and v in choices
+            else check_choice(v, _where(s, f), choices, optional=optional)
+        ),
         **kw,
     )
 
@@ -321,7 +339,11 @@ def list_of_field(cls: type, *, default: Any = attrs.NOTHING, **kw: Any) -> Any:
 def instance_field(cls: type, *, default: Any = attrs.NOTHING, **kw: Any) -> Any:
     optional = default is None
     return attrs.field(
-        default=default, converter=_conv(lambda v, s, f: check_instance(v, _where(s, f), cls, optional=optional)), **kw
+        default=default,
+        converter=_conv(
+            lambda v, s, f: v if type(v) is cls else check_instance(v, _where(s, f), cls, optional=optional)
+        ),
+        **kw,
     )
 
 
