@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", metavar="PYTHON", action="append", default=[],
                         help="an interpreter with the official `tinker` SDK installed (repeatable: 0.25 and 0.38)")
-    parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--samples", type=int, default=2000,
+                        help="sample calls per run (enough that start-up costs do not count per call)")
     parser.add_argument("--threads", type=int, default=64, help="fan-out of the sample workload")
     parser.add_argument("--steps", type=int, default=40, help="forward_backward + optim_step pairs (0: skip)")
     parser.add_argument("--repeat", type=int, default=3)

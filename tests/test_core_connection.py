@@ -13,8 +13,10 @@ from __future__ import annotations
 import gzip
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -34,7 +36,7 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 class RawServer:
     """Answers the n-th request with ``replies[n]`` (bytes; ``None`` = close without answering)."""
 
-    def __init__(self, replies: list[bytes | None], *, close_after: set[int] | None = None) -> None:
+    def __init__(self, replies: list[Any], *, close_after: set[int] | None = None) -> None:
         self.replies = replies
         self.close_after = close_after or set()
         self.requests: list[bytes] = []
@@ -97,7 +99,12 @@ class RawServer:
                 reply = self.replies[n] if n < len(self.replies) else None
                 if reply is None:
                     return
-                conn.sendall(reply)
+                if isinstance(reply, tuple):  # parts that arrive apart (a head split over two reads)
+                    for part in reply:
+                        conn.sendall(part)
+                        time.sleep(0.05)
+                else:
+                    conn.sendall(reply)
                 if n in self.close_after:
                     return
 
@@ -115,7 +122,7 @@ def make_server() -> Iterator[list[RawServer]]:
         server.close()
 
 
-def _serve(servers: list[RawServer], *replies: bytes | None, close_after: set[int] | None = None) -> RawServer:
+def _serve(servers: list[RawServer], *replies: Any, close_after: set[int] | None = None) -> RawServer:
     server = RawServer(list(replies), close_after=close_after)
     servers.append(server)
     return server
@@ -246,6 +253,24 @@ def test_answers_http_client_tolerates_are_read_to_the_close(make_server: list[R
     resp = tr.send("GET", "/t")
     assert (resp.status, resp.content) == (200, b"")
     assert tr.send("GET", "/t").content == b"fine" and server.connections == 2
+
+
+def test_answers_split_over_reads_long_bodies_and_bytes_past_the_body(make_server: list[RawServer]) -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB: far more than one read
+    server = _serve(
+        make_server,
+        (b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 5\r\nX-Part: 2\r\n\r\nhel", b"lo"),  # head and body in pieces
+        ok(big, "Content-Type: application/octet-stream"),
+        ok(b"ab") + b"cd",  # two bytes more than its Content-Length says
+        ok(b"after"),
+        close_after={2},
+    )
+    tr = _transport(server)
+    first = tr.send("GET", "/s")
+    assert (first.content, first.headers["x-part"]) == (b"hello", "2")
+    assert tr.send("GET", "/s").content == big
+    assert tr.send("GET", "/s").content == b"ab"
+    assert tr.send("GET", "/s").content == b"after"  # the stray bytes were not read as this answer
 
 
 def test_read_timeout(make_server: list[RawServer]) -> None:

@@ -33,6 +33,9 @@ REPLIES = [
     b"HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\nbody-until-close",
     b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold",
+    ok(bytes(range(256)) * 1200, "Content-Type: application/octet-stream"),  # 300 KiB: several reads
+    ok(b"spaced", status="200  Fine  "),
+    ok(b"cl", "Content-Length: 2"),  # the same length twice
     ok(b"last", "Connection: close"),
 ]
 

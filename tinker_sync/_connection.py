@@ -7,9 +7,11 @@ its answer is read, which is where http.client spends most of a small call's CPU
 
 * the request head is joined and checked once and written with one ``send`` (with the body when it is
   small), instead of a ``putheader`` call per field, each encoding and checking its field on its own;
-* the response head is read line by line as http.client reads it, but the fields are split by hand
-  instead of by the ``email`` package's feed parser (docs/protocol.rst §1.3 lists what the API sends);
-  the body is read by http.client itself (Content-Length, chunked, close-delimited, 1xx skipped);
+* the answer is read with one ``recv``: a plain HTTP/1.1 answer with a Content-Length (the usual
+  answer of an API call) is split by hand and its body read to its length; any other answer
+  (1xx, chunked or close-delimited bodies, HTTP/1.0, folded or odd fields, a head longer than the first
+  read) is read by http.client's own code from the same bytes, its fields split without the ``email``
+  package's feed parser where they are plain;
 * the urllib3 response is built from the body read in full, so urllib3 does not read it a second time
   through its own buffering (it still decodes a ``Content-Encoding``).
 
@@ -44,6 +46,9 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # urllib3 sends Content-Len
 _PLAIN_TARGET = re.compile(r"/[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]*\Z").match
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match  # a field name (RFC 9110 token)
 _SIMPLE_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:").match  # a response field line the split covers
+# The same, whole (the line break already cut off): a value without control characters other than tab.
+_SIMPLE_TEXT_FIELD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\Z").match
+_RECV_BYTES = 64 * 1024  # one read takes a usual answer whole; below malloc's mmap threshold
 _known_names: set[str] = set()  # field names already checked (the API uses a few dozen)
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 _VERSION_STRING = "version_string" in inspect.signature(HTTPResponse.__init__).parameters
@@ -185,38 +190,134 @@ def _lean_request(
     return True
 
 
+class _Quick:
+    """A plain answer read in one go: status, reason, fields, where the body starts and how long it is."""
+
+    __slots__ = ("fields", "length", "reason", "start", "status", "will_close")
+
+    def __init__(self, status: int, reason: str, fields: list[tuple[str, str]], start: int, length: int,
+                 will_close: bool) -> None:
+        self.status, self.reason, self.fields = status, reason, fields
+        self.start, self.length, self.will_close = start, length, will_close
+
+
+def _quick_answer(data: bytes, method: str) -> _Quick | None:
+    """``data`` (the first bytes read) as a plain HTTP/1.1 answer with a Content-Length; None for anything else.
+
+    Anything else (1xx, HTTP/1.0, chunked or close-delimited bodies, HEAD, 204/304, folded or odd fields,
+    a head longer than one read) is read by http.client (``LeanResponse``), from the same bytes.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or method == "HEAD" or not data.startswith(b"HTTP/1.1 "):
+        return None
+    lines = str(data[:end], "iso-8859-1").split("\r\n")
+    status_text, _, reason = lines[0][9:].partition(" ")
+    if len(status_text) != 3 or not status_text.isdigit():
+        return None
+    status = int(status_text)
+    if status < 200 or status in (204, 304):
+        return None
+    fields = []
+    length = -1
+    will_close = False
+    for line in lines[1:]:
+        if _SIMPLE_TEXT_FIELD(line) is None:
+            return None
+        name, _, value = line.partition(":")
+        value = value.lstrip(" \t")
+        fields.append((name, value))
+        lower = name.lower()
+        if lower == "content-length":
+            if length >= 0 or not value.isdigit():
+                return None  # repeated or not a plain number: http.client decides
+            length = int(value)
+        elif lower == "transfer-encoding":
+            return None
+        elif lower == "connection" and "close" in value.lower():
+            will_close = True
+    if length < 0:
+        return None
+    return _Quick(status, reason.strip(), fields, end + 4, length, will_close)
+
+
+class _Prefixed(io.RawIOBase):
+    """The bytes already read from a socket, then the socket: what http.client reads a response from."""
+
+    def __init__(self, sock: Any, prefix: bytes) -> None:
+        self._sock = sock
+        self._prefix = memoryview(prefix)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._prefix:
+            n = min(len(buffer), len(self._prefix))
+            buffer[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        return int(self._sock.recv_into(buffer))
+
+    def makefile(self, mode: str) -> io.BufferedReader:  # what http.client.HTTPResponse asks its "socket" for
+        return io.BufferedReader(self)
+
+
+def _read_body(sock: Any, have: bytes, length: int) -> bytes:
+    """The ``length`` body bytes: ``have`` and the rest from ``sock``."""
+    if len(have) >= length:
+        return have[:length]
+    out = bytearray(length)
+    view = memoryview(out)
+    view[:len(have)] = have
+    got = len(have)
+    while got < length:
+        n = sock.recv_into(view[got:])
+        if not n:
+            raise http.client.IncompleteRead(bytes(out[:got]), length - got)
+        got += n
+    return bytes(out)
+
+
 def _lean_getresponse(conn: HTTPConnection, pending: tuple[str, str, bool, bool]) -> HTTPResponse:
-    """Read the answer to a lean request: head split by hand, body read in full by http.client."""
+    """Read the answer to a lean request: a plain one in one go, any other through http.client's reader."""
     method, url, decode_content, enforce_content_length = pending
     sock = conn.sock
     assert sock is not None
     sock.settimeout(conn.timeout)
-    raw = LeanResponse(sock, method=method)
     try:
-        raw.begin()
-    except ConnectionError:
-        conn.close()
-        raise
-    if raw.will_close:
-        conn.close()  # the response goes on reading from its own file
-    try:
-        data = raw.read()
+        first = sock.recv(_RECV_BYTES)
+        quick = _quick_answer(first, method)
+        if quick is not None:
+            data = _read_body(sock, first[quick.start:], quick.length)
+            status, version, reason, fields = quick.status, 11, quick.reason, quick.fields
+            # bytes past the body (a server that broke its own framing) would start the next answer: close
+            will_close = quick.will_close or len(first) - quick.start > quick.length
+            original = None
+        else:
+            raw = LeanResponse(_Prefixed(sock, first), method=method)
+            raw.begin()
+            data = raw.read()
+            raw.close()
+            status, version, reason, fields, will_close = raw.status, raw.version, raw.reason, raw.field_list, (
+                raw.will_close)
+            original = raw
     except BaseException:
         conn.close()  # a half-read answer leaves the connection unusable
         raise
-    raw.close()
+    if will_close:
+        conn.close()
     headers = urllib3.HTTPHeaderDict()
-    for name, value in raw.field_list:
+    for name, value in fields:
         headers.add(name, value)
     encoded = decode_content and headers.get("content-encoding", "identity").lower() != "identity"
     extra: dict[str, Any] = {}
     if _VERSION_STRING:
-        extra["version_string"] = "HTTP/1.0" if raw.version == 10 else "HTTP/1.1"
+        extra["version_string"] = "HTTP/1.0" if version == 10 else "HTTP/1.1"
     return HTTPResponse(
         # urllib3 decodes what it reads itself; it keeps an empty bytes body as "no body" (None)
         body=data if data and not encoded else io.BytesIO(data),
-        headers=headers, status=raw.status, version=raw.version, reason=raw.reason,
-        preload_content=True, decode_content=decode_content, original_response=raw,
+        headers=headers, status=status, version=version, reason=reason,
+        preload_content=True, decode_content=decode_content, original_response=original,
         enforce_content_length=enforce_content_length, request_method=method, request_url=url, **extra,
     )
 
