@@ -48,6 +48,8 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match  # a field name (RF
 _SIMPLE_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:").match  # a response field line the split covers
 # The same, whole (the line break already cut off): a value without control characters other than tab.
 _SIMPLE_TEXT_FIELD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\Z").match
+_PREALLOCATE_MAX = 64 * 1024 * 1024  # a body up to this long is read into one buffer of its length
+_LARGE_READ = 4 * 1024 * 1024
 _RECV_BYTES = 64 * 1024  # one read takes a usual answer whole; below malloc's mmap threshold
 _known_names: set[str] = set()  # field names already checked (the API uses a few dozen)
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
@@ -212,7 +214,7 @@ def _quick_answer(data: bytes, method: str) -> _Quick | None:
         return None
     lines = str(data[:end], "iso-8859-1").split("\r\n")
     status_text, _, reason = lines[0][9:].partition(" ")
-    if len(status_text) != 3 or not status_text.isdigit():
+    if len(status_text) != 3 or not (status_text.isascii() and status_text.isdigit()):  # not '²'
         return None
     status = int(status_text)
     if status < 200 or status in (204, 304):
@@ -228,7 +230,7 @@ def _quick_answer(data: bytes, method: str) -> _Quick | None:
         fields.append((name, value))
         lower = name.lower()
         if lower == "content-length":
-            if length >= 0 or not value.isdigit():
+            if length >= 0 or not (value.isascii() and value.isdigit()):
                 return None  # repeated or not a plain number: http.client decides
             length = int(value)
         elif lower == "transfer-encoding":
@@ -266,6 +268,15 @@ def _read_body(sock: Any, have: bytes, length: int) -> bytes:
     """The ``length`` body bytes: ``have`` and the rest from ``sock``."""
     if len(have) >= length:
         return have[:length]
+    if length > _PREALLOCATE_MAX:  # memory only for bytes that arrive, whatever length the server claims
+        parts, got = [have], len(have)
+        while got < length:
+            part = sock.recv(min(length - got, _LARGE_READ))
+            if not part:
+                raise http.client.IncompleteRead(b"".join(parts), length - got)
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
     out = bytearray(length)
     view = memoryview(out)
     view[:len(have)] = have
