@@ -36,7 +36,8 @@ REPLIES = [
     ok(bytes(range(256)) * 1200, "Content-Type: application/octet-stream"),  # 300 KiB: several reads
     ok(b"spaced", status="200  Fine  "),
     ok(b"cl", "Content-Length: 2"),  # the same length twice
-    "HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\nConnection: close\r\n\r\n".encode("latin-1"),  # a digit, but not an ASCII one
+    # a digit, but not an ASCII one
+    "HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\nConnection: close\r\n\r\n".encode("latin-1"),
     ok(b"last", "Connection: close"),
 ]
 
