@@ -35,7 +35,9 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.response import HTTPResponse
 
-__all__ = ["LeanHTTPConnection", "LeanHTTPSConnection", "LeanResponse", "lean_supported"]
+__all__ = [
+    "LeanHTTPConnection", "LeanHTTPResponse", "LeanHTTPSConnection", "LeanResponse", "LowerFields", "lean_supported",
+]
 
 _MAXLINE = 65536  # http.client's limits for one head line and the number of fields
 _MAXHEADERS = 100
@@ -46,8 +48,9 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # urllib3 sends Content-Len
 _PLAIN_TARGET = re.compile(r"/[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]*\Z").match
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match  # a field name (RFC 9110 token)
 _SIMPLE_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:").match  # a response field line the split covers
-# The same, whole (the line break already cut off): a value without control characters other than tab.
-_SIMPLE_TEXT_FIELD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\Z").match
+# All field lines of a head (from the status line's line break on), each a token, ":" and a value without
+# control characters other than tab.
+_PLAIN_FIELDS = re.compile(r"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*)+\Z").match
 _PREALLOCATE_MAX = 64 * 1024 * 1024  # a body up to this long is read into one buffer of its length
 _LARGE_READ = 4 * 1024 * 1024
 _RECV_BYTES = 64 * 1024  # one read takes a usual answer whole; below malloc's mmap threshold
@@ -192,14 +195,26 @@ def _lean_request(
     return True
 
 
+class LowerFields(dict[str, str]):
+    """An answer's fields by lower-case name, repeated ones joined with ", " (what the transport keeps)."""
+
+    __slots__ = ()
+
+
+class LeanHTTPResponse(HTTPResponse):
+    """urllib3's response, with ``lower_fields`` where the quick read already has them (else None)."""
+
+    lower_fields: LowerFields | None = None
+
+
 class _Quick:
     """A plain answer read in one go: status, reason, fields, where the body starts and how long it is."""
 
-    __slots__ = ("fields", "length", "reason", "start", "status", "will_close")
+    __slots__ = ("fields", "length", "lower", "reason", "start", "status", "will_close")
 
-    def __init__(self, status: int, reason: str, fields: list[tuple[str, str]], start: int, length: int,
-                 will_close: bool) -> None:
-        self.status, self.reason, self.fields = status, reason, fields
+    def __init__(self, status: int, reason: str, fields: list[tuple[str, str]], lower: LowerFields, start: int,
+                 length: int, will_close: bool) -> None:
+        self.status, self.reason, self.fields, self.lower = status, reason, fields, lower
         self.start, self.length, self.will_close = start, length, will_close
 
 
@@ -212,34 +227,29 @@ def _quick_answer(data: bytes, method: str) -> _Quick | None:
     end = data.find(b"\r\n\r\n")
     if end < 0 or method == "HEAD" or not data.startswith(b"HTTP/1.1 "):
         return None
-    lines = str(data[:end], "iso-8859-1").split("\r\n")
-    status_text, _, reason = lines[0][9:].partition(" ")
+    head = str(data[:end], "iso-8859-1")
+    cut = head.find("\r\n")
+    if cut < 0 or _PLAIN_FIELDS(head, cut) is None:  # every field line plain, checked in one pass
+        return None
+    status_text, _, reason = head[9:cut].partition(" ")
     if len(status_text) != 3 or not (status_text.isascii() and status_text.isdigit()):  # not '²'
         return None
     status = int(status_text)
     if status < 200 or status in (204, 304):
         return None
     fields = []
-    length = -1
-    will_close = False
-    for line in lines[1:]:
-        if _SIMPLE_TEXT_FIELD(line) is None:
-            return None
+    lower = LowerFields()
+    for line in head[cut + 2:].split("\r\n"):
         name, _, value = line.partition(":")
         value = value.lstrip(" \t")
         fields.append((name, value))
-        lower = name.lower()
-        if lower == "content-length":
-            if length >= 0 or not (value.isascii() and value.isdigit()):
-                return None  # repeated or not a plain number: http.client decides
-            length = int(value)
-        elif lower == "transfer-encoding":
-            return None
-        elif lower == "connection" and "close" in value.lower():
-            will_close = True
-    if length < 0:
-        return None
-    return _Quick(status, reason.strip(), fields, end + 4, length, will_close)
+        key = name.lower()
+        lower[key] = lower[key] + ", " + value if key in lower else value
+    length = lower.get("content-length", "")
+    if not (length.isascii() and length.isdigit()) or "transfer-encoding" in lower:
+        return None  # none, repeated, not a plain number, or another framing: http.client decides
+    will_close = "close" in lower.get("connection", "").lower()
+    return _Quick(status, reason.strip(), fields, lower, end + 4, int(length), will_close)
 
 
 class _Prefixed(io.RawIOBase):
@@ -300,7 +310,7 @@ def _lean_getresponse(conn: HTTPConnection, pending: tuple[str, str, bool, bool]
         quick = _quick_answer(first, method)
         if quick is not None:
             data = _read_body(sock, first[quick.start:], quick.length)
-            status, version, reason, fields = quick.status, 11, quick.reason, quick.fields
+            status, version, reason, fields, lower = quick.status, 11, quick.reason, quick.fields, quick.lower
             # bytes past the body (a server that broke its own framing) would start the next answer: close
             will_close = quick.will_close or len(first) - quick.start > quick.length
             original = None
@@ -311,6 +321,7 @@ def _lean_getresponse(conn: HTTPConnection, pending: tuple[str, str, bool, bool]
             raw.close()
             status, version, reason, fields, will_close = raw.status, raw.version, raw.reason, raw.field_list, (
                 raw.will_close)
+            lower = None
             original = raw
     except BaseException:
         conn.close()  # a half-read answer leaves the connection unusable
@@ -324,13 +335,15 @@ def _lean_getresponse(conn: HTTPConnection, pending: tuple[str, str, bool, bool]
     extra: dict[str, Any] = {}
     if _VERSION_STRING:
         extra["version_string"] = "HTTP/1.0" if version == 10 else "HTTP/1.1"
-    return HTTPResponse(
+    response = LeanHTTPResponse(
         # urllib3 decodes what it reads itself; it keeps an empty bytes body as "no body" (None)
         body=data if data and not encoded else io.BytesIO(data),
         headers=headers, status=status, version=version, reason=reason,
         preload_content=True, decode_content=decode_content, original_response=original,
         enforce_content_length=enforce_content_length, request_method=method, request_url=url, **extra,
     )
+    response.lower_fields = lower
+    return response
 
 
 def _encode_head(method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> bytes | None:

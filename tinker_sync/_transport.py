@@ -37,7 +37,7 @@ from urllib3.util.retry import Retry
 
 from ._auth import Credentials, StaticKey
 from ._config import ClientConfig, redact_url
-from ._connection import LeanHTTPConnection, LeanHTTPSConnection, lean_supported
+from ._connection import LeanHTTPConnection, LeanHTTPSConnection, LowerFields, lean_supported
 from ._exceptions import APICertificateError, APIConnectionError, APITimeoutError, redact
 from ._version import __version__
 
@@ -49,6 +49,8 @@ USER_AGENT = f"tinker_sync/{__version__} (Python {platform.python_version()})"
 
 
 def _lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    if type(headers) is LowerFields:  # the lean exchange's, already in this form
+        return headers
     # urllib3's HTTPHeaderDict lists a repeated field once per value: merged, it is one "a, b" (RFC 9110 5.3).
     items = headers.itermerged() if isinstance(headers, urllib3.HTTPHeaderDict) else headers.items()
     return {k.lower(): (_unfold(v) if "\n" in v else v) for k, v in items}
@@ -286,7 +288,7 @@ class Transport:
             self._log(method, path, type(error).__name__, start)
             raise error from exc
         elapsed_ms = (time.monotonic() - start) * 1000.0
-        out = HTTPResponse(resp.status, resp.headers, resp.data, elapsed_ms)
+        out = HTTPResponse(resp.status, getattr(resp, "lower_fields", None) or resp.headers, resp.data, elapsed_ms)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d in %.1f ms (request_id=%s)", method, path, out.status, elapsed_ms, out.request_id)
         if self._replaced(out, key):  # the server rejected the token itself and the provider replaced it
