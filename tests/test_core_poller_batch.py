@@ -234,3 +234,34 @@ def test_sampling_client_samples_ride_the_session_poll() -> None:
             assert len(srv.requests_to(RF)) == 40
         finally:
             client.close()
+
+
+def test_gather_delay_follows_only_answers_that_brought_completions() -> None:
+    from tinker_sync._batch_poller import _GATHER_S, BatchRetry, BatchState, Completed, Completion, gather_delay_s
+
+    state = BatchState()
+    done = Completion(request_id="r-1")
+    assert gather_delay_s(Completed((done,), state)) == _GATHER_S > 0
+    assert gather_delay_s(Completed((), state)) == 0.0  # held to its end with nothing: poll again at once
+    assert gather_delay_s(BatchRetry(1.5, state)) == 0.0  # a back-off is the decision's own delay
+
+
+def test_the_next_batched_poll_waits_to_gather_but_announced_results_are_fetched_at_once(
+    sim: SessionSim, srv: ScriptedServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from tinker_sync import _batch_poller
+
+    monkeypatch.setattr(_batch_poller, "_GATHER_S", 0.3)  # long enough to tell apart from any scheduling delay
+    with _polling(srv, PollFeatures(batched=True)) as poller:
+        first, second = _track(poller, sim, "g-1"), _track(poller, sim, "g-2")
+        assert wait_for(lambda: sim.batch_inflight == 1)
+        completed_at = time.monotonic()
+        sim.complete(["g-1"])
+        assert first.result(timeout=T) == {"rid": "g-1"}
+        assert time.monotonic() - completed_at < 0.3  # the announced result did not wait for the gathering
+        assert wait_for(lambda: len(srv.requests_to(RFS)) >= 2, T)
+        assert srv.requests_to(RFS)[1].received_at - completed_at >= 0.3
+        sim.complete(["g-2"])
+        assert second.result(timeout=T) == {"rid": "g-2"}
