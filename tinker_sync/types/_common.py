@@ -246,7 +246,11 @@ def str_field(*, default: Any = attrs.NOTHING, **kw: Any) -> Any:
     optional = default is None
     return attrs.field(
         default=default,
-        converter=_conv(lambda v, s, f: v if type(v) is str else check_str(v, _where(s, f), optional=optional)),
+        converter=_conv(
+            lambda v, s, f: v
+            if type(v) is str or (v is None and optional)
+            else check_str(v, _where(s, f), optional=optional)
+        ),
         **kw,
     )
 
@@ -257,7 +261,7 @@ def int_field(*, default: Any = attrs.NOTHING, minimum: int | None = None, **kw:
         default=default,
         converter=_conv(
             lambda v, s, f: v
-            if type(v) is int and (minimum is None or v >= minimum)
+            if (type(v) is int and (minimum is None or v >= minimum)) or (v is None and optional)
             else check_int(v, _where(s, f), minimum=minimum, optional=optional)
         ),
         **kw,
@@ -276,6 +280,8 @@ def float_field(
     optional = default is None
 
     def convert(v: Any, s: Any, f: Any) -> Any:
+        if v is None and optional:
+            return None
         if type(v) is not float or not math.isfinite(v):
             v = check_float(v, _where(s, f), optional=optional)
             if v is None:
@@ -294,7 +300,9 @@ def bool_field(*, default: Any = attrs.NOTHING, **kw: Any) -> Any:
     return attrs.field(
         default=default,
         converter=_conv(
-            lambda v, s, f: v if v is True or v is False else check_bool(v, _where(s, f), optional=optional)
+            lambda v, s, f: v
+            if v is True or v is False or (v is None and optional)
+            else check_bool(v, _where(s, f), optional=optional)
         ),
         **kw,
     )
@@ -306,7 +314,7 @@ def choice_field(choices: tuple[str, ...], *, default: Any = attrs.NOTHING, **kw
         default=default,
         converter=_conv(
             lambda v, s, f: v
-            if type(v) is str and v in choices
+            if (type(v) is str and v in choices) or (v is None and optional)
             else check_choice(v, _where(s, f), choices, optional=optional)
         ),
         **kw,
@@ -332,7 +340,11 @@ def str_list_field(*, default: Any = attrs.NOTHING, **kw: Any) -> Any:
 def list_of_field(cls: type, *, default: Any = attrs.NOTHING, **kw: Any) -> Any:
     optional = default is None
     return attrs.field(
-        default=default, converter=_conv(lambda v, s, f: check_list_of(v, _where(s, f), cls, optional=optional)), **kw
+        default=default,
+        converter=_conv(
+            lambda v, s, f: v if v is None and optional else check_list_of(v, _where(s, f), cls, optional=optional)
+        ),
+        **kw,
     )
 
 
@@ -341,7 +353,9 @@ def instance_field(cls: type, *, default: Any = attrs.NOTHING, **kw: Any) -> Any
     return attrs.field(
         default=default,
         converter=_conv(
-            lambda v, s, f: v if type(v) is cls else check_instance(v, _where(s, f), cls, optional=optional)
+            lambda v, s, f: v
+            if type(v) is cls or (v is None and optional)
+            else check_instance(v, _where(s, f), cls, optional=optional)
         ),
         **kw,
     )
