@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -36,8 +37,11 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 class RawServer:
     """Answers the n-th request with ``replies[n]`` (bytes; ``None`` = close without answering)."""
 
-    def __init__(self, replies: list[Any], *, close_after: set[int] | None = None) -> None:
+    def __init__(
+        self, replies: list[Any], *, close_after: set[int] | None = None, tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.replies = replies
+        self.tls = tls  # answer over TLS with this server context
         self.close_after = close_after or set()
         self.requests: list[bytes] = []
         self.connections = 0
@@ -51,7 +55,7 @@ class RawServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -80,6 +84,13 @@ class RawServer:
 
     def _handle(self, conn: socket.socket) -> None:
         try:
+            if self.tls is not None:
+                conn.settimeout(10)
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError):
+                    conn.close()
+                    return
             self._answer(conn)
         finally:
             self.handler_done.set()

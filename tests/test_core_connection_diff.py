@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +132,33 @@ def test_tinker_sync_lean_http_turns_the_lean_exchange_off(
     finally:
         tr.close()
         server.close()
+
+
+def test_both_exchanges_agree_over_tls(monkeypatch: pytest.MonkeyPatch, self_signed: tuple[Path, Path]) -> None:
+    # TLS hands data over in records of at most 16 KiB: bodies and heads come in many reads
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*self_signed)
+    big = bytes(range(256)) * 4096
+    replies = [
+        ok(big, "Content-Type: application/octet-stream"),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ok(gzip.compress(big), "Content-Encoding: gzip"),
+        ok(b"two", "Set-Thing: a", "set-thing: b"),
+        ok(b"{}", "Content-Type: application/json"),
+    ]
+    servers = RawServer(list(replies), tls=ctx), RawServer(list(replies), tls=ctx)
+    transports = []
+    for server, lean in zip(servers, ("1", "0")):
+        monkeypatch.setenv("TINKER_SYNC_LEAN_HTTP", lean)
+        transports.append(Transport(ClientConfig(base_url=server.url, api_key=KEY, ca_bundle=str(self_signed[0]))))
+    try:
+        for i in range(len(replies)):
+            a, b = (tr.send("POST", "/api/v1/t", body=b"x" * (i * 30_000)) for tr in transports)
+            assert (a.status, dict(a.headers), a.content) == (b.status, dict(b.headers), b.content)
+        assert servers[0].connections == servers[1].connections == 1
+        assert [_fields(r) for r in servers[0].requests] == [_fields(r) for r in servers[1].requests]
+    finally:
+        for tr in transports:
+            tr.close()
+        for server in servers:
+            server.close()
