@@ -64,9 +64,10 @@ def _unfold(value: str) -> str:
 def _refuse_line_breaks(headers: Mapping[str, str]) -> None:
     """Refuse a request field that would split the head (without echoing it: a value may be a secret)."""
     for name, value in headers.items():
-        if any(c in text for text in (name, value) for c in "\r\n\x00"):
-            raise ValueError(f"request header {name.splitlines()[0][:40]!r}: its name or value contains a line "
-                             "break or NUL")
+        for text in (name, value):
+            if isinstance(text, str) and ("\r" in text or "\n" in text or "\x00" in text):
+                raise ValueError(f"request header {name.splitlines()[0][:40]!r}: its name or value contains a "
+                                 "line break or NUL")
 
 
 @attrs.frozen
@@ -210,7 +211,8 @@ class Transport:
             headers = {"Host": host, **headers}
         self._headers = headers
         self._closed = False
-        self._lean = lean
+        # Where the lean exchange writes the head (no proxy), it refuses a line break in a field itself.
+        self._lean_head = host is not None
 
     def __repr__(self) -> str:
         return f"Transport(base_url={redact_url(self._base_url)!r})"
@@ -256,7 +258,7 @@ class Transport:
         if content_type is not None and body is not None:
             hdrs["Content-Type"] = content_type
         if headers:
-            if not self._lean:  # the lean exchange refuses these itself; http.client would echo the value
+            if not self._lean_head:  # http.client would refuse it too, but with the value in its message
                 _refuse_line_breaks(headers)
             hdrs.update(headers)
         read_s = timeout_s if timeout_s is not None else self._config.read_timeout_s
