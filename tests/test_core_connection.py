@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tinker_sync._config import ClientConfig
+from tinker_sync._connection import lean_supported
 from tinker_sync._exceptions import APIConnectionError, APITimeoutError
 from tinker_sync._transport import Transport
 
@@ -272,9 +273,8 @@ def test_answers_split_over_reads_long_bodies_and_bytes_past_the_body(make_serve
         make_server,
         (b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 5\r\nX-Part: 2\r\n\r\nhel", b"lo"),  # head and body in pieces
         ok(big, "Content-Type: application/octet-stream"),
-        ok(b"ab") + b"cd",  # two bytes more than its Content-Length says
+        ok(b"ab") + b"cd",  # two bytes more than its Content-Length says (sent with the answer, in one write)
         ok(b"after"),
-        close_after={2},
     )
     tr = _transport(server)
     first = tr.send("GET", "/s")
@@ -285,7 +285,7 @@ def test_answers_split_over_reads_long_bodies_and_bytes_past_the_body(make_serve
 
 
 def test_a_huge_claimed_length_that_never_comes_is_a_broken_answer(make_server: list[RawServer], mode: str) -> None:
-    if mode == "stock":
+    if mode == "stock" or not lean_supported():
         pytest.skip("http.client asks for the claimed length at once: MemoryError (the lean exchange reads what comes)")
     server = _serve(make_server, b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999\r\n\r\nsome", ok(b"next"),
                     close_after={0})

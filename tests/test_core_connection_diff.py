@@ -17,9 +17,11 @@ import pytest
 
 from tests.test_core_connection import RawServer, ok
 from tinker_sync._config import ClientConfig
+from tinker_sync._connection import lean_supported
 from tinker_sync._transport import Transport
 
 KEY = "tml-connection-diff-key-0123456789"
+needs_lean = pytest.mark.skipif(not lean_supported(), reason="urllib3 1.x: urllib3's own exchange is always used")
 
 REPLIES = [
     ok(b'{"a": 1}', "Content-Type: application/json", "Server: x "),
@@ -100,6 +102,7 @@ def test_both_exchanges_read_every_reply_alike_and_send_the_same_requests(
     assert [_fields(r) for r in lean_server.requests] == [_fields(r) for r in stock_server.requests]
 
 
+@needs_lean
 def test_the_lean_exchange_writes_no_field_through_http_client(
     pair: tuple[RawServer, RawServer, Transport, Transport], putheader_calls: list[str],
 ) -> None:
@@ -118,6 +121,7 @@ def test_the_lean_exchange_writes_no_field_through_http_client(
     assert "X-Number" in fields and b"\r\nX-Number: 5\r\n" in lean_server.requests[-1]
 
 
+@needs_lean
 @pytest.mark.parametrize(("value", "lean"), [("1", True), ("", True), ("0", False), ("off", False), ("False", False)])
 def test_tinker_sync_lean_http_turns_the_lean_exchange_off(
     monkeypatch: pytest.MonkeyPatch, putheader_calls: list[str], value: str, lean: bool,

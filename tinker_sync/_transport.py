@@ -52,7 +52,8 @@ def _lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
     if type(headers) is LowerFields:  # the lean exchange's, already in this form
         return headers
     # urllib3's HTTPHeaderDict lists a repeated field once per value: merged, it is one "a, b" (RFC 9110 5.3).
-    items = headers.itermerged() if isinstance(headers, urllib3.HTTPHeaderDict) else headers.items()
+    merged = getattr(headers, "itermerged", None)  # (urllib3 1.26 does not export the class at the top)
+    items = merged() if merged is not None else headers.items()
     return {k.lower(): (_unfold(v) if "\n" in v else v) for k, v in items}
 
 
