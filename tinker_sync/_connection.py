@@ -10,16 +10,15 @@ its answer is read, which is where http.client spends most of a small call's CPU
 * the answer is read with one ``recv``: a plain HTTP/1.1 answer with a Content-Length (the usual
   answer of an API call) is split by hand and its body read to its length; any other answer
   (1xx, chunked or close-delimited bodies, HTTP/1.0, folded or odd fields, a head longer than the first
-  read) is read by http.client's own code from the same bytes, its fields split without the ``email``
-  package's feed parser where they are plain;
+  read) is read by http.client's own code from the same bytes;
 * the urllib3 response is built from the body read in full, so urllib3 does not read it a second time
   through its own buffering (it still decodes a ``Content-Encoding``).
 
 The lean way is taken only for what it covers byte for byte: an origin-form target of plain characters,
 a ``bytes`` body or none, a known method and a ``Host`` field given by the caller. Everything else
 (chunked uploads, streamed responses, absolute targets through a proxy) goes through urllib3's own code.
-A response head the quick split does not cover (folded or malformed fields) is parsed by http.client's
-own parser, so the fields come out as urllib3 would give them.
+A response the quick split does not cover is parsed by http.client itself, so its fields come out as
+urllib3 would give them.
 """
 
 from __future__ import annotations
@@ -36,18 +35,15 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.response import HTTPResponse
 
 __all__ = [
-    "LeanHTTPConnection", "LeanHTTPResponse", "LeanHTTPSConnection", "LeanResponse", "LowerFields", "lean_supported",
+    "LeanHTTPConnection", "LeanHTTPResponse", "LeanHTTPSConnection", "LowerFields", "lean_supported",
 ]
 
-_MAXLINE = 65536  # http.client's limits for one head line and the number of fields
-_MAXHEADERS = 100
 _SMALL_BODY = 64 * 1024  # bodies up to this size go out in the head's send
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # urllib3 sends Content-Length: 0 for these without a body
 # An origin-form target needing no percent-encoding (urllib3 would leave it as it is).
 _PLAIN_TARGET = re.compile(r"/[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]*\Z").match
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match  # a field name (RFC 9110 token)
-_SIMPLE_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:").match  # a response field line the split covers
 # All field lines of a head (from the status line's line break on), each a token, ":" and a value without
 # control characters other than tab.
 _PLAIN_FIELDS = re.compile(r"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*)+\Z").match
@@ -62,112 +58,6 @@ _VERSION_STRING = "version_string" in inspect.signature(HTTPResponse.__init__).p
 def lean_supported() -> bool:
     """Whether the installed urllib3 lets a connection build its own response (urllib3 2; 1.26 does not)."""
     return "preload_content" in inspect.signature(HTTPConnection.request).parameters
-
-
-class LeanResponse(http.client.HTTPResponse):
-    """An http.client response whose head is split by hand; the fields are also kept as ``field_list``."""
-
-    def __init__(self, sock: Any, debuglevel: int = 0, method: str | None = None, url: str | None = None) -> None:
-        super().__init__(sock, debuglevel, method, url)
-        self.request_method = method
-        self.field_list: list[tuple[str, str]] = []
-
-    def begin(self) -> None:
-        if self.headers is not None:
-            return
-        while True:
-            version, status, reason = self._status_line()
-            lines, simple = self._field_lines()
-            if status != http.client.CONTINUE:
-                break
-        self.code = self.status = status
-        self.reason = reason.strip()
-        if version in ("HTTP/1.0", "HTTP/0.9"):
-            self.version = 10
-        elif version.startswith("HTTP/1."):
-            self.version = 11
-        else:
-            raise http.client.UnknownProtocol(version)
-        msg = http.client.HTTPMessage()
-        if simple:
-            pairs = self.field_list
-            for raw in lines:
-                name, _, value = str(raw, "iso-8859-1").partition(":")
-                value = value.lstrip(" \t").rstrip("\r\n")  # what the email parser keeps of a field
-                msg[name] = value
-                pairs.append((name, value))
-        else:
-            msg = http.client.parse_headers(io.BytesIO(b"".join(lines) + b"\r\n"))
-            self.field_list = list(msg.items())
-        self.headers = self.msg = msg
-        self._framing(msg, status)
-
-    def _framing(self, msg: http.client.HTTPMessage, status: int) -> None:
-        """Body framing and keep-alive, decided exactly as http.client decides them."""
-        tr_enc = msg.get("transfer-encoding")
-        self.chunked = bool(tr_enc and tr_enc.lower() == "chunked")
-        if self.chunked:
-            self.chunk_left = None
-        conn = msg.get("connection")
-        if self.version == 11:
-            self.will_close = bool(conn and "close" in conn.lower())
-        else:
-            pconn = msg.get("proxy-connection")
-            self.will_close = not (
-                msg.get("keep-alive")
-                or (conn and "keep-alive" in conn.lower())
-                or (pconn and "keep-alive" in pconn.lower())
-            )
-        self.length = None
-        length = msg.get("content-length")
-        if length and not self.chunked:
-            try:
-                n = int(length)
-            except ValueError:
-                n = -1
-            self.length = n if n >= 0 else None
-        if status in (204, 304) or 100 <= status < 200 or self.request_method == "HEAD":
-            self.length = 0
-        if not self.will_close and not self.chunked and self.length is None:
-            self.will_close = True
-
-    def _status_line(self) -> tuple[str, int, str]:
-        assert self.fp is not None
-        line = self.fp.readline(_MAXLINE + 1)
-        if len(line) > _MAXLINE:
-            raise http.client.LineTooLong("status line")
-        if not line:
-            raise http.client.RemoteDisconnected("Remote end closed connection without response")
-        text = str(line, "iso-8859-1")
-        parts = text.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-            self.close()
-            raise http.client.BadStatusLine(text)
-        try:
-            status = int(parts[1])
-        except ValueError:
-            raise http.client.BadStatusLine(text) from None
-        if not 100 <= status <= 999:
-            raise http.client.BadStatusLine(text)
-        return parts[0], status, parts[2] if len(parts) > 2 else ""
-
-    def _field_lines(self) -> tuple[list[bytes], bool]:
-        """The head's field lines (raw), and whether every one is a plain ``name: value`` line."""
-        assert self.fp is not None
-        readline = self.fp.readline
-        lines: list[bytes] = []
-        simple = True
-        while True:
-            line = readline(_MAXLINE + 1)
-            if len(line) > _MAXLINE:
-                raise http.client.LineTooLong("header line")
-            if line in (b"\r\n", b"\n", b""):
-                return lines, simple
-            lines.append(line)
-            if len(lines) > _MAXHEADERS:
-                raise http.client.HTTPException(f"got more than {_MAXHEADERS} headers")
-            if simple and _SIMPLE_FIELD(line) is None:
-                simple = False
 
 
 def _lean_request(
@@ -222,7 +112,7 @@ def _quick_answer(data: bytes, method: str) -> _Quick | None:
     """``data`` (the first bytes read) as a plain HTTP/1.1 answer with a Content-Length; None for anything else.
 
     Anything else (1xx, HTTP/1.0, chunked or close-delimited bodies, HEAD, 204/304, folded or odd fields,
-    a head longer than one read) is read by http.client (``LeanResponse``), from the same bytes.
+    a head longer than one read) is read by http.client, from the same bytes.
     """
     end = data.find(b"\r\n\r\n")
     if end < 0 or method == "HEAD" or not data.startswith(b"HTTP/1.1 "):
@@ -315,11 +205,11 @@ def _lean_getresponse(conn: HTTPConnection, pending: tuple[str, str, bool, bool]
             will_close = quick.will_close or len(first) - quick.start > quick.length
             original = None
         else:
-            raw = LeanResponse(_Prefixed(sock, first), method=method)
+            raw = http.client.HTTPResponse(_Prefixed(sock, first), method=method)  # type: ignore[arg-type]
             raw.begin()
             data = raw.read()
             raw.close()
-            status, version, reason, fields, will_close = raw.status, raw.version, raw.reason, raw.field_list, (
+            status, version, reason, fields, will_close = raw.status, raw.version, raw.reason, raw.msg.items(), (
                 raw.will_close)
             lower = None
             original = raw
