@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from . import _serde
 from ._batch_poller import CancelSender, Completion, PollFeatures, SessionPoller, SessionTarget
 from ._decide import new_idempotency_key
 from ._exceptions import (
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
 
 RETRIEVE_PATH = "/api/v1/retrieve_future"
 # What a 0.25 client sends for sample / forward_backward results (docs/protocol.rst §1.3, §3.2): protobuf only.
@@ -265,8 +265,6 @@ def _decide_ok(
             return Fail(RequestFailedError(str(body["error"]), request_id=request_id, category=category), nxt)
     if expected_type is None or expected_type is dict or expected_type is Any:
         return Done(body, nxt)
-    from . import _serde
-
     try:
         return Done(_serde.loads(body if body is not None else content, expected_type), nxt)
     except APIResponseValidationError as exc:
@@ -723,7 +721,7 @@ class FuturePoller:
         if state.iteration == 0 and call.round_trip_s is not None:
             headers["X-Tinker-Create-Promise-Roundtrip-Time"] = f"{call.round_trip_s:.6f}"
         poll = {"request_id": call.request_id, "allow_metadata_only": state.allow_metadata_only}
-        body = COMPACT_JSON.encode(poll).encode()
+        body = _serde.COMPACT_JSON.encode(poll).encode()
         try:
             resp = self._transport.send("POST", RETRIEVE_PATH, body=body, content_type="application/json",
                                         headers=headers, timeout_s=self._poll_timeout_s, accept=call.accept)

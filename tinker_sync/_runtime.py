@@ -45,7 +45,7 @@ from ._exceptions import (
     unregister_secret,
 )
 from ._executor import Activity, Executor, LaneSlot, SequencedLane, propagate_failure, set_exception
-from ._poller import COMPACT_JSON, FuturePoller, PolledCall, SessionTarget
+from ._poller import FuturePoller, PolledCall, SessionTarget
 from ._ratelimit import RateLimiter, get_shared_limiter
 from ._transport import HTTPResponse, Transport
 
@@ -109,7 +109,7 @@ def _encode_body(body: Any) -> tuple[bytes | None, str | None]:
         return bytes(body), "application/json"
     if attrs.has(type(body)):
         return _serde.dumps(body), "application/json"
-    return COMPACT_JSON.encode(body).encode("utf-8"), "application/json"
+    return _serde.COMPACT_JSON.encode(body).encode("utf-8"), "application/json"
 
 
 def _parse(resp: HTTPResponse, response_type: type[T] | None, method: str, path: str) -> Any:

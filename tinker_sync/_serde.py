@@ -31,6 +31,7 @@ from .types._provenance import ProvenanceSpan
 from .types._sampling import StopCondition
 
 __all__ = [
+    "COMPACT_JSON",
     "configure_converter",
     "converter",
     "dumps",
@@ -306,12 +307,12 @@ def unstructure(obj: Any) -> Any:
     return converter.unstructure(obj)
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
 
 
 def dumps(obj: Any) -> bytes:
     """Serialise a wire object (or plain JSON data) to compact UTF-8 JSON bytes."""
-    return _COMPACT.encode(converter.unstructure(obj)).encode("ascii")
+    return COMPACT_JSON.encode(converter.unstructure(obj)).encode("ascii")
 
 
 def _type_name(cls: Any) -> str:
