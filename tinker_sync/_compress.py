@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from typing import Any, Literal, TypeVar
 
 from ._exceptions import APIStatusError, TinkerError
-from ._executor import set_exception, set_result
+from ._executor import OnDone, set_exception, set_result
 
 __all__ = [
     "ZSTD_INSTALL_HINT",
@@ -119,6 +119,6 @@ def explain_refusals(fut: Future[T], *, headers_sent: Mapping[str, str], server_
         else:
             set_exception(out, explain_refusal(exc, headers_sent=headers_sent, server_asks=server_asks))
 
-    out.add_done_callback(lambda o: fut.cancel() if o.cancelled() else None)
-    fut.add_done_callback(done)
+    out.add_done_callback(OnDone(lambda o: fut.cancel() if o.cancelled() else None))
+    fut.add_done_callback(OnDone(done))
     return out

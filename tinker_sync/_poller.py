@@ -34,6 +34,7 @@ from ._exceptions import (
 from ._executor import (
     Activity,
     LanePoisonedError,
+    OnDone,
     mark_internal_thread,
     set_exception,
     set_result,
@@ -434,7 +435,7 @@ class FuturePoller:
         if waiting and call.lane is None:
             self._wait_batched(call)
         # Outside the lock: runs at once if the Future is already done (e.g. cancelled meanwhile).
-        call.future.add_done_callback(lambda _f: self._call_done(call))
+        call.future.add_done_callback(OnDone(lambda _f: self._call_done(call)))
 
     def tracked(self) -> int:
         with self._cond:
