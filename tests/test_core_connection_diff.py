@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import re
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from tests.test_core_connection import RawServer, ok
 from tinker_sync._config import ClientConfig
 from tinker_sync._connection import lean_supported
+from tinker_sync._exceptions import APIConnectionError
 from tinker_sync._transport import Transport
 
 KEY = "tml-connection-diff-key-0123456789"
@@ -166,3 +169,75 @@ def test_both_exchanges_agree_over_tls(monkeypatch: pytest.MonkeyPatch, self_sig
             tr.close()
         for server in servers:
             server.close()
+
+
+def _failure(tr: Transport, **kw: object) -> tuple[str, str, bool]:
+    with pytest.raises(APIConnectionError) as info:
+        tr.send("POST", "/api/v1/f", body=b'{"x": 1}', **kw)  # type: ignore[arg-type]
+    err = info.value
+    # the ports differ, and urllib3 names the connection (class, or object address in 1.x) in some messages
+    message = re.sub(r"port=\d+|:\d+| at 0x[0-9a-f]+", "", str(err)).replace("LeanHTTP", "HTTP")
+    return type(err).__name__, message, err.request_sent
+
+
+@pytest.mark.parametrize(
+    ("reply", "kw"),
+    [
+        (None, {}),  # closed without a byte
+        (b"garbage\r\n\r\n", {}),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", {}),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", {}),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart", {}),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart", {"timeout_s": 0.2}),  # the rest never comes
+        (b"HTTP/1.1 200 OK\r\nContent-Le", {"timeout_s": 0.2}),  # nor the rest of the head
+    ],
+)
+def test_both_exchanges_report_a_failure_alike(
+    monkeypatch: pytest.MonkeyPatch, reply: bytes | None, kw: dict[str, object],
+) -> None:
+    # Same error class, message (ports aside) and request_sent; the broken connection is not reused.
+    closes = set() if kw else {0}  # a timeout: the server keeps the connection open
+    servers = [RawServer([reply, ok(b"next")], close_after=closes) for _ in range(2)]
+    transports = []
+    for server, lean in zip(servers, ("1", "0")):
+        monkeypatch.setenv("TINKER_SYNC_LEAN_HTTP", lean)
+        transports.append(Transport(ClientConfig(base_url=server.url, api_key=KEY)))
+    try:
+        lean_failure, stock_failure = (_failure(tr, **kw) for tr in transports)
+        assert lean_failure == stock_failure
+        assert lean_failure[2] is True and KEY not in lean_failure[1]
+        assert [tr.send("GET", "/api/v1/n").content for tr in transports] == [b"next", b"next"]
+        assert servers[0].connections == servers[1].connections == 2
+        if kw:
+            assert lean_failure[0] == "APITimeoutError"
+    finally:
+        for tr in transports:
+            tr.close()
+        for server in servers:
+            server.close()
+
+
+def test_both_exchanges_report_refused_connections_and_untrusted_certificates_alike(
+    monkeypatch: pytest.MonkeyPatch, self_signed: tuple[Path, Path],
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]  # nothing listens here once the probe is closed
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*self_signed)
+    tls_server = RawServer([ok(b"x"), ok(b"x")], tls=ctx)
+    failures = {}
+    try:
+        for lean in ("1", "0"):
+            monkeypatch.setenv("TINKER_SYNC_LEAN_HTTP", lean)
+            refused = Transport(ClientConfig(base_url=f"http://127.0.0.1:{free_port}", api_key=KEY))
+            untrusted = Transport(ClientConfig(base_url=tls_server.url, api_key=KEY))  # the CA is not given
+            failures[lean] = [_failure(refused), _failure(untrusted)]
+            refused.close()
+            untrusted.close()
+    finally:
+        tls_server.close()
+    assert failures["1"] == failures["0"]
+    (refused_kind, _, refused_sent), (untrusted_kind, _, untrusted_sent) = failures["1"]
+    assert (refused_kind, refused_sent) == ("APIConnectionError", False)
+    assert (untrusted_kind, untrusted_sent) == ("APICertificateError", False)

@@ -1,9 +1,9 @@
 """The connection class of the transport's urllib3 pool: urllib3's HTTPConnection, with a leaner exchange.
 
-urllib3 keeps everything that makes a connection pool: connecting, TLS, proxies, the pool's queue, the
-dropped-connection check, timeouts and ``urlopen``'s error handling. This subclass (set as the pool's
-``ConnectionCls``, urllib3's documented extension point) changes how one plain request is written and how
-its answer is read, which is where http.client spends most of a small call's CPU:
+urllib3 keeps everything that makes a connection pool: connecting, TLS, proxies, the pool's queue and the
+dropped-connection check. This subclass (set as the pool's ``ConnectionCls``, urllib3's documented
+extension point) changes how one plain request is written and how its answer is read, which is where
+http.client spends most of a small call's CPU:
 
 * the request head is joined and checked once and written with one ``send`` (with the body when it is
   small), instead of a ``putheader`` call per field, each encoding and checking its field on its own;
@@ -19,23 +19,33 @@ a ``bytes`` body or none, a known method and a ``Host`` field given by the calle
 (chunked uploads, streamed responses, absolute targets through a proxy) goes through urllib3's own code.
 A response the quick split does not cover is parsed by http.client itself, so its fields come out as
 urllib3 would give them.
+
+``LeanPoolMixin.lean_urlopen`` (the transport's pool, without a proxy) makes the request the way
+``urlopen`` would with the transport's fixed options (no retries, no redirects, the body preloaded),
+minus the steps those options leave idle; failures come out as urlopen reports them (a test compares
+both ways on the same broken answers).
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
 import inspect
 import io
 import re
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import MaxRetryError, ProtocolError, SSLError
+from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.response import HTTPResponse
 
 __all__ = [
-    "LeanHTTPConnection", "LeanHTTPResponse", "LeanHTTPSConnection", "LowerFields", "lean_supported",
+    "LeanHTTPConnection", "LeanHTTPResponse", "LeanHTTPSConnection", "LeanPoolMixin", "LowerFields", "lean_supported",
+    "plain_target",
 ]
 
 _SMALL_BODY = 64 * 1024  # bodies up to this size go out in the head's send
@@ -43,6 +53,7 @@ _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # urllib3 sends Content-Length: 0 for these without a body
 # An origin-form target needing no percent-encoding (urllib3 would leave it as it is).
 _PLAIN_TARGET = re.compile(r"/[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]*\Z").match
+plain_target = _PLAIN_TARGET
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match  # a field name (RFC 9110 token)
 # All field lines of a head (from the status line's line break on), each a token, ":" and a value without
 # control characters other than tab.
@@ -189,9 +200,26 @@ def _read_body(sock: Any, have: bytes, length: int) -> bytes:
     return bytes(out)
 
 
-def _lean_getresponse(conn: HTTPConnection, pending: tuple[str, str, bool, bool]) -> HTTPResponse:
+class _Read:
+    """An answer read off the socket: the body in full, fields as read (and lower-cased where the quick split did)."""
+
+    __slots__ = ("data", "fields", "lower", "original", "reason", "status", "version")
+
+    def __init__(self, status: int, version: int, reason: str, fields: Any, lower: LowerFields | None, data: bytes,
+                 original: http.client.HTTPResponse | None) -> None:
+        self.status, self.version, self.reason, self.fields = status, version, reason, fields
+        self.lower, self.data, self.original = lower, data, original
+
+
+def _body_error(exc: Exception) -> Exception:
+    """A failed body read as urllib3's response reports it (its _error_catcher); a timeout stays one."""
+    if isinstance(exc, (TimeoutError, ssl.SSLError)):
+        return exc
+    return ProtocolError(f"Connection broken: {exc!r}", exc)
+
+
+def _read_answer(conn: HTTPConnection, method: str) -> _Read:
     """Read the answer to a lean request: a plain one in one go, any other through http.client's reader."""
-    method, url, decode_content, enforce_content_length = pending
     sock = conn.sock
     assert sock is not None
     sock.settimeout(conn.timeout)
@@ -199,41 +227,140 @@ def _lean_getresponse(conn: HTTPConnection, pending: tuple[str, str, bool, bool]
         first = sock.recv(_RECV_BYTES)
         quick = _quick_answer(first, method)
         if quick is not None:
-            data = _read_body(sock, first[quick.start:], quick.length)
-            status, version, reason, fields, lower = quick.status, 11, quick.reason, quick.fields, quick.lower
+            try:
+                data = _read_body(sock, first[quick.start:], quick.length)
+            except (http.client.HTTPException, OSError) as exc:
+                raise _body_error(exc) from exc
+            read = _Read(quick.status, 11, quick.reason, quick.fields, quick.lower, data, None)
             # bytes past the body (a server that broke its own framing) would start the next answer: close
             will_close = quick.will_close or len(first) - quick.start > quick.length
-            original = None
         else:
             raw = http.client.HTTPResponse(_Prefixed(sock, first), method=method)  # type: ignore[arg-type]
             raw.begin()
-            data = raw.read()
+            try:
+                data = raw.read()
+            except (http.client.HTTPException, OSError) as exc:
+                raise _body_error(exc) from exc
             raw.close()
-            status, version, reason, fields, will_close = raw.status, raw.version, raw.reason, raw.msg.items(), (
-                raw.will_close)
-            lower = None
-            original = raw
+            read = _Read(raw.status, raw.version, raw.reason, raw.msg.items(), None, data, raw)
+            will_close = raw.will_close
     except BaseException:
         conn.close()  # a half-read answer leaves the connection unusable
         raise
     if will_close:
         conn.close()
+    return read
+
+
+def _lean_getresponse(conn: HTTPConnection, pending: tuple[str, str, bool, bool]) -> HTTPResponse:
+    method, url, decode_content, enforce_content_length = pending
+    return _urllib3_response(_read_answer(conn, method), method, url, decode_content, enforce_content_length)
+
+
+def _urllib3_response(
+    read: _Read, method: str, url: str, decode_content: bool, enforce_content_length: bool
+) -> HTTPResponse:
+    """The answer read by ``_read_answer`` as urllib3's response (which decodes a Content-Encoding)."""
     headers = urllib3.HTTPHeaderDict()
-    for name, value in fields:
+    for name, value in read.fields:
         headers.add(name, value)
     encoded = decode_content and headers.get("content-encoding", "identity").lower() != "identity"
     extra: dict[str, Any] = {}
     if _VERSION_STRING:
-        extra["version_string"] = "HTTP/1.0" if version == 10 else "HTTP/1.1"
+        extra["version_string"] = "HTTP/1.0" if read.version == 10 else "HTTP/1.1"
+    data = read.data
     response = LeanHTTPResponse(
         # urllib3 decodes what it reads itself; it keeps an empty bytes body as "no body" (None)
         body=data if data and not encoded else io.BytesIO(data),
-        headers=headers, status=status, version=version, reason=reason,
-        preload_content=True, decode_content=decode_content, original_response=original,
+        headers=headers, status=read.status, version=read.version, reason=read.reason,
+        preload_content=True, decode_content=decode_content, original_response=read.original,
         enforce_content_length=enforce_content_length, request_method=method, request_url=url, **extra,
     )
-    response.lower_fields = lower
+    response.lower_fields = read.lower
     return response
+
+
+# What urlopen catches, closes the connection for and reports (urllib3 2, HTTPConnectionPool.urlopen).
+_DISCARDING = (
+    Urllib3TimeoutError, http.client.HTTPException, OSError, ProtocolError, ssl.SSLError, SSLError,
+    ssl.CertificateError,
+)
+
+
+class LeanPoolMixin:
+    """For a urllib3 pool of lean connections: ``lean_urlopen``, urlopen's exchange without its idle steps."""
+
+    num_requests: int
+
+    def lean_urlopen(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str], connect_s: float, read_s: float,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One request on a connection of this pool, as ``urlopen`` makes it without retries or redirects and
+        with the body preloaded, minus the steps those options leave idle.
+
+        urlopen spends a third of a small call's CPU around the exchange: it percent-encodes the target
+        character by character, clones its Timeout twice and wraps the answer in a response object that
+        the transport reads three attributes of. Here the connection comes from and goes back to the pool
+        (``_get_conn``/``_put_conn``, which the transport's pool overrides to track requests in flight),
+        is checked and connected as urlopen has it (``_validate_conn``), and a failure is reported with
+        urlopen's classes and messages: ``MaxRetryError`` whose ``reason`` is the NewConnectionError,
+        ConnectTimeoutError, ReadTimeoutError (the pool's ``_raise_timeout``), SSLError or
+        ``ProtocolError("Connection aborted.", cause)`` urlopen would give, the connection closed.
+
+        Only for what it covers: no proxy, an origin-form ``url`` that ``plain_target`` accepts (urlopen
+        would leave it as it is) and a read timeout above 0.
+
+        Returns:
+            (status, fields, body): fields lower-cased (``LowerFields``) where the quick split read them,
+            else urllib3's HTTPHeaderDict; the body decoded from its Content-Encoding.
+        """
+        conn = self._get_conn()  # type: ignore[attr-defined]
+        clean = False
+        try:
+            answer = self._lean_exchange(conn, method, url, body, headers, connect_s, read_s)
+            clean = True
+            return answer
+        except _DISCARDING as exc:
+            reason: Exception = exc
+            if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):  # ssl's errors are OSErrors: test them first
+                reason = SSLError(exc)
+            elif isinstance(exc, (OSError, http.client.HTTPException)):
+                reason = ProtocolError("Connection aborted.", exc)
+            raise MaxRetryError(self, url, reason) from exc  # type: ignore[arg-type]
+        finally:
+            if not clean:  # whatever went wrong, the connection is not reused (None goes back in its place)
+                conn.close()
+                conn = None
+            self._put_conn(conn)  # type: ignore[attr-defined]
+
+    def _lean_exchange(
+        self, conn: Any, method: str, url: str, body: bytes | None, headers: Mapping[str, str], connect_s: float,
+        read_s: float,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        # urllib3 2's HTTPConnectionPool._make_request, for this one set of options.
+        self.num_requests += 1
+        conn.timeout = connect_s
+        try:
+            self._validate_conn(conn)  # type: ignore[attr-defined]  # HTTPS: connects (handshake, certificate check) before anything is written
+        except TimeoutError as exc:
+            self._raise_timeout(err=exc, url=url, timeout_value=conn.timeout)  # type: ignore[attr-defined]
+            raise
+        try:
+            conn.request(method, url, body=body, headers=headers, chunked=False, preload_content=True,
+                         decode_content=True, enforce_content_length=True)
+        except BrokenPipeError:
+            pass  # the server may have answered and closed already (a refused upload): read its answer
+        except OSError as exc:
+            if exc.errno not in (errno.EPROTOTYPE, errno.ECONNRESET):
+                raise
+        if not conn.is_closed:
+            conn.timeout = read_s
+        try:
+            return conn.lean_answer()  # type: ignore[no-any-return]
+        except (ssl.SSLError, OSError) as exc:
+            # a timeout becomes ReadTimeoutError
+            self._raise_timeout(err=exc, url=url, timeout_value=read_s)  # type: ignore[attr-defined]
+            raise
 
 
 def _encode_head(method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> bytes | None:
@@ -292,6 +419,19 @@ class LeanHTTPConnection(HTTPConnection):
     def getresponse(self) -> HTTPResponse:  # type: ignore[override]
         pending, self.lean_pending = self.lean_pending, None
         return super().getresponse() if pending is None else _lean_getresponse(self, pending)
+
+    def lean_answer(self) -> tuple[int, Mapping[str, str], bytes]:
+        """The answer to the request just written, as (status, fields, body) (``lean_exchange``)."""
+        pending, self.lean_pending = self.lean_pending, None
+        if pending is None:  # urllib3's own request() wrote it
+            response = super().getresponse()
+            return response.status, response.headers, response.data
+        read = _read_answer(self, pending[0])
+        lower = read.lower
+        if lower is not None and (not pending[2] or "content-encoding" not in lower):
+            return read.status, lower, read.data
+        response = _urllib3_response(read, *pending)  # urllib3 decodes the body
+        return response.status, lower if lower is not None else response.headers, response.data
 
 
 class LeanHTTPSConnection(LeanHTTPConnection, HTTPSConnection):

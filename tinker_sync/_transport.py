@@ -37,7 +37,14 @@ from urllib3.util.retry import Retry
 
 from ._auth import Credentials, StaticKey
 from ._config import ClientConfig, redact_url
-from ._connection import LeanHTTPConnection, LeanHTTPSConnection, LowerFields, lean_supported
+from ._connection import (
+    LeanHTTPConnection,
+    LeanHTTPSConnection,
+    LeanPoolMixin,
+    LowerFields,
+    lean_supported,
+    plain_target,
+)
 from ._exceptions import APICertificateError, APIConnectionError, APITimeoutError, redact
 from ._version import __version__
 
@@ -117,7 +124,7 @@ def _tracking_pool(base: type, inflight: set[Any], lock: threading.Lock, connect
     attrs_: dict[str, Any] = {"_inflight": inflight, "_inflight_lock": lock}
     if connection_cls is not None:
         attrs_["ConnectionCls"] = connection_cls
-    return type(f"Tracking{base.__name__}", (_TrackingMixin, base), attrs_)
+    return type(f"Tracking{base.__name__}", (_TrackingMixin, LeanPoolMixin, base), attrs_)
 
 
 def _lean_wanted() -> bool:
@@ -230,6 +237,12 @@ class Transport:
         hdrs["X-API-Key"] = value = self.credentials.header_value()
         return value
 
+    def _timeout(self, read_s: float) -> urllib3.Timeout:
+        timeout = self._timeouts.get(read_s)
+        if timeout is None:
+            timeout = self._timeouts[read_s] = urllib3.Timeout(connect=self._config.connect_timeout_s, read=read_s)
+        return timeout
+
     def _replaced(self, resp: HTTPResponse, key: str | None) -> bool:
         """A 401 to the provider's ``key`` that the provider answered with a new one: send again."""
         return key is not None and resp.status == 401 and self.credentials.on_unauthorized(resp.headers, key)
@@ -263,9 +276,6 @@ class Transport:
                 _refuse_line_breaks(headers)
             hdrs.update(headers)
         read_s = timeout_s if timeout_s is not None else self._config.read_timeout_s
-        timeout = self._timeouts.get(read_s)
-        if timeout is None:
-            timeout = self._timeouts[read_s] = urllib3.Timeout(connect=self._config.connect_timeout_s, read=read_s)
         target = path if path.startswith("/") else "/" + path
         if params:
             query = urlencode([(k, v) for k, v in params.items() if v is not None], doseq=True)
@@ -273,25 +283,34 @@ class Transport:
                 target += ("&" if "?" in target else "?") + query
         pool = self._pool
         start = time.monotonic()
+        fields: Mapping[str, str]
         try:
             if pool is not None and not self._closed:
-                resp = pool.urlopen(
-                    method, self._base_path + target, body=body, headers=hdrs, retries=self._retries,
-                    timeout=timeout, redirect=False, assert_same_host=False, preload_content=True,
-                    decode_content=True,
-                )
+                full = self._base_path + target
+                if self._lean_head and read_s and plain_target(full) is not None:
+                    # The lean exchange, no proxy: the pool's connection without urlopen's idle steps.
+                    status, fields, data = pool.lean_urlopen(
+                        method, full, body, hdrs, self._config.connect_timeout_s, read_s
+                    )
+                else:
+                    resp = pool.urlopen(
+                        method, full, body=body, headers=hdrs, retries=self._retries, timeout=self._timeout(read_s),
+                        redirect=False, assert_same_host=False, preload_content=True, decode_content=True,
+                    )
+                    status, fields, data = resp.status, getattr(resp, "lower_fields", None) or resp.headers, resp.data
             else:
                 resp = self._manager.urlopen(
                     method, self._base_url + target, body=body, headers=hdrs, retries=self._retries,
-                    timeout=timeout, redirect=False, preload_content=True, decode_content=True,
+                    timeout=self._timeout(read_s), redirect=False, preload_content=True, decode_content=True,
                 )
+                status, fields, data = resp.status, resp.headers, resp.data
         except urllib3.exceptions.HTTPError as exc:
             reason: BaseException = exc.reason if isinstance(exc, MaxRetryError) and exc.reason is not None else exc
             error = self._translate(reason)
             self._log(method, path, type(error).__name__, start)
             raise error from exc
         elapsed_ms = (time.monotonic() - start) * 1000.0
-        out = HTTPResponse(resp.status, getattr(resp, "lower_fields", None) or resp.headers, resp.data, elapsed_ms)
+        out = HTTPResponse(status, fields, data, elapsed_ms)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d in %.1f ms (request_id=%s)", method, path, out.status, elapsed_ms, out.request_id)
         if self._replaced(out, key):  # the server rejected the token itself and the provider replaced it
