@@ -373,6 +373,73 @@ def test_executor_futures_are_real_and_cancellable() -> None:
         ex.submit(lambda: 1)
 
 
+def test_executor_bounds_queued_calls_and_close_wakes_a_waiting_submitter() -> None:
+    ex = Executor(1, max_queued=2)
+    gate = threading.Event()
+    try:
+        first = ex.submit(gate.wait, 5)
+        second = ex.submit(lambda: "second")  # queued behind the first: the bound of 2 is reached
+        third: list[Future[str]] = []
+        submitter = threading.Thread(target=lambda: third.append(ex.submit(lambda: "third")))
+        submitter.start()
+        submitter.join(0.3)
+        assert submitter.is_alive() and not third  # blocked until a call finishes
+        gate.set()
+        submitter.join(5)
+        assert [first.result(5), second.result(5), third[0].result(5)] == [True, "second", "third"]
+        # a worker's own submissions never wait on its pool (its one worker would wait for itself)
+        inner = ex.submit(lambda: [ex.submit(lambda i=i: i) for i in range(5)]).result(5)
+        assert [f.result(5) for f in inner] == [0, 1, 2, 3, 4]
+        gate.clear()
+        blockers = [ex.submit(gate.wait, 5), ex.submit(lambda: None)]
+        errors: list[BaseException] = []
+
+        def submit_more() -> None:
+            try:
+                ex.submit(lambda: None)
+            except ClientClosedError as exc:
+                errors.append(exc)
+
+        waiting = threading.Thread(target=submit_more)
+        waiting.start()
+        waiting.join(0.2)
+        assert waiting.is_alive()
+        closer = threading.Thread(target=lambda: ex.close(cancel_pending=True, timeout_s=5))
+        closer.start()
+        waiting.join(5)  # close() woke it: the executor is closed
+        assert not waiting.is_alive() and len(errors) == 1
+        gate.set()
+        closer.join(5)
+        assert isinstance(blockers[1].exception(5), ClientClosedError)
+    finally:
+        gate.set()
+        ex.close()
+
+
+def test_executor_dispatch_reports_only_failures() -> None:
+    ex = Executor(1)
+    failures: list[BaseException] = []
+    ran = threading.Event()
+    gate = threading.Event()
+    try:
+        ex.dispatch(lambda: ran.set() or "dropped", failures.append)
+        assert ran.wait(5)
+        ex.dispatch(lambda: 1 / 0, failures.append)
+        ex.submit(lambda: None).result(5)  # one worker: the failing call has run
+        assert len(failures) == 1 and isinstance(failures[0], ZeroDivisionError)
+        ex.submit(gate.wait, 5)
+        never = threading.Event()
+        ex.dispatch(never.set, failures.append)  # queued behind the blocker
+    finally:
+        closing = threading.Thread(target=lambda: ex.close(cancel_pending=True, timeout_s=5))
+        closing.start()
+        gate.set()
+        closing.join(5)
+    assert isinstance(failures[1], ClientClosedError) and not never.is_set()
+    with pytest.raises(ClientClosedError):
+        ex.dispatch(lambda: None, failures.append)
+
+
 def test_chain_and_gather() -> None:
     src: Future[int] = Future()
     out = chain(src, lambda v: v + 1)

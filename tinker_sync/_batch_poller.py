@@ -322,7 +322,8 @@ class SessionPoller:
         self._clock = clock
         self._stop = stop or threading.Event()
         self._name = name
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()  # held with ``with self._lock``: C-level, unlike a Condition's enter/exit
+        self._cond = threading.Condition(self._lock)
         self._waiting: dict[str, object] = {}  # request_id -> the owner's key for the call
         self._early: collections.OrderedDict[str, tuple[float, Completion]] = collections.OrderedDict()
         self._retrieved: set[str] = set()
@@ -338,7 +339,7 @@ class SessionPoller:
 
     def wait(self, key: object, request_id: str) -> bool:
         """Wait for ``request_id`` on the batched poll; False if batching is disabled (poll it yourself)."""
-        with self._cond:
+        with self._lock:
             if self.disabled is not None:
                 return False
             early = self._early.pop(request_id, None)
@@ -354,27 +355,27 @@ class SessionPoller:
 
     def forget(self, request_id: str) -> None:
         """Stop waiting for ``request_id`` (its Future was cancelled or failed elsewhere)."""
-        with self._cond:
+        with self._lock:
             self._waiting.pop(request_id, None)
 
     def retrieved(self, request_id: str) -> None:
         """The call's result (or error) was fetched: report it on the next poll."""
-        with self._cond:
+        with self._lock:
             if self.disabled is None:
                 self._retrieved.add(request_id)
                 self._ensure_thread()
                 self._cond.notify_all()
 
     def waiting(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._waiting)
 
     def thread(self) -> threading.Thread | None:
-        with self._cond:
+        with self._lock:
             return self._thread
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self.disabled = self.disabled or RuntimeError("closed")
             self._cond.notify_all()
 
@@ -391,7 +392,7 @@ class SessionPoller:
         """Wait for something to poll for; return (body, retrieved ids, ack_only), or None to exit."""
         idle_since = self._clock()
         linger_until: float | None = None
-        with self._cond:
+        with self._lock:
             while True:
                 if self.disabled is not None or self._stop.is_set():
                     self._thread = None
@@ -437,7 +438,7 @@ class SessionPoller:
 
     def _probe_lost(self) -> bool:
         """Once a minute, check the oldest waiting call on its own; True if the server lost it."""
-        with self._cond:
+        with self._lock:
             if not self._waiting or self._clock() - self._last_probe < _PROBE_EVERY_S:
                 return False
             self._last_probe = self._clock()
@@ -485,7 +486,7 @@ class SessionPoller:
         """Apply one decision; return the delay before the next poll."""
         ready: list[tuple[object, Completion]] = []
         handed_back: list[object] = []
-        with self._cond:
+        with self._lock:
             self._state = decision.state
             if isinstance(decision, Completed):
                 self._retrieved.difference_update(retrieved)  # only a completed send counts as reported

@@ -118,20 +118,45 @@ def mark_internal_thread() -> None:
 
 class Activity:
     """Counts threads busy completing work, so wait_idle() cannot observe the gap between a Future
-    resolving and the follow-up call its done-callbacks submit."""
+    resolving and the follow-up call its done-callbacks submit.
+
+    Entered around every call a worker or poller runs: a plain lock and a counter, and a notification
+    only when the count drops to 0 while ``wait_idle`` waits (``waiters``).
+    """
 
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)  # wait under ``lock``; count yourself in ``waiters``
         self.busy = 0
+        self.waiters = 0
 
     def __enter__(self) -> None:
-        with self.cond:
+        with self.lock:
             self.busy += 1
 
     def __exit__(self, *exc: object) -> None:
-        with self.cond:
+        with self.lock:
             self.busy -= 1
-            self.cond.notify_all()
+            if self.waiters and not self.busy:
+                self.cond.notify_all()
+
+
+class _Dispatch:
+    """A call queued by ``Executor.dispatch``: no Future of its own, only where to report a failure."""
+
+    __slots__ = ("_fail", "_failed")
+
+    def __init__(self, fail: Callable[[BaseException], object]) -> None:
+        self._fail = fail
+        self._failed = False
+
+    def done(self) -> bool:
+        return self._failed
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self._failed:
+            self._failed = True
+            self._fail(exc)
 
 
 class Executor:
@@ -146,10 +171,13 @@ class Executor:
         self.activity = activity or Activity()
         self._numbers = itertools.count(1)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, initializer=self._init_thread)
-        self._slots = threading.BoundedSemaphore(max(max_queued, max_workers))
+        self._max_queued = max(max_queued, max_workers)
+        self._queued = 0  # calls from outside the pool's threads, queued or running
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)  # notified whenever a call leaves _pending
-        self._pending: set[Future[Any]] = set()
+        self._room = threading.Condition(self._lock)  # a submitter waits here while _max_queued are queued
+        self._waiting = 0  # submitters waiting for room
+        self._idle = threading.Condition(self._lock)  # close() waits here for _pending to empty
+        self._pending: set[Future[Any] | _Dispatch] = set()
         self._closed = False
         self.max_workers = max_workers
 
@@ -167,47 +195,82 @@ class Executor:
             ClientClosedError: immediately, if the executor was closed.
         """
         outer: Future[T] = Future()
+
+        def job() -> None:
+            try:
+                value = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - everything goes to the Future
+                set_exception(outer, exc)
+            else:
+                set_result(outer, value)
+
+        self._queue(outer, job)
+        return outer
+
+    def dispatch(self, fn: Callable[[], object], fail: Callable[[BaseException], object]) -> None:
+        """Run ``fn()`` on a worker without a Future: ``fail(exc)`` gets what it raises, or the
+        ClientClosedError of a ``close(cancel_pending=True)`` that came first. Its return value is dropped.
+
+        For calls whose outcome already has a home (``Runtime.submit_polled``: the caller's Future); the
+        same bound and close() handling as ``submit``.
+
+        Raises:
+            ClientClosedError: immediately, if the executor was closed.
+        """
+        call = _Dispatch(fail)
+
+        def job() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - everything goes to fail()
+                call.set_exception(exc)
+
+        self._queue(call, job)
+
+    def _queue(self, item: Future[Any] | _Dispatch, job: Callable[[], None]) -> None:
         bounded = not in_worker_thread()
-        if bounded:
-            self._slots.acquire()
         with self._lock:
+            if bounded:
+                while self._queued >= self._max_queued and not self._closed:
+                    self._waiting += 1
+                    try:
+                        self._room.wait()
+                    finally:
+                        self._waiting -= 1
             if self._closed:
-                if bounded:
-                    self._slots.release()
                 raise ClientClosedError("the client is closed; no new requests can be submitted")
-            self._pending.add(outer)
+            if bounded:
+                self._queued += 1
+            self._pending.add(item)
 
         def run() -> None:
             try:
-                if outer.done():  # cancelled by the user (or failed by close) before it started
+                if item.done():  # cancelled by the user (or failed by close) before it started
                     return
                 with self.activity:
-                    try:
-                        value = fn(*args, **kwargs)
-                    except BaseException as exc:  # noqa: BLE001 - everything goes to the Future
-                        set_exception(outer, exc)
-                    else:
-                        set_result(outer, value)
+                    job()
             finally:
-                with self._lock:
-                    self._pending.discard(outer)
-                    self._idle.notify_all()
-                if bounded:
-                    self._slots.release()
+                self._release(item, bounded)
 
         try:
             self._pool.submit(run)
         except RuntimeError as exc:  # pool shut down between our check and submit
-            with self._lock:
-                self._pending.discard(outer)
-            if bounded:
-                self._slots.release()
+            self._release(item, bounded)
             raise ClientClosedError("the client is closed; no new requests can be submitted") from exc
-        return outer
+
+    def _release(self, item: Future[Any] | _Dispatch, bounded: bool) -> None:
+        with self._lock:
+            self._pending.discard(item)
+            if bounded:
+                self._queued -= 1
+                if self._waiting:
+                    self._room.notify()
+            if self._closed:
+                self._idle.notify_all()
 
     def pending(self) -> list[Future[Any]]:
         with self._lock:
-            return list(self._pending)
+            return [item for item in self._pending if isinstance(item, Future)]
 
     def close(self, *, cancel_pending: bool = False, timeout_s: float | None = None) -> bool:
         """Stop accepting work; with ``cancel_pending`` queued calls fail with ClientClosedError.
@@ -219,9 +282,14 @@ class Executor:
         with self._lock:
             self._closed = True
             pending = list(self._pending)
+            self._room.notify_all()  # submitters waiting for room: the executor is closed
         if cancel_pending:
-            for fut in pending:
-                set_exception(fut, ClientClosedError("the client was closed before this call ran"))
+            for item in pending:
+                error = ClientClosedError("the client was closed before this call ran")
+                if isinstance(item, Future):
+                    set_exception(item, error)
+                else:
+                    item.set_exception(error)
         finished = True
         if not in_worker_thread():  # a worker closing its own pool must not wait for itself
             with self._lock:

@@ -379,7 +379,8 @@ class FuturePoller:
         self._read_timeout_header = f"{poll_timeout_s:g}"
         self._billing = (billing_pause_s, billing_max_pause_s)
         self._clock = clock
-        lock = threading.RLock()
+        # Held with ``with self._lock`` (the RLock's own C-level enter/exit; a Condition's are Python calls).
+        lock = self._lock = threading.RLock()
         self._cond = threading.Condition(lock)  # poller threads wait here for calls to poll
         # close() waits here for the tracked calls to drain. Apart from _cond so that a call leaving does not
         # wake every idle poller thread (at a 64-way fan-out that herd cost more CPU than the polls).
@@ -408,7 +409,7 @@ class FuturePoller:
     # -- public --------------------------------------------------------------------------------
     def track(self, call: PolledCall) -> None:
         """Start polling ``call``; its Future resolves with the result or error."""
-        with self._cond:
+        with self._lock:
             if self._closing:
                 set_exception(call.future, ClientClosedError("the client was closed; the result was not fetched"))
                 return
@@ -438,12 +439,12 @@ class FuturePoller:
         call.future.add_done_callback(OnDone(lambda _f: self._call_done(call)))
 
     def tracked(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._tracked)
 
     def batch_stats(self) -> dict[str, int]:
         """Batched polling figures: sessions, retrieve_futures requests sent, their threads alive, cancels sent."""
-        with self._cond:
+        with self._lock:
             sessions = list(self._sessions.values())
         alive = [s.thread() for s in sessions]
         return {
@@ -459,10 +460,10 @@ class FuturePoller:
         Without it, waits until every tracked call has resolved first.
         """
         if not cancel_pending and threading.current_thread() not in self._threads:
-            with self._cond:
+            with self._lock:
                 while self._tracked and not self._closing:
                     self._drained.wait(0.5)
-        with self._cond:
+        with self._lock:
             self._closing = True
             calls = list(self._tracked)
             self._tracked.clear()
@@ -478,7 +479,7 @@ class FuturePoller:
             set_exception(call.future, ClientClosedError("the client was closed while this result was pending"))
         if calls:
             self._transport.abort_inflight()  # unblock long polls held by the server
-        with self._cond:
+        with self._lock:
             maybe = [*self._started, *(s.thread() for s in sessions), self._canceller.thread()]
         started = [t for t in maybe if t is not None and t is not threading.current_thread()]
         deadline = time.monotonic() + join_timeout_s
@@ -497,7 +498,7 @@ class FuturePoller:
         if call.lane is not None:
             self._lane_call_done(call)
         elif call.in_batch:  # cancelled while waiting on the batched poll: nobody polls it any more
-            with self._cond:
+            with self._lock:
                 session = self._sessions.get(call.batch) if call.batch is not None else None
                 if call.in_batch:
                     call.in_batch = False
@@ -510,7 +511,7 @@ class FuturePoller:
     def _lane_call_done(self, call: PolledCall) -> None:
         """A lane call's Future resolved: forget it and queue the lane's next unresolved call for polling."""
         stranded: list[PolledCall] = []
-        with self._cond:
+        with self._lock:
             queue = self._lanes.get(call.lane)
             if queue is None or self._closing:
                 return
@@ -578,7 +579,7 @@ class FuturePoller:
         return session if session.disabled is None else None
 
     def _wait_batched(self, call: PolledCall) -> None:
-        with self._cond:
+        with self._lock:
             session = self._session_for(call)
             call.in_batch = session is not None
         if session is None or not session.wait(call, call.request_id):
@@ -587,7 +588,7 @@ class FuturePoller:
     def _batch_complete(self, key: object, completion: Completion) -> None:
         """The batched poll reported ``key``'s request complete: fetch its payload with retrieve_future."""
         assert isinstance(key, PolledCall)
-        with self._cond:
+        with self._lock:
             key.in_batch = False
             key.batched = True
             if self._closing or key.future.done():
@@ -600,7 +601,7 @@ class FuturePoller:
 
     def _batch_give_up(self, keys: list[object], exc: BaseException | None) -> None:
         """Batching ended for these calls (the server refused it): poll each of them directly."""
-        with self._cond:
+        with self._lock:
             for key in keys:
                 assert isinstance(key, PolledCall)
                 key.in_batch = False
@@ -623,7 +624,7 @@ class FuturePoller:
 
     def threads(self) -> int:
         """Poller threads alive now (for tests and monitoring)."""
-        with self._cond:
+        with self._lock:
             return len(self._threads)
 
     def _ensure_threads(self) -> None:
@@ -645,7 +646,7 @@ class FuturePoller:
 
     def _next(self) -> PolledCall | None:
         idle_since: float | None = None
-        with self._cond:
+        with self._lock:
             while True:
                 if self._closing:
                     self._retire()
@@ -694,7 +695,7 @@ class FuturePoller:
                 set_exception(call.future, exc)
                 delay, finished = 0.0, True
             ack: SessionPoller | None = None
-            with self._cond:
+            with self._lock:
                 self._busy -= 1
                 call.polling_thread = None
                 if finished or call.future.done() or self._closing:

@@ -75,22 +75,29 @@ class _SampleGate:
     def __init__(self, limiter: RateLimiter, closed: threading.Event, limit: int = _SAMPLE_INFLIGHT) -> None:
         self._limiter = limiter
         self._closed = closed
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._inflight = 0
+        self._waiting = 0
         self.limit = max(1, min(limit, _SAMPLE_INFLIGHT))
 
     def __enter__(self) -> None:
-        with self._cond:
+        with self._lock:
             while self._inflight >= (_SAMPLE_INFLIGHT_LIMITED if self._limiter.recently_limited else self.limit):
                 if self._closed.is_set():
                     raise ClientClosedError("the client was closed while waiting to dispatch a sample")
-                self._cond.wait(0.25)
+                self._waiting += 1
+                try:
+                    self._cond.wait(0.25)
+                finally:
+                    self._waiting -= 1
             self._inflight += 1
 
     def __exit__(self, *exc: object) -> None:
-        with self._cond:
+        with self._lock:
             self._inflight -= 1
-            self._cond.notify()
+            if self._waiting:
+                self._cond.notify()
 
 
 class _SampleExecutor(Executor):
@@ -464,16 +471,17 @@ class Runtime:
             call.round_trip_s = self._clock() - started
             self.poller.track(call)
 
+        # The POST's own outcome reaches the caller only when it fails; success hands over to the poller.
         try:
             if lane is not None:
                 inner = lane.submit(start, label=label or request_type)
+                inner.add_done_callback(lambda f: propagate_failure(f, outer))
             else:
-                inner = (self.sample_executor if sampling else self.executor).submit(start)
+                (self.sample_executor if sampling else self.executor).dispatch(
+                    start, lambda exc: set_exception(outer, exc)
+                )
         except ClientClosedError as exc:
             set_exception(outer, exc)
-            return outer
-        # The POST's own outcome reaches the caller only when it fails; success hands over to the poller.
-        inner.add_done_callback(lambda f: propagate_failure(f, outer))
         return outer
 
     @staticmethod
@@ -527,7 +535,11 @@ class Runtime:
                         continue
                     if deadline is not None and self._clock() >= deadline:
                         return False
-                    act.cond.wait(0.05)  # a Future is being resolved; its callbacks may submit more
+                    act.waiters += 1
+                    try:
+                        act.cond.wait(0.05)  # a Future is being resolved; its callbacks may submit more
+                    finally:
+                        act.waiters -= 1
                 continue
             left = None if deadline is None else deadline - self._clock()
             if left is not None and left <= 0:
