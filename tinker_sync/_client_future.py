@@ -24,6 +24,8 @@ class ClientFuture(Future[C]):
     Unlike the official SDK, the second style is not deprecated here and warns nothing.
     """
 
+    _forward_to: Any = None  # the client, once a forwarded call has waited for it
+
     @classmethod
     def following(cls: type[F], source: Future[Any]) -> F:  # noqa: PYI019 - typing.Self needs 3.11
         """A ClientFuture that completes as ``source`` does (result, error or cancellation)."""
@@ -55,7 +57,10 @@ class ClientFuture(Future[C]):
 
 def _forwarder(name: str, doc: str | None) -> Callable[..., Any]:
     def method(self: ClientFuture[Any], *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.result(), name)(*args, **kwargs)
+        client = self._forward_to
+        if client is None:  # a 0.25-style script calls through the future on every sample: wait once
+            client = self._forward_to = self.result()
+        return getattr(client, name)(*args, **kwargs)
 
     method.__name__ = name
     method.__doc__ = f"Wait for the client, then call its ``{name}``.\n\n{doc or ''}".rstrip()

@@ -84,7 +84,7 @@ def _lean_request(
     head = _encode_head(method, url, headers, body)
     if head is None:
         return False
-    if conn.sock is not None:
+    if conn.sock is not None and conn.sock.gettimeout() != conn.timeout:  # settimeout is a system call
         conn.sock.settimeout(conn.timeout)
     conn.lean_pending = (method, url, decode_content, enforce_content_length)  # type: ignore[attr-defined]
     if body and len(body) <= _SMALL_BODY:
@@ -222,7 +222,8 @@ def _read_answer(conn: HTTPConnection, method: str) -> _Read:
     """Read the answer to a lean request: a plain one in one go, any other through http.client's reader."""
     sock = conn.sock
     assert sock is not None
-    sock.settimeout(conn.timeout)
+    if sock.gettimeout() != conn.timeout:
+        sock.settimeout(conn.timeout)
     try:
         first = sock.recv(_RECV_BYTES)
         quick = _quick_answer(first, method)

@@ -191,6 +191,8 @@ class SamplingClient:
     def _configure(self) -> None:
         # A copy (unpickled or from a handle) reads the server's client config once, before its first
         # request, so it polls and authenticates as the server asks (batched polling, JWT).
+        if self._configured:  # set once, never unset: no lock needed to see it
+            return
         with self._lock:
             if self._configured:
                 return
