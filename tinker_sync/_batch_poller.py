@@ -93,7 +93,7 @@ class PollFeatures:
         )
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class SessionTarget:
     """What one retrieve_futures poll covers: a sampling session as seen by one (possibly cloned) client."""
 
@@ -102,12 +102,22 @@ class SessionTarget:
 
     @classmethod
     def of_request(cls, request: object) -> SessionTarget | None:
-        """The target of a SampleRequest (None for any request without a sampling session and seq_id)."""
+        """The target of a SampleRequest (None for any request without a sampling session and seq_id).
+
+        The same (session, clone) gives the same object: it is a dict key the poller looks up several
+        times per sample, and an identical key with a cached hash is found without a Python-level call.
+        """
         sid = getattr(request, "sampling_session_id", None)
         seq = getattr(request, "seq_id", None)
         if not isinstance(sid, str) or not sid or not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             return None
-        return cls(sid, seq // _CLONE_STRIDE)
+        key = (sid, seq // _CLONE_STRIDE)
+        target = _TARGETS.get(key)
+        if target is None:
+            if len(_TARGETS) >= _TARGETS_KEPT:
+                _TARGETS.clear()
+            target = _TARGETS[key] = cls(*key)
+        return target
 
     def wire(self) -> dict[str, Any]:
         return {
@@ -115,6 +125,10 @@ class SessionTarget:
             "sampling_session_id": self.sampling_session_id,
             "cloned_sampler_id": self.cloned_sampler_id,
         }
+
+
+_TARGETS: dict[tuple[str, int], SessionTarget] = {}  # SessionTarget.of_request's (interned) targets
+_TARGETS_KEPT = 1024
 
 
 @attrs.frozen
@@ -324,6 +338,7 @@ class SessionPoller:
         self._name = name
         self._lock = threading.RLock()  # held with ``with self._lock``: C-level, unlike a Condition's enter/exit
         self._cond = threading.Condition(self._lock)
+        self._sleeping = False  # the thread waits on _cond for something to poll for
         self._waiting: dict[str, object] = {}  # request_id -> the owner's key for the call
         self._early: collections.OrderedDict[str, tuple[float, Completion]] = collections.OrderedDict()
         self._retrieved: set[str] = set()
@@ -348,7 +363,7 @@ class SessionPoller:
                     self._last_probe = self._clock()
                 self._waiting[request_id] = key
                 self._ensure_thread()
-                self._cond.notify_all()
+                self._wake()
                 return True
         self._on_complete(key, early[1])  # completed before it registered (outside the lock)
         return True
@@ -364,7 +379,7 @@ class SessionPoller:
             if self.disabled is None:
                 self._retrieved.add(request_id)
                 self._ensure_thread()
-                self._cond.notify_all()
+                self._wake()
 
     def waiting(self) -> int:
         with self._lock:
@@ -385,6 +400,18 @@ class SessionPoller:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             start_internal_thread(self._thread)
 
+    def _sleep(self, timeout: float) -> None:
+        # With the lock held: wait for wait()/retrieved() (which notify only while the thread sleeps here).
+        self._sleeping = True
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._sleeping = False
+
+    def _wake(self) -> None:
+        if self._sleeping:
+            self._cond.notify_all()
+
     def _has_work(self) -> bool:
         return bool(self._waiting or self._retrieved or self._state.cursor > self._acked_cursor)
 
@@ -404,13 +431,13 @@ class SessionPoller:
                     linger_until = now + _ACK_LINGER_S if linger_until is None else linger_until
                     if now >= linger_until:
                         break
-                    self._cond.wait(linger_until - now)
+                    self._sleep(linger_until - now)
                     continue
                 left = _IDLE_EXIT_S - (now - idle_since)
                 if left <= 0:
                     self._thread = None
                     return None
-                self._cond.wait(min(left, 1.0))
+                self._sleep(min(left, 1.0))
             retrieved = sorted(self._retrieved)
             ack_only = not self._waiting
             body: dict[str, Any] = {
