@@ -241,9 +241,32 @@ def test_gather_delay_follows_only_answers_that_brought_completions() -> None:
 
     state = BatchState()
     done = Completion(request_id="r-1")
-    assert gather_delay_s(Completed((done,), state)) == _GATHER_S > 0
-    assert gather_delay_s(Completed((), state)) == 0.0  # held to its end with nothing: poll again at once
-    assert gather_delay_s(BatchRetry(1.5, state)) == 0.0  # a back-off is the decision's own delay
+    assert gather_delay_s(Completed((done,), state), waiting=True) == _GATHER_S > 0
+    assert gather_delay_s(Completed((done,), state), waiting=False) == 0.0  # nothing left to gather
+    assert gather_delay_s(Completed((), state), waiting=True) == 0.0  # held to its end with nothing: poll again
+    assert gather_delay_s(BatchRetry(1.5, state), waiting=True) == 0.0  # a back-off is the decision's own delay
+
+
+def test_a_call_made_after_the_last_one_finished_is_polled_for_without_gathering(
+    sim: SessionSim, srv: ScriptedServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from tinker_sync import _batch_poller
+
+    monkeypatch.setattr(_batch_poller, "_GATHER_S", 0.5)
+    with _polling(srv, PollFeatures(batched=True)) as poller:
+        first = _track(poller, sim, "s-1")
+        assert wait_for(lambda: sim.batch_inflight == 1)
+        sim.complete(["s-1"])
+        assert first.result(timeout=T) == {"rid": "s-1"}  # nothing else waits: no gathering after this answer
+        second = _track(poller, sim, "s-2")
+        tracked_at = time.monotonic()
+        assert wait_for(lambda: sim.batch_inflight == 1, T)
+        polled = [r for r in srv.requests_to(RFS) if r.received_at >= tracked_at]
+        assert polled and polled[0].received_at - tracked_at < 0.5
+        sim.complete(["s-2"])
+        assert second.result(timeout=T) == {"rid": "s-2"}
 
 
 def test_the_next_batched_poll_waits_to_gather_but_announced_results_are_fetched_at_once(

@@ -57,7 +57,7 @@ _EARLY_KEEP_S = 300.0  # a completion seen before its call registered is kept th
 # With nothing to wait for, acknowledgements (cursor, fetched ids) are gathered this long before an
 # ack-only poll, so fetches finishing one by one do not each cost a request.
 _ACK_LINGER_S = 1.0
-_GATHER_S = 0.003  # after a poll that brought completions, gather the next ones this long
+_GATHER_S = 0.010  # after a poll that brought completions, gather the next ones this long
 # Every minute with calls waiting, the oldest is checked with its own short retrieve_future: a server
 # that lost it (restarted before reporting anything) answers 404, and batching stops for the session.
 _PROBE_EVERY_S = 60.0
@@ -459,7 +459,8 @@ class SessionPoller:
             if not ack_only and self._probe_lost():
                 continue  # batching ended: the next turn exits
             decision = self._poll(body, ack_only)
-            delay = max(self._apply(decision, body["prev_cursor"], retrieved), gather_delay_s(decision))
+            delay = self._apply(decision, body["prev_cursor"], retrieved)
+            delay = max(delay, gather_delay_s(decision, waiting=self.waiting() > 0))
             if delay > 0 and self._stop.wait(delay):
                 return
 
@@ -545,14 +546,17 @@ class SessionPoller:
         return decision.delay_s if isinstance(decision, BatchRetry) else 0.0
 
 
-def gather_delay_s(decision: BatchDecision) -> float:
-    """How long to wait before the next batched poll: ``_GATHER_S`` after one that brought completions, else 0.
+def gather_delay_s(decision: BatchDecision, *, waiting: bool) -> float:
+    """How long to wait before the next batched poll: ``_GATHER_S`` after one that brought completions
+    while other calls still wait, else 0.
 
     Results that finish close together then come back in one answer instead of one poll each (64 samples in
-    flight on the local server: 0.3 polls per sample instead of 0.7). A completion can come back at most
-    ``_GATHER_S`` later; the results just announced are fetched at once.
+    flight on the local server: 0.24 polls per sample instead of 0.5 without the wait, and about a tenth
+    less client CPU per sample). A completion can come back at most ``_GATHER_S`` later; the results just
+    announced are fetched at once, and a call made after the last one finished is polled for at once.
     """
-    return _GATHER_S if isinstance(decision, Completed) and decision.completions else 0.0
+    return _GATHER_S if waiting and isinstance(decision, Completed) and decision.completions else 0.0
+
 
 
 class CancelSender:
