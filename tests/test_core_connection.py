@@ -40,10 +40,12 @@ class RawServer:
 
     def __init__(
         self, replies: list[Any], *, close_after: set[int] | None = None, tls: ssl.SSLContext | None = None,
+        slow_reads: set[int] | None = None,
     ) -> None:
         self.replies = replies
         self.tls = tls  # answer over TLS with this server context
         self.close_after = close_after or set()
+        self.slow_reads = slow_reads or set()  # requests the server starts reading only after a second
         self.requests: list[bytes] = []
         self.connections = 0
         self._sock = socket.create_server(("127.0.0.1", 0))
@@ -79,9 +81,13 @@ class RawServer:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value)
-        while len(rest) < length:
-            rest += conn.recv(65536)
-        return head + b"\r\n\r\n" + rest[:length], rest[length:]
+        body = bytearray(rest)  # (bytes += would copy the whole body on every read)
+        while len(body) < length:
+            chunk = conn.recv(1 << 20)
+            if not chunk:
+                return None, b""
+            body += chunk
+        return head + b"\r\n\r\n" + bytes(body[:length]), bytes(body[length:])
 
     def _handle(self, conn: socket.socket) -> None:
         try:
@@ -100,6 +106,8 @@ class RawServer:
         buf = b""
         with conn:
             while True:
+                if len(self.requests) in self.slow_reads:
+                    time.sleep(1.0)
                 try:
                     request, buf = self._read_request(conn, buf)
                 except OSError:
@@ -319,3 +327,32 @@ def test_targets_needing_percent_encoding_go_through_urlopen(make_server: list[R
     assert tr.send("GET", "/api/v1/runs/a b/é").content == b"a"
     assert server.requests[0].startswith(b"GET /api/v1/runs/a%20b/%C3%A9 HTTP/1.1\r\n")
     assert tr.send("GET", "/plain").content == b"b"
+
+
+@pytest.mark.parametrize("reused", [True, False])
+def test_a_large_upload_to_a_slow_reader_is_bounded_by_the_read_timeout(
+    make_server: list[RawServer], mode: str, reused: bool,
+) -> None:
+    # Python's sendall() gives its timeout to the whole write: 32 MB that the server starts reading after
+    # 1 s must not fail on the 0.3 s connect timeout, as they would not with the official SDK (60 s).
+    if mode == "stock" or not lean_supported():
+        pytest.skip("urllib3's own exchange writes a request under the connect timeout")
+    server = RawServer([ok(b"first"), ok(b"second")], slow_reads={1 if reused else 0})
+    make_server.append(server)
+    tr = _transport(server, connect_timeout_s=0.3, read_timeout_s=10.0)
+    if reused:
+        assert tr.send("GET", "/a").content == b"first"
+    big = tr.send("POST", "/big", body=b"x" * (32 << 20))
+    assert big.content == (b"second" if reused else b"first")
+    assert server.connections == 1 and len(server.requests[-1]) > 32 << 20
+
+
+def test_a_write_that_stalls_past_the_read_timeout_times_out(make_server: list[RawServer], mode: str) -> None:
+    if mode == "stock" or not lean_supported():
+        pytest.skip("urllib3's own exchange writes a request under the connect timeout")
+    server = RawServer([ok(b"never")], slow_reads={0})  # reads only after 1 s
+    make_server.append(server)
+    tr = _transport(server, connect_timeout_s=5.0, read_timeout_s=0.3)
+    with pytest.raises(APIConnectionError) as info:
+        tr.send("POST", "/big", body=b"x" * (32 << 20))
+    assert info.value.request_sent is True

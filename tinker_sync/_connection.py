@@ -342,10 +342,18 @@ class LeanPoolMixin:
         self.num_requests += 1
         conn.timeout = connect_s
         try:
-            self._validate_conn(conn)  # type: ignore[attr-defined]  # HTTPS: connects (handshake, certificate check) before anything is written
+            # HTTPS connects here (handshake, certificate check), as urlopen has it; plain HTTP too, so that
+            # the request is written under the read timeout (below) rather than the connect timeout.
+            self._validate_conn(conn)  # type: ignore[attr-defined]
+            if conn.sock is None:
+                conn.connect()
         except TimeoutError as exc:
             self._raise_timeout(err=exc, url=url, timeout_value=conn.timeout)  # type: ignore[attr-defined]
             raise
+        # Python's sendall() gives its timeout to the whole write, and urllib3 writes a request under the
+        # connect timeout (5 s): a forward_backward chunk of up to 5 MB would fail below 1 MB/s of upload.
+        # The official SDK writes under its 60 s timeout; the read timeout is that bound here.
+        conn.timeout = read_s
         try:
             conn.request(method, url, body=body, headers=headers, chunked=False, preload_content=True,
                          decode_content=True, enforce_content_length=True)
@@ -354,8 +362,6 @@ class LeanPoolMixin:
         except OSError as exc:
             if exc.errno not in (errno.EPROTOTYPE, errno.ECONNRESET):
                 raise
-        if not conn.is_closed:
-            conn.timeout = read_s
         try:
             return conn.lean_answer()  # type: ignore[no-any-return]
         except (ssl.SSLError, OSError) as exc:
