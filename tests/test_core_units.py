@@ -416,6 +416,31 @@ def test_executor_bounds_queued_calls_and_close_wakes_a_waiting_submitter() -> N
         ex.close()
 
 
+def test_counted_condition_counts_its_waiters_and_wakes_them() -> None:
+    from tinker_sync._executor import CountedCondition
+
+    cond = CountedCondition(threading.Lock())
+    with cond:
+        cond.notify()  # nobody waits: nothing to do
+        assert cond.wait(0.01) is False and cond.waiting == 0  # timed out, no longer counted
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(_wait(cond)))
+    waiter.start()
+    for _ in range(500):
+        with cond:
+            if cond.waiting == 1:
+                cond.notify_all()
+                break
+        threading.Event().wait(0.01)
+    waiter.join(5)
+    assert woke == [True] and cond.waiting == 0
+
+
+def _wait(cond: threading.Condition) -> bool:
+    with cond:
+        return bool(cond.wait(5))
+
+
 def test_executor_dispatch_reports_only_failures() -> None:
     ex = Executor(1)
     failures: list[BaseException] = []

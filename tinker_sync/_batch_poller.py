@@ -20,7 +20,7 @@ import attrs
 
 from ._decide import new_idempotency_key
 from ._exceptions import APIConnectionError, APIResponseValidationError, from_response, parse_error_body
-from ._executor import mark_internal_thread, start_internal_thread
+from ._executor import CountedCondition, mark_internal_thread, start_internal_thread
 from ._retry import poll_backoff_s
 
 if TYPE_CHECKING:
@@ -337,8 +337,7 @@ class SessionPoller:
         self._stop = stop or threading.Event()
         self._name = name
         self._lock = threading.RLock()  # held with ``with self._lock``: C-level, unlike a Condition's enter/exit
-        self._cond = threading.Condition(self._lock)
-        self._sleeping = False  # the thread waits on _cond for something to poll for
+        self._cond = CountedCondition(self._lock)
         self._waiting: dict[str, object] = {}  # request_id -> the owner's key for the call
         self._early: collections.OrderedDict[str, tuple[float, Completion]] = collections.OrderedDict()
         self._retrieved: set[str] = set()
@@ -363,7 +362,7 @@ class SessionPoller:
                     self._last_probe = self._clock()
                 self._waiting[request_id] = key
                 self._ensure_thread()
-                self._wake()
+                self._cond.notify_all()
                 return True
         self._on_complete(key, early[1])  # completed before it registered (outside the lock)
         return True
@@ -379,7 +378,7 @@ class SessionPoller:
             if self.disabled is None:
                 self._retrieved.add(request_id)
                 self._ensure_thread()
-                self._wake()
+                self._cond.notify_all()
 
     def waiting(self) -> int:
         with self._lock:
@@ -400,18 +399,6 @@ class SessionPoller:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             start_internal_thread(self._thread)
 
-    def _sleep(self, timeout: float) -> None:
-        # With the lock held: wait for wait()/retrieved() (which notify only while the thread sleeps here).
-        self._sleeping = True
-        try:
-            self._cond.wait(timeout)
-        finally:
-            self._sleeping = False
-
-    def _wake(self) -> None:
-        if self._sleeping:
-            self._cond.notify_all()
-
     def _has_work(self) -> bool:
         return bool(self._waiting or self._retrieved or self._state.cursor > self._acked_cursor)
 
@@ -431,13 +418,13 @@ class SessionPoller:
                     linger_until = now + _ACK_LINGER_S if linger_until is None else linger_until
                     if now >= linger_until:
                         break
-                    self._sleep(linger_until - now)
+                    self._cond.wait(linger_until - now)
                     continue
                 left = _IDLE_EXIT_S - (now - idle_since)
                 if left <= 0:
                     self._thread = None
                     return None
-                self._sleep(min(left, 1.0))
+                self._cond.wait(min(left, 1.0))
             retrieved = sorted(self._retrieved)
             ack_only = not self._waiting
             body: dict[str, Any] = {
@@ -556,7 +543,6 @@ def gather_delay_s(decision: BatchDecision, *, waiting: bool) -> float:
     announced are fetched at once, and a call made after the last one finished is polled for at once.
     """
     return _GATHER_S if waiting and isinstance(decision, Completed) and decision.completions else 0.0
-
 
 
 class CancelSender:

@@ -25,6 +25,7 @@ from ._exceptions import ClientClosedError, TinkerError
 
 __all__ = [
     "Activity",
+    "CountedCondition",
     "Executor",
     "LanePoisonedError",
     "LaneSlot",
@@ -116,19 +117,42 @@ def mark_internal_thread() -> None:
     _worker_local.is_worker = True
 
 
+class CountedCondition(threading.Condition):
+    """A Condition that counts the threads waiting on it: ``notify``/``notify_all`` with none waiting
+    return at once, where a Condition's run its Python-level ownership and waiter checks. The hot paths
+    (every call's executor, sample gate and pollers) notify on each call, and mostly nobody waits."""
+
+    def __init__(self, lock: threading.Lock | threading.RLock | None = None) -> None:
+        super().__init__(lock)
+        self.waiting = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting += 1  # the lock is held: no race with notify()
+        try:
+            return super().wait(timeout)
+        finally:
+            self.waiting -= 1
+
+    def notify(self, n: int = 1) -> None:
+        if self.waiting:
+            super().notify(n)
+
+    def notify_all(self) -> None:
+        if self.waiting:
+            super().notify_all()
+
+
 class Activity:
     """Counts threads busy completing work, so wait_idle() cannot observe the gap between a Future
     resolving and the follow-up call its done-callbacks submit.
 
-    Entered around every call a worker or poller runs: a plain lock and a counter, and a notification
-    only when the count drops to 0 while ``wait_idle`` waits (``waiters``).
+    Entered around every call a worker or poller runs: a plain lock and a counter.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)  # wait under ``lock``; count yourself in ``waiters``
+        self.cond = CountedCondition(self.lock)  # notified when ``busy`` drops to 0
         self.busy = 0
-        self.waiters = 0
 
     def __enter__(self) -> None:
         with self.lock:
@@ -137,7 +161,7 @@ class Activity:
     def __exit__(self, *exc: object) -> None:
         with self.lock:
             self.busy -= 1
-            if self.waiters and not self.busy:
+            if not self.busy:
                 self.cond.notify_all()
 
 
@@ -174,9 +198,8 @@ class Executor:
         self._max_queued = max(max_queued, max_workers)
         self._queued = 0  # calls from outside the pool's threads, queued or running
         self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)  # a submitter waits here while _max_queued are queued
-        self._waiting = 0  # submitters waiting for room
-        self._idle = threading.Condition(self._lock)  # close() waits here for _pending to empty
+        self._room = CountedCondition(self._lock)  # a submitter waits here while _max_queued are queued
+        self._idle = CountedCondition(self._lock)  # close() waits here for _pending to empty
         self._pending: set[Future[Any] | _Dispatch] = set()
         self._closed = False
         self.max_workers = max_workers
@@ -232,11 +255,7 @@ class Executor:
         with self._lock:
             if bounded:
                 while self._queued >= self._max_queued and not self._closed:
-                    self._waiting += 1
-                    try:
-                        self._room.wait()
-                    finally:
-                        self._waiting -= 1
+                    self._room.wait()
             if self._closed:
                 raise ClientClosedError("the client is closed; no new requests can be submitted")
             if bounded:
@@ -263,10 +282,8 @@ class Executor:
             self._pending.discard(item)
             if bounded:
                 self._queued -= 1
-                if self._waiting:
-                    self._room.notify()
-            if self._closed:
-                self._idle.notify_all()
+                self._room.notify()
+            self._idle.notify_all()
 
     def pending(self) -> list[Future[Any]]:
         with self._lock:

@@ -27,6 +27,7 @@ from ._exceptions import (
 )
 from ._executor import (
     Activity,
+    CountedCondition,
     LanePoisonedError,
     OnDone,
     mark_internal_thread,
@@ -185,11 +186,10 @@ class FuturePoller:
         self._clock = clock
         # Held with ``with self._lock`` (the RLock's own C-level enter/exit; a Condition's are Python calls).
         lock = self._lock = threading.RLock()
-        self._cond = threading.Condition(lock)  # poller threads wait here for calls to poll
+        self._cond = CountedCondition(lock)  # poller threads wait here for calls to poll
         # close() waits here for the tracked calls to drain. Apart from _cond so that a call leaving does not
         # wake every idle poller thread (at a 64-way fan-out that herd cost more CPU than the polls).
         self._drained = threading.Condition(lock)
-        self._sleepers = 0  # poller threads waiting on _cond
         self._ready: list[tuple[float, int, PolledCall]] = []  # heap by due time (FIFO on ties)
         self._seq = itertools.count()
         self._tracked: set[PolledCall] = set()
@@ -237,7 +237,7 @@ class FuturePoller:
                     self._push(call, -_FRESH_BOOST_S)
             if not waiting:
                 self._ensure_threads()
-                self._wake()
+                self._cond.notify()
         if waiting and call.lane is None:
             self._wait_batched(call)
         # Outside the lock: runs at once if the Future is already done (e.g. cancelled meanwhile).
@@ -348,7 +348,7 @@ class FuturePoller:
                 # otherwise (a cancel from another thread, the head's poll still held) start one if needed.
                 if call.polling_thread is not threading.current_thread():
                     self._ensure_threads()
-                self._wake()
+                self._cond.notify()
                 self._untrack(None)
         if call.lost is not None:
             gap = self._gapped[call.lane]
@@ -402,7 +402,7 @@ class FuturePoller:
             key.state = PollState()
             self._push(key, -_FRESH_BOOST_S)
             self._ensure_threads()
-            self._wake()
+            self._cond.notify()
 
     def _batch_give_up(self, keys: list[object], exc: BaseException | None) -> None:
         """Batching ended for these calls (the server refused it): poll each of them directly."""
@@ -416,11 +416,6 @@ class FuturePoller:
                     self._push(key, -_FRESH_BOOST_S)
             self._ensure_threads()
             self._cond.notify_all()
-
-    def _wake(self) -> None:
-        """With the lock held: wake one poller thread waiting for a call (none waiting: nothing to do)."""
-        if self._sleepers:
-            self._cond.notify()
 
     def _untrack(self, call: PolledCall | None) -> None:
         """Forget ``call`` (with the lock held); wake close() once nothing is tracked."""
@@ -489,11 +484,7 @@ class FuturePoller:
                         self._retire()
                         return None
                     timeout = min(timeout, left)
-                self._sleepers += 1
-                try:
-                    self._cond.wait(timeout)
-                finally:
-                    self._sleepers -= 1
+                self._cond.wait(timeout)
 
     def _run(self) -> None:
         mark_internal_thread()  # Future callbacks run here; their submits must not block this thread
@@ -518,7 +509,7 @@ class FuturePoller:
                         ack = self._sessions.get(call.batch)
                 else:
                     self._push(call, delay)
-                    self._wake()
+                    self._cond.notify()
             if ack is not None:
                 ack.retrieved(call.request_id)  # the server may drop the payload now
 

@@ -44,7 +44,7 @@ from ._exceptions import (
     register_secret,
     unregister_secret,
 )
-from ._executor import Activity, Executor, LaneSlot, SequencedLane, propagate_failure, set_exception
+from ._executor import Activity, CountedCondition, Executor, LaneSlot, SequencedLane, propagate_failure, set_exception
 from ._poller import FuturePoller, PolledCall, SessionTarget
 from ._ratelimit import RateLimiter, get_shared_limiter
 from ._transport import HTTPResponse, Transport
@@ -76,9 +76,8 @@ class _SampleGate:
         self._limiter = limiter
         self._closed = closed
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._cond = CountedCondition(self._lock)
         self._inflight = 0
-        self._waiting = 0
         self.limit = max(1, min(limit, _SAMPLE_INFLIGHT))
 
     def __enter__(self) -> None:
@@ -86,18 +85,13 @@ class _SampleGate:
             while self._inflight >= (_SAMPLE_INFLIGHT_LIMITED if self._limiter.recently_limited else self.limit):
                 if self._closed.is_set():
                     raise ClientClosedError("the client was closed while waiting to dispatch a sample")
-                self._waiting += 1
-                try:
-                    self._cond.wait(0.25)
-                finally:
-                    self._waiting -= 1
+                self._cond.wait(0.25)
             self._inflight += 1
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
             self._inflight -= 1
-            if self._waiting:
-                self._cond.notify()
+            self._cond.notify()
 
 
 class _SampleExecutor(Executor):
@@ -535,11 +529,7 @@ class Runtime:
                         continue
                     if deadline is not None and self._clock() >= deadline:
                         return False
-                    act.waiters += 1
-                    try:
-                        act.cond.wait(0.05)  # a Future is being resolved; its callbacks may submit more
-                    finally:
-                        act.waiters -= 1
+                    act.cond.wait(0.05)  # a Future is being resolved; its callbacks may submit more
                 continue
             left = None if deadline is None else deadline - self._clock()
             if left is not None and left <= 0:
