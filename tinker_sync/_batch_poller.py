@@ -21,6 +21,7 @@ import attrs
 from ._decide import new_idempotency_key
 from ._exceptions import APIConnectionError, APIResponseValidationError, from_response, parse_error_body
 from ._executor import CountedCondition, mark_internal_thread, start_internal_thread
+from ._poll_decide import BILLING_RESET_S, RETRIEVE_PATH
 from ._retry import poll_backoff_s
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ _ACK_TIMEOUT_S = 5.0  # an ack-only poll (timeout 0) returns after one read
 _CANCEL_TIMEOUT_S = 30.0
 _CANCEL_ATTEMPTS = 3
 _MAX_BAD_ANSWERS = 3  # a bare 400 (proxy) or a malformed body: retry this many times, then give up
-_BILLING_RESET_S = 300.0
 _IDLE_EXIT_S = 5.0  # a session poller thread exits after this long with nothing to poll or ack
 _EARLY_KEEP_S = 300.0  # a completion seen before its call registered is kept this long
 # With nothing to wait for, acknowledgements (cursor, fetched ids) are gathered this long before an
@@ -62,7 +62,6 @@ _GATHER_S = 0.010  # after a poll that brought completions, gather the next ones
 # that lost it (restarted before reporting anything) answers 404, and batching stops for the session.
 _PROBE_EVERY_S = 60.0
 _PROBE_TIMEOUT_S = 2.0
-RETRIEVE_PATH = "/api/v1/retrieve_future"
 # Statuses that say this server has no (usable) retrieve_futures: fall back to per-future polling.
 _UNSUPPORTED = frozenset({404, 405, 501})
 
@@ -219,7 +218,7 @@ def decide_batch(
     mean the server has no retrieve_futures, every other status ends batching for the target
     (per-future polling then reports the real error).
     """
-    if status != 402 and state.billing_last is not None and now - state.billing_last > _BILLING_RESET_S:
+    if status != 402 and state.billing_last is not None and now - state.billing_last > BILLING_RESET_S:
         state = attrs.evolve(state, billing_since=None, billing_last=None)
     fresh = attrs.evolve(state, backoffs=0)
     if status == 200:

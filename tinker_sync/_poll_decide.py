@@ -25,8 +25,8 @@ from ._exceptions import (
 from ._retry import poll_backoff_s
 
 __all__ = [
-    "PROTO_ACCEPT", "RETRIEVE_PATH", "Backoff", "Decision", "Done", "Fail", "FetchPayload", "PollAgain", "PollState",
-    "Resubmit", "decide", "decide_connection_error",
+    "BILLING_RESET_S", "PROTO_ACCEPT", "RETRIEVE_PATH", "Backoff", "Decision", "Done", "Fail", "FetchPayload",
+    "PollAgain", "PollState", "Resubmit", "decide", "decide_connection_error",
 ]
 
 logger = logging.getLogger("tinker_sync._poller")  # the poller's logger: its records keep their name
@@ -37,7 +37,7 @@ RETRIEVE_PATH = "/api/v1/retrieve_future"
 # form) would invite a server to pick JSON. decide() still accepts a JSON answer.
 PROTO_ACCEPT = "application/x-protobuf"
 _MAX_BAD_REQUESTS = 3  # a bare 400 may come from a proxy: retry 3 times before failing
-_BILLING_RESET_S = 300.0  # a 402 incident ends after 5 min without 402
+BILLING_RESET_S = 300.0  # a 402 incident ends after 5 min without 402 (also for the batched poll)
 
 
 @attrs.frozen
@@ -137,7 +137,7 @@ def decide(
         assert isinstance(lost, Fail)
         return Resubmit(attrs.evolve(lost.state, metadata_seen=False), lost.exc)
     hdrs = _lower(headers)
-    if status != 402 and state.billing_last is not None and now - state.billing_last > _BILLING_RESET_S:
+    if status != 402 and state.billing_last is not None and now - state.billing_last > BILLING_RESET_S:
         state = attrs.evolve(state, billing_since=None, billing_last=None)
     if status == 200:
         return _decide_ok(hdrs, content, expected_type, state, request_id)
